@@ -1,0 +1,53 @@
+# The few commands a newcomer needs. `make help` lists them.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch is pinned to the CPU build; installing it first keeps any later resolver from
+# pulling a multi-GB CUDA build. Elsewhere, point TORCH_INDEX at a CPU wheel index.
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+PIP := $(BIN)/python -m pip
+
+.PHONY: help install demo test test-all lint format protos bench-quick clean
+
+help:
+	@echo "make install   create $(VENV) and install smpc-synth with its dev tools"
+	@echo "make demo      install, then train, sample and evaluate on a built-in table"
+	@echo "make test      install, then run the default test suite (under 15 minutes)"
+	@echo "make test-all  also run the slow tests (-m slow)"
+	@echo "make lint      ruff check + format check"
+	@echo "make protos    regenerate the gRPC stubs from protos/"
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	# CrypTen 0.4.1's metadata requires the dead `sklearn` package: install it without
+	# dependencies; its real dependencies are listed in pyproject.toml.
+	$(PIP) install --no-deps crypten==0.4.1
+	$(PIP) install -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/smpc-synth simulate --out runs/demo
+
+test: install
+	$(BIN)/python -m pytest
+
+test-all: install
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+protos: install
+	$(BIN)/python scripts/gen_protos.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,3 @@
+from smpc_synth.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""The Python API: DataFrames in, DataFrames and plain dicts out. The CLI calls these."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from smpc_synth.data import Schema
+    from smpc_synth.models import Synthesizer
+    from smpc_synth.runtime.simulate import SimulationResult
+
+
+def train(
+    data: pd.DataFrame,
+    *,
+    generator: str = "gaussian",
+    schema: Schema | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    params: dict[str, Any] | None = None,
+    source: str = "data",
+) -> Synthesizer:
+    """Fit a generator on one table in the clear (plaintext mode) and return it."""
+    import torch
+
+    from smpc_synth.data import infer_schema, validate
+    from smpc_synth.models import Synthesizer
+
+    torch.set_num_threads(1)
+    schema = schema or infer_schema(data)
+    frame = validate(data, schema, source=source)
+    return Synthesizer.fit(
+        frame, schema, generator=generator, epochs=epochs, seed=seed, params=params
+    )
+
+
+def sample(model: Synthesizer | str | Path, n: int, *, seed: int = 0) -> pd.DataFrame:
+    """Draw ``n`` synthetic rows from a synthesizer or a ``generator.pt`` file."""
+    from smpc_synth.models import Synthesizer
+
+    if not isinstance(model, Synthesizer):
+        model = Synthesizer.load(model)
+    return model.sample(n, seed=seed)
+
+
+def evaluate(
+    real: pd.DataFrame,
+    synthetic: pd.DataFrame,
+    *,
+    holdout: pd.DataFrame | None = None,
+    target: str | None = None,
+    schema: Schema | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Fidelity, utility (TSTR), privacy (DCR) and collapse indicators as a nested dict."""
+    from smpc_synth.eval import evaluate as _evaluate
+
+    return _evaluate(real, synthetic, holdout=holdout, target=target, schema=schema, seed=seed)
+
+
+def simulate(parties: int = 3, **options: Any) -> SimulationResult:
+    """Run a whole multi-party session on this machine; see :mod:`smpc_synth.runtime.simulate`."""
+    from smpc_synth.runtime.simulate import simulate as _simulate
+
+    return _simulate(parties, **options)

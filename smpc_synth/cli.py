@@ -1,0 +1,320 @@
+"""The ``smpc-synth`` command: a thin layer over the Python API (DESIGN.md §3).
+
+Exit codes: 0 success, 2 bad input or config (the message names the file, column, row or
+key), 3 release refused by the quality gate, 1 anything else (the message names the party).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from smpc_synth import __version__
+from smpc_synth.errors import InputError, SmpcSynthError
+
+log = logging.getLogger("smpc_synth")
+
+BENCH_SUITES = ("quick", "paper", "mpc-ops", "he-agg", "collapse")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose, getattr(args, "log_name", None))
+    try:
+        return int(args.handler(args) or 0)
+    except SmpcSynthError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the last resort: say what happened, keep the trace for -v
+        if args.verbose:
+            raise
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc} (run with -v for details)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smpc-synth",
+        description="Jointly train synthetic-data generators without sharing rows.",
+    )
+    parser.add_argument("--version", action="version", version=f"smpc-synth {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _add(sub, "simulate", _cmd_simulate, "run a whole session on this machine")
+    p.add_argument("--parties", type=int, default=3, help="number of data parties (1-8)")
+    p.add_argument("--mode", choices=("mpc", "federated", "plaintext"), default="plaintext")
+    p.add_argument("--generator", default="gaussian", help="gaussian | vae | gan")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--dataset", help="a built-in data set (default: breast_cancer)")
+    src.add_argument("--data", type=Path, help="a CSV or Parquet file to split among parties")
+    p.add_argument("--schema", type=Path, help="public schema (default: inferred)")
+    p.add_argument("--split", default="iid", help="iid | noniid:COLUMN")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--holdout-fraction", type=float, default=0.2)
+    p.add_argument("--target", help="column for utility (TSTR) evaluation")
+    p.add_argument("--out", type=Path, help="run directory (default: runs/simulate-TIME)")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
+    p.add_argument("--he", choices=("ckks", "none"), default="ckks", help="federated: encryption")
+    p.add_argument("--dp", action="store_true", help="federated: differential privacy")
+    p.add_argument("--target-epsilon", type=float, help="federated + --dp: privacy budget")
+    p.add_argument("--transport", choices=("grpc", "gloo"), default="grpc", help="mpc transport")
+    p.add_argument(
+        "--insecure-dev",
+        action="store_true",
+        help="mpc: allow CrypTen's trusted-first-party provider (party 0 sees everything)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    for role in ("party", "dealer", "aggregator"):
+        p = _add(sub, role, _cmd_member, f"run one {role} of a session from its config file")
+        p.add_argument("--config", type=Path, required=True)
+        p.add_argument("--resume", action="store_true")
+        p.set_defaults(role=None if role == "party" else role)
+
+    p = _add(sub, "certs", _cmd_certs, "create a CA and one certificate per member")
+    p.add_argument("--names", required=True, help="comma-separated member names")
+    p.add_argument("--out", type=Path, required=True)
+
+    p = _add(sub, "schema", None, "draft or check the public schema")
+    schema_sub = p.add_subparsers(dest="schema_command", required=True, metavar="ACTION")
+    q = _add(schema_sub, "infer", _cmd_schema_infer, "draft a schema from a table")
+    q.add_argument("file", type=Path)
+    q.add_argument("-o", "--out", type=Path, required=True)
+    q.add_argument("--target", help="the column models predict (kept categorical if discrete)")
+
+    p = _add(sub, "train", _cmd_train, "train a generator on one table in the clear")
+    p.add_argument("--mode", choices=("plaintext",), default="plaintext")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path)
+    src.add_argument("--dataset")
+    p.add_argument("--schema", type=Path)
+    p.add_argument("--generator", default="gaussian")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--holdout-fraction", type=float, default=0.2)
+    p.add_argument("--target")
+    p.add_argument("--out", type=Path, required=True)
+
+    p = _add(sub, "sample", _cmd_sample, "draw synthetic rows from generator.pt")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("-n", "--rows", type=int, required=True)
+    p.add_argument("-o", "--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = _add(sub, "evaluate", _cmd_evaluate, "score synthetic data against real data")
+    p.add_argument("--real", type=Path, required=True)
+    p.add_argument("--synthetic", type=Path, required=True)
+    p.add_argument("--holdout", type=Path)
+    p.add_argument("--target")
+    p.add_argument("--schema", type=Path)
+    p.add_argument("-o", "--out", type=Path, help="write the report as JSON")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = _add(sub, "bench", _cmd_bench, "run a benchmark suite")
+    p.add_argument("suite", choices=BENCH_SUITES)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--config", type=Path, help="paper: the grid file")
+    return parser
+
+
+def _add(sub, name: str, handler: Callable | None, help_text: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    if handler is not None:
+        p.set_defaults(handler=handler)
+    return p
+
+
+def _configure_logging(verbose: bool, name: str | None) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    fmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", stream=sys.stderr)
+    for noisy in ("sdmetrics", "matplotlib", "PIL", "crypten", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def _cmd_simulate(args) -> int:
+    from smpc_synth.config import RunConfig
+    from smpc_synth.eval import format_report
+    from smpc_synth.runtime.simulate import simulate
+
+    raw = {
+        "mode": args.mode,
+        "generator": args.generator,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "holdout_fraction": args.holdout_fraction,
+        "split": args.split,
+        "target": args.target,
+        "federated": {"he": args.he, "dp": args.dp, "target_epsilon": args.target_epsilon},
+        "mpc": {"transport": args.transport, "insecure_dev": args.insecure_dev},
+    }
+    if args.insecure_dev:
+        raw["mpc"]["provider"] = "tfp"
+    cfg = RunConfig.from_dict(_drop_none(raw), source="command line")
+    result = simulate(
+        args.parties,
+        dataset=args.dataset,
+        data=args.data,
+        schema=args.schema,
+        out=args.out,
+        config=cfg,
+        resume=args.resume,
+        show_progress=not args.quiet,
+    )
+    if "evaluation" in result.metrics:
+        print(format_report(result.metrics["evaluation"]))
+    status = "finished" if result.exit_code == 0 else f"failed (exit code {result.exit_code})"
+    print(f"run {status}: {result.run_dir}")
+    return result.exit_code
+
+
+def _cmd_member(args) -> int:
+    from smpc_synth.runtime.party import run_member
+    from smpc_synth.runtime.party_config import load_party_config
+
+    cfg = load_party_config(args.config, role=args.role)
+    logging.getLogger().handlers[0].setFormatter(
+        logging.Formatter(
+            f"%(asctime)s %(levelname)-7s [{cfg.name}] %(name)s: %(message)s", datefmt="%H:%M:%S"
+        )
+    )
+    result = run_member(cfg, resume=args.resume)
+    log.info("%s done in %.1f s", cfg.name, result.get("wall_seconds", 0.0))
+    return 0
+
+
+def _cmd_certs(args) -> int:
+    from smpc_synth.net import write_certificates
+
+    names = [n.strip() for n in args.names.split(",") if n.strip()]
+    if not names:
+        raise InputError("--names: give at least one member name, e.g. alice,bob,dealer")
+    written = write_certificates(names, args.out)
+    print(f"wrote a CA and {len(names)} certificates to {args.out}")
+    for name, path in sorted(written.items()) if isinstance(written, dict) else []:
+        print(f"  {name}: {path}")
+    return 0
+
+
+def _cmd_schema_infer(args) -> int:
+    from smpc_synth.data import infer_schema, read_table
+
+    frame = read_table(args.file)
+    schema = infer_schema(frame, target=args.target)
+    schema.save(args.out)
+    print(
+        f"wrote {args.out} ({len(schema.columns)} columns); review bounds and categories: "
+        "they are public to every party"
+    )
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from smpc_synth.api import evaluate, train
+    from smpc_synth.data import Schema, holdout_split, infer_schema, load_builtin, read_table
+    from smpc_synth.eval import format_report
+
+    if args.data is not None:
+        frame, target, source = read_table(args.data), args.target, str(args.data)
+    else:
+        builtin = load_builtin(args.dataset)
+        frame, target, source = builtin.frame, args.target or builtin.target, args.dataset
+    schema = Schema.load(args.schema) if args.schema else infer_schema(frame, target=target)
+    if target is not None and target not in frame.columns:
+        raise InputError(f"{source}: --target column {target!r} not found")
+    discrete = target is not None and schema.column(target).kind in ("categorical", "boolean")
+    fit_rows, holdout = holdout_split(
+        frame, args.holdout_fraction, args.seed, stratify=target if discrete else None
+    )
+    model = train(
+        fit_rows,
+        generator=args.generator,
+        schema=schema,
+        epochs=args.epochs,
+        seed=args.seed,
+        source=source,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save(args.out / "generator.pt")
+    synthetic = model.sample(len(fit_rows), seed=args.seed)
+    synthetic.to_csv(args.out / "synthetic.csv", index=False)
+    schema.save(args.out / "schema.toml")
+    report = evaluate(
+        fit_rows, synthetic, holdout=holdout, target=target, schema=schema, seed=args.seed
+    )
+    metrics = {
+        "mode": "plaintext",
+        "generator": args.generator,
+        "source": source,
+        "evaluation": report,
+    }
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    print(format_report(report))
+    print(f"wrote {args.out}/generator.pt, synthetic.csv, metrics.json")
+    return 0
+
+
+def _cmd_sample(args) -> int:
+    from smpc_synth.api import sample
+
+    if args.rows < 1:
+        raise InputError(f"-n/--rows must be at least 1, got {args.rows}")
+    frame = sample(args.model, args.rows, seed=args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(args.out, index=False)
+    print(f"wrote {len(frame)} rows to {args.out}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from smpc_synth.api import evaluate
+    from smpc_synth.data import Schema, read_table
+    from smpc_synth.eval import format_report
+
+    real = read_table(args.real)
+    synthetic = read_table(args.synthetic)
+    holdout = read_table(args.holdout) if args.holdout else None
+    schema = Schema.load(args.schema) if args.schema else None
+    if args.target and args.target not in real.columns:
+        raise InputError(f"{args.real}: --target column {args.target!r} not found")
+    report = evaluate(
+        real, synthetic, holdout=holdout, target=args.target, schema=schema, seed=args.seed
+    )
+    print(format_report(report))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from smpc_synth.bench import run_suite
+
+    out = args.out or Path("benchmarks/results") / args.suite
+    return run_suite(args.suite, out, config=args.config)
+
+
+def _drop_none(value):
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""One session member's life: check inputs, connect, agree, do its role, write outputs.
+
+Order matters (DESIGN.md §5): every input is validated before any network traffic; all
+members agree on the session and on one hash of (config, schema, version) before any work;
+a member that dies or hangs stops everyone within the configured timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from smpc_synth import __version__
+from smpc_synth.errors import PeerError
+from smpc_synth.runtime.checkpoints import DirectoryCheckpoints
+from smpc_synth.runtime.party_config import PartyConfig
+from smpc_synth.runtime.progress import ProgressEmitter
+
+log = logging.getLogger(__name__)
+
+
+def session_fingerprints(cfg: PartyConfig, schema_fingerprint: str) -> dict[str, str]:
+    """What every member must agree on at the handshake."""
+    return {
+        "config": cfg.run.fingerprint(),
+        "schema": schema_fingerprint,
+        "version": __version__,
+        "members": ",".join(sorted([cfg.name] + [m.name for m in cfg.peers])),
+    }
+
+
+def run_member(cfg: PartyConfig, resume: bool = False) -> dict[str, Any]:
+    """Run this member to completion; raises SmpcSynthError subclasses on failure."""
+    torch.set_num_threads(1)
+    schema, frame = _load_inputs(cfg)
+    from smpc_synth.net import PeerMesh, TlsFiles
+
+    tls = TlsFiles(cfg.tls_ca, cfg.tls_cert, cfg.tls_key) if cfg.uses_tls else None
+    mesh = PeerMesh(
+        me=cfg.name,
+        listen=cfg.listen,
+        peers={m.name: m.address for m in cfg.peers},
+        tls=tls,
+        network=cfg.run.network,
+        allow_insecure=cfg.allow_insecure,
+    )
+    started = time.perf_counter()
+    with _abort_on_signals(mesh, cfg.name):
+        mesh.start()
+        try:
+            mesh.connect()
+            mesh.handshake(cfg.session, session_fingerprints(cfg, schema.fingerprint()))
+            log.info("session %r agreed with %s", cfg.session, ", ".join(m.name for m in cfg.peers))
+            if cfg.role == "data":
+                result = _run_data_party(cfg, schema, frame, mesh, resume)
+            elif cfg.role == "dealer":
+                result = _run_dealer(cfg, mesh)
+            else:
+                result = _run_aggregator(cfg, mesh)
+        except BaseException as exc:
+            culprit = getattr(exc, "peer", None)
+            mesh.abort(f"{cfg.name} stopped: {exc}", culprit=culprit or cfg.name)
+            raise
+        finally:
+            mesh.close()
+    result["wall_seconds"] = time.perf_counter() - started
+    return result
+
+
+def _load_inputs(cfg: PartyConfig):
+    """Schema and validated rows (data parties), or just the schema fingerprint source."""
+    from smpc_synth.data import Schema, read_table, validate
+
+    if cfg.schema is None:
+        return _NoSchema(), None
+    schema = Schema.load(cfg.schema)
+    if cfg.role != "data":
+        return schema, None
+    frame = validate(read_table(cfg.data), schema, source=str(cfg.data))
+    log.info("%s: %d rows valid against %s", cfg.data, len(frame), cfg.schema)
+    return schema, frame
+
+
+class _NoSchema:
+    """Dealers and aggregators may run without the schema file; they then skip that item."""
+
+    def fingerprint(self) -> str:
+        return "-"
+
+
+def _run_data_party(cfg: PartyConfig, schema, frame, mesh, resume: bool) -> dict[str, Any]:
+    from smpc_synth.train import PartyContext, get_strategy
+
+    ctx = PartyContext(
+        name=cfg.name,
+        rank=cfg.data_parties.index(cfg.name),
+        parties=cfg.data_parties,
+        config=cfg.run,
+        schema=schema,
+        data=frame,
+        channel=mesh,
+        checkpoints=DirectoryCheckpoints(cfg.out / "checkpoints"),
+        progress=ProgressEmitter(cfg.name),
+        services={r: n for r in ("dealer", "aggregator") if (n := cfg.service(r))},
+        output_parties=tuple(cfg.run.output_parties),
+        resume=resume,
+    )
+    strategy = get_strategy(cfg.run.mode)
+    result = strategy.run(ctx)
+    traffic = mesh.stats()
+    metrics = {
+        "party": cfg.name,
+        "mode": cfg.run.mode,
+        "generator": cfg.run.generator,
+        "training": result.metrics,
+        "traffic": _as_dict(traffic),
+    }
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    if result.synthesizer is not None:
+        model_path = cfg.out / "generator.pt"
+        result.synthesizer.save(model_path)
+        rows = cfg.run.sample_rows or int(result.metrics.get("rows_trained", len(frame)))
+        synthetic = result.synthesizer.sample(rows, seed=cfg.run.seed)
+        synthetic.to_csv(cfg.out / "synthetic.csv", index=False)
+        metrics["outputs"] = {"generator": str(model_path), "synthetic_rows": rows}
+    _write_json(cfg.out / "metrics.json", metrics)
+    return metrics
+
+
+def _run_dealer(cfg: PartyConfig, mesh) -> dict[str, Any]:
+    from smpc_synth.mpc.dealer import serve_dealer
+
+    serve_dealer(mesh, list(cfg.data_parties))
+    return {"party": cfg.name, "role": "dealer", "traffic": _as_dict(mesh.stats())}
+
+
+def _run_aggregator(cfg: PartyConfig, mesh) -> dict[str, Any]:
+    from smpc_synth.train.federated import serve_aggregator
+
+    summary = serve_aggregator(mesh, cfg.data_parties, cfg.run)
+    return {"party": cfg.name, "role": "aggregator", **summary, "traffic": _as_dict(mesh.stats())}
+
+
+def _as_dict(stats) -> dict[str, Any]:
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(stats) if is_dataclass(stats) else dict(stats)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def _abort_on_signals(mesh, name: str):
+    """Ctrl-C or SIGTERM: tell every peer we are leaving, then stop cleanly."""
+
+    def handler(signum, _frame):
+        reason = f"{name} was interrupted ({signal.Signals(signum).name})"
+        mesh.abort(reason, culprit=name)
+        raise PeerError(reason, peer=name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -1,0 +1,331 @@
+"""``smpc-synth simulate``: a whole session on this machine, one process per member.
+
+The launcher plays the role of the organisations' operators: it splits a table into one file
+per party (keeping a holdout that no party trains on), writes certificates and party
+configs, starts every member on free loopback ports with mutual TLS, shows their progress in
+one place, and gathers outputs, logs and an evaluation against the holdout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import tomli_w
+
+from smpc_synth.config import RunConfig
+from smpc_synth.errors import InputError
+from smpc_synth.runtime.progress import describe, parse_progress
+
+log = logging.getLogger(__name__)
+
+PARTY_NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi")
+MAX_PARTIES = len(PARTY_NAMES)
+DEFAULT_DATASET = "breast_cancer"
+# After the first member fails, how long the others get to notice (beyond peer_timeout)
+# before the launcher kills them: the promise is that nothing hangs.
+GRACE_AFTER_FAILURE_S = 15.0
+
+
+@dataclass
+class SimulationResult:
+    """What a simulated session produced."""
+
+    run_dir: Path
+    exit_code: int
+    metrics: dict[str, Any]
+    synthetic: pd.DataFrame | None = None
+    exit_codes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Member:
+    name: str
+    role: str
+    address: str
+    config_path: Path
+    process: subprocess.Popen | None = None
+
+
+def simulate(
+    parties: int = 3,
+    *,
+    dataset: str | None = None,
+    data: str | Path | None = None,
+    schema: str | Path | None = None,
+    out: str | Path | None = None,
+    config: RunConfig | None = None,
+    resume: bool = False,
+    show_progress: bool = True,
+    **run_options: Any,
+) -> SimulationResult:
+    """Run ``parties`` data parties (plus dealer/aggregator as the mode needs) locally.
+
+    ``run_options`` are :class:`RunConfig` fields (mode, generator, epochs, seed, split, ...).
+    """
+    from smpc_synth.data import holdout_split, split_parties
+
+    cfg = config or RunConfig.from_dict(run_options, source="simulate options")
+    if not 1 <= parties <= MAX_PARTIES:
+        raise InputError(f"--parties must be between 1 and {MAX_PARTIES}, got {parties}")
+    if cfg.mode == "mpc" and parties < 2:
+        raise InputError("--mode mpc needs at least 2 parties")
+    frame, table_schema, target, source = _load_table(dataset, data, schema, cfg)
+    if cfg.target is None and target is not None:
+        cfg.target = target
+    run_dir = Path(out or f"runs/simulate-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    _prepare_run_dir(run_dir, resume)
+
+    stratify = cfg.target if _is_discrete(table_schema, cfg.target) else None
+    train, holdout = holdout_split(frame, cfg.holdout_fraction, cfg.seed, stratify=stratify)
+    shares = split_parties(train, parties, how=cfg.split, seed=cfg.seed)
+    members = _write_session(run_dir, cfg, table_schema, shares, holdout, source)
+
+    started = time.perf_counter()
+    codes = _run_members(members, run_dir, resume, cfg, show_progress)
+    wall = time.perf_counter() - started
+    return _gather(run_dir, cfg, members, codes, train, holdout, table_schema, wall)
+
+
+def _load_table(dataset, data, schema_path, cfg: RunConfig):
+    from smpc_synth.data import Schema, infer_schema, load_builtin, read_table, validate
+
+    if dataset and data:
+        raise InputError("give either --dataset or --data, not both")
+    if data is not None:
+        frame = read_table(data)
+        source = str(data)
+        target = cfg.target
+        if schema_path is not None:
+            table_schema = Schema.load(schema_path)
+        else:
+            table_schema = infer_schema(frame, target=target)
+            log.warning("no --schema given: inferred one from %s (review it for real use)", data)
+    else:
+        builtin = load_builtin(dataset or DEFAULT_DATASET)
+        frame, target, source = (
+            builtin.frame,
+            builtin.target,
+            f"built-in:{dataset or DEFAULT_DATASET}",
+        )
+        table_schema = (
+            Schema.load(schema_path) if schema_path else infer_schema(frame, target=target)
+        )
+    if cfg.target is not None and cfg.target not in frame.columns:
+        raise InputError(f"{source}: --target column {cfg.target!r} not found")
+    frame = validate(frame, table_schema, source=source)
+    return frame, table_schema, target, source
+
+
+def _is_discrete(schema, column: str | None) -> bool:
+    if column is None:
+        return False
+    return schema.column(column).kind in ("categorical", "boolean")
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    if resume:
+        if not (run_dir / "session.json").is_file():
+            raise InputError(f"{run_dir}: nothing to resume (no session.json)")
+        return
+    for stale in ("parties", "logs", "certs", "generator.pt", "synthetic.csv", "metrics.json"):
+        target = run_dir / stale
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _write_session(run_dir: Path, cfg: RunConfig, schema, shares, holdout, source) -> list[_Member]:
+    """Data files, schema, certificates and one config per member."""
+    from smpc_synth.net import write_certificates
+
+    names = list(PARTY_NAMES[: len(shares)])
+    roles = dict.fromkeys(names, "data")
+    if cfg.mode == "mpc" and cfg.mpc.provider == "dealer":
+        roles["dealer"] = "dealer"
+    if cfg.mode == "federated":
+        roles["aggregator"] = "aggregator"
+    session_file = run_dir / "session.json"
+    if session_file.is_file():  # resume: same ports, same certificates
+        session = json.loads(session_file.read_text())
+        addresses = session["addresses"]
+    else:
+        addresses = {name: f"127.0.0.1:{_free_port()}" for name in roles}
+        write_certificates(list(roles), run_dir / "certs")
+        session = {"session": f"sim-{os.getpid()}-{int(time.time())}", "addresses": addresses}
+        session_file.write_text(json.dumps(session, indent=2))
+
+    schema.save(run_dir / "schema.toml")
+    holdout.to_csv(run_dir / "holdout.csv", index=False)
+    (run_dir / "config.toml").write_text(tomli_w.dumps(_toml_safe(cfg.to_dict())))
+    members = []
+    for i, (name, role) in enumerate(roles.items()):
+        folder = run_dir / "parties" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        party: dict[str, Any] = {
+            "name": name,
+            "role": role,
+            "listen": addresses[name],
+            "session": session["session"],
+            "out": ".",
+            "schema": "../../schema.toml",
+        }
+        if role == "data":
+            shares[i].to_csv(folder / "data.csv", index=False)
+            party["data"] = "data.csv"
+        doc = {
+            "party": party,
+            "tls": {
+                "ca": "../../certs/ca.pem",
+                "cert": f"../../certs/{name}.pem",
+                "key": f"../../certs/{name}.key",
+            },
+            "peers": [
+                {"name": other, "address": addresses[other], "role": roles[other]}
+                for other in roles
+                if other != name
+            ],
+            "run": _toml_safe(cfg.to_dict()),
+        }
+        path = folder / "party.toml"
+        path.write_text(tomli_w.dumps(doc))
+        members.append(_Member(name, role, addresses[name], path))
+    log.info("session written to %s (%s; data from %s)", run_dir, ", ".join(roles), source)
+    return members
+
+
+def _run_members(members, run_dir: Path, resume: bool, cfg: RunConfig, show: bool) -> dict:
+    logs = run_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    readers = []
+    for member in members:
+        cmd = [
+            sys.executable,
+            "-m",
+            "smpc_synth",
+            member.role if member.role != "data" else "party",
+        ]
+        cmd += ["--config", str(member.config_path)]
+        if resume:
+            cmd.append("--resume")
+        member.process = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            text=True,
+            bufsize=1,
+            start_new_session=True,  # Ctrl-C reaches the launcher, which stops members itself
+        )
+        reader = threading.Thread(
+            target=_pump, args=(member, logs / f"{member.name}.log", show), daemon=True
+        )
+        reader.start()
+        readers.append(reader)
+    try:
+        codes = _wait_all(members, cfg.network.peer_timeout_s + GRACE_AFTER_FAILURE_S)
+    except KeyboardInterrupt:
+        print("interrupted: stopping every member", file=sys.stderr)
+        for member in members:
+            if member.process.poll() is None:
+                member.process.send_signal(signal.SIGINT)
+        codes = _wait_all(members, cfg.network.peer_timeout_s)
+    for reader in readers:
+        reader.join(timeout=5)
+    return codes
+
+
+def _pump(member: _Member, log_path: Path, show: bool) -> None:
+    """Copy a member's output to its log file; show its progress events on the console."""
+    with open(log_path, "w") as sink:
+        for line in member.process.stdout:
+            event = parse_progress(line)
+            if event is None:
+                sink.write(line)
+                sink.flush()
+            elif show:
+                print(describe(event), flush=True)
+
+
+def _wait_all(members, grace: float) -> dict[str, int]:
+    """Wait for every member; once one fails, give the rest ``grace`` seconds, then kill."""
+    deadline = None
+    while True:
+        codes = {m.name: m.process.poll() for m in members}
+        if all(code is not None for code in codes.values()):
+            return codes
+        if deadline is None and any(code not in (None, 0) for code in codes.values()):
+            deadline = time.monotonic() + grace
+        if deadline is not None and time.monotonic() > deadline:
+            for m in members:
+                if m.process.poll() is None:
+                    log.error("%s did not stop after a peer failed: killing it", m.name)
+                    m.process.kill()
+        time.sleep(0.1)
+
+
+def _gather(run_dir, cfg, members, codes, train, holdout, schema, wall) -> SimulationResult:
+    from smpc_synth.eval import evaluate
+
+    worst = max(codes.values())
+    party_metrics = {}
+    for m in members:
+        path = m.config_path.parent / "metrics.json"
+        if path.is_file():
+            party_metrics[m.name] = json.loads(path.read_text())
+    metrics: dict[str, Any] = {
+        "run": cfg.to_dict(),
+        "exit_codes": codes,
+        "wall_seconds": wall,
+        "parties": party_metrics,
+    }
+    synthetic = None
+    producer = next(
+        (m for m in members if (m.config_path.parent / "synthetic.csv").is_file()), None
+    )
+    if worst == 0 and producer is not None:
+        folder = producer.config_path.parent
+        shutil.copy(folder / "generator.pt", run_dir / "generator.pt")
+        shutil.copy(folder / "synthetic.csv", run_dir / "synthetic.csv")
+        synthetic = pd.read_csv(run_dir / "synthetic.csv")
+        metrics["evaluation"] = evaluate(
+            train, synthetic, holdout=holdout, target=cfg.target, schema=schema, seed=cfg.seed
+        )
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    for name, code in codes.items():
+        if code != 0:
+            log.error(
+                "%s exited with code %d (log: %s)", name, code, run_dir / "logs" / f"{name}.log"
+            )
+    return SimulationResult(run_dir, worst, metrics, synthetic, codes)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _toml_safe(value: Any) -> Any:
+    """TOML has no null: drop None values (they mean 'use the default')."""
+    if isinstance(value, dict):
+        return {k: _toml_safe(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_toml_safe(v) for v in value]
+    return value
