@@ -26,7 +26,9 @@ def run_suite(suite: str, out: Path, config: Path | None = None) -> int:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name == module_name:
-            raise InputError(f"benchmark suite {suite!r} is not available in this version") from None
+            raise InputError(
+                f"benchmark suite {suite!r} is not available in this version"
+            ) from None
         raise
     out.mkdir(parents=True, exist_ok=True)
     return int(getattr(module, func_name)(out, config) or 0)

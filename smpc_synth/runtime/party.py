@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import signal
 import time
 from contextlib import contextmanager
@@ -71,6 +72,9 @@ def run_member(cfg: PartyConfig, resume: bool = False) -> dict[str, Any]:
         finally:
             mesh.close()
     result["wall_seconds"] = time.perf_counter() - started
+    result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    _write_json(cfg.out / "metrics.json", result)
     return result
 
 
@@ -117,6 +121,7 @@ def _run_data_party(cfg: PartyConfig, schema, frame, mesh, resume: bool) -> dict
     traffic = mesh.stats()
     metrics = {
         "party": cfg.name,
+        "role": "data",
         "mode": cfg.run.mode,
         "generator": cfg.run.generator,
         "training": result.metrics,
@@ -130,7 +135,6 @@ def _run_data_party(cfg: PartyConfig, schema, frame, mesh, resume: bool) -> dict
         synthetic = result.synthesizer.sample(rows, seed=cfg.run.seed)
         synthetic.to_csv(cfg.out / "synthetic.csv", index=False)
         metrics["outputs"] = {"generator": str(model_path), "synthetic_rows": rows}
-    _write_json(cfg.out / "metrics.json", metrics)
     return metrics
 
 
