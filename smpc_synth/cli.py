@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("mpc", "federated", "plaintext"), default="plaintext")
     p.add_argument("--generator", default="gaussian", help="gaussian | vae | gan")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--dataset", help="a built-in data set (default: breast_cancer)")
+    src.add_argument("--dataset", help="a built-in data set (default: fair)")
     src.add_argument("--data", type=Path, help="a CSV or Parquet file to split among parties")
     p.add_argument("--schema", type=Path, help="public schema (default: inferred)")
     p.add_argument("--split", default="iid", help="iid | noniid:COLUMN")
@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", choices=BENCH_SUITES)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--config", type=Path, help="paper: the grid file")
+    p.add_argument("--full", action="store_true", help="he-agg: include the 1e7-parameter cases")
     return parser
 
 
@@ -227,17 +228,26 @@ def _cmd_schema_infer(args) -> int:
 
 def _cmd_train(args) -> int:
     from smpc_synth.api import evaluate, train
-    from smpc_synth.data import Schema, holdout_split, infer_schema, load_builtin, read_table
+    from smpc_synth.data import (
+        Schema,
+        holdout_split,
+        infer_schema,
+        load_builtin,
+        read_table,
+        validate,
+    )
     from smpc_synth.eval import format_report
 
+    given = Schema.load(args.schema) if args.schema else None
     if args.data is not None:
-        frame, target, source = read_table(args.data), args.target, str(args.data)
+        frame, target, source = read_table(args.data, given), args.target, str(args.data)
     else:
         builtin = load_builtin(args.dataset)
         frame, target, source = builtin.frame, args.target or builtin.target, args.dataset
-    schema = Schema.load(args.schema) if args.schema else infer_schema(frame, target=target)
+    schema = given or infer_schema(frame, target=target)
     if target is not None and target not in frame.columns:
         raise InputError(f"{source}: --target column {target!r} not found")
+    frame = validate(frame, schema, source=source)  # before the split: row numbers stay true
     discrete = target is not None and schema.column(target).kind in ("categorical", "boolean")
     fit_rows, holdout = holdout_split(
         frame, args.holdout_fraction, args.seed, stratify=target if discrete else None
@@ -287,10 +297,10 @@ def _cmd_evaluate(args) -> int:
     from smpc_synth.data import Schema, read_table
     from smpc_synth.eval import format_report
 
-    real = read_table(args.real)
-    synthetic = read_table(args.synthetic)
-    holdout = read_table(args.holdout) if args.holdout else None
     schema = Schema.load(args.schema) if args.schema else None
+    real = read_table(args.real, schema)
+    synthetic = read_table(args.synthetic, schema)
+    holdout = read_table(args.holdout, schema) if args.holdout else None
     if args.target and args.target not in real.columns:
         raise InputError(f"{args.real}: --target column {args.target!r} not found")
     report = evaluate(
@@ -307,7 +317,7 @@ def _cmd_bench(args) -> int:
     from smpc_synth.bench import run_suite
 
     out = args.out or Path("benchmarks/results") / args.suite
-    return run_suite(args.suite, out, config=args.config)
+    return run_suite(args.suite, out, config=args.config, full=args.full)
 
 
 def _drop_none(value):

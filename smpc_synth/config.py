@@ -26,6 +26,8 @@ class FederatedConfig:
     local_epochs: int = 1
     he: Literal["ckks", "none"] = "ckks"
     masking: bool = True  # pairwise zero-sum masks close the aggregator+one-party gap
+    update_bound: float = 0.0625  # |value| bound of one party's update for fixed-point packing
+    max_error: float = 1e-6  # max abs error of the decrypted sum (no DP)
     dp: bool = False
     target_epsilon: float | None = None
     delta: float = 1e-5

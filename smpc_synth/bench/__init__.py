@@ -7,7 +7,7 @@ from pathlib import Path
 
 from smpc_synth.errors import InputError
 
-# suite -> "module:function(out_dir: Path, config: Path | None) -> int (exit code)"
+# suite -> "module:function(out_dir, config, [full]) -> exit code"
 SUITES: dict[str, str] = {
     "quick": "smpc_synth.bench.grid:run_quick",
     "paper": "smpc_synth.bench.grid:run_paper",
@@ -17,7 +17,7 @@ SUITES: dict[str, str] = {
 }
 
 
-def run_suite(suite: str, out: Path, config: Path | None = None) -> int:
+def run_suite(suite: str, out: Path, config: Path | None = None, full: bool = False) -> int:
     """Run one suite, writing its files under ``out``."""
     if suite not in SUITES:
         raise InputError(f"unknown benchmark suite {suite!r}; choose one of {', '.join(SUITES)}")
@@ -31,4 +31,5 @@ def run_suite(suite: str, out: Path, config: Path | None = None) -> int:
             ) from None
         raise
     out.mkdir(parents=True, exist_ok=True)
-    return int(getattr(module, func_name)(out, config) or 0)
+    extra = {"full": True} if full else {}  # the paper-size variant, where a suite has one
+    return int(getattr(module, func_name)(out, config, **extra) or 0)

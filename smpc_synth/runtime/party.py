@@ -87,7 +87,7 @@ def _load_inputs(cfg: PartyConfig):
     schema = Schema.load(cfg.schema)
     if cfg.role != "data":
         return schema, None
-    frame = validate(read_table(cfg.data), schema, source=str(cfg.data))
+    frame = validate(read_table(cfg.data, schema), schema, source=str(cfg.data))
     log.info("%s: %d rows valid against %s", cfg.data, len(frame), cfg.schema)
     return schema, frame
 

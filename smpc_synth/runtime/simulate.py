@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 PARTY_NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi")
 MAX_PARTIES = len(PARTY_NAMES)
-DEFAULT_DATASET = "breast_cancer"
+DEFAULT_DATASET = "fair"
 # After the first member fails, how long the others get to notice (beyond peer_timeout)
 # before the launcher kills them: the promise is that nothing hangs.
 GRACE_AFTER_FAILURE_S = 15.0
@@ -105,13 +105,12 @@ def _load_table(dataset, data, schema_path, cfg: RunConfig):
     if dataset and data:
         raise InputError("give either --dataset or --data, not both")
     if data is not None:
-        frame = read_table(data)
+        given = Schema.load(schema_path) if schema_path is not None else None
+        frame = read_table(data, given)
         source = str(data)
         target = cfg.target
-        if schema_path is not None:
-            table_schema = Schema.load(schema_path)
-        else:
-            table_schema = infer_schema(frame, target=target)
+        table_schema = given or infer_schema(frame, target=target)
+        if given is None:
             log.warning("no --schema given: inferred one from %s (review it for real use)", data)
     else:
         builtin = load_builtin(dataset or DEFAULT_DATASET)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from smpc_synth.config import RunConfig
     from smpc_synth.data.schema import Schema
 
-Payload = Union[np.ndarray, torch.Tensor, bytes]
+Payload = np.ndarray | torch.Tensor | bytes
 
 
 @dataclass

@@ -1,0 +1,252 @@
+"""What CrypTen's basic operations cost over each transport: ``smpc-synth bench mpc-ops``.
+
+Measures a 256x256 matmul, a relu on 65,536 elements and one SGD step of an MLP
+64-128-128-64 (batch 256) over three set-ups in one run, each party a local process:
+
+- ``grpc+tls``: our communicator over the mutually authenticated gRPC mesh, dealer triples;
+- ``gloo``: CrypTen's own torch.distributed/gloo communicator, dealer triples;
+- ``stock``: CrypTen as shipped (gloo, trusted-first-party triples, default gradient clipping).
+
+Every record has CrypTen's own counters (``bytes_per_party`` and ``rounds`` as CrypTen counts
+them, the same yardstick for all three), and for ``grpc+tls`` also what our links measured:
+payload bytes actually sent to other parties, latency rounds, and bytes from the dealer.
+``theory`` records give the Beaver lower bound in payload bytes (see :func:`theoretical_bytes`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from smpc_synth.config import NetworkConfig
+from smpc_synth.errors import PeerError
+from smpc_synth.net.addresses import free_ports
+
+MATMUL_SIZE = 256
+RELU_ELEMENTS = 65_536
+MLP_WIDTHS = (64, 128, 128, 64)
+BATCH = 256
+LEARNING_RATE = 0.01
+REPEATS = 3
+BYTES_PER_ELEMENT = 8
+DEALER = "dealer"
+PARTY_NAMES = ("alice", "bob", "carol", "dave", "erin")
+MEMBER_TIMEOUT_S = 900.0
+OPS = ("matmul", "relu", "train_step")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One way of running CrypTen."""
+
+    name: str
+    transport: str
+    provider: str
+    grad_threshold: float | None  # update_parameters' clipping; CrypTen's default is 100
+
+
+SETUPS = (
+    Setup("grpc+tls", "grpc", "dealer", None),
+    Setup("gloo", "gloo", "dealer", None),
+    Setup("stock", "gloo", "tfp", 100.0),
+)
+
+
+def theoretical_bytes(op: str, parties: int) -> int:
+    """Payload bytes one party must send for the op's Beaver products alone (dealer triples):
+    each product opens its two masked operands to every other party, 8 bytes per element.
+    A relu's comparison is left out, so relu and the training step are loose lower bounds."""
+    n, widths = BATCH, MLP_WIDTHS
+    if op == "matmul":
+        elements = 2 * MATMUL_SIZE * MATMUL_SIZE
+    elif op == "relu":
+        elements = 2 * RELU_ELEMENTS  # x * sign(x)
+    elif op == "train_step":
+        layers = list(itertools.pairwise(widths))
+        forward = sum(n * k + k * m for k, m in layers)
+        weight_grads = sum(n * k + n * m for k, m in layers)
+        input_grads = sum(n * m + k * m for k, m in layers[1:])
+        relus = 2 * sum(n * m for _, m in layers[:-1])  # forward product; backward reuses it
+        elements = forward + weight_grads + input_grads + relus
+    else:
+        raise ValueError(f"unknown op {op!r}")
+    return BYTES_PER_ELEMENT * elements * (parties - 1)
+
+
+def _bench_party(
+    mesh, parties: tuple[str, ...], setup: Setup, rendezvous: str | None
+) -> list[dict[str, Any]]:
+    """Runs on each party: every op, once to warm up, then ``REPEATS`` times measured."""
+    import torch
+
+    from smpc_synth.mpc import session
+
+    crypten = session.crypten
+    torch.manual_seed(0)
+    rank = parties.index(mesh.me)
+    records = []
+    with session.crypten_session(
+        mesh,
+        parties,
+        rank,
+        setup.provider,
+        setup.transport,
+        insecure_dev=setup.provider == "tfp",
+        rendezvous=rendezvous,
+    ):
+        for op in OPS:
+            step = _make_op(crypten, op, setup)
+            step()
+            crypten.communicator.get().barrier()
+            session.reset_traffic()
+            seconds = []
+            for _ in range(REPEATS):
+                start = time.perf_counter()
+                step()
+                seconds.append(time.perf_counter() - start)
+            records.append(_record(session, op, setup, len(parties), seconds))
+            crypten.communicator.get().barrier()
+    return records
+
+
+def _make_op(crypten, op: str, setup: Setup):
+    import torch
+
+    from smpc_synth.mpc import session
+
+    if op == "matmul":
+        x = crypten.cryptensor(torch.randn(MATMUL_SIZE, MATMUL_SIZE), src=0)
+        w = crypten.cryptensor(torch.randn(MATMUL_SIZE, MATMUL_SIZE), src=1)
+        return lambda: x.matmul(w)
+    if op == "relu":
+        x = crypten.cryptensor(torch.randn(RELU_ELEMENTS), src=0)
+        return x.relu
+    layers = []
+    for k, m in itertools.pairwise(MLP_WIDTHS):
+        layers += [crypten.nn.Linear(k, m), crypten.nn.ReLU()]
+    model = crypten.nn.Sequential(*layers[:-1]).encrypt(src=0)
+    model.train()
+    loss_fn = crypten.nn.MSELoss()
+    x = crypten.cryptensor(torch.randn(BATCH, MLP_WIDTHS[0]), src=0)
+    y = crypten.cryptensor(torch.randn(BATCH, MLP_WIDTHS[-1]), src=1)
+
+    def train_step() -> None:
+        with session.phase("forward"):
+            loss = loss_fn(model(x), y)
+        with session.phase("backward"):
+            model.zero_grad()
+            loss.backward()
+        with session.phase("update"):
+            model.update_parameters(LEARNING_RATE, grad_threshold=setup.grad_threshold)
+
+    return train_step
+
+
+def _record(session, op: str, setup: Setup, parties: int, seconds: list[float]) -> dict:
+    counters = session.crypten_counters()
+    traffic = session.traffic()
+    mine = setup.transport == "grpc"
+    dealer_bytes = sum(p.get("dealer_bytes_received", 0) for p in traffic.by_phase.values())
+    phases = {
+        name: {"bytes_sent": c["bytes_sent"] / REPEATS, "rounds": c["rounds"] / REPEATS}
+        for name, c in traffic.by_phase.items()
+    }
+    return {
+        "op": op,
+        "transport": setup.name,
+        "parties": parties,
+        "seconds": statistics.median(seconds),
+        "bytes_per_party": counters["bytes"] / REPEATS,
+        "rounds": counters["rounds"] / REPEATS,
+        "wire_bytes_sent": traffic.bytes_sent / REPEATS if mine else None,
+        "wire_rounds": traffic.rounds / REPEATS if mine else None,
+        "dealer_bytes_received": dealer_bytes / REPEATS,
+        "phases": phases if mine else {},
+    }
+
+
+def _run_setup(setup: Setup, parties: tuple[str, ...], workdir: Path) -> list[list[dict]]:
+    from smpc_synth.mpc.dealer import serve_dealer
+    from smpc_synth.mpc.local import launch
+
+    rendezvous = f"tcp://127.0.0.1:{free_ports(1)[0]}" if setup.transport == "gloo" else None
+    members: dict[str, tuple[Any, dict[str, Any]]] = {
+        name: (_bench_party, {"parties": parties, "setup": setup, "rendezvous": rendezvous})
+        for name in parties
+    }
+    if setup.provider == "dealer":
+        members[DEALER] = (serve_dealer, {"parties": parties})
+    outcomes = launch(members, workdir, tls=True, network=NetworkConfig()).wait(MEMBER_TIMEOUT_S)
+    failed = [o for o in outcomes.values() if not o.ok]
+    if failed:
+        first = failed[0]
+        raise PeerError(f"{setup.name}: {first.name} failed: {first.error}", first.peer)
+    return [outcomes[name].result for name in parties]
+
+
+def _merge(per_party: list[list[dict]]) -> list[dict]:
+    """One record per op: the slowest party's time, the busiest party's traffic."""
+    merged = []
+    for records in zip(*per_party):
+        record = dict(records[0])
+        for key in ("seconds", "bytes_per_party", "rounds", "wire_bytes_sent", "wire_rounds"):
+            values = [r[key] for r in records if r[key] is not None]
+            record[key] = max(values) if values else None
+        merged.append(record)
+    return merged
+
+
+def run_mpc_ops(out_dir: str | Path, parties: int = 2) -> list[dict[str, Any]]:
+    """Run every set-up, write ``mpc_ops.json`` in ``out_dir``, print a table, return records."""
+    if not 2 <= parties <= len(PARTY_NAMES):
+        raise ValueError(f"parties must be between 2 and {len(PARTY_NAMES)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = PARTY_NAMES[:parties]
+    records: list[dict[str, Any]] = []
+    for setup in SETUPS:
+        with tempfile.TemporaryDirectory(prefix=f"mpc-ops-{setup.transport}-") as workdir:
+            records += _merge(_run_setup(setup, names, Path(workdir)))
+    records += [
+        {"op": op, "transport": "theory", "parties": parties, "seconds": None,
+         "bytes_per_party": None, "rounds": None, "wire_bytes_sent": theoretical_bytes(op, parties),
+         "wire_rounds": None, "dealer_bytes_received": None, "phases": {}}
+        for op in OPS
+    ]  # fmt: skip
+    (out / "mpc_ops.json").write_text(json.dumps(records, indent=2))
+    print(format_table(records))
+    return records
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    """The records as a fixed-width text table (MB = 10^6 bytes)."""
+
+    def cell(value: Any, scale: float = 1.0, digits: int = 1) -> str:
+        return "-" if value is None else f"{value / scale:.{digits}f}"
+
+    header = (
+        f"{'op':<11}{'transport':<10}{'ms':>9}{'MB (CrypTen)':>14}{'rounds':>8}"
+        f"{'MB sent':>9}{'rounds':>8}{'dealer MB':>11}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in records:
+        lines.append(
+            f"{r['op']:<11}{r['transport']:<10}{cell(r['seconds'], 1e-3):>9}"
+            f"{cell(r['bytes_per_party'], 1e6, 2):>14}{cell(r['rounds'], 1, 0):>8}"
+            f"{cell(r['wire_bytes_sent'], 1e6, 2):>9}{cell(r['wire_rounds'], 1, 0):>8}"
+            f"{cell(r['dealer_bytes_received'], 1e6, 2):>11}"
+        )
+    lines.append("MB (CrypTen), rounds: CrypTen's counters; MB sent, rounds: measured on our links")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    run_mpc_ops(sys.argv[1] if len(sys.argv) > 1 else "results/mpc_ops")

@@ -1,0 +1,95 @@
+"""Reading and writing tables (CSV, Parquet), with errors that name the file.
+
+CSV cells are read as pandas infers them, except: only an empty cell counts as missing (a
+category called "NA" stays "NA"), blank lines are kept as rows (so row numbers match file
+lines; trailing blank lines are dropped), and columns the schema declares categorical or
+boolean are read as text, so "007" stays "007".
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from smpc_synth.data.schema import Schema
+from smpc_synth.errors import InputError
+
+CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def table_format(path: str | Path) -> str:
+    """``"csv"`` or ``"parquet"`` from the file name; anything else is an InputError."""
+    name = Path(path).name.lower()
+    if name.endswith(CSV_SUFFIXES):
+        return "csv"
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    known = ", ".join(CSV_SUFFIXES[:1] + PARQUET_SUFFIXES)
+    raise InputError(f"{path}: unknown table format (file name should end in {known})")
+
+
+def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
+    """Read a CSV or Parquet file into a DataFrame with a fresh 0-based index.
+
+    With ``schema``, categorical and boolean columns of a CSV are read as text. A missing,
+    empty or unreadable file is an :class:`InputError` naming the file.
+    """
+    path = Path(path)
+    fmt = table_format(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty")
+    try:
+        df = _read_csv(path, schema) if fmt == "csv" else pd.read_parquet(path)
+    except InputError:
+        raise
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text; save the CSV as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: the file is empty (no header line)") from None
+    except (pd.errors.ParserError, csv.Error) as exc:
+        raise InputError(f"{path}: not a readable CSV file ({exc})") from None
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable {fmt} file ({exc})") from None
+    return df.reset_index(drop=True)
+
+
+def _read_csv(path: Path, schema: Schema | None) -> pd.DataFrame:
+    header = pd.read_csv(path, nrows=1, header=None, dtype=str, keep_default_na=False)
+    names = list(header.iloc[0]) if len(header) else []
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InputError(f"{path}: line 1: column name(s) {dupes} appear more than once")
+    text_cols = {}
+    if schema is not None:
+        text_cols = {c.name: str for c in schema.columns if not c.is_numeric}
+    df = pd.read_csv(
+        path,
+        dtype=text_cols or None,
+        keep_default_na=False,
+        na_values=[""],
+        skip_blank_lines=False,
+    )
+    blank = df.isna().all(axis=1).to_numpy()
+    end = len(df)
+    while end > 0 and blank[end - 1]:
+        end -= 1
+    return df.iloc[:end]
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> None:
+    """Write CSV or Parquet (by file name) without the index, creating parent folders."""
+    path = Path(path)
+    fmt = table_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "csv":
+        df.to_csv(path, index=False)
+    else:
+        df.to_parquet(path, index=False)

@@ -1,0 +1,309 @@
+"""The public schema of a table: column names, kinds, categories and bounds.
+
+All parties of a session agree on one schema before any data moves, and its fingerprint
+enters the handshake. The schema is **public**: every party and the aggregator or dealer see
+it, and it is stored next to the released generator. So think about what it says:
+
+- ``min`` / ``max`` of a numeric column bound the data. Bounds taken from the data reveal
+  the most extreme row (the oldest patient, the largest loan). :func:`infer_schema` therefore
+  rounds bounds *outward* to a coarse grid (a power of ten of the column's range), which hides
+  the exact extremes but still tells roughly where they lie. Prefer bounds from domain
+  knowledge (age 0-120) over bounds from data; differential-privacy guarantees assume the
+  bounds do not depend on the data at all.
+- ``categories`` list every value a categorical column may take. A category drawn from the
+  data proves that at least one row has it: a rare category can single a person out. List
+  the domain's full set of values by hand where it matters, and merge rare ones.
+- Inferring a schema from one party's file leaks that party's ranges and categories to the
+  others: draft it on public or synthetic data where you can, then edit it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import tomli_w
+
+from smpc_synth.data.defaults import MAX_CATEGORIES, MISSING_TOKENS
+from smpc_synth.errors import InputError
+
+Kind = Literal["numeric", "integer", "categorical", "boolean"]
+KINDS: tuple[str, ...] = ("numeric", "integer", "categorical", "boolean")
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One column: its kind, and the categories (categorical) or bounds (numeric, integer)."""
+
+    name: str
+    kind: Kind
+    categories: tuple[str, ...] | None = None
+    min: float | None = None
+    max: float | None = None
+
+    def __post_init__(self) -> None:
+        where = f"column '{self.name}'"
+        if not isinstance(self.name, str) or not self.name:
+            raise InputError(f"column name {self.name!r}: must be a non-empty string")
+        if self.kind not in KINDS:
+            raise InputError(f"{where}: unknown kind {self.kind!r} (use one of {KINDS})")
+        if self.kind == "categorical":
+            self._check_categories(where)
+        elif self.categories is not None:
+            raise InputError(f"{where}: key 'categories' is only for categorical columns")
+        if self.is_numeric:
+            self._check_bounds(where)
+        elif self.min is not None or self.max is not None:
+            raise InputError(f"{where}: keys 'min'/'max' are only for numeric/integer columns")
+
+    def _check_categories(self, where: str) -> None:
+        cats = self.categories
+        if cats is None or isinstance(cats, str) or len(cats) == 0:
+            raise InputError(f"{where}: key 'categories' must list at least one value")
+        if not all(isinstance(c, str) for c in cats):
+            raise InputError(f"{where}: key 'categories' must hold strings")
+        dupes = sorted({c for c in cats if list(cats).count(c) > 1})
+        if dupes:
+            raise InputError(f"{where}: key 'categories' repeats {dupes}")
+        object.__setattr__(self, "categories", tuple(cats))
+
+    def _check_bounds(self, where: str) -> None:
+        cast = int if self.kind == "integer" else float
+        for key in ("min", "max"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+                raise InputError(f"{where}: key '{key}' must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise InputError(f"{where}: key '{key}' must be finite, got {value!r}")
+            if self.kind == "integer" and value != int(value):
+                raise InputError(f"{where}: key '{key}' must be a whole number, got {value!r}")
+            object.__setattr__(self, key, cast(value))
+        if not self.min < self.max:
+            raise InputError(f"{where}: key 'min' ({self.min}) must be below 'max' ({self.max})")
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.kind in ("numeric", "integer")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind}
+        if self.categories is not None:
+            out["categories"] = list(self.categories)
+        if self.is_numeric:
+            out["min"] = self.min
+            out["max"] = self.max
+        return out
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The ordered columns of a table and, optionally, the target column for utility."""
+
+    columns: tuple[ColumnSpec, ...]
+    target: str | None = None
+    _index: dict[str, ColumnSpec] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        cols = tuple(self.columns)
+        if not cols:
+            raise InputError("schema: key 'columns' must list at least one column")
+        object.__setattr__(self, "columns", cols)
+        index: dict[str, ColumnSpec] = {}
+        for spec in cols:
+            if spec.name in index:
+                raise InputError(f"schema: column '{spec.name}' is listed twice")
+            index[spec.name] = spec
+        object.__setattr__(self, "_index", index)
+        if self.target is not None and self.target not in index:
+            raise InputError(f"schema: key 'target': '{self.target}' is not a column")
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> ColumnSpec:
+        """The spec of ``name``; an unknown name is an :class:`InputError` listing the known."""
+        try:
+            return self._index[name]
+        except KeyError:
+            raise InputError(
+                f"schema: no column '{name}' (columns: {', '.join(self.names)})"
+            ) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": SCHEMA_VERSION}
+        if self.target is not None:
+            out["target"] = self.target
+        out["columns"] = [c.to_dict() for c in self.columns]
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str = "schema") -> Schema:
+        """Build from a mapping (TOML or JSON); errors name ``source`` and the key."""
+        try:
+            return _from_dict(raw)
+        except InputError as exc:
+            msg = str(exc).removeprefix("schema: ")
+            raise InputError(f"{source}: {msg}") from None
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical JSON form; all parties must agree on it."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def save(self, path: str | Path) -> None:
+        """Write as TOML (the format users edit)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(tomli_w.dumps(self.to_dict()), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Schema:
+        """Read a TOML schema; a missing file, bad TOML or a bad key names the file."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError(f"{path}: schema file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: cannot read schema file ({exc})") from None
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"{path}: not valid TOML ({exc})") from None
+        return cls.from_dict(raw, source=str(path))
+
+
+_COLUMN_KEYS = frozenset({"name", "kind", "categories", "min", "max"})
+_SCHEMA_KEYS = frozenset({"version", "target", "columns"})
+
+
+def _from_dict(raw: Any) -> Schema:
+    if not isinstance(raw, dict):
+        raise InputError("schema: must be a table with a 'columns' list")
+    unknown = sorted(set(raw) - _SCHEMA_KEYS)
+    if unknown:
+        raise InputError(f"schema: unknown key '{unknown[0]}' (known: {sorted(_SCHEMA_KEYS)})")
+    version = raw.get("version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise InputError(f"schema: key 'version': {version!r} is not supported")
+    target = raw.get("target")
+    if target is not None and not isinstance(target, str):
+        raise InputError(f"schema: key 'target' must be a column name, got {target!r}")
+    columns = raw.get("columns")
+    if not isinstance(columns, list) or not columns:
+        raise InputError("schema: key 'columns' is missing or empty")
+    specs = []
+    for i, col in enumerate(columns, start=1):
+        if not isinstance(col, dict):
+            raise InputError(f"schema: key 'columns' entry {i} must be a table")
+        for key in ("name", "kind"):
+            if key not in col:
+                raise InputError(f"schema: key 'columns[{i}].{key}' is missing")
+        unknown = sorted(set(col) - _COLUMN_KEYS)
+        if unknown:
+            raise InputError(f"schema: column '{col['name']}': unknown key '{unknown[0]}'")
+        if col["kind"] in ("numeric", "integer"):
+            for key in ("min", "max"):
+                if key not in col:
+                    raise InputError(f"schema: column '{col['name']}': key '{key}' is missing")
+        cats = col.get("categories")
+        specs.append(
+            ColumnSpec(
+                name=col["name"],
+                kind=col["kind"],
+                categories=tuple(cats) if isinstance(cats, list) else cats,
+                min=col.get("min"),
+                max=col.get("max"),
+            )
+        )
+    return Schema(tuple(specs), target=target)
+
+
+def infer_schema(
+    df: pd.DataFrame, target: str | None = None, max_categories: int = MAX_CATEGORIES
+) -> Schema:
+    """Draft a schema from a table: kinds, sorted categories, bounds rounded outward.
+
+    A draft to review, not a verdict: see the module docstring for what it reveals.
+    Text columns with more than ``max_categories`` distinct values (free text, identifiers)
+    are refused with an :class:`InputError` naming the column.
+    """
+    if df.shape[1] == 0 or len(df) == 0:
+        raise InputError("cannot infer a schema from an empty table")
+    if target is not None and target not in df.columns:
+        raise InputError(
+            f"target column '{target}' is not in the table (columns: {', '.join(map(str, df))})"
+        )
+    return Schema(
+        tuple(_infer_column(str(name), df[name], max_categories) for name in df.columns),
+        target=target,
+    )
+
+
+def _infer_column(name: str, series: pd.Series, max_categories: int) -> ColumnSpec:
+    values = series.dropna()
+    if pd.api.types.is_bool_dtype(values.dtype) or (
+        pd.api.types.is_object_dtype(values.dtype)
+        and len(values) > 0
+        and values.map(lambda v: isinstance(v, bool | np.bool_)).all()
+    ):
+        return ColumnSpec(name, "boolean")
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        return _numeric_spec(name, values.astype(float))
+    text = values.astype(str).str.strip()
+    text = text[~text.str.lower().isin(MISSING_TOKENS)]
+    if text.empty:
+        raise InputError(f"column '{name}': every cell is empty; drop the column")
+    numbers = pd.to_numeric(text, errors="coerce")
+    if numbers.notna().all():
+        return _numeric_spec(name, numbers.astype(float))
+    if set(text.str.lower()) <= {"true", "false"}:
+        return ColumnSpec(name, "boolean")
+    cats = sorted(set(text))
+    if len(cats) > max_categories:
+        raise InputError(
+            f"column '{name}': {len(cats)} distinct text values, more than max_categories="
+            f"{max_categories}; free text or identifiers cannot be modelled: drop the column "
+            "or raise the limit"
+        )
+    return ColumnSpec(name, "categorical", categories=tuple(cats))
+
+
+def _numeric_spec(name: str, numbers: pd.Series) -> ColumnSpec:
+    finite = numbers[np.isfinite(numbers)]
+    if finite.empty:
+        raise InputError(f"column '{name}': no finite number; drop the column")
+    integral = bool((finite == np.round(finite)).all())
+    lo, hi = round_outward(float(finite.min()), float(finite.max()))
+    return ColumnSpec(name, "integer" if integral else "numeric", min=lo, max=hi)
+
+
+def round_outward(lo: float, hi: float) -> tuple[float, float]:
+    """Widen [lo, hi] to multiples of a power of ten of its span, so exact extremes stay hidden.
+
+    E.g. ages 17-42 give 10-50; 0.053-0.163 gives 0.0-0.2. A constant column gets a range
+    one step wide.
+    """
+    span = hi - lo
+    scale = span if span > 0 else (abs(lo) or 1.0)
+    exponent = math.floor(math.log10(scale))
+    step = 10.0**exponent
+    digits = max(0, -exponent)
+    new_lo = round(math.floor(lo / step) * step, digits)
+    new_hi = round(math.ceil(hi / step) * step, digits)
+    if new_lo > lo:  # float rounding landed just inside
+        new_lo = round(new_lo - step, digits)
+    if new_hi < hi:
+        new_hi = round(new_hi + step, digits)
+    if new_hi <= new_lo:
+        new_hi = round(new_lo + step, digits)
+    return new_lo, new_hi

@@ -1,0 +1,175 @@
+"""Check a table against its schema before any work, and return a typed copy.
+
+Every problem a user can fix is an :class:`InputError` naming the file, the column and the
+row: both the 1-based data row and, for CSV files, the file line (the header is line 1;
+a quoted cell spanning several lines shifts later line numbers). Several bad cells are
+reported together, the first few by row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from smpc_synth.data.defaults import (
+    FALSE_TOKENS,
+    MAX_REPORTED_PROBLEMS,
+    MIN_ROWS,
+    MISSING_TOKENS,
+    TRUE_TOKENS,
+)
+from smpc_synth.data.io import CSV_SUFFIXES
+from smpc_synth.data.schema import ColumnSpec, Schema
+from smpc_synth.errors import InputError
+
+
+@dataclass(frozen=True)
+class _Problem:
+    position: int  # 0-based row position
+    column: str
+    message: str
+
+
+def validate(
+    df: pd.DataFrame, schema: Schema, source: str, min_rows: int = MIN_ROWS
+) -> pd.DataFrame:
+    """Return ``df`` typed by ``schema`` (in schema column order), or raise InputError.
+
+    Categorical columns become ``str``, integer columns ``int64``, numeric ``float64`` and
+    boolean ``bool``. ``source`` names the data in messages (normally the file path).
+    """
+    _check_shape(df, schema, source, min_rows)
+    typed: dict[str, pd.Series] = {}
+    problems: list[_Problem] = []
+    counts: dict[str, int] = {}
+    for spec in schema.columns:
+        column = df[spec.name].reset_index(drop=True)
+        values, bad = _COERCE[spec.kind](column, spec)
+        typed[spec.name] = values
+        positions = np.flatnonzero(bad.to_numpy() != "")
+        if len(positions):
+            counts[spec.name] = len(positions)
+            problems += [
+                _Problem(int(p), spec.name, bad.iat[p]) for p in positions[:MAX_REPORTED_PROBLEMS]
+            ]
+    if problems:
+        raise InputError(_describe(problems, counts, source))
+    return pd.DataFrame(typed)
+
+
+def _check_shape(df: pd.DataFrame, schema: Schema, source: str, min_rows: int) -> None:
+    if df.shape[1] == 0:
+        raise InputError(f"{source}: the table has no columns")
+    if len(df) == 0:
+        raise InputError(f"{source}: the table has no data rows")
+    names = [str(c) for c in df.columns]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InputError(f"{source}: column(s) {_quoted(dupes)} appear more than once")
+    missing = [n for n in schema.names if n not in names]
+    if missing:
+        raise InputError(
+            f"{source}: missing column(s) {_quoted(missing)} "
+            f"(the schema expects {_quoted(schema.names)})"
+        )
+    extra = [n for n in names if n not in schema.names]
+    if extra:
+        hint = ""
+        if any(n.startswith("Unnamed:") for n in extra):
+            hint = " (an unnamed column: was the file written with its row index?)"
+        raise InputError(
+            f"{source}: column(s) {_quoted(extra)} are not in the schema; "
+            f"drop them or add them to the schema{hint}"
+        )
+    if len(df) < min_rows:
+        raise InputError(f"{source}: {len(df)} data rows; at least {min_rows} are needed")
+
+
+Coerced = tuple[pd.Series, pd.Series]  # typed values, and a problem text per row ("" if fine)
+
+
+def _text(column: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Stripped text of each cell, and whether the cell is empty."""
+    text = column.astype(object).where(column.notna(), "").map(str).str.strip()
+    return text, text == ""
+
+
+def _numeric(column: pd.Series, spec: ColumnSpec) -> Coerced:
+    bad = pd.Series("", index=column.index, dtype=object)
+    if pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column):
+        numbers = column.astype(float)
+        empty = numbers.isna()
+    else:
+        text, empty = _text(column)
+        empty |= text.str.lower().isin(MISSING_TOKENS)
+        numbers = pd.to_numeric(text.where(~empty), errors="coerce").astype(float)
+        not_number = numbers.isna() & ~empty
+        bad[not_number] = [f"{_show(t)} is not a number" for t in text[not_number]]
+    finite = np.isfinite(numbers)
+    outside = finite & ((numbers < spec.min) | (numbers > spec.max))
+    bounds = f"[{spec.min}, {spec.max}]"
+    bad[outside] = [f"{float(v)} is outside the schema bounds {bounds}" for v in numbers[outside]]
+    if spec.kind == "integer":
+        fraction = finite & (numbers != np.round(numbers))
+        bad[fraction] = [f"{float(v)} is not a whole number" for v in numbers[fraction]]
+    bad[numbers.notna() & ~finite] = "infinite value"
+    bad[empty] = "empty cell"
+    if spec.kind == "integer":
+        return numbers.where(bad == "", 0).round().astype("int64"), bad
+    return numbers.where(bad == "", 0.0), bad
+
+
+def _categorical(column: pd.Series, spec: ColumnSpec) -> Coerced:
+    text, empty = _text(column)
+    known = set(spec.categories or ())
+    unknown = ~empty & ~text.isin(known)
+    bad = pd.Series("", index=column.index, dtype=object)
+    listed = _quoted(list(spec.categories or ())[:10]) + (", ..." if len(known) > 10 else "")
+    bad[unknown] = [f"{_show(t)} is not a known category ({listed})" for t in text[unknown]]
+    bad[empty] = "empty cell"
+    return text.astype(object), bad
+
+
+def _boolean(column: pd.Series, spec: ColumnSpec) -> Coerced:
+    if pd.api.types.is_bool_dtype(column.dtype):
+        return column.astype(bool), pd.Series("", index=column.index, dtype=object)
+    text, empty = _text(column)
+    lower = text.str.lower()
+    truth = lower.isin(TRUE_TOKENS)
+    unknown = ~empty & ~truth & ~lower.isin(FALSE_TOKENS)
+    bad = pd.Series("", index=column.index, dtype=object)
+    bad[unknown] = [f"{_show(t)} is not true/false" for t in text[unknown]]
+    bad[empty] = "empty cell"
+    return truth.astype(bool), bad
+
+
+_COERCE: dict[str, Callable[[pd.Series, ColumnSpec], Coerced]] = {
+    "numeric": _numeric,
+    "integer": _numeric,
+    "categorical": _categorical,
+    "boolean": _boolean,
+}
+
+
+def _describe(problems: list[_Problem], counts: dict[str, int], source: str) -> str:
+    is_csv = source.lower().endswith(CSV_SUFFIXES)
+    total = sum(counts.values())
+    shown = sorted(problems, key=lambda p: p.position)[:MAX_REPORTED_PROBLEMS]
+    lines = [f"{source}: {total} bad cell(s) in column(s) {_quoted(list(counts))}:"]
+    for p in shown:
+        where = f"row {p.position + 1}" + (f" (line {p.position + 2})" if is_csv else "")
+        lines.append(f"  column '{p.column}', {where}: {p.message}")
+    if total > len(shown):
+        lines.append(f"  ... and {total - len(shown)} more")
+    return "\n".join(lines)
+
+
+def _quoted(names: list[str]) -> str:
+    return ", ".join(f"'{n}'" for n in names)
+
+
+def _show(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
