@@ -146,7 +146,7 @@ def _run_dealer(cfg: PartyConfig, mesh) -> dict[str, Any]:
 
 
 def _run_aggregator(cfg: PartyConfig, mesh) -> dict[str, Any]:
-    from smpc_synth.train.federated import serve_aggregator
+    from smpc_synth.train.aggregation import serve_aggregator
 
     summary = serve_aggregator(mesh, cfg.data_parties, cfg.run)
     return {"party": cfg.name, "role": "aggregator", **summary, "traffic": _as_dict(mesh.stats())}
