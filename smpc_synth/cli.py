@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +25,8 @@ BENCH_SUITES = ("quick", "paper", "mpc-ops", "he-agg", "collapse")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # gRPC's C core prints refused TLS handshakes itself; our own messages name the peer.
+    os.environ.setdefault("GRPC_VERBOSITY", "DEBUG" if args.verbose else "NONE")
     _configure_logging(args.verbose, getattr(args, "log_name", None))
     try:
         return int(args.handler(args) or 0)
@@ -208,8 +211,8 @@ def _cmd_certs(args) -> int:
         raise InputError("--names: give at least one member name, e.g. alice,bob,dealer")
     written = write_certificates(names, args.out)
     print(f"wrote a CA and {len(names)} certificates to {args.out}")
-    for name, path in sorted(written.items()) if isinstance(written, dict) else []:
-        print(f"  {name}: {path}")
+    for name, files in sorted(written.items()):
+        print(f"  {name}: {files.cert}, {files.key} (private: hand it to {name} only)")
     return 0
 
 

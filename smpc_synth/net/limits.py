@@ -1,0 +1,66 @@
+"""Every size, deadline and retry bound of the network layer, in one place.
+
+Values a run may change come from :class:`smpc_synth.config.NetworkConfig`; the rest are
+fixed here. Nothing on the network is unbounded (DESIGN.md §5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from smpc_synth.config import NetworkConfig
+
+MIB = 1024 * 1024
+# Headroom for the frame's tag, header and protobuf framing on top of its data slice.
+FRAME_OVERHEAD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The bounds one :class:`~smpc_synth.net.mesh.PeerMesh` works within."""
+
+    heartbeat_interval_s: float = NetworkConfig.heartbeat_interval_s
+    peer_timeout_s: float = NetworkConfig.peer_timeout_s
+    connect_timeout_s: float = NetworkConfig.connect_timeout_s
+    call_deadline_s: float = NetworkConfig.call_deadline_s
+    max_message_bytes: int = NetworkConfig.max_message_bytes  # one gRPC message (frame)
+    chunk_bytes: int = 1 * MIB  # payloads are cut into frames of this many raw bytes
+    # Bytes buffered per peer and direction (sent but not yet on the wire; received but not
+    # yet taken by recv). A full inbox stops reading the stream, which stalls the sender.
+    # One payload may not exceed it.
+    max_queued_bytes: int = 1024 * MIB
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 2.0
+    backoff_multiplier: float = 2.0
+    abort_deadline_s: float = 2.0  # telling peers about an abort is best effort
+    shutdown_grace_s: float = 1.0
+
+    @classmethod
+    def from_network(cls, network: NetworkConfig) -> Limits:
+        """The limits for a run's network settings."""
+        limits = cls(
+            heartbeat_interval_s=network.heartbeat_interval_s,
+            peer_timeout_s=network.peer_timeout_s,
+            connect_timeout_s=network.connect_timeout_s,
+            call_deadline_s=network.call_deadline_s,
+            max_message_bytes=network.max_message_bytes,
+        )
+        if limits.chunk_bytes + FRAME_OVERHEAD_BYTES > limits.max_message_bytes:
+            chunk = max(limits.max_message_bytes - FRAME_OVERHEAD_BYTES, 4096)
+            limits = replace(limits, chunk_bytes=chunk)
+        return limits
+
+    @property
+    def heartbeat_deadline_s(self) -> float:
+        """Deadline of one heartbeat call: a stalled peer must not hold the caller long."""
+        return min(self.call_deadline_s, self.peer_timeout_s)
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """Channel and server options: message size and gRPC's own reconnect backoff."""
+        return [
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.initial_reconnect_backoff_ms", int(self.backoff_initial_s * 1000)),
+            ("grpc.min_reconnect_backoff_ms", int(self.backoff_initial_s * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(self.backoff_max_s * 1000)),
+        ]

@@ -1,0 +1,822 @@
+"""The session's members connected pairwise over gRPC: the :class:`Channel` strategies use.
+
+Every member runs one gRPC server and holds one client channel per peer. Data travels on one
+long-lived ``DataPlane.Stream`` per ordered pair (sender -> receiver), so per-(sender, tag)
+order is the stream's order and a small round costs no call set-up. Liveness: heartbeats to
+every peer; a peer silent for ``peer_timeout_s``, a broken stream or a ``recv`` that waits
+too long aborts the session, and every member's pending and later calls raise
+:class:`~smpc_synth.errors.PeerError` naming the member at fault.
+
+Lifecycle: ``start()`` (listen) -> ``connect()`` (reach every peer, with backoff) ->
+``handshake(session_id, fingerprints)`` -> ``send``/``recv`` -> ``close()`` (drains, and waits
+until every peer has finished sending). ``abort(reason)`` stops everything early.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import re
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Iterator
+from concurrent import futures
+from functools import partial
+
+import grpc
+
+from smpc_synth.config import NetworkConfig
+from smpc_synth.errors import InputError, PeerError
+from smpc_synth.net import codec
+from smpc_synth.net.addresses import is_loopback, split_address
+from smpc_synth.net.limits import Limits
+from smpc_synth.net.tls import (
+    MEMBER_METADATA_KEY,
+    TlsFiles,
+    caller_name,
+    channel_credentials,
+    channel_options,
+    server_credentials,
+)
+from smpc_synth.net.v1 import (
+    control_pb2,
+    control_pb2_grpc,
+    data_pb2,
+    data_pb2_grpc,
+    session_pb2,
+    session_pb2_grpc,
+    tensor_pb2,
+)
+from smpc_synth.train.base import Payload, TrafficStats
+
+log = logging.getLogger(__name__)
+
+_REFUSED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+# How gRPC reports a failed TLS handshake (untrusted or misnamed certificate): no retry helps.
+_TLS_FAILURE = re.compile(r"(?i)tls handshake|ssl_error|certificate_verify|hostname verification")
+_NO_PHASE = ""
+
+
+def _details(error: BaseException) -> str:
+    if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
+        return f"{error.code().name}: {error.details()}"
+    return f"{type(error).__name__}: {error}"
+
+
+class _Inbox:
+    """Messages received from peers, queued by (peer, tag) until ``recv`` takes them."""
+
+    def __init__(self, limit: int):
+        self._limit = limit
+        self._cond = threading.Condition()
+        self._queues: dict[tuple[str, str], deque[tuple[Payload, int]]] = defaultdict(deque)
+        self._buffered: dict[str, int] = defaultdict(int)
+        self._ended: set[str] = set()  # peers that closed their stream to us cleanly
+        self._failure: PeerError | None = None
+
+    def reserve(self, peer: str, nbytes: int) -> None:
+        """Wait until ``nbytes`` more from ``peer`` fit the limit (stalls that peer's stream)."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: (
+                    self._failure is not None
+                    or self._buffered[peer] == 0
+                    or self._buffered[peer] + nbytes <= self._limit
+                )
+            )
+            if self._failure is not None:
+                raise self._failure
+            self._buffered[peer] += nbytes
+
+    def put(self, peer: str, tag: str, payload: Payload, nbytes: int) -> None:
+        with self._cond:
+            self._queues[peer, tag].append((payload, nbytes))
+            self._cond.notify_all()
+
+    def end(self, peer: str) -> None:
+        with self._cond:
+            self._ended.add(peer)
+            self._cond.notify_all()
+
+    def fail(self, error: PeerError) -> None:
+        with self._cond:
+            self._failure = error
+            self._cond.notify_all()
+
+    def get(self, peer: str, tag: str, timeout: float | None) -> tuple[Payload, int] | None:
+        """The next message from ``peer`` with ``tag``, or None after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._failure is not None:
+                    raise self._failure
+                queue = self._queues.get((peer, tag))
+                if queue:
+                    payload, nbytes = queue.popleft()
+                    self._buffered[peer] -= nbytes
+                    self._cond.notify_all()
+                    return payload, nbytes
+                if peer in self._ended:
+                    raise PeerError(f"{peer} left the session without sending {tag!r}", peer)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+
+    def wait_ended(self, peers: set[str], timeout: float) -> set[str]:
+        """Wait until every peer in ``peers`` has closed its stream; return those that have not."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._failure is not None or peers <= self._ended, timeout)
+            return peers - self._ended
+
+
+class _Outbox:
+    """Frames waiting to go to one peer; the peer's data stream pulls them in order."""
+
+    def __init__(self, peer: str, limit: int):
+        self._peer = peer
+        self._limit = limit
+        self._cond = threading.Condition()
+        self._frames: deque[tensor_pb2.Frame] = deque()
+        self._queued = 0
+        self._closed: str | None = None  # why nothing more may be sent
+        self._failure: PeerError | None = None
+
+    def put(self, frames: list[tensor_pb2.Frame], nbytes: int, timeout: float) -> None:
+        """Queue one message; wait (up to ``timeout``) while the queue is over its limit."""
+        with self._cond:
+            has_room = self._cond.wait_for(
+                lambda: (
+                    self._failure is not None
+                    or self._closed is not None
+                    or self._queued == 0
+                    or self._queued + nbytes <= self._limit
+                ),
+                timeout,
+            )
+            if self._failure is not None:
+                raise self._failure
+            if self._closed is not None:
+                raise PeerError(f"cannot send to {self._peer}: {self._closed}", self._peer)
+            if not has_room:
+                raise PeerError(
+                    f"{self._peer} has not taken {self._queued} queued bytes in {timeout:g} s",
+                    self._peer,
+                )
+            self._frames.extend(frames)
+            self._queued += nbytes
+            self._cond.notify_all()
+
+    def close(self, why: str) -> None:
+        """Let the stream end once the queued frames are out."""
+        with self._cond:
+            self._closed = self._closed or why
+            self._cond.notify_all()
+
+    def fail(self, error: PeerError) -> None:
+        with self._cond:
+            self._failure = error
+            self._cond.notify_all()
+
+    def __iter__(self) -> Iterator[tensor_pb2.Frame]:
+        # Ends only on close: after a failure the stream must not look like a clean end
+        # to the receiver, so it waits until close() has cancelled the call.
+        while True:
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: (self._frames and self._failure is None) or self._closed is not None
+                )
+                if self._failure is not None or not self._frames:
+                    return
+                frame = self._frames.popleft()
+                self._queued -= len(frame.data)
+                self._cond.notify_all()
+            yield frame
+
+
+class PeerMesh:
+    """This member's links to every other member of a session (implements ``Channel``).
+
+    ``me`` is this member's name, ``listen`` its ``host:port`` (port 0: any free port, see
+    :attr:`address`), ``peers`` maps every other member to its ``host:port``. With ``tls``
+    every link is mutually authenticated; without it, every address must be loopback unless
+    ``allow_insecure`` (or ``network.allow_insecure``) is set, which the log repeats.
+    """
+
+    def __init__(
+        self,
+        me: str,
+        listen: str,
+        peers: dict[str, str],
+        tls: TlsFiles | None,
+        network: NetworkConfig,
+        allow_insecure: bool = False,
+    ):
+        if me in peers:
+            raise InputError(f"member {me!r} is listed among its own peers")
+        self._me = me
+        self._peer_addresses = dict(peers)
+        self._members = {me, *peers}
+        self._listen = listen
+        self._limits = Limits.from_network(network)
+        self._tls = tls
+        self._plain_off_loopback = self._check_transport(allow_insecure or network.allow_insecure)
+        self._metadata = ((MEMBER_METADATA_KEY, me),)
+
+        self._lock = threading.Lock()
+        self._state = "created"
+        self._server: grpc.Server | None = None
+        self._port: int | None = None
+        self._channels: dict[str, grpc.Channel] = {}
+        self._control: dict[str, control_pb2_grpc.ControlStub] = {}
+        self._streams: dict[str, grpc.Future] = {}
+        self._inbound: set[str] = set()  # peers with an open data stream to us
+        self._inbox = _Inbox(self._limits.max_queued_bytes)
+        self._outboxes = {p: _Outbox(p, self._limits.max_queued_bytes) for p in peers}
+        self._last_heard = dict.fromkeys(peers, time.monotonic())
+        self._reached: set[str] = set()  # peers connect() has reached: heartbeats go to these
+        self._departed: set[str] = set()
+        self._hello: session_pb2.Hello | None = None
+        self._hello_ready = threading.Event()
+        self._stages: dict[str, set[str]] = defaultdict(set)
+        self._stage_cond = threading.Condition()
+        self._stats = TrafficStats()
+        self._last_op = ""
+        self._phase = _NO_PHASE
+        self._failure: PeerError | None = None
+        self.abort_event = threading.Event()  # set once the session is aborted
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._abort_notifier: threading.Thread | None = None
+
+    # --- Channel protocol -------------------------------------------------------------
+
+    @property
+    def me(self) -> str:
+        return self._me
+
+    @property
+    def peers(self) -> tuple[str, ...]:
+        return tuple(self._peer_addresses)
+
+    def send(self, peer: str, tag: str, payload: Payload) -> None:
+        """Queue ``payload`` for ``peer``; returns without waiting for the receiver."""
+        self._check_peer(peer)
+        self._raise_if_failed()
+        self._require_connected("send")
+        frames = codec.encode(tag, payload, self._limits.chunk_bytes)
+        nbytes = codec.frame_bytes(frames)
+        self._outboxes[peer].put(frames, nbytes, self._limits.peer_timeout_s)
+        with self._lock:
+            new_round = self._last_op != "send"
+            self._last_op = "send"
+            for stats in (self._stats, self._phase_stats()):
+                _add(stats, "bytes_sent", nbytes)
+                _add(stats, "messages_sent", 1)
+                _add(stats, "rounds", int(new_round))
+
+    def recv(self, peer: str, tag: str, timeout: float | None = None) -> Payload:
+        """The next message ``peer`` sent with ``tag``, as the kind it was sent.
+
+        Waits at most ``timeout`` seconds; running out aborts the session, since the
+        protocol cannot go on without it. ``None`` waits as long as the session lives: a
+        peer that dies, stalls or leaves still ends the wait (heartbeats, within
+        ``peer_timeout_s``), but a peer whose process is alive and merely slow does not.
+        """
+        self._check_peer(peer)
+        started = time.monotonic()
+        try:
+            message = self._inbox.get(peer, tag, timeout)
+        finally:
+            waited = time.monotonic() - started
+            with self._lock:
+                for stats in (self._stats, self._phase_stats()):
+                    _add(stats, "seconds_waiting", waited)
+        if message is None:
+            self.abort(f"{peer} sent no {tag!r} message within {timeout:g} s", culprit=peer)
+            self._raise_if_failed()
+        payload, nbytes = message
+        with self._lock:
+            self._last_op = "recv"
+            for stats in (self._stats, self._phase_stats()):
+                _add(stats, "bytes_received", nbytes)
+        return payload
+
+    def stats(self) -> TrafficStats:
+        """Traffic so far. Bytes are raw payload bytes; a round starts with each send that
+        follows a receive (or is the first send): a burst of sends to several peers between
+        two receives counts once. ``by_phase`` holds the same figures per :meth:`phase`."""
+        with self._lock:
+            return copy.deepcopy(self._stats)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Attribute traffic inside the block to phase ``name`` in :meth:`stats`."""
+        previous, self._phase = self._phase, name
+        try:
+            yield
+        finally:
+            self._phase = previous
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """``host:port`` this member listens on (the real port once started)."""
+        host, port = split_address(self._listen, self._me)
+        host = f"[{host}]" if ":" in host else host
+        return f"{host}:{self._port if self._port is not None else port}"
+
+    @property
+    def aborted(self) -> bool:
+        return self.abort_event.is_set()
+
+    @property
+    def failure(self) -> PeerError | None:
+        """Why the session was aborted, or None."""
+        return self._failure
+
+    def start(self) -> None:
+        """Listen for peers. InputError if the address cannot be bound."""
+        workers = 4 * len(self._peer_addresses) + 4  # each inbound stream holds one
+        server = grpc.server(
+            futures.ThreadPoolExecutor(workers, thread_name_prefix=f"mesh-{self._me}"),
+            options=self._limits.grpc_options(),
+        )
+        servicer = _Servicer(self)
+        control_pb2_grpc.add_ControlServicer_to_server(servicer, server)
+        session_pb2_grpc.add_SessionServicer_to_server(servicer, server)
+        data_pb2_grpc.add_DataPlaneServicer_to_server(servicer, server)
+        try:
+            if self._tls is not None:
+                port = server.add_secure_port(self._listen, server_credentials(self._tls))
+            else:
+                self._warn_plain("listening on")
+                port = server.add_insecure_port(self._listen)
+        except RuntimeError as exc:
+            raise InputError(f"{self._me} cannot listen on {self._listen}: {exc}") from None
+        server.start()
+        self._server, self._port, self._state = server, port, "listening"
+        log.info("%s listening on %s", self._me, self.address)
+
+    def connect(self) -> None:
+        """Reach every peer, retrying with backoff up to ``connect_timeout_s``.
+
+        PeerError naming the peers still unreachable then, or at once naming a peer whose
+        TLS handshake fails or that refuses this member (certificate name, membership).
+        Heartbeats start with the first peer reached; the data streams open at the end.
+        """
+        if self._server is None:
+            raise RuntimeError("PeerMesh.connect before start()")
+        self._open_channels()
+        self._watcher = threading.Thread(
+            target=self._watch, name=f"mesh-{self._me}-watch", daemon=True
+        )
+        self._watcher.start()
+        limits = self._limits
+        deadline = time.monotonic() + limits.connect_timeout_s
+        pending, errors, delay = list(self._peer_addresses), {}, limits.backoff_initial_s
+        while True:
+            remaining = deadline - time.monotonic()
+            calls = {
+                peer: self._control[peer].Heartbeat.future(
+                    control_pb2.Beat(state="connecting"),
+                    timeout=max(min(limits.call_deadline_s, remaining), 0.1),
+                    metadata=self._metadata,
+                )
+                for peer in pending
+            }
+            for peer, call in calls.items():
+                try:
+                    call.result()
+                except grpc.RpcError as exc:
+                    errors[peer] = self._retryable(peer, exc)
+                    continue
+                pending.remove(peer)
+                self._heard(peer)
+                self._reached.add(peer)
+            self._raise_if_failed()
+            remaining = deadline - time.monotonic()
+            if not pending:
+                break
+            if remaining <= 0:
+                where = "; ".join(
+                    f"{p} at {self._peer_addresses[p]} ({errors[p]})" for p in pending
+                )
+                raise PeerError(
+                    f"could not reach {', '.join(pending)} within "
+                    f"{limits.connect_timeout_s:g} s: {where}",
+                    pending[0],
+                )
+            log.info("%s: waiting for %s (retry in %.1f s)", self._me, ", ".join(pending), delay)
+            time.sleep(min(delay, remaining))
+            delay = min(delay * limits.backoff_multiplier, limits.backoff_max_s)
+        self._open_streams()
+        self._state = "connected"
+
+    def _retryable(self, peer: str, exc: grpc.RpcError) -> str:
+        """Why ``peer`` was not reached, if retrying may help; else PeerError at once."""
+        if exc.code() in _REFUSED:
+            raise PeerError(f"{peer} refused {self._me}: {exc.details()}", peer) from None
+        if self._tls is not None and _TLS_FAILURE.search(exc.details() or ""):
+            raise PeerError(
+                f"TLS with {peer} at {self._peer_addresses[peer]} failed: check that its "
+                f"certificate is issued by {self._tls.ca} and names {peer!r} ({_details(exc)})",
+                peer,
+            ) from None
+        return _details(exc)
+
+    def handshake(self, session_id: str, fingerprints: dict[str, str]) -> None:
+        """Check every peer has the same session id and fingerprints as this member.
+
+        PeerError naming each disagreeing peer and item (every member raises its own, and
+        the session is aborted).
+        """
+        self._require_connected("handshake")
+        self._hello = session_pb2.Hello(session_id=session_id, fingerprints=fingerprints)
+        self._hello_ready.set()
+        stub = {p: session_pb2_grpc.SessionStub(c) for p, c in self._channels.items()}
+        calls = {
+            peer: stub[peer].Exchange.future(
+                self._hello,
+                timeout=self._limits.call_deadline_s + self._limits.abort_deadline_s,
+                metadata=self._metadata,
+            )
+            for peer in self._peer_addresses
+        }
+        problems: list[tuple[str, str]] = []
+        for peer, call in calls.items():
+            try:
+                reply = call.result()
+            except grpc.RpcError as exc:
+                problems.append((peer, f"no handshake from {peer} ({_details(exc)})"))
+                continue
+            differences = _differences(self._hello, reply, peer)
+            if differences:
+                problems.append((peer, f"{peer} differs in {'; '.join(differences)}"))
+        if problems:
+            message = "handshake failed: " + "; ".join(text for _, text in problems)
+            self.abort(message, culprit=problems[0][0])
+            raise PeerError(message, problems[0][0])
+        self._state = "ready"
+
+    def barrier(self, stage: str, timeout: float | None = None) -> None:
+        """Tell every peer this member reached ``stage``; wait until all peers have too.
+
+        PeerError naming the peers missing after ``timeout`` (default ``peer_timeout_s``).
+        """
+        self._require_connected("barrier")
+        wait = self._limits.peer_timeout_s if timeout is None else timeout
+        calls = {
+            peer: self._control[peer].Start.future(
+                control_pb2.StartRequest(stage=stage),
+                timeout=self._limits.call_deadline_s,
+                metadata=self._metadata,
+            )
+            for peer in self._peer_addresses
+        }
+        for peer, call in calls.items():
+            try:
+                call.result()
+            except grpc.RpcError as exc:
+                self.abort(f"{peer} did not take stage {stage!r}: {_details(exc)}", peer)
+        with self._stage_cond:
+            self._stage_cond.wait_for(
+                lambda: self.aborted or self._stages[stage] >= set(self._peer_addresses), wait
+            )
+            missing = sorted(set(self._peer_addresses) - self._stages[stage])
+        self._raise_if_failed()
+        if missing:
+            self.abort(f"{', '.join(missing)} did not reach {stage!r} in {wait:g} s", missing[0])
+            self._raise_if_failed()
+
+    def status(self) -> dict[str, object]:
+        """This member's state, phase, traffic and how long ago each peer was heard."""
+        now = time.monotonic()
+        stats = self.stats()
+        return {
+            "member": self._me,
+            "state": self._state,
+            "phase": self._phase,
+            "seconds_since_heard": {p: now - t for p, t in self._last_heard.items()},
+            "bytes_sent": stats.bytes_sent,
+            "bytes_received": stats.bytes_received,
+            "messages_sent": stats.messages_sent,
+            "rounds": stats.rounds,
+            "abort_reason": str(self._failure) if self._failure else "",
+        }
+
+    def peer_status(self, peer: str) -> dict[str, object]:
+        """:meth:`status` of ``peer``, asked over the network."""
+        self._check_peer(peer)
+        try:
+            reply = self._control[peer].Status(
+                control_pb2.StatusRequest(),
+                timeout=self._limits.call_deadline_s,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as exc:
+            raise PeerError(f"no status from {peer}: {_details(exc)}", peer) from None
+        status = {field.name: getattr(reply, field.name) for field in reply.DESCRIPTOR.fields}
+        status["seconds_since_heard"] = dict(reply.seconds_since_heard)
+        return status
+
+    def abort(self, reason: str, culprit: str | None = None) -> None:
+        """Stop the session: every pending and later ``recv``/``send`` raises PeerError
+        (naming ``culprit``, else this member); peers are told, best effort."""
+        if self._fail(reason, culprit or self._me):
+            self._abort_notifier = threading.Thread(
+                target=self._tell_peers_abort,
+                args=(reason, culprit or ""),
+                name=f"mesh-{self._me}-abort",
+                daemon=True,
+            )
+            self._abort_notifier.start()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Leave the session: deliver everything sent, wait (at most ``timeout``, default
+        ``peer_timeout_s``) until every peer has finished sending to us, then stop."""
+        if self._state == "closed":
+            return
+        wait = self._limits.peer_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        if self._streams and not self.aborted:
+            self._state = "closing"
+            for box in self._outboxes.values():
+                box.close(f"{self._me} has closed its side of the session")
+            for peer, call in self._streams.items():
+                try:
+                    call.result(timeout=max(deadline - time.monotonic(), 0))
+                except (grpc.RpcError, grpc.FutureTimeoutError, grpc.FutureCancelledError):
+                    log.warning("%s: could not confirm delivery to %s", self._me, peer)
+            late = self._inbox.wait_ended(
+                set(self._peer_addresses), max(deadline - time.monotonic(), 0)
+            )
+            if late and not self.aborted:
+                log.warning("%s: closing while %s still connected", self._me, ", ".join(late))
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join()
+        if self._abort_notifier is not None:
+            self._abort_notifier.join(self._limits.abort_deadline_s)
+        for call in self._streams.values():
+            call.cancel()
+        for box in self._outboxes.values():
+            box.close(f"{self._me} has left the session")
+        if self._server is not None:
+            self._server.stop(self._limits.shutdown_grace_s).wait()
+        for channel in self._channels.values():
+            channel.close()
+        self._state = "closed"
+
+    def __enter__(self) -> PeerMesh:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is KeyboardInterrupt:
+            self.abort(f"{self._me} was interrupted (Ctrl-C)")
+        elif exc is not None and not self.aborted:
+            self.abort(f"{self._me} stopped on an error: {exc}")
+        self.close()
+
+    # --- internals --------------------------------------------------------------------
+
+    def _check_transport(self, allow_insecure: bool) -> list[str]:
+        """Names of members reached over plain TCP off loopback (refused unless allowed)."""
+        members = {self._me: self._listen, **self._peer_addresses}
+        hosts = {name: split_address(addr, name)[0] for name, addr in members.items()}
+        if self._tls is not None:
+            self._tls.read()  # missing or unreadable files: InputError before any traffic
+            return []
+        off = [f"{name} ({members[name]})" for name, host in hosts.items() if not is_loopback(host)]
+        if off and not allow_insecure:
+            raise InputError(
+                f"plain TCP refused for {', '.join(off)}: not a loopback address. Give TLS "
+                "certificates (smpc-synth certs) or allow plain TCP explicitly (allow_insecure)"
+            )
+        return off
+
+    def _warn_plain(self, what: str) -> None:
+        if self._plain_off_loopback:
+            log.warning(
+                "%s: INSECURE plain TCP %s, off loopback (%s): traffic is neither encrypted "
+                "nor authenticated",
+                self._me,
+                what,
+                ", ".join(self._plain_off_loopback),
+            )
+
+    def _open_channels(self) -> None:
+        options = [*self._limits.grpc_options(), ("grpc.use_local_subchannel_pool", 1)]
+        credentials = channel_credentials(self._tls) if self._tls else None
+        for peer, address in self._peer_addresses.items():
+            if peer in self._channels:
+                continue
+            if credentials is not None:
+                opts = options + channel_options(peer)
+                channel = grpc.secure_channel(address, credentials, options=opts)
+            else:
+                self._warn_plain(f"to {peer}")
+                channel = grpc.insecure_channel(address, options=options)
+            self._channels[peer] = channel
+            self._control[peer] = control_pb2_grpc.ControlStub(channel)
+
+    def _open_streams(self) -> None:
+        for peer, channel in self._channels.items():
+            call = data_pb2_grpc.DataPlaneStub(channel).Stream.future(
+                iter(self._outboxes[peer]), metadata=self._metadata
+            )
+            call.add_done_callback(partial(self._stream_done, peer))
+            self._streams[peer] = call
+
+    def _stream_done(self, peer: str, call: grpc.Future) -> None:
+        if call.cancelled() or call.exception() is None:
+            return
+        if peer in self._departed or self._stopping.is_set():
+            self._outboxes[peer].close(f"{peer} has left the session")
+            return
+        self.abort(f"lost the connection to {peer} ({_details(call.exception())})", peer)
+
+    def _watch(self) -> None:
+        """Heartbeat every reached peer each interval; abort if one stays silent too long."""
+        limits = self._limits
+        while not self._stopping.wait(limits.heartbeat_interval_s) and not self.aborted:
+            now = time.monotonic()
+            for peer in self._reached - self._departed:
+                silent = now - self._last_heard[peer]
+                if silent > limits.peer_timeout_s:
+                    self.abort(
+                        f"{peer} silent for {silent:.1f} s "
+                        f"(peer_timeout_s = {limits.peer_timeout_s:g})",
+                        peer,
+                    )
+                    return
+                call = self._control[peer].Heartbeat.future(
+                    control_pb2.Beat(state=self._state, phase=self._phase),
+                    timeout=limits.heartbeat_deadline_s,
+                    metadata=self._metadata,
+                )
+                call.add_done_callback(partial(self._beat_done, peer))
+
+    def _beat_done(self, peer: str, call: grpc.Future) -> None:
+        error = call.exception()
+        if error is None:
+            self._heard(peer)
+        elif isinstance(error, grpc.RpcError) and error.code() in _REFUSED:
+            self.abort(f"{peer} refused our heartbeat: {error.details()}", peer)
+
+    def _heard(self, peer: str) -> None:
+        self._last_heard[peer] = time.monotonic()
+
+    def _fail(self, message: str, culprit: str) -> bool:
+        """Record the abort locally and wake every waiter; False if already aborted."""
+        with self._lock:
+            if self._failure is not None:
+                return False
+            self._failure = PeerError(message, culprit)
+        log.error("%s: session aborted: %s", self._me, message)
+        self._state = "aborted"
+        self._inbox.fail(self._failure)
+        for box in self._outboxes.values():
+            box.fail(self._failure)
+        with self._stage_cond:
+            self._stage_cond.notify_all()
+        self.abort_event.set()
+        return True
+
+    def _tell_peers_abort(self, reason: str, culprit: str) -> None:
+        request = control_pb2.AbortRequest(reason=reason, culprit=culprit)
+        calls = [
+            self._control[peer].Abort.future(
+                request, timeout=self._limits.abort_deadline_s, metadata=self._metadata
+            )
+            for peer in set(self._control) - self._departed
+        ]
+        for call in calls:  # all in flight at once; each ends by its deadline
+            with contextlib.suppress(grpc.RpcError):
+                call.result()
+
+    def _require_connected(self, what: str) -> None:
+        if self._state not in ("connected", "ready"):
+            raise RuntimeError(f"PeerMesh.{what} needs a connected mesh (state: {self._state})")
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _check_peer(self, peer: str) -> None:
+        if peer not in self._peer_addresses:
+            raise InputError(
+                f"{peer!r} is not a peer of {self._me} (peers: {', '.join(self.peers)})"
+            )
+
+    def _phase_stats(self) -> dict[str, float]:
+        return self._stats.by_phase.setdefault(self._phase or "other", {})
+
+
+class _Servicer(
+    control_pb2_grpc.ControlServicer,
+    session_pb2_grpc.SessionServicer,
+    data_pb2_grpc.DataPlaneServicer,
+):
+    """The server side of a :class:`PeerMesh`: checks every caller, then serves it."""
+
+    def __init__(self, mesh: PeerMesh):
+        self._mesh = mesh
+
+    def _caller(self, context: grpc.ServicerContext) -> str:
+        mesh = self._mesh
+        try:
+            peer = caller_name(context, mesh._members - {mesh.me}, mesh._tls is not None)
+        except PermissionError as exc:
+            log.warning("%s: %s", mesh.me, exc)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{mesh.me}: {exc}")
+        mesh._heard(peer)
+        return peer
+
+    def Heartbeat(self, request, context):
+        self._caller(context)
+        return control_pb2.Beat(state=self._mesh._state, phase=self._mesh._phase)
+
+    def Start(self, request, context):
+        peer = self._caller(context)
+        with self._mesh._stage_cond:
+            self._mesh._stages[request.stage].add(peer)
+            self._mesh._stage_cond.notify_all()
+        return control_pb2.Ack()
+
+    def Status(self, request, context):
+        self._caller(context)
+        return control_pb2.StatusReply(**self._mesh.status())
+
+    def Abort(self, request, context):
+        peer = self._caller(context)
+        self._mesh._fail(f"{peer} aborted the session: {request.reason}", request.culprit or peer)
+        return control_pb2.Ack()
+
+    def Exchange(self, request, context):
+        self._caller(context)
+        mesh = self._mesh
+        if not mesh._hello_ready.wait(mesh._limits.call_deadline_s):
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{mesh.me} has not begun its handshake")
+        return mesh._hello
+
+    def Stream(self, request_iterator, context):
+        peer = self._caller(context)
+        mesh = self._mesh
+        with mesh._lock:
+            if peer in mesh._inbound:
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, f"{peer} already has a stream")
+            mesh._inbound.add(peer)
+        assembler = codec.Assembler(
+            mesh._limits.max_queued_bytes, reserve=partial(mesh._inbox.reserve, peer)
+        )
+        messages = total = 0
+        try:
+            for frame in request_iterator:
+                mesh._heard(peer)
+                message = assembler.feed(frame)
+                if message is not None:
+                    mesh._inbox.put(peer, *message)
+                    messages, total = messages + 1, total + message.nbytes
+        except codec.CodecError as exc:
+            reason = f"{peer} sent a malformed message: {exc}"
+            mesh.abort(reason, peer)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
+        except PeerError as exc:  # aborted while waiting for inbox room
+            context.abort(grpc.StatusCode.ABORTED, str(exc))
+        except grpc.RpcError:  # the caller went away without closing the stream
+            if not mesh._stopping.is_set():
+                mesh.abort(f"the connection from {peer} broke", peer)
+            return data_pb2.StreamSummary()
+        mesh._departed.add(peer)
+        mesh._inbox.end(peer)
+        log.info("%s: %s has finished sending", mesh.me, peer)
+        return data_pb2.StreamSummary(messages=messages, bytes=total)
+
+
+def _differences(mine: session_pb2.Hello, theirs: session_pb2.Hello, peer: str) -> list[str]:
+    """What differs between two hellos, each as 'item (ours here, theirs at peer)'."""
+    pairs = {"session id": (mine.session_id, theirs.session_id)}
+    for key in sorted(set(mine.fingerprints) | set(theirs.fingerprints)):
+        pairs[key] = (mine.fingerprints.get(key), theirs.fingerprints.get(key))
+    return [
+        f"{item} ({_short(a)} here, {_short(b)} at {peer})"
+        for item, (a, b) in pairs.items()
+        if a != b
+    ]
+
+
+def _short(value: str | None) -> str:
+    if value is None:
+        return "missing"
+    return repr(value if len(value) <= 16 else value[:12] + "...")
+
+
+def _add(stats: TrafficStats | dict[str, float], key: str, amount: float) -> None:
+    if isinstance(stats, dict):
+        stats[key] = stats.get(key, 0) + amount
+    else:
+        setattr(stats, key, getattr(stats, key) + amount)
