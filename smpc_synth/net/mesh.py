@@ -527,13 +527,14 @@ class PeerMesh:
         """Stop the session: every pending and later ``recv``/``send`` raises PeerError
         (naming ``culprit``, else this member); peers are told, best effort."""
         if self._fail(reason, culprit or self._me):
-            self._abort_notifier = threading.Thread(
+            notifier = threading.Thread(
                 target=self._tell_peers_abort,
                 args=(reason, culprit or ""),
                 name=f"mesh-{self._me}-abort",
                 daemon=True,
             )
-            self._abort_notifier.start()
+            notifier.start()  # started before it is published: close() may join it at once
+            self._abort_notifier = notifier
 
     def close(self, timeout: float | None = None) -> None:
         """Leave the session: deliver everything sent, wait (at most ``timeout``, default
@@ -557,19 +558,21 @@ class PeerMesh:
             if late and not self.aborted:
                 log.warning("%s: closing while %s still connected", self._me, ", ".join(late))
         self._stopping.set()
-        if self._watcher is not None:
-            self._watcher.join()
-        if self._abort_notifier is not None:
-            self._abort_notifier.join(self._limits.abort_deadline_s)
-        for call in self._streams.values():
-            call.cancel()
-        for box in self._outboxes.values():
-            box.close(f"{self._me} has left the session")
-        if self._server is not None:
-            self._server.stop(self._limits.shutdown_grace_s).wait()
-        for channel in self._channels.values():
-            channel.close()
-        self._state = "closed"
+        try:
+            if self._watcher is not None:
+                self._watcher.join()
+            if self._abort_notifier is not None:
+                self._abort_notifier.join(self._limits.abort_deadline_s)
+            for call in self._streams.values():
+                call.cancel()
+            for box in self._outboxes.values():
+                box.close(f"{self._me} has left the session")
+        finally:  # whatever happened above, no server thread may keep the process alive
+            if self._server is not None:
+                self._server.stop(self._limits.shutdown_grace_s).wait()
+            for channel in self._channels.values():
+                channel.close()
+            self._state = "closed"
 
     def __enter__(self) -> PeerMesh:
         return self

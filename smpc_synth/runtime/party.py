@@ -111,7 +111,7 @@ def _run_data_party(cfg: PartyConfig, schema, frame, mesh, resume: bool) -> dict
         data=frame,
         channel=mesh,
         checkpoints=DirectoryCheckpoints(cfg.out / "checkpoints"),
-        progress=ProgressEmitter(cfg.name),
+        progress=_stop_when_aborted(mesh, ProgressEmitter(cfg.name)),
         services={r: n for r in ("dealer", "aggregator") if (n := cfg.service(r))},
         output_parties=tuple(cfg.run.output_parties),
         resume=resume,
@@ -136,6 +136,18 @@ def _run_data_party(cfg: PartyConfig, schema, frame, mesh, resume: bool) -> dict
         synthetic.to_csv(cfg.out / "synthetic.csv", index=False)
         metrics["outputs"] = {"generator": str(model_path), "synthetic_rows": rows}
     return metrics
+
+
+def _stop_when_aborted(mesh, emit: ProgressEmitter):
+    """Progress events double as cancellation points: a long local computation (an epoch)
+    learns that the session was aborted at its next event and stops, naming the culprit."""
+
+    def progress(event: dict[str, Any]) -> None:
+        if mesh.aborted:
+            raise mesh.failure or PeerError("the session was aborted")
+        emit(event)
+
+    return progress
 
 
 def _run_dealer(cfg: PartyConfig, mesh) -> dict[str, Any]:

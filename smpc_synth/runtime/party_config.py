@@ -8,7 +8,6 @@ Relative paths are resolved against the file's folder.
 
 from __future__ import annotations
 
-import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Literal
 
 from smpc_synth.config import RunConfig
 from smpc_synth.errors import InputError
+from smpc_synth.net.addresses import is_loopback as _is_loopback_host
 
 Role = Literal["data", "dealer", "aggregator"]
 ROLES: tuple[str, ...] = ("data", "dealer", "aggregator")
@@ -85,13 +85,9 @@ class PartyConfig:
 
 
 def is_loopback(address: str) -> bool:
-    host = address.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    """Whether ``host:port`` names this machine only."""
+    host, _sep, _port = address.rpartition(":")
+    return _is_loopback_host(host.strip("[]"))
 
 
 def load_party_config(path: str | Path, role: Role | None = None) -> PartyConfig:

@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -59,6 +58,18 @@ class _Member:
     process: subprocess.Popen | None = None
 
 
+@dataclass
+class Session:
+    """A simulated session written to disk and ready to start."""
+
+    run_dir: Path
+    config: RunConfig
+    members: list[_Member]
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+    schema: Any
+
+
 def simulate(
     parties: int = 3,
     *,
@@ -75,6 +86,36 @@ def simulate(
 
     ``run_options`` are :class:`RunConfig` fields (mode, generator, epochs, seed, split, ...).
     """
+    session = prepare_session(
+        parties,
+        dataset=dataset,
+        data=data,
+        schema=schema,
+        out=out,
+        config=config,
+        resume=resume,
+        **run_options,
+    )
+    started = time.perf_counter()
+    codes = _run_members(session.members, session.run_dir, resume, session.config, show_progress)
+    return _gather(session, codes, time.perf_counter() - started)
+
+
+def prepare_session(
+    parties: int = 3,
+    *,
+    dataset: str | None = None,
+    data: str | Path | None = None,
+    schema: str | Path | None = None,
+    out: str | Path | None = None,
+    config: RunConfig | None = None,
+    resume: bool = False,
+    **run_options: Any,
+) -> Session:
+    """Validate the input, split it, and write data, certificates and member configs.
+
+    Everything a user can get wrong is checked here, before any process starts.
+    """
     from smpc_synth.data import holdout_split, split_parties
 
     cfg = config or RunConfig.from_dict(run_options, source="simulate options")
@@ -87,16 +128,11 @@ def simulate(
         cfg.target = target
     run_dir = Path(out or f"runs/simulate-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     _prepare_run_dir(run_dir, resume)
-
     stratify = cfg.target if _is_discrete(table_schema, cfg.target) else None
     train, holdout = holdout_split(frame, cfg.holdout_fraction, cfg.seed, stratify=stratify)
     shares = split_parties(train, parties, how=cfg.split, seed=cfg.seed)
     members = _write_session(run_dir, cfg, table_schema, shares, holdout, source)
-
-    started = time.perf_counter()
-    codes = _run_members(members, run_dir, resume, cfg, show_progress)
-    wall = time.perf_counter() - started
-    return _gather(run_dir, cfg, members, codes, train, holdout, table_schema, wall)
+    return Session(run_dir, cfg, members, train, holdout, table_schema)
 
 
 def _load_table(dataset, data, schema_path, cfg: RunConfig):
@@ -150,7 +186,7 @@ def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
 
 def _write_session(run_dir: Path, cfg: RunConfig, schema, shares, holdout, source) -> list[_Member]:
     """Data files, schema, certificates and one config per member."""
-    from smpc_synth.net import write_certificates
+    from smpc_synth.net import free_ports, write_certificates
 
     names = list(PARTY_NAMES[: len(shares)])
     roles = dict.fromkeys(names, "data")
@@ -163,7 +199,8 @@ def _write_session(run_dir: Path, cfg: RunConfig, schema, shares, holdout, sourc
         session = json.loads(session_file.read_text())
         addresses = session["addresses"]
     else:
-        addresses = {name: f"127.0.0.1:{_free_port()}" for name in roles}
+        ports = free_ports(len(roles))
+        addresses = {name: f"127.0.0.1:{port}" for name, port in zip(roles, ports)}
         write_certificates(list(roles), run_dir / "certs")
         session = {"session": f"sim-{os.getpid()}-{int(time.time())}", "addresses": addresses}
         session_file.write_text(json.dumps(session, indent=2))
@@ -279,8 +316,11 @@ def _wait_all(members, grace: float) -> dict[str, int]:
         time.sleep(0.1)
 
 
-def _gather(run_dir, cfg, members, codes, train, holdout, schema, wall) -> SimulationResult:
+def _gather(session: Session, codes: dict[str, int], wall: float) -> SimulationResult:
     from smpc_synth.eval import evaluate
+
+    run_dir, cfg, members = session.run_dir, session.config, session.members
+    train, holdout, schema = session.train, session.holdout, session.schema
 
     worst = max(codes.values())
     party_metrics = {}
@@ -313,12 +353,6 @@ def _gather(run_dir, cfg, members, codes, train, holdout, schema, wall) -> Simul
                 "%s exited with code %d (log: %s)", name, code, run_dir / "logs" / f"{name}.log"
             )
     return SimulationResult(run_dir, worst, metrics, synthetic, codes)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _toml_safe(value: Any) -> Any:

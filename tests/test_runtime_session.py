@@ -1,0 +1,136 @@
+"""Whole sessions: real party processes, real gRPC with mutual TLS, faults injected."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import tomli_w
+
+from smpc_synth.runtime.simulate import prepare_session
+
+
+def _start(config: Path, role: str = "party") -> subprocess.Popen:
+    cmd = "party" if role == "data" else role
+    return subprocess.Popen(
+        [sys.executable, "-m", "smpc_synth", cmd, "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+
+
+def _finish(procs: dict[str, subprocess.Popen], timeout: float) -> dict[str, tuple[int, str]]:
+    deadline = time.monotonic() + timeout
+    out = {}
+    for name, proc in procs.items():
+        try:
+            _, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"{name} did not stop within {timeout} s")
+        out[name] = (proc.returncode, err)
+    return out
+
+
+def test_three_party_plaintext_simulation_from_the_command_line(cli, tmp_path):
+    out = tmp_path / "run"
+    result = cli(
+        "simulate",
+        "--parties",
+        "3",
+        "--mode",
+        "plaintext",
+        "--dataset",
+        "breast_cancer",
+        "--epochs",
+        "2",
+        "--out",
+        out,
+    )
+    assert result.code == 0, result.output
+    synthetic = pd.read_csv(out / "synthetic.csv")
+    holdout = pd.read_csv(out / "holdout.csv")
+    assert list(synthetic.columns) == list(holdout.columns)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["exit_codes"] == {"alice": 0, "bob": 0, "carol": 0}
+    assert 0.0 <= metrics["evaluation"]["fidelity"]["quality_score"] <= 1.0
+    assert metrics["evaluation"]["meta"]["rows"]["holdout"] == len(holdout)
+    # the two non-leaders really sent their rows over the data plane
+    for name in ("bob", "carol"):
+        assert metrics["parties"][name]["traffic"]["bytes_sent"] > 0
+        assert "IN THE CLEAR" in (out / "logs" / f"{name}.log").read_text()
+    assert (out / "generator.pt").is_file() and (out / "config.toml").is_file()
+
+
+def test_mismatched_run_configs_stop_every_party_naming_the_difference(tmp_path):
+    session = prepare_session(2, dataset="breast_cancer", out=tmp_path / "run", mode="plaintext")
+    bob = next(m for m in session.members if m.name == "bob")
+    doc = tomllib.loads(bob.config_path.read_text())
+    doc["run"]["epochs"] = 7
+    bob.config_path.write_text(tomli_w.dumps(doc))
+    procs = {m.name: _start(m.config_path) for m in session.members}
+    results = _finish(procs, timeout=60)
+    for name, (code, err) in results.items():
+        assert code == 1, (name, err)
+        assert "config" in err, (name, err)
+    assert "bob" in results["alice"][1] and "alice" in results["bob"][1]
+
+
+def test_a_killed_party_stops_the_others_within_the_timeout_naming_it(tmp_path):
+    session = prepare_session(
+        3,
+        dataset="breast_cancer",
+        out=tmp_path / "run",
+        mode="federated",
+        generator="vae",
+        epochs=500,
+    )
+    procs = {m.name: _start(m.config_path, m.role) for m in session.members}
+    metrics_seen = session.run_dir / "parties" / "carol" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not metrics_seen.exists():  # wait until training is under way
+        assert time.monotonic() < deadline, "training never started"
+        assert all(p.poll() is None for p in procs.values())
+        time.sleep(0.2)
+    procs["carol"].send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    survivors = {n: p for n, p in procs.items() if n != "carol"}
+    results = _finish(survivors, timeout=45)
+    assert time.monotonic() - killed_at < 30 + 5
+    for name, (code, err) in results.items():
+        assert code == 1, (name, err)
+        assert "carol" in err, (name, err)
+    procs["carol"].wait()
+
+
+def test_federated_simulation_with_ckks_and_masking(tmp_path):
+    from smpc_synth.runtime.simulate import simulate
+
+    result = simulate(
+        3,
+        dataset="breast_cancer",
+        out=tmp_path / "fed",
+        mode="federated",
+        generator="vae",
+        epochs=2,
+        show_progress=False,
+    )
+    assert result.exit_code == 0, result.exit_codes
+    parties = result.metrics["parties"]
+    assert parties["aggregator"]["role"] == "aggregator" and parties["aggregator"]["rounds"] >= 3
+    for name in ("alice", "bob", "carol"):
+        training = parties[name]["training"]
+        assert training["he"] == "ckks" and training["masking"] is True
+        assert [e["epoch"] for e in training["epochs"]] == [1, 2]
+    assert len(result.synthetic) == parties["alice"]["training"]["rows_trained"]
