@@ -32,6 +32,7 @@ from smpc_synth.errors import InputError, PeerError
 from smpc_synth.net import codec
 from smpc_synth.net.addresses import is_loopback, split_address
 from smpc_synth.net.limits import Limits
+from smpc_synth.net.tap import WireTap
 from smpc_synth.net.tls import (
     MEMBER_METADATA_KEY,
     TlsFiles,
@@ -243,6 +244,7 @@ class PeerMesh:
         self._stages: dict[str, set[str]] = defaultdict(set)
         self._stage_cond = threading.Condition()
         self._stats = TrafficStats()
+        self._tap = WireTap(me)
         self._last_op = ""
         self._phase = _NO_PHASE
         self._failure: PeerError | None = None
@@ -568,6 +570,7 @@ class PeerMesh:
             for box in self._outboxes.values():
                 box.close(f"{self._me} has left the session")
         finally:  # whatever happened above, no server thread may keep the process alive
+            self._tap.close()
             if self._server is not None:
                 self._server.stop(self._limits.shutdown_grace_s).wait()
             for channel in self._channels.values():
@@ -780,6 +783,8 @@ class _Servicer(
         try:
             for frame in request_iterator:
                 mesh._heard(peer)
+                if mesh._tap.enabled:
+                    mesh._tap.record(peer, frame.SerializeToString())
                 message = assembler.feed(frame)
                 if message is not None:
                     mesh._inbox.put(peer, *message)
