@@ -80,12 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="mpc: allow CrypTen's trusted-first-party provider (party 0 sees everything)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_override_gate(p)
 
     for role in ("party", "dealer", "aggregator"):
         p = _add(sub, role, _cmd_member, f"run one {role} of a session from its config file")
         p.add_argument("--config", type=Path, required=True)
         p.add_argument("--resume", action="store_true")
         p.set_defaults(role=None if role == "party" else role)
+        if role == "party":
+            _add_override_gate(p)
 
     p = _add(sub, "certs", _cmd_certs, "create a CA and one certificate per member")
     p.add_argument("--names", required=True, help="comma-separated member names")
@@ -110,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout-fraction", type=float, default=0.2)
     p.add_argument("--target")
     p.add_argument("--out", type=Path, required=True)
+    _add_override_gate(p)
 
     p = _add(sub, "sample", _cmd_sample, "draw synthetic rows from generator.pt")
     p.add_argument("--model", type=Path, required=True)
@@ -126,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", type=Path, help="write the report as JSON")
     p.add_argument("--seed", type=int, default=0)
 
+    p = _add(sub, "verify", _cmd_verify, "check the hashes and signatures of a run's manifest")
+    p.add_argument("manifest", type=Path, help="DIR/manifest.json or the run directory")
+    p.add_argument("--ca", type=Path, help="pin the session CA (ca.pem) as the trust anchor")
+
     p = _add(sub, "bench", _cmd_bench, "run a benchmark suite")
     p.add_argument("suite", choices=BENCH_SUITES)
     p.add_argument("--out", type=Path, default=None)
@@ -141,6 +149,14 @@ def _add(sub, name: str, handler: Callable | None, help_text: str) -> argparse.A
     return p
 
 
+def _add_override_gate(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--override-gate",
+        action="store_true",
+        help="write synthetic.csv even if the release gate refuses it (recorded in the manifest)",
+    )
+
+
 def _configure_logging(verbose: bool, name: str | None) -> None:
     level = logging.DEBUG if verbose else logging.INFO
     fmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -153,8 +169,9 @@ def _configure_logging(verbose: bool, name: str | None) -> None:
 
 
 def _cmd_simulate(args) -> int:
-    from smpc_synth.config import RunConfig
+    from smpc_synth.config import RunConfig, drop_none
     from smpc_synth.eval import format_report
+    from smpc_synth.release import enforce
     from smpc_synth.runtime.simulate import simulate
 
     raw = {
@@ -170,7 +187,7 @@ def _cmd_simulate(args) -> int:
     }
     if args.insecure_dev:
         raw["mpc"]["provider"] = "tfp"
-    cfg = RunConfig.from_dict(_drop_none(raw), source="command line")
+    cfg = RunConfig.from_dict(drop_none(raw), source="command line")
     result = simulate(
         args.parties,
         dataset=args.dataset,
@@ -180,11 +197,16 @@ def _cmd_simulate(args) -> int:
         config=cfg,
         resume=args.resume,
         show_progress=not args.quiet,
+        override_gate=args.override_gate,
     )
     if "evaluation" in result.metrics:
         print(format_report(result.metrics["evaluation"]))
+    if result.gate is not None:
+        print(result.gate.describe())
     status = "finished" if result.exit_code == 0 else f"failed (exit code {result.exit_code})"
     print(f"run {status}: {result.run_dir}")
+    if result.exit_code == 0 and result.gate is not None:
+        enforce(result.gate)
     return result.exit_code
 
 
@@ -198,7 +220,8 @@ def _cmd_member(args) -> int:
             f"%(asctime)s %(levelname)-7s [{cfg.name}] %(name)s: %(message)s", datefmt="%H:%M:%S"
         )
     )
-    result = run_member(cfg, resume=args.resume)
+    override = getattr(args, "override_gate", False)
+    result = run_member(cfg, resume=args.resume, override_gate=override)
     log.info("%s done in %.1f s", cfg.name, result.get("wall_seconds", 0.0))
     return 0
 
@@ -230,7 +253,10 @@ def _cmd_schema_infer(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    import tomli_w
+
     from smpc_synth.api import evaluate, train
+    from smpc_synth.config import RunConfig
     from smpc_synth.data import (
         Schema,
         holdout_split,
@@ -240,6 +266,7 @@ def _cmd_train(args) -> int:
         validate,
     )
     from smpc_synth.eval import format_report
+    from smpc_synth.release import PENDING_NAME, enforce, release_run
 
     given = Schema.load(args.schema) if args.schema else None
     if args.data is not None:
@@ -265,9 +292,18 @@ def _cmd_train(args) -> int:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     model.save(args.out / "generator.pt")
+    candidate = args.out / PENDING_NAME
     synthetic = model.sample(len(fit_rows), seed=args.seed)
-    synthetic.to_csv(args.out / "synthetic.csv", index=False)
+    synthetic.to_csv(candidate, index=False)
     schema.save(args.out / "schema.toml")
+    config = RunConfig(
+        generator=args.generator,
+        epochs=args.epochs,
+        seed=args.seed,
+        holdout_fraction=args.holdout_fraction,
+        target=target,
+    )
+    (args.out / "config.toml").write_text(tomli_w.dumps(config.to_toml_dict()))
     report = evaluate(
         fit_rows, synthetic, holdout=holdout, target=target, schema=schema, seed=args.seed
     )
@@ -277,10 +313,27 @@ def _cmd_train(args) -> int:
         "source": source,
         "evaluation": report,
     }
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    decision = release_run(
+        args.out,
+        candidate=candidate,
+        report=report,
+        policy=config.gate,
+        config=config.to_dict(),
+        metrics=metrics,
+        override=args.override_gate,
+    )
     print(format_report(report))
-    print(f"wrote {args.out}/generator.pt, synthetic.csv, metrics.json")
+    print(decision.describe())
+    written = "generator.pt, metrics.json, manifest.json"
+    print(f"wrote {args.out}: {written}" + (", synthetic.csv" if decision.released else ""))
+    enforce(decision)
     return 0
+
+
+def _cmd_verify(args) -> int:
+    from smpc_synth.release import verify_main
+
+    return verify_main(args.manifest, ca=args.ca)
 
 
 def _cmd_sample(args) -> int:
@@ -321,12 +374,6 @@ def _cmd_bench(args) -> int:
 
     out = args.out or Path("benchmarks/results") / args.suite
     return run_suite(args.suite, out, config=args.config, full=args.full)
-
-
-def _drop_none(value):
-    if isinstance(value, dict):
-        return {k: _drop_none(v) for k, v in value.items() if v is not None}
-    return value
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -90,6 +90,10 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_toml_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without None values (TOML has no null; None means 'default')."""
+        return drop_none(self.to_dict())
+
     def fingerprint(self) -> str:
         """SHA-256 of the canonical JSON form; equal configs give equal fingerprints."""
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -111,6 +115,14 @@ class RunConfig:
             raise InputError(f"{source}: key 'epochs' must be at least 1")
         if not (self.split == "iid" or self.split.startswith("noniid:")):
             raise InputError(f"{source}: key 'split': use 'iid' or 'noniid:COLUMN'")
+
+
+def drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [drop_none(v) for v in value]
+    return value
 
 
 def _build(cls: type, raw: dict[str, Any], source: str, prefix: str):

@@ -102,7 +102,18 @@ def test_schema_infer_then_train_sample_evaluate_round_trip(cli, tmp_path, table
     schema = tmp_path / "drafted.toml"
     assert cli("schema", "infer", data, "-o", schema).code == 0
     out = tmp_path / "model"
-    result = cli("train", "--data", data, "--schema", schema, "--out", out, "--target", "city")
+    result = cli(
+        "train",
+        "--data",
+        data,
+        "--schema",
+        schema,
+        "--out",
+        out,
+        "--target",
+        "city",
+        "--override-gate",
+    )
     assert result.code == 0, result.output
     synthetic = tmp_path / "more.csv"
     assert cli("sample", "--model", out / "generator.pt", "-n", "25", "-o", synthetic).code == 0

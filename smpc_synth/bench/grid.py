@@ -39,7 +39,10 @@ BASELINE = "plaintext"
 
 @dataclass
 class GridSpec:
-    """One grid; ``benchmarks/configs/*.toml`` hold these as TOML tables."""
+    """One grid; ``benchmarks/configs/*.toml`` hold these as TOML tables.
+
+    The defaults are the quick grid of ``smpc-synth bench quick`` (the README's headline).
+    """
 
     modes: list[str] = field(default_factory=lambda: ["plaintext", "federated+ckks", "mpc"])
     generators: list[str] = field(default_factory=lambda: ["gaussian"])
@@ -228,7 +231,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_quick(out: Path, config: Path | None = None) -> int:
-    """``smpc-synth bench quick``: a small grid that finishes in about ten minutes."""
+    """``smpc-synth bench quick``: the default :class:`GridSpec`, about ten minutes."""
     spec = GridSpec.load(config) if config else GridSpec()
     records = run_grid(spec, out)
     return 0 if all(r["exit_code"] == 0 for r in records) else 1

@@ -8,6 +8,8 @@ from typing import Any
 
 import pandas as pd
 
+from smpc_synth.bench.netem import PROFILES, NetworkProfile, netem_unavailable_reason
+
 GROUP = ["mode", "generator", "dataset", "parties"]
 # column -> (header, format); the order is the order of the tables
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -20,6 +22,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "bytes_per_party": ("MB/party", "{:.2f}"),
     "rounds_per_party": ("rounds", "{:.0f}"),
     "peak_memory_mb": ("peak MB", "{:.0f}"),
+    "lan_seconds": ("LAN s*", "{:.1f}"),
+    "wan_seconds": ("WAN s*", "{:.1f}"),
     "epsilon": ("ε", "{:.2f}"),
 }
 
@@ -47,8 +51,30 @@ def with_ratios(records: list[dict[str, Any]]) -> pd.DataFrame:
             else None
             for _, row in frame.iterrows()
         ]
+    for name, profile in PROFILES.items():
+        frame[f"{name}_seconds"] = [
+            modelled_seconds(
+                row["wall_seconds"], row["rounds_per_party"], row["bytes_per_party"], profile
+            )
+            for _, row in frame.iterrows()
+        ]
     frame["bytes_per_party"] = frame["bytes_per_party"].astype(float) / 1e6
     return frame
+
+
+def modelled_seconds(seconds, rounds, nbytes, profile: NetworkProfile) -> float | None:
+    """Loopback time plus what ``profile`` adds: a round trip per round, bytes at its rate.
+
+    The lower-bound model of ANCHORS.md (bytes / bandwidth + rounds x latency + compute),
+    used where links cannot be emulated; marked * in the tables.
+    """
+    try:
+        seconds, rounds, nbytes = float(seconds), float(rounds), float(nbytes)
+    except (TypeError, ValueError):
+        return None
+    if any(math.isnan(v) for v in (seconds, rounds, nbytes)):
+        return None
+    return seconds + rounds * 2 * profile.delay_ms / 1e3 + nbytes * 8 / (profile.rate_mbit * 1e6)
 
 
 def _ratio(value: Any, baseline: Any) -> float | None:
@@ -122,10 +148,22 @@ def write_summaries(records: list[dict[str, Any]], out: Path) -> pd.DataFrame:
         return frame
     summary = summarise(frame)
     summary.to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text(to_markdown(summary))
+    (out / "summary.md").write_text(to_markdown(summary) + _network_note())
     (out / "summary.tex").write_text(to_latex(summary))
     write_plots(frame, records, out)
     return summary
+
+
+def _network_note() -> str:
+    reason = netem_unavailable_reason()
+    profiles = ", ".join(
+        f"{p.name} {2 * p.delay_ms:g} ms RTT {p.rate_mbit:g} Mbit/s" for p in PROFILES.values()
+    )
+    how = f"not emulated here ({reason})" if reason else "emulation available"
+    return (
+        f"\n\\* LAN/WAN columns are modelled from the measured loopback time, rounds and bytes "
+        f"({profiles}); link {how}.\n"
+    )
 
 
 def write_plots(frame: pd.DataFrame, records: list[dict[str, Any]], out: Path) -> None:

@@ -20,6 +20,7 @@ import torch
 
 from smpc_synth import __version__
 from smpc_synth.errors import PeerError
+from smpc_synth.release.run import PENDING_NAME
 from smpc_synth.runtime.checkpoints import DirectoryCheckpoints
 from smpc_synth.runtime.party_config import PartyConfig
 from smpc_synth.runtime.progress import ProgressEmitter
@@ -37,8 +38,15 @@ def session_fingerprints(cfg: PartyConfig, schema_fingerprint: str) -> dict[str,
     }
 
 
-def run_member(cfg: PartyConfig, resume: bool = False) -> dict[str, Any]:
-    """Run this member to completion; raises SmpcSynthError subclasses on failure."""
+def run_member(
+    cfg: PartyConfig, resume: bool = False, override_gate: bool = False
+) -> dict[str, Any]:
+    """Run this member to completion; raises SmpcSynthError subclasses on failure.
+
+    A data party that receives the generator also gates its synthetic table (against its
+    own rows), publishes or withholds it, and signs the manifest with its own key, unless
+    ``party.release`` is false (a simulation launcher then does it against the holdout).
+    """
     torch.set_num_threads(1)
     schema, frame = _load_inputs(cfg)
     from smpc_synth.net import PeerMesh, TlsFiles
@@ -74,8 +82,43 @@ def run_member(cfg: PartyConfig, resume: bool = False) -> dict[str, Any]:
     result["wall_seconds"] = time.perf_counter() - started
     result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     cfg.out.mkdir(parents=True, exist_ok=True)
-    _write_json(cfg.out / "metrics.json", result)
+    candidate = cfg.out / PENDING_NAME
+    if cfg.release and candidate.is_file():
+        _release(cfg, schema, frame, candidate, result, override_gate)
+    else:
+        _write_json(cfg.out / "metrics.json", result)
     return result
+
+
+def _release(cfg: PartyConfig, schema, frame, candidate: Path, metrics, override: bool) -> None:
+    """Evaluate against this party's own rows, gate, publish, sign; exit 3 if refused."""
+    import pandas as pd
+    import tomli_w
+
+    from smpc_synth.eval import evaluate
+    from smpc_synth.release import enforce, release_run
+
+    report = evaluate(
+        frame, pd.read_csv(candidate), target=cfg.run.target, schema=schema, seed=cfg.run.seed
+    )
+    report["meta"]["reference"] = f"{cfg.name}'s own rows (no common holdout)"
+    metrics["evaluation"] = report
+    (cfg.out / "config.toml").write_text(tomli_w.dumps(cfg.run.to_toml_dict()))
+    schema.save(cfg.out / "schema.toml")
+    certificates = {cfg.name: cfg.tls_cert} if cfg.tls_cert else {}
+    decision = release_run(
+        cfg.out,
+        candidate=candidate,
+        report=report,
+        policy=cfg.run.gate,
+        config=cfg.run.to_dict(),
+        metrics=metrics,
+        override=override,
+        certificates=certificates,
+        ca_path=cfg.tls_ca,
+        keys={cfg.name: cfg.tls_key} if cfg.tls_key else {},
+    )
+    enforce(decision)
 
 
 def _load_inputs(cfg: PartyConfig):
@@ -133,7 +176,7 @@ def _run_data_party(cfg: PartyConfig, schema, frame, mesh, resume: bool) -> dict
         result.synthesizer.save(model_path)
         rows = cfg.run.sample_rows or int(result.metrics.get("rows_trained", len(frame)))
         synthetic = result.synthesizer.sample(rows, seed=cfg.run.seed)
-        synthetic.to_csv(cfg.out / "synthetic.csv", index=False)
+        synthetic.to_csv(cfg.out / PENDING_NAME, index=False)
         metrics["outputs"] = {"generator": str(model_path), "synthetic_rows": rows}
     return metrics
 

@@ -47,6 +47,7 @@ class PartyConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     allow_insecure: bool = False
+    release: bool = True  # gate, publish and sign its own outputs (False: a launcher does it)
     source: str = "config"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -119,7 +120,17 @@ def party_config_from_dict(
         )
     if my_role not in ROLES:
         raise InputError(f"{source}: key 'party.role' must be one of {ROLES}, got {my_role!r}")
-    allowed = {"name", "role", "listen", "data", "schema", "out", "session", "allow_insecure"}
+    allowed = {
+        "name",
+        "role",
+        "listen",
+        "data",
+        "schema",
+        "out",
+        "session",
+        "allow_insecure",
+        "release",
+    }
     _no_unknown(party, allowed, source, "party")
 
     def path_of(key: str, table: dict[str, Any]) -> Path | None:
@@ -169,6 +180,7 @@ def party_config_from_dict(
         tls_cert=tls_paths["cert"],
         tls_key=tls_paths["key"],
         allow_insecure=bool(party.get("allow_insecure", False)),
+        release=bool(party.get("release", True)),
         source=source,
     )
     if my_role == "data":

@@ -8,6 +8,7 @@ one place, and gathers outputs, logs and an evaluation against the holdout.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +27,8 @@ import tomli_w
 
 from smpc_synth.config import RunConfig
 from smpc_synth.errors import InputError
+from smpc_synth.release.manifest import MANIFEST_NAME
+from smpc_synth.release.run import PENDING_NAME, SYNTHETIC_NAME
 from smpc_synth.runtime.progress import describe, parse_progress
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,7 @@ class SimulationResult:
     metrics: dict[str, Any]
     synthetic: pd.DataFrame | None = None
     exit_codes: dict[str, int] = field(default_factory=dict)
+    gate: Any = None  # smpc_synth.release.GateDecision, once the synthetic table was gated
 
 
 @dataclass
@@ -80,6 +84,7 @@ def simulate(
     config: RunConfig | None = None,
     resume: bool = False,
     show_progress: bool = True,
+    override_gate: bool = False,
     **run_options: Any,
 ) -> SimulationResult:
     """Run ``parties`` data parties (plus dealer/aggregator as the mode needs) locally.
@@ -98,7 +103,7 @@ def simulate(
     )
     started = time.perf_counter()
     codes = _run_members(session.members, session.run_dir, resume, session.config, show_progress)
-    return _gather(session, codes, time.perf_counter() - started)
+    return _gather(session, codes, time.perf_counter() - started, override_gate)
 
 
 def prepare_session(
@@ -175,7 +180,8 @@ def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
         if not (run_dir / "session.json").is_file():
             raise InputError(f"{run_dir}: nothing to resume (no session.json)")
         return
-    for stale in ("parties", "logs", "certs", "generator.pt", "synthetic.csv", "metrics.json"):
+    stale_files = ("generator.pt", SYNTHETIC_NAME, PENDING_NAME, "metrics.json", MANIFEST_NAME)
+    for stale in ("parties", "logs", "certs", *stale_files):
         target = run_dir / stale
         if target.is_dir():
             shutil.rmtree(target)
@@ -207,7 +213,7 @@ def _write_session(run_dir: Path, cfg: RunConfig, schema, shares, holdout, sourc
 
     schema.save(run_dir / "schema.toml")
     holdout.to_csv(run_dir / "holdout.csv", index=False)
-    (run_dir / "config.toml").write_text(tomli_w.dumps(_toml_safe(cfg.to_dict())))
+    (run_dir / "config.toml").write_text(tomli_w.dumps(cfg.to_toml_dict()))
     members = []
     for i, (name, role) in enumerate(roles.items()):
         folder = run_dir / "parties" / name
@@ -219,6 +225,7 @@ def _write_session(run_dir: Path, cfg: RunConfig, schema, shares, holdout, sourc
             "session": session["session"],
             "out": ".",
             "schema": "../../schema.toml",
+            "release": False,  # the launcher gates and signs, against the holdout
         }
         if role == "data":
             shares[i].to_csv(folder / "data.csv", index=False)
@@ -235,7 +242,7 @@ def _write_session(run_dir: Path, cfg: RunConfig, schema, shares, holdout, sourc
                 for other in roles
                 if other != name
             ],
-            "run": _toml_safe(cfg.to_dict()),
+            "run": cfg.to_toml_dict(),
         }
         path = folder / "party.toml"
         path.write_text(tomli_w.dumps(doc))
@@ -316,12 +323,14 @@ def _wait_all(members, grace: float) -> dict[str, int]:
         time.sleep(0.1)
 
 
-def _gather(session: Session, codes: dict[str, int], wall: float) -> SimulationResult:
+def _gather(
+    session: Session, codes: dict[str, int], wall: float, override_gate: bool
+) -> SimulationResult:
+    """Collect every member's metrics; evaluate against the holdout; gate, publish, sign."""
     from smpc_synth.eval import evaluate
+    from smpc_synth.release import certificates_in, release_run
 
     run_dir, cfg, members = session.run_dir, session.config, session.members
-    train, holdout, schema = session.train, session.holdout, session.schema
-
     worst = max(codes.values())
     party_metrics = {}
     for m in members:
@@ -334,31 +343,46 @@ def _gather(session: Session, codes: dict[str, int], wall: float) -> SimulationR
         "wall_seconds": wall,
         "parties": party_metrics,
     }
-    synthetic = None
-    producer = next(
-        (m for m in members if (m.config_path.parent / "synthetic.csv").is_file()), None
-    )
-    if worst == 0 and producer is not None:
-        folder = producer.config_path.parent
-        shutil.copy(folder / "generator.pt", run_dir / "generator.pt")
-        shutil.copy(folder / "synthetic.csv", run_dir / "synthetic.csv")
-        synthetic = pd.read_csv(run_dir / "synthetic.csv")
-        metrics["evaluation"] = evaluate(
-            train, synthetic, holdout=holdout, target=cfg.target, schema=schema, seed=cfg.seed
+    result = SimulationResult(run_dir, worst, metrics, None, codes)
+    producers = [m for m in members if (m.config_path.parent / PENDING_NAME).is_file()]
+    if worst != 0 or not producers:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+        for name, code in codes.items():
+            if code != 0:
+                log.error("%s exited with code %d (log: %s)", name, code, run_dir / "logs" / name)
+        return result
+    folder = producers[0].config_path.parent
+    shutil.copy(folder / "generator.pt", run_dir / "generator.pt")
+    candidate = run_dir / PENDING_NAME
+    shutil.copy(folder / PENDING_NAME, candidate)
+    for other in producers:  # every output party holds the same table; one copy is released
+        (other.config_path.parent / PENDING_NAME).unlink()
+    synthetic = pd.read_csv(candidate)
+    report: dict[str, Any] = {}
+    if len(session.holdout):
+        report = evaluate(
+            session.train,
+            synthetic,
+            holdout=session.holdout,
+            target=cfg.target,
+            schema=session.schema,
+            seed=cfg.seed,
         )
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-    for name, code in codes.items():
-        if code != 0:
-            log.error(
-                "%s exited with code %d (log: %s)", name, code, run_dir / "logs" / f"{name}.log"
-            )
-    return SimulationResult(run_dir, worst, metrics, synthetic, codes)
-
-
-def _toml_safe(value: Any) -> Any:
-    """TOML has no null: drop None values (they mean 'use the default')."""
-    if isinstance(value, dict):
-        return {k: _toml_safe(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_toml_safe(v) for v in value]
-    return value
+        metrics["evaluation"] = report
+    names = [m.name for m in members]
+    policy = cfg.gate if report else dataclasses.replace(cfg.gate, enabled=False)
+    result.gate = release_run(
+        run_dir,
+        candidate=candidate,
+        report=report,
+        policy=policy,
+        config=cfg.to_dict(),
+        metrics=metrics,
+        override=override_gate,
+        certificates=certificates_in(run_dir / "certs", names),
+        ca_path=run_dir / "certs" / "ca.pem",
+        keys={m.name: run_dir / "certs" / f"{m.name}.key" for m in members if m.role == "data"},
+    )
+    if result.gate.released:
+        result.synthetic = synthetic
+    return result

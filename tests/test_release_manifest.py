@@ -1,0 +1,266 @@
+"""The provenance manifest: a fresh one verifies; one changed byte anywhere is named."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tomli_w
+import torch
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import NameOID
+
+from smpc_synth import __version__
+from smpc_synth.config import RunConfig
+from smpc_synth.errors import InputError
+from smpc_synth.net.certs import fingerprint, write_certificates
+from smpc_synth.release import (
+    build_manifest,
+    certificates_in,
+    load_manifest,
+    release_run,
+    sign_manifest,
+    verify_main,
+    verify_manifest,
+    write_manifest,
+)
+from smpc_synth.release.manifest import signed_body
+
+MEMBERS = ["alice", "bob", "dealer"]
+SIGNERS = ["alice", "bob"]
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """A finished run: real files, certificates from net/certs, a manifest signed by two."""
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = replace(RunConfig(), gate=replace(RunConfig().gate, enabled=False))
+    (run / "config.toml").write_text(tomli_w.dumps({"mode": cfg.mode, "seed": cfg.seed}))
+    (run / "schema.toml").write_text('[[columns]]\nname = "x"\nkind = "numeric"\n')
+    torch.save({"w": torch.arange(6.0)}, run / "generator.pt")
+    rng = np.random.default_rng(0)
+    pending = run / "synthetic.pending.csv"
+    pd.DataFrame({"x": rng.normal(size=50), "y": rng.integers(0, 3, 50)}).to_csv(
+        pending, index=False
+    )
+    certs = run / "certs"
+    write_certificates(MEMBERS, certs)
+    decision = release_run(
+        run,
+        candidate=pending,
+        report={},
+        policy=cfg.gate,
+        config=cfg.to_dict(),
+        metrics={"evaluation": {"fidelity": {"quality_score": 0.9}}},
+        certificates=certificates_in(certs, MEMBERS),
+        ca_path=certs / "ca.pem",
+        keys={name: certs / f"{name}.key" for name in SIGNERS},
+    )
+    assert decision.released
+    return run
+
+
+def _flip_byte(path: Path, offset: int | None = None) -> None:
+    data = bytearray(path.read_bytes())
+    i = len(data) // 2 if offset is None else offset
+    data[i] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _failed(run: Path, **kwargs) -> list[str]:
+    return [c.item for c in verify_manifest(run / "manifest.json", **kwargs).failures]
+
+
+def test_fresh_manifest_verifies(run_dir, capsys):
+    manifest = load_manifest(run_dir / "manifest.json")
+    assert set(manifest["files"]) == {
+        "config.toml",
+        "schema",
+        "generator.pt",
+        "synthetic.csv",
+        "metrics.json",
+    }
+    assert (
+        manifest["config"]["sha256"]
+        == replace(RunConfig(), gate=replace(RunConfig().gate, enabled=False)).fingerprint()
+    )
+    assert manifest["package"]["version"] == __version__
+    assert manifest["certificates"]["bob"]["fingerprint"] == fingerprint(
+        run_dir / "certs" / "bob.pem"
+    )
+    assert sorted(manifest["signatures"]) == SIGNERS
+    result = verify_manifest(run_dir / "manifest.json", ca_path=run_dir / "certs" / "ca.pem")
+    assert result.ok, result.describe()
+    assert verify_main(run_dir) == 0
+    assert "manifest verified" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("name", "item"),
+    [
+        ("synthetic.csv", "file synthetic.csv"),
+        ("config.toml", "file config.toml"),
+        ("generator.pt", "file generator.pt"),
+        ("schema.toml", "file schema"),
+    ],
+)
+def test_one_changed_byte_in_a_file_is_named(run_dir, name, item, capsys):
+    _flip_byte(run_dir / name)
+    assert _failed(run_dir) == [item]
+    assert verify_main(run_dir / "manifest.json") == 1
+    assert item in capsys.readouterr().out
+
+
+def test_changed_config_in_manifest_breaks_hash_and_every_signature(run_dir):
+    path = run_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["config"]["value"]["seed"] += 1
+    path.write_text(json.dumps(manifest))
+    assert _failed(run_dir) == ["config", "signature alice", "signature bob"]
+
+
+def test_rehashed_config_still_breaks_every_signature(run_dir):
+    from smpc_synth.release.manifest import sha256_json
+
+    path = run_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["gate"]["enabled"] = True
+    manifest["config"]["value"]["gate"]["enabled"] = True
+    manifest["config"]["sha256"] = sha256_json(manifest["config"]["value"])
+    path.write_text(json.dumps(manifest))
+    assert _failed(run_dir) == ["signature alice", "signature bob"]
+
+
+def test_one_changed_byte_in_a_signature_is_named(run_dir):
+    path = run_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    raw = bytearray(base64.b64decode(manifest["signatures"]["bob"]["value"]))
+    raw[len(raw) // 2] ^= 0x01
+    manifest["signatures"]["bob"]["value"] = base64.b64encode(bytes(raw)).decode()
+    path.write_text(json.dumps(manifest))
+    assert _failed(run_dir) == ["signature bob"]
+
+
+def test_removed_signature_and_foreign_ca_are_named(run_dir, tmp_path):
+    path = run_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["signatures"]["alice"]
+    path.write_text(json.dumps(manifest))
+    assert _failed(run_dir) == ["signature alice"]
+
+    other = tmp_path / "other-ca"
+    write_certificates(["alice"], other)
+    failed = _failed(run_dir, ca_path=other / "ca.pem")
+    assert failed[0] == "ca"
+    assert {f"certificate {m}" for m in MEMBERS} <= set(failed)
+
+
+def test_refused_run_with_stray_synthetic_csv_fails(run_dir):
+    path = run_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["gate"]["released"] = False
+    path.write_text(json.dumps(manifest))
+    failed = _failed(run_dir)
+    assert "gate" in failed and "signature alice" in failed
+
+
+def test_key_must_match_the_signers_certificate(run_dir):
+    manifest = load_manifest(run_dir / "manifest.json")
+    with pytest.raises(InputError, match="does not belong"):
+        sign_manifest(manifest, "alice", run_dir / "certs" / "bob.key")
+    with pytest.raises(InputError, match="no certificate"):
+        sign_manifest(manifest, "mallory", run_dir / "certs" / "bob.key")
+
+
+def test_unreadable_manifest_exits_2(tmp_path, capsys):
+    assert verify_main(tmp_path / "absent.json") == 2
+    bad = tmp_path / "manifest.json"
+    bad.write_text("{not json")
+    assert verify_main(bad) == 2
+    bad.write_text(json.dumps({"format": "something-else"}))
+    assert verify_main(bad) == 2
+    assert "not a smpc-synth manifest" in capsys.readouterr().err
+
+
+def _ed25519_member(out: Path, name: str) -> tuple[Path, Path, Path]:
+    """An Ed25519 CA and member certificate, as another deployment might issue them."""
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    ca_key, key = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ed-ca")])
+
+    def issue(subject: x509.Name, public, ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_name)
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        return builder.sign(ca_key, None)
+
+    member = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    paths = out / "ca.pem", out / f"{name}.pem", out / f"{name}.key"
+    paths[0].write_bytes(issue(ca_name, ca_key.public_key(), True).public_bytes(_PEM))
+    paths[1].write_bytes(issue(member, key.public_key(), False).public_bytes(_PEM))
+    paths[2].write_bytes(
+        key.private_bytes(_PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
+
+
+_PEM = serialization.Encoding.PEM
+
+
+def test_ed25519_certificates_sign_and_verify(tmp_path):
+    ca, cert, key = _ed25519_member(tmp_path, "erin")
+    (tmp_path / "synthetic.csv").write_text("x\n1\n2\n")
+    manifest = build_manifest(
+        tmp_path,
+        config={"seed": 1},
+        schema_path=None,
+        version=__version__,
+        artifacts={"synthetic.csv": tmp_path / "synthetic.csv"},
+        certificates={"erin": cert},
+        metrics={},
+        gate={"released": True},
+        ca_path=ca,
+    )
+    sign_manifest(manifest, "erin", key)
+    assert manifest["signatures"]["erin"]["algorithm"] == "ed25519"
+    body = signed_body(manifest)
+    write_manifest(manifest, tmp_path / "manifest.json")
+    assert signed_body(load_manifest(tmp_path / "manifest.json")) == body
+    assert verify_manifest(tmp_path / "manifest.json", ca_path=ca).ok
+    _flip_byte(tmp_path / "synthetic.csv", offset=2)
+    assert _failed(tmp_path) == ["file synthetic.csv"]
+
+
+def test_relative_run_directory_records_relative_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = Path("run")
+    run.mkdir()
+    (run / "synthetic.pending.csv").write_text("x\n1\n")
+    cfg = RunConfig()
+    release_run(
+        run,
+        candidate=run / "synthetic.pending.csv",
+        report={},
+        policy=replace(cfg.gate, enabled=False),
+        config=cfg.to_dict(),
+        metrics={},
+    )
+    manifest = load_manifest(run / "manifest.json")
+    assert manifest["files"]["synthetic.csv"]["path"] == "synthetic.csv"
+    assert verify_manifest(tmp_path / "run" / "manifest.json").ok
