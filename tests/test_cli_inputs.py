@@ -126,3 +126,15 @@ def test_schema_infer_then_train_sample_evaluate_round_trip(cli, tmp_path, table
     )
     assert result.code == 0, result.output
     assert "Quality score" in result.stdout and report.is_file()
+
+
+def test_verify_passes_a_fresh_run_and_names_a_tampered_file(cli, tmp_path):
+    out = tmp_path / "model"
+    result = cli("train", "--dataset", "wine", "--out", out, "--override-gate")
+    assert result.code == 0, result.output
+    assert cli("verify", out / "manifest.json").code == 0
+    data = (out / "synthetic.csv").read_bytes()
+    (out / "synthetic.csv").write_bytes(data[:-2] + bytes([data[-2] ^ 1]) + data[-1:])
+    result = cli("verify", out)
+    assert result.code == 1
+    assert "synthetic.csv" in result.output
