@@ -1,0 +1,26 @@
+"""Generators (gaussian, vae, gan) on encoded tables, and the released Synthesizer."""
+
+from smpc_synth.models.base import Generator, NeuralGenerator, NeuralParams
+from smpc_synth.models.gan import GANGenerator, GANParams
+from smpc_synth.models.gaussian import GaussianGenerator, GaussianParams, sufficient_stats
+from smpc_synth.models.registry import available_generators, get_generator, register
+from smpc_synth.models.synthesizer import GENERATOR_FILE, Synthesizer
+from smpc_synth.models.vae import VAEGenerator, VAEParams
+
+__all__ = [
+    "GENERATOR_FILE",
+    "GANGenerator",
+    "GANParams",
+    "GaussianGenerator",
+    "GaussianParams",
+    "Generator",
+    "NeuralGenerator",
+    "NeuralParams",
+    "Synthesizer",
+    "VAEGenerator",
+    "VAEParams",
+    "available_generators",
+    "get_generator",
+    "register",
+    "sufficient_stats",
+]
