@@ -164,6 +164,7 @@ def _fedavg(ctx, client, model, X, total_rows: int, started: float) -> dict[str,
             sigma = noise_multiplier_for(fed.target_epsilon, 1.0, rounds, fed.delta)
         if sigma is None:
             raise InputError("key 'federated.dp' needs 'target_epsilon' or 'noise_multiplier'")
+    initial_buffers = {k: v.clone() for k, v in getattr(model, "buffers", {}).items()}
     history: list[dict[str, Any]] = []
     first = 0
     state = ctx.checkpoints.load(CHECKPOINT) if ctx.resume else None
@@ -200,6 +201,7 @@ def _fedavg(ctx, client, model, X, total_rows: int, started: float) -> dict[str,
                 for k in global_params
             },
         )
+        _average_buffers(client, model, r, weight, frozen=initial_buffers if sigma else None)
         record = {"epoch": r + 1, "seconds": time.perf_counter() - started, **losses}
         history.append(record)
         ctx.progress({"event": "epoch", "epochs": rounds, **record})
@@ -227,6 +229,26 @@ def _fedavg(ctx, client, model, X, total_rows: int, started: float) -> dict[str,
             }
         )
     return result
+
+
+BUFFER_BOUND = 1.0  # released buffers are scales in (0, 1] (the VAE clamps its sigma)
+
+
+def _average_buffers(client, model, r: int, weight: float, frozen) -> None:
+    """Released non-weight tensors (the VAE's noise scale): their weighted mean over parties.
+
+    They are computed from local rows outside the clipped update, so under DP they are not
+    averaged but kept at their initial values (``frozen``): nothing escapes the accountant.
+    """
+    buffers = getattr(model, "buffers", {})
+    if not buffers:
+        return
+    if frozen is not None:
+        model.buffers = {k: v.clone() for k, v in frozen.items()}
+        return
+    weighted = {k: v.to(torch.float64) * weight for k, v in buffers.items()}
+    summed = client.sum(f"round {r + 1} buffers", weighted, max_abs=BUFFER_BOUND, max_error=1e-4)
+    model.buffers = {k: summed[k].to(buffers[k].dtype) for k in buffers}
 
 
 def _agree_on_resume(ctx: PartyContext, first: int) -> None:
