@@ -14,6 +14,7 @@ SUITES: dict[str, str] = {
     "mpc-ops": "smpc_synth.bench.mpc_ops:main",
     "he-agg": "smpc_synth.bench.he_agg:main",
     "collapse": "smpc_synth.bench.collapse:main",
+    "generators": "smpc_synth.bench.generators:main",
 }
 
 
