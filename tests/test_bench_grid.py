@@ -122,8 +122,8 @@ def test_latex_table_is_booktabs_with_mean_and_std(tmp_path):
 def test_grid_file_errors_name_the_key(tmp_path):
     path = tmp_path / "grid.toml"
     path.write_text("[grid]\nmodes = ['plaintext', 'quantum']\n")
-    with pytest.raises(InputError, match="grid.modes"):
+    with pytest.raises(InputError, match=r"grid\.modes"):
         GridSpec.load(path)
     path.write_text("[grid]\nseedz = [1]\n")
-    with pytest.raises(InputError, match="grid.seedz"):
+    with pytest.raises(InputError, match=r"grid\.seedz"):
         GridSpec.load(path)
