@@ -245,6 +245,7 @@ class PeerMesh:
         self._stage_cond = threading.Condition()
         self._stats = TrafficStats()
         self._tap = WireTap(me)
+        self._abort_lock = threading.Lock()
         self._last_op = ""
         self._phase = _NO_PHASE
         self._failure: PeerError | None = None
@@ -528,15 +529,18 @@ class PeerMesh:
     def abort(self, reason: str, culprit: str | None = None) -> None:
         """Stop the session: every pending and later ``recv``/``send`` raises PeerError
         (naming ``culprit``, else this member); peers are told, best effort."""
-        if self._fail(reason, culprit or self._me):
-            notifier = threading.Thread(
-                target=self._tell_peers_abort,
-                args=(reason, culprit or ""),
-                name=f"mesh-{self._me}-abort",
-                daemon=True,
-            )
-            notifier.start()  # started before it is published: close() may join it at once
-            self._abort_notifier = notifier
+        # close() takes the same lock, so it always sees (and joins) the notifier: peers hear
+        # who failed before our streams end, instead of blaming us for leaving.
+        with self._abort_lock:
+            if self._fail(reason, culprit or self._me):
+                notifier = threading.Thread(
+                    target=self._tell_peers_abort,
+                    args=(reason, culprit or ""),
+                    name=f"mesh-{self._me}-abort",
+                    daemon=True,
+                )
+                notifier.start()
+                self._abort_notifier = notifier
 
     def close(self, timeout: float | None = None) -> None:
         """Leave the session: deliver everything sent, wait (at most ``timeout``, default
@@ -563,8 +567,10 @@ class PeerMesh:
         try:
             if self._watcher is not None:
                 self._watcher.join()
-            if self._abort_notifier is not None:
-                self._abort_notifier.join(self._limits.abort_deadline_s)
+            with self._abort_lock:
+                notifier = self._abort_notifier
+            if notifier is not None:
+                notifier.join(self._limits.abort_deadline_s)
             for call in self._streams.values():
                 call.cancel()
             for box in self._outboxes.values():

@@ -69,7 +69,7 @@ def fit_centrally(frame: pd.DataFrame, ctx: PartyContext):
     started = time.perf_counter()
 
     def on_epoch(epoch: int, losses: dict[str, float]) -> None:
-        record = {"epoch": epoch, "seconds": time.perf_counter() - started, **losses}
+        record = {"epoch": epoch + 1, "seconds": time.perf_counter() - started, **losses}
         history.append(record)
         ctx.progress({"event": "epoch", **record})
 

@@ -1,0 +1,268 @@
+"""A dealer that no data party controls: Beaver triples and other correlated randomness.
+
+The semantics are those of CrypTen's TTP provider (``crypten/mpc/provider/ttp_provider.py``):
+at start the dealer sends each party, over its authenticated link, a fresh PRG seed that
+only that party and the dealer know. Every party draws its share of each tuple from its
+seed; for the one value that must be correlated (``c = a*b``, ``r^2``, the wraps of ``r``,
+the arithmetic copy of a random bit) the dealer computes party 0's share as the value minus
+the other parties' PRG shares and sends it to party 0 alone. So no data party sees a tuple
+in the clear, and the dealer sees no data. The dealer reuses CrypTen's own ``TTPServer``
+arithmetic; only the transport is ours.
+
+Party 0 asks for each tuple as CrypTen requests it; the dealer only accepts the ops, sizes
+and keyword arguments that CrypTen's protocols use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from smpc_synth.errors import PeerError
+from smpc_synth.mpc.compat import import_crypten
+from smpc_synth.mpc.link import Link
+from smpc_synth.mpc.stats import TrafficRecorder
+from smpc_synth.train.base import Channel
+
+crypten = import_crypten()
+from crypten.common.rng import (  # noqa: E402
+    generate_kbit_random_tensor,
+    generate_random_ring_element,
+)
+from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor  # noqa: E402
+from crypten.mpc.provider.provider import TupleProvider  # noqa: E402
+from crypten.mpc.provider.ttp_provider import TTPServer  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+PRODUCT_OPS = frozenset(
+    {"mul", "matmul", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"}
+)
+PRODUCT_KWARGS = frozenset({"stride", "padding", "dilation", "groups", "output_padding"})
+MAX_TUPLE_ELEMENTS = 1 << 26  # one request may not make the dealer allocate more (512 MiB)
+# Parties may go a long time without needing a tuple (data preparation, sampling); a party
+# that dies meanwhile is caught by the channel's heartbeats, not by this wait.
+DEALER_IDLE_TIMEOUT_S = 24 * 3600.0
+_DONE = "done"
+
+
+def derive_seed(base: int, *labels: object) -> int:
+    """A signed 64-bit seed derived from ``base`` and ``labels`` (tests' fixed seeds only)."""
+    digest = hashlib.sha256(repr((base, *labels)).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _fresh_seed() -> int:
+    return int.from_bytes(os.urandom(8), "big", signed=True)
+
+
+def _product_size(size0: torch.Size, size1: torch.Size, op: str, kwargs: dict) -> torch.Size:
+    """The size of ``op(a, b)``, computed on meta tensors (no arithmetic)."""
+    a = torch.empty(size0, device="meta")
+    b = torch.empty(size1, device="meta")
+    return getattr(torch, op)(a, b, **kwargs).size()
+
+
+class DealerProvider(TupleProvider):
+    """CrypTen tuple provider for a data party: shares from the dealer's seed, party 0's
+    correlated share from the dealer.
+
+    With ``deferred`` (our communicator only), party 0 does not wait for the dealer: it gets
+    a placeholder, and :meth:`settle` (called by the link before it waits for any
+    party) writes the dealer's share into it. Every CrypTen protocol first opens masked
+    values and only then touches the correlated share, so the dealer's round trip overlaps
+    the parties' own round instead of adding one.
+    """
+
+    NAME = "DEALER"
+
+    def __init__(self, link: Link, rank: int, deferred: bool = False) -> None:
+        super().__init__()
+        self.link = link
+        self.party_rank = rank
+        self.deferred = deferred
+        self._pending: deque[torch.Tensor] = deque()
+        message = link.recv_obj(link.dealer)
+        if not isinstance(message, dict) or not isinstance(message.get("seed"), int):
+            raise link.malformed(link.dealer, "expected a seed")
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(message["seed"])
+
+    def _ring(self, size: torch.Size) -> torch.Tensor:
+        return generate_random_ring_element(size, generator=self.generator)
+
+    def _bit(self, size: torch.Size) -> torch.Tensor:
+        return generate_kbit_random_tensor(size, bitlength=1, generator=self.generator)
+
+    def _correlated(self, size: torch.Size, function: str, *args: Any, **kwargs: Any):
+        """Party 0: the dealer's share; everyone else: a PRG share (in the dealer's order)."""
+        if self.party_rank != 0:
+            return self._ring(size)  # a 64-bit binary share is drawn the same way
+        request = {"f": function, "args": list(args), "kwargs": kwargs}
+        self.link.send_obj(self.link.dealer, request)
+        if not self.deferred:
+            return self.link.recv_tensor(self.link.dealer, torch.Size(size), torch.long)
+        placeholder = torch.empty(size, dtype=torch.long)  # settle() overwrites it
+        self._pending.append(placeholder)
+        return placeholder
+
+    def settle(self) -> None:
+        """Write every correction the dealer still owes into its placeholder."""
+        while self._pending:
+            placeholder = self._pending.popleft()
+            share = self.link.recv_tensor(self.link.dealer, placeholder.shape, torch.long)
+            placeholder.copy_(share)
+
+    def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
+        """Generate multiplicative triples of given sizes"""
+        size0, size1 = torch.Size(size0), torch.Size(size1)
+        a, b = self._ring(size0), self._ring(size1)
+        c_size = _product_size(size0, size1, op, kwargs)
+        c = self._correlated(c_size, "additive", size0, size1, op, *args, **kwargs)
+        return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in (a, b, c))
+
+    def square(self, size, device=None):
+        """Generate square double of given size"""
+        size = torch.Size(size)
+        r = self._ring(size)
+        r2 = self._correlated(size, "square", size)
+        return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in (r, r2))
+
+    def generate_binary_triple(self, size0, size1, device=None):
+        """Generate xor triples of given size"""
+        size0, size1 = torch.Size(size0), torch.Size(size1)
+        a, b = self._ring(size0), self._ring(size1)
+        c = self._correlated(torch.broadcast_shapes(size0, size1), "binary", size0, size1)
+        return tuple(BinarySharedTensor.from_shares(t) for t in (a, b, c))
+
+    def wrap_rng(self, size, device=None):
+        """Generate random shared tensor of given size and sharing of its wraps"""
+        size = torch.Size(size)
+        r = self._ring(size)
+        theta_r = self._correlated(size, "wraps", size)
+        return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in (r, theta_r))
+
+    def B2A_rng(self, size, device=None):
+        """Generate random bit tensor as arithmetic and binary shared tensors"""
+        size = torch.Size(size)
+        r_bit = self._bit(size)
+        r_arith = self._correlated(size, "B2A", size)
+        return (
+            ArithmeticSharedTensor.from_shares(r_arith, precision=0),
+            BinarySharedTensor.from_shares(r_bit),
+        )
+
+    def done(self) -> None:
+        """Tell the dealer this party needs no more tuples."""
+        self.settle()
+        self.link.send_obj(self.link.dealer, {"f": _DONE})
+
+
+class _TupleMaker(TTPServer):
+    """CrypTen's TTP arithmetic, fed with our seeds instead of a torch.distributed group."""
+
+    def __init__(self, seeds: Sequence[int]) -> None:  # no super(): it would open a group
+        self.device = "cpu"
+        self.generators = []
+        for seed in seeds:
+            generator = torch.Generator(device="cpu")
+            generator.manual_seed(seed)
+            self.generators.append(generator)
+        self.generators_cuda = [None] * len(seeds)
+
+
+def _checked_size(value: Any) -> torch.Size:
+    if not isinstance(value, torch.Size) or any(d < 0 for d in value):
+        raise ValueError(f"expected a size, got {value!r}")
+    if math.prod(value) > MAX_TUPLE_ELEMENTS:
+        raise ValueError(f"size {tuple(value)} is larger than {MAX_TUPLE_ELEMENTS} elements")
+    return value
+
+
+def _checked_kwargs(kwargs: Any) -> dict[str, Any]:
+    if not isinstance(kwargs, dict) or not set(kwargs) <= PRODUCT_KWARGS:
+        raise ValueError(f"unexpected keyword arguments {kwargs!r}")
+    for value in kwargs.values():
+        items = value if isinstance(value, tuple | list) else (value,)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+            raise ValueError(f"unexpected keyword argument value {value!r}")
+    return kwargs
+
+
+def _serve_one(maker: _TupleMaker, request: Any) -> torch.Tensor:
+    """Party 0's correlated share for one validated request."""
+    if not isinstance(request, dict) or not isinstance(request.get("args"), list):
+        raise ValueError("not a tuple request")
+    function, args = request.get("f"), request["args"]
+    kwargs = _checked_kwargs(request.get("kwargs", {}))
+    if function == "additive":
+        if len(args) != 3 or args[2] not in PRODUCT_OPS:
+            raise ValueError(f"unexpected additive-triple arguments {args!r}")
+        size0, size1 = _checked_size(args[0]), _checked_size(args[1])
+        _checked_size(_product_size(size0, size1, args[2], kwargs))
+        return maker.additive(size0, size1, args[2], **kwargs)
+    if function == "binary" and len(args) == 2 and not kwargs:
+        size0, size1 = _checked_size(args[0]), _checked_size(args[1])
+        _checked_size(torch.broadcast_shapes(size0, size1))
+        return maker.binary(size0, size1)
+    if function in ("square", "wraps", "B2A") and len(args) == 1 and not kwargs:
+        return getattr(maker, function)(_checked_size(args[0]))
+    raise ValueError(f"unknown request {function!r}")
+
+
+def send_seeds(link: Link, parties: Sequence[str], debug_seed: int | None = None) -> list[int]:
+    """Give each party its own PRG seed, over its own authenticated link."""
+    seeds = [
+        _fresh_seed() if debug_seed is None else derive_seed(debug_seed, "dealer", party)
+        for party in parties
+    ]
+    for party, seed in zip(parties, seeds):
+        link.send_obj(party, {"seed": seed})
+    return seeds
+
+
+def serve_dealer(
+    channel: Channel,
+    parties: Sequence[str],
+    *,
+    timeout: float | None = DEALER_IDLE_TIMEOUT_S,
+    insecure_debug_seed: int | None = None,
+    recorder: TrafficRecorder | None = None,
+) -> dict[str, int]:
+    """Serve tuples to ``parties`` (in rank order) until every party says it is done.
+
+    ``timeout`` bounds each wait for a party's next message (None: the channel's default).
+
+    Returns how many requests were served. Raises :class:`PeerError` naming a party that
+    vanishes, times out, is reported failed by another party, or sends a bad request.
+    ``insecure_debug_seed`` fixes the seeds so tests can compare transports bit for bit.
+    """
+    if insecure_debug_seed is not None:
+        log.warning("INSECURE: the dealer's seeds are derived from a fixed debug seed")
+    link = Link(channel, recorder or TrafficRecorder(), timeout=timeout, dealer=channel.me)
+    maker = _TupleMaker(send_seeds(link, parties, insecure_debug_seed))
+    first = parties[0]
+    served = 0
+    while True:
+        request = link.recv_obj(first)
+        if isinstance(request, dict) and request.get("f") == _DONE:
+            break
+        try:
+            share = _serve_one(maker, request)
+        except (ValueError, TypeError, RuntimeError) as err:
+            link.abort(first)
+            raise PeerError(f"{first} sent a bad tuple request: {err}", peer=first) from err
+        link.send_tensor(first, share)
+        served += 1
+    for party in parties[1:]:
+        message = link.recv_obj(party)
+        if not (isinstance(message, dict) and message.get("f") == _DONE):
+            raise link.malformed(party, "expected 'done'")
+    return {"requests": served}

@@ -1,0 +1,134 @@
+"""Framing of MPC messages over a :class:`~smpc_synth.train.base.Channel`.
+
+Three kinds of message travel on one tag, so that they stay in order per sender:
+tensors (as raw numpy arrays), objects (``b"O"`` + :mod:`smpc_synth.mpc.codec`) and abort
+notices (``b"A"`` + the name of the member at fault). A member that sees a peer fail tells
+every other member before it raises, so each survivor names the member that actually failed,
+not the neighbour that stopped talking to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from smpc_synth.errors import PeerError
+from smpc_synth.mpc import codec
+from smpc_synth.mpc.stats import TrafficRecorder, clock
+from smpc_synth.train.base import Channel
+
+TAG = "mpc"
+DEALER = "dealer"
+_OBJECT = b"O"
+_ABORT = b"A"
+
+log = logging.getLogger(__name__)
+
+
+class Link:
+    """Sends and receives tensors and objects for one session member, recording traffic."""
+
+    def __init__(
+        self,
+        channel: Channel,
+        recorder: TrafficRecorder,
+        timeout: float | None = None,
+        dealer: str = DEALER,
+    ) -> None:
+        self.channel = channel
+        self.recorder = recorder
+        self.timeout = timeout
+        self.dealer = dealer
+        self.before_wait: Callable[[], None] | None = None  # runs before waiting for a party
+        self._aborted = False
+
+    @property
+    def me(self) -> str:
+        return self.channel.me
+
+    def send_tensor(self, peer: str, tensor: torch.Tensor) -> None:
+        """Send without copying: the channel must serialise in ``send`` (PeerMesh does),
+        since CrypTen may update the tensor in place right after."""
+        array = tensor.detach().contiguous().numpy()
+        self._send(peer, array, array.nbytes)
+
+    def recv_tensor(
+        self, peer: str, shape: torch.Size | None = None, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        payload = self._recv(peer)
+        if isinstance(payload, torch.Tensor):
+            tensor = payload
+        elif isinstance(payload, np.ndarray):
+            array = payload if payload.flags.writeable else payload.copy()
+            tensor = torch.from_numpy(array)
+        else:
+            raise self.malformed(peer, f"expected a tensor, got {type(payload).__name__}")
+        if shape is not None and tensor.shape != shape:
+            # CrypTen may receive a scalar into a one-element tensor: only the count must match
+            if tensor.numel() != math.prod(shape):
+                raise self.malformed(peer, f"expected shape {tuple(shape)}, got {tensor.shape}")
+            tensor = tensor.reshape(shape)
+        if dtype is not None and tensor.dtype != dtype:
+            raise self.malformed(peer, f"expected {dtype}, got {tensor.dtype}")
+        return tensor
+
+    def send_obj(self, peer: str, obj: Any) -> None:
+        data = _OBJECT + codec.encode(obj)
+        self._send(peer, data, len(data))
+
+    def recv_obj(self, peer: str) -> Any:
+        payload = self._recv(peer)
+        if not isinstance(payload, bytes) or not payload.startswith(_OBJECT):
+            raise self.malformed(peer, f"expected an object, got {type(payload).__name__}")
+        try:
+            return codec.decode(payload[1:])
+        except codec.CodecError as err:
+            raise self.malformed(peer, str(err)) from err
+
+    def abort(self, culprit: str) -> None:
+        """Tell every other member that ``culprit`` failed (once; best effort)."""
+        if self._aborted:
+            return
+        self._aborted = True
+        notice = _ABORT + culprit.encode()
+        for peer in self.channel.peers:
+            if peer == culprit:
+                continue
+            try:
+                self.channel.send(peer, TAG, notice)
+            except Exception as err:  # a second failure must not hide the first
+                log.debug("could not tell %s that %s failed: %s", peer, culprit, err)
+
+    def _send(self, peer: str, payload: Any, nbytes: int) -> None:
+        try:
+            self.channel.send(peer, TAG, payload)
+        except PeerError as err:
+            self.abort(err.peer or peer)
+            raise
+        self.recorder.sent(nbytes, dealer=peer == self.dealer)
+
+    def _recv(self, peer: str) -> Any:
+        if self.before_wait is not None and peer != self.dealer:
+            self.before_wait()
+        start = clock()
+        try:
+            payload = self.channel.recv(peer, TAG, timeout=self.timeout)
+        except PeerError as err:
+            self.abort(err.peer or peer)
+            raise
+        if isinstance(payload, bytes) and payload.startswith(_ABORT):
+            culprit = payload[1:].decode(errors="replace")
+            self.abort(culprit)
+            raise PeerError(f"MPC stopped: {culprit} failed (reported by {peer})", peer=culprit)
+        nbytes = payload.nbytes if hasattr(payload, "nbytes") else len(payload)
+        self.recorder.received(nbytes, clock() - start, dealer=peer == self.dealer)
+        return payload
+
+    def malformed(self, peer: str, what: str) -> PeerError:
+        self.abort(peer)
+        return PeerError(f"{peer} sent a malformed MPC message: {what}", peer=peer)

@@ -1,0 +1,251 @@
+"""Start and stop CrypTen for one data party: the one place its global state is changed.
+
+``start_crypten`` installs the communicator (ours over the Channel, or CrypTen's own gloo
+one) and the tuple provider (the dealer, or — for tests only — CrypTen's trusted first
+party, which lets party 0 see every secret), then sets up CrypTen's shared PRG seeds over
+that communicator. ``stop_crypten`` undoes all of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from smpc_synth.errors import InputError
+from smpc_synth.mpc.communicator import ChannelCommunicator, GlooCommunicator
+from smpc_synth.mpc.compat import import_crypten
+from smpc_synth.mpc.dealer import DealerProvider, derive_seed
+from smpc_synth.mpc.link import DEALER, Link
+from smpc_synth.mpc.stats import TrafficRecorder
+from smpc_synth.train.base import Channel, TrafficStats
+
+crypten = import_crypten()
+import crypten.communicator as crypten_comm  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+Transport = Literal["grpc", "gloo"]
+Provider = Literal["dealer", "tfp"]
+TRANSPORTS: tuple[str, ...] = ("grpc", "gloo")
+PROVIDERS: tuple[str, ...] = ("dealer", "tfp")
+_CRYPTEN_PROVIDER_NAME = {"dealer": DealerProvider.NAME, "tfp": "TFP"}
+_PATCHED_COMM_FUNCTIONS = ("get", "is_initialized", "uninit")
+
+
+@dataclass
+class MpcSession:
+    """The running CrypTen session of this process."""
+
+    transport: str
+    provider: str
+    parties: tuple[str, ...]
+    rank: int
+    recorder: TrafficRecorder
+    link: Link | None
+    dealer_provider: DealerProvider | None
+    _restore: dict[str, Any] = field(default_factory=dict)
+
+
+_SESSION: MpcSession | None = None
+
+
+def start_crypten(
+    channel: Channel | None,
+    parties: Sequence[str],
+    rank: int,
+    provider: Provider = "dealer",
+    transport: Transport = "grpc",
+    *,
+    insecure_dev: bool = False,
+    timeout: float | None = None,
+    rendezvous: str | None = None,
+    dealer: str = DEALER,
+    insecure_debug_seed: int | None = None,
+) -> MpcSession:
+    """Make CrypTen run as data party ``rank`` of ``parties`` (member names, in rank order).
+
+    ``channel`` carries all traffic with transport ``grpc`` and the dealer's traffic with
+    either transport (it may be None only for ``gloo`` with ``tfp``). ``rendezvous`` is the
+    gloo ``init_method`` (e.g. ``tcp://10.0.0.1:29500``). ``timeout`` bounds every wait.
+    ``insecure_debug_seed`` fixes CrypTen's PRG seeds so tests can compare transports.
+    """
+    global _SESSION
+    if _SESSION is not None:
+        raise RuntimeError("a CrypTen session is already running in this process")
+    _check_arguments(channel, provider, transport, insecure_dev, rendezvous, insecure_debug_seed)
+    recorder = TrafficRecorder()
+    link = None if channel is None else Link(channel, recorder, timeout=timeout, dealer=dealer)
+    session = MpcSession(transport, provider, tuple(parties), rank, recorder, link, None)
+    session._restore = {
+        "provider": crypten.cfg.mpc.provider,
+        "verbose": crypten.cfg.communicator.verbose,
+    }
+    _SESSION = session
+    try:
+        _start(session, link, rendezvous, insecure_debug_seed)
+    except BaseException:
+        _teardown()
+        raise
+    return session
+
+
+def _start(
+    session: MpcSession, link: Link | None, rendezvous: str | None, debug_seed: int | None
+) -> None:
+    crypten.cfg.communicator.verbose = True  # CrypTen's own counters, for comparison
+    if session.provider == "dealer":
+        deferred = session.transport == "grpc"  # settled by our link before each wait
+        session.dealer_provider = DealerProvider(link, session.rank, deferred=deferred)
+        _providers()[DealerProvider.NAME] = session.dealer_provider
+        if deferred:
+            link.before_wait = session.dealer_provider.settle
+    else:
+        log.warning(
+            "INSECURE: CrypTen's trusted-first-party provider lets %s see every secret; "
+            "use it for tests only",
+            session.parties[0],
+        )
+    crypten.cfg.mpc.provider = _CRYPTEN_PROVIDER_NAME[session.provider]
+    if session.transport == "grpc":
+        _install_channel_communicator(session, link)
+    else:
+        _init_gloo(session.parties, session.rank, rendezvous)
+    if debug_seed is not None:
+        _fix_seeds(debug_seed, len(session.parties), session.rank)
+
+
+def stop_crypten() -> None:
+    """End the session cleanly: wait for the other parties, release the dealer, restore."""
+    session = _require_session()
+    try:
+        with session.recorder.phase("shutdown"):
+            if session.transport == "grpc":
+                crypten_comm.get().barrier()
+            if session.dealer_provider is not None:
+                session.dealer_provider.done()
+    finally:
+        _teardown()
+
+
+@contextmanager
+def crypten_session(*args: Any, **kwargs: Any) -> Iterator[MpcSession]:
+    """``start_crypten`` / ``stop_crypten`` around a block; on error only restore state."""
+    session = start_crypten(*args, **kwargs)
+    try:
+        yield session
+    except BaseException:
+        _teardown()
+        raise
+    stop_crypten()
+
+
+def traffic() -> TrafficStats:
+    """What this party has sent and received in the running session, by phase."""
+    return _require_session().recorder.snapshot()
+
+
+def crypten_counters() -> dict[str, float]:
+    """CrypTen's own counters (rounds = communication calls, bytes as CrypTen counts them)."""
+    _require_session()
+    return dict(crypten_comm.get().get_communication_stats())
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Attribute this party's traffic inside the block to phase ``name``."""
+    with _require_session().recorder.phase(name):
+        yield
+
+
+def reset_traffic() -> None:
+    """Zero this party's counters (ours and CrypTen's)."""
+    _require_session().recorder.reset()
+    crypten_comm.get().reset_communication_stats()
+
+
+def _check_arguments(channel, provider, transport, insecure_dev, rendezvous, debug_seed) -> None:
+    if transport not in TRANSPORTS:
+        raise InputError(f"key 'mpc.transport': {transport!r} is not one of {TRANSPORTS}")
+    if provider not in PROVIDERS:
+        raise InputError(f"key 'mpc.provider': {provider!r} is not one of {PROVIDERS}")
+    if provider == "tfp" and not insecure_dev:
+        raise InputError(
+            "key 'mpc.provider': 'tfp' lets the first party see every secret; it is refused "
+            "unless 'mpc.insecure_dev' is true (tests only)"
+        )
+    if debug_seed is not None and not insecure_dev:
+        raise InputError("key 'mpc.insecure_dev': fixed PRG seeds are for tests only")
+    if transport == "gloo" and not rendezvous:
+        raise InputError("key 'mpc.transport': 'gloo' needs a rendezvous (tcp://HOST:PORT)")
+    if channel is None and (transport == "grpc" or provider == "dealer"):
+        raise InputError("key 'mpc.transport': this transport and provider need a channel")
+
+
+def _providers() -> dict[str, Any]:
+    # crypten.mpc keeps its provider instances in a module-level dict keyed by cfg name.
+    return vars(crypten.mpc)["__SUPPORTED_PROVIDERS"]
+
+
+def _install_channel_communicator(session: MpcSession, link: Link) -> None:
+    for name in _PATCHED_COMM_FUNCTIONS:
+        session._restore[f"comm.{name}"] = getattr(crypten_comm, name)
+    ChannelCommunicator.instance = ChannelCommunicator(link, session.parties, session.rank)
+    crypten_comm.get = ChannelCommunicator.get
+    crypten_comm.is_initialized = ChannelCommunicator.is_initialized
+    crypten_comm.uninit = ChannelCommunicator.shutdown
+    crypten._setup_prng()  # exchanges the pairwise and global seeds over our links
+
+
+def _init_gloo(parties: Sequence[str], rank: int, rendezvous: str) -> None:
+    os.environ.update(
+        DISTRIBUTED_BACKEND="gloo",
+        RENDEZVOUS=rendezvous,
+        WORLD_SIZE=str(len(parties)),
+        RANK=str(rank),
+    )
+    crypten.init(party_name=parties[rank])
+    # CrypTen builds its own class; ours only replaces the pickle-based object methods.
+    crypten_comm.DistributedCommunicator.instance.__class__ = GlooCommunicator
+
+
+def _fix_seeds(seed: int, world_size: int, rank: int) -> None:
+    cpu = torch.device("cpu")
+    fixed = {
+        "next": derive_seed(seed, "pair", rank),
+        "prev": derive_seed(seed, "pair", (rank - 1) % world_size),
+        "local": derive_seed(seed, "local", rank),
+        "global": derive_seed(seed, "global"),
+    }
+    for key, value in fixed.items():
+        crypten.generators[key][cpu].manual_seed(value)
+
+
+def _teardown() -> None:
+    global _SESSION
+    session, _SESSION = _SESSION, None
+    if session is None:
+        return
+    try:
+        if session.transport == "grpc":
+            ChannelCommunicator.shutdown()
+            for name in _PATCHED_COMM_FUNCTIONS:
+                if f"comm.{name}" in session._restore:
+                    setattr(crypten_comm, name, session._restore[f"comm.{name}"])
+        elif crypten_comm.is_initialized():
+            crypten.uninit()
+    finally:
+        _providers().pop(DealerProvider.NAME, None)
+        crypten.cfg.mpc.provider = session._restore["provider"]
+        crypten.cfg.communicator.verbose = session._restore["verbose"]
+
+
+def _require_session() -> MpcSession:
+    if _SESSION is None:
+        raise RuntimeError("no CrypTen session: call start_crypten first")
+    return _SESSION

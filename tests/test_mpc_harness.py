@@ -1,0 +1,245 @@
+"""Shared helpers for the MPC integration tests (no tests here).
+
+Members run as spawned processes over the real gRPC PeerMesh with TLS
+(:mod:`smpc_synth.mpc.local`); the functions below are what they run.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from smpc_synth.config import NetworkConfig
+from smpc_synth.mpc.local import MemberOutcome, launch
+from smpc_synth.net.addresses import free_ports
+
+PARTY_NAMES = ("alice", "bob", "carol")
+DEALER = "dealer"
+NETWORK = NetworkConfig(
+    heartbeat_interval_s=0.5, peer_timeout_s=10.0, connect_timeout_s=30.0, call_deadline_s=10.0
+)
+RECV_TIMEOUT_S = 20.0
+SEED = 20240611
+
+
+# --- what the members run ---------------------------------------------------------------------
+
+
+def party_member(
+    mesh,
+    parties: tuple[str, ...],
+    program,
+    program_kwargs: dict[str, Any],
+    transport: str,
+    provider: str,
+    seed: int | None,
+    rendezvous: str | None,
+) -> dict[str, Any]:
+    from smpc_synth.mpc.session import crypten, crypten_session, traffic
+
+    rank = parties.index(mesh.me)
+    with crypten_session(
+        mesh,
+        parties,
+        rank,
+        provider,
+        transport,
+        insecure_dev=seed is not None or provider == "tfp",
+        timeout=RECV_TIMEOUT_S,
+        rendezvous=rendezvous,
+        insecure_debug_seed=seed,
+    ):
+        result = program(rank=rank, **program_kwargs)
+        stats = asdict(traffic())
+        communicator = type(crypten.communicator.get()).__name__
+    return {"result": result, "traffic": stats, "communicator": communicator}
+
+
+def dealer_member(mesh, parties: tuple[str, ...], seed: int | None) -> dict[str, int]:
+    from smpc_synth.mpc.dealer import serve_dealer
+
+    return serve_dealer(mesh, parties, timeout=RECV_TIMEOUT_S, insecure_debug_seed=seed)
+
+
+def run_mpc(
+    tmp_path: Path,
+    n_parties: int,
+    program,
+    *,
+    transport: str = "grpc",
+    provider: str = "dealer",
+    seed: int | None = None,
+    timeout: float = 120.0,
+    **program_kwargs: Any,
+) -> dict[str, MemberOutcome]:
+    """Run ``program`` on ``n_parties`` parties (+ the dealer) and return every outcome."""
+    session = start_mpc(
+        tmp_path,
+        n_parties,
+        program,
+        transport=transport,
+        provider=provider,
+        seed=seed,
+        **program_kwargs,
+    )
+    return session.wait(timeout)
+
+
+def start_mpc(
+    tmp_path: Path,
+    n_parties: int,
+    program,
+    *,
+    transport: str = "grpc",
+    provider: str = "dealer",
+    seed: int | None = None,
+    **program_kwargs: Any,
+):
+    parties = PARTY_NAMES[:n_parties]
+    rendezvous = f"tcp://127.0.0.1:{free_ports(1)[0]}" if transport == "gloo" else None
+    party_args = {
+        "parties": parties,
+        "program": program,
+        "program_kwargs": program_kwargs,
+        "transport": transport,
+        "provider": provider,
+        "seed": seed,
+        "rendezvous": rendezvous,
+    }
+    members: dict[str, tuple[Any, dict[str, Any]]] = {
+        name: (party_member, party_args) for name in parties
+    }
+    if provider == "dealer":
+        members[DEALER] = (dealer_member, {"parties": parties, "seed": seed})
+    return launch(members, tmp_path, tls=True, network=NETWORK)
+
+
+def spawn_event():
+    """An event members can set (they are spawned processes)."""
+    return multiprocessing.get_context("spawn").Event()
+
+
+def assert_all_ok(outcomes: dict[str, MemberOutcome]) -> None:
+    failed = {n: f"{o.error_type}: {o.error}" for n, o in outcomes.items() if not o.ok}
+    assert not failed, failed
+
+
+# --- programs (run on every party; inputs are the same everywhere) ----------------------------
+
+
+def op_inputs() -> dict[str, torch.Tensor]:
+    """Inputs of :func:`ops_program`, reproducible anywhere."""
+    g = torch.Generator().manual_seed(7)
+    return {
+        "x": torch.rand(4, 5, generator=g) * 8 - 4,
+        "y": torch.rand(4, 5, generator=g) * 8 - 4,
+        "w": torch.rand(5, 3, generator=g) * 2 - 1,
+        "img": torch.rand(1, 1, 6, 6, generator=g) * 2 - 1,
+        "kernel": torch.rand(2, 1, 3, 3, generator=g) * 2 - 1,
+        "pos": torch.rand(4, 5, generator=g) * 3.5 + 0.5,
+        "target": torch.rand(4, 2, generator=g),
+    }
+
+
+def small_network() -> torch.nn.Module:
+    torch.manual_seed(3)
+    return torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+
+
+def plaintext_ops() -> dict[str, torch.Tensor]:
+    """What :func:`ops_program` computes, in the clear."""
+    t = op_inputs()
+    x, y = t["x"], t["y"]
+    out = {
+        "src_only": y,
+        "add": x + y,
+        "mul": x * y,
+        "matmul": x @ t["w"],
+        "conv2d": torch.nn.functional.conv2d(t["img"], t["kernel"], padding=1),
+        "relu": torch.relu(x),
+        "sigmoid": torch.sigmoid(x),
+        "exp": torch.exp(x / 2),
+        "reciprocal": 1 / t["pos"],
+        "sum": x.sum(),
+        "gt": (x > y).float(),
+        "lt_zero": (x < 0).float(),
+    }
+    model = small_network()
+    loss = torch.nn.functional.mse_loss(model(x), t["target"])
+    loss.backward()
+    for index, param in enumerate(model.parameters()):
+        out[f"grad{index}"] = param.grad
+    return out
+
+
+def ops_program(rank: int) -> dict[str, list]:
+    """Every op the issue lists, on shares from parties 0 and 1, revealed to all."""
+    from smpc_synth.mpc.compat import import_crypten
+
+    crypten = import_crypten()
+    t = op_inputs()
+    x = crypten.cryptensor(t["x"], src=0)
+    y = crypten.cryptensor(t["y"], src=1)
+    w = crypten.cryptensor(t["w"], src=1)
+    out = {
+        "src_only": crypten.cryptensor(  # party 1 broadcasts the size (an object)
+            t["y"] if rank == 1 else torch.empty(0), src=1, broadcast_size=True
+        ),
+        "add": x + y,
+        "mul": x * y,
+        "matmul": x.matmul(w),
+        "conv2d": crypten.cryptensor(t["img"], src=0).conv2d(
+            crypten.cryptensor(t["kernel"], src=1), padding=1
+        ),
+        "relu": x.relu(),
+        "sigmoid": x.sigmoid(),
+        "exp": (x / 2).exp(),
+        "reciprocal": crypten.cryptensor(t["pos"], src=0).reciprocal(),
+        "sum": x.sum(),
+        "gt": x > y,
+        "lt_zero": x < 0,
+    }
+    model = crypten.nn.from_pytorch(small_network(), torch.zeros(1, 5)).encrypt(src=0)
+    model.train()
+    x.requires_grad = True
+    loss = crypten.nn.MSELoss()(model(x), crypten.cryptensor(t["target"], src=1))
+    model.zero_grad()
+    loss.backward()
+    for index, param in enumerate(model.parameters()):
+        out[f"grad{index}"] = param.grad
+    result = {name: value.get_plain_text().tolist() for name, value in out.items()}
+    result["objects"] = exchange_objects(crypten, rank)
+    return result
+
+
+SENT_OBJECT = {"size": (2, 3), "values": [1, 2.5, "x"], "tensor": [[1, -2], [3, 4]]}
+
+
+def exchange_objects(crypten, rank: int) -> list:
+    """Party 1 broadcasts an object, then sends it to party 0: what party 0/others got."""
+    comm = crypten.communicator.get()
+    sent = {**SENT_OBJECT, "size": torch.Size(SENT_OBJECT["size"])}
+    sent["tensor"] = torch.tensor(SENT_OBJECT["tensor"])
+    got = comm.broadcast_obj(sent if rank == 1 else None, 1)
+    if rank == 1:
+        comm.send_obj(sent, 0)
+    elif rank == 0:
+        got = comm.recv_obj(1)
+    return [list(got["size"]), got["values"], got["tensor"].tolist()]
+
+
+def loop_program(rank: int, iterations: int, busy=None) -> int:
+    """Matmul + relu over and over (a long operation to kill members in)."""
+    from smpc_synth.mpc.compat import import_crypten
+
+    crypten = import_crypten()
+    x = crypten.cryptensor(torch.randn(64, 64), src=0)
+    for i in range(iterations):
+        x = x.matmul(x).relu() / 64
+        if i == 2 and busy is not None:
+            busy.set()
+    return int(x.get_plain_text().numel())

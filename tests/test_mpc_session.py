@@ -1,0 +1,125 @@
+"""CrypTen over our gRPC mesh with the dealer: results match plaintext and gloo, faults end it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_mpc_harness import (
+    DEALER,
+    PARTY_NAMES,
+    SEED,
+    SENT_OBJECT,
+    assert_all_ok,
+    loop_program,
+    ops_program,
+    plaintext_ops,
+    run_mpc,
+    spawn_event,
+    start_mpc,
+)
+
+from smpc_synth.errors import InputError
+from smpc_synth.mpc.session import start_crypten
+
+SURVIVOR_DEADLINE_S = 30.0
+
+TOLERANCE = {  # (absolute, relative): CrypTen's 16-bit fixed point and its approximations
+    "src_only": (1e-4, 0),
+    "add": (1e-4, 0),
+    "mul": (1e-3, 1e-3),
+    "matmul": (1e-3, 1e-3),
+    "conv2d": (1e-3, 1e-3),
+    "relu": (1e-4, 0),
+    "sigmoid": (2e-3, 0),
+    "exp": (1e-2, 2e-2),
+    "reciprocal": (1e-3, 1e-2),
+    "sum": (1e-3, 0),
+    "gt": (0, 0),
+    "lt_zero": (0, 0),
+}
+GRAD_TOLERANCE = (2e-3, 2e-2)
+
+
+def _check_against_plaintext(result: dict[str, list]) -> None:
+    result = dict(result)
+    objects = result.pop("objects")
+    assert objects == [list(SENT_OBJECT["size"]), SENT_OBJECT["values"], SENT_OBJECT["tensor"]]
+    expected = plaintext_ops()
+    assert set(result) == set(expected)
+    for name, value in expected.items():
+        atol, rtol = TOLERANCE.get(name, GRAD_TOLERANCE)
+        got = torch.tensor(result[name], dtype=value.dtype).reshape(value.shape)
+        torch.testing.assert_close(
+            got, value, atol=atol, rtol=rtol, msg=lambda m, n=name: f"{n}: {m}"
+        )
+
+
+@pytest.mark.parametrize("n_parties", [2, pytest.param(3, marks=pytest.mark.slow)])
+def test_ops_over_grpc_match_plaintext_and_gloo(tmp_path, n_parties):
+    grpc = run_mpc(tmp_path / "grpc", n_parties, ops_program, seed=SEED)
+    gloo = run_mpc(tmp_path / "gloo", n_parties, ops_program, transport="gloo", seed=SEED)
+    assert_all_ok(grpc)
+    assert_all_ok(gloo)
+    parties = PARTY_NAMES[:n_parties]
+    first = grpc[parties[0]].result["result"]
+    _check_against_plaintext(first)
+    for name in parties:
+        assert grpc[name].result["communicator"] == "ChannelCommunicator"
+        assert gloo[name].result["communicator"] == "GlooCommunicator"  # no pickled objects
+        assert grpc[name].result["result"] == first, f"{name} revealed something else"
+        assert gloo[name].result["result"] == first, f"gloo differs from grpc at {name}"
+    assert grpc[DEALER].result["requests"] > 0
+    assert grpc[DEALER].result == gloo[DEALER].result
+    _check_traffic({name: grpc[name].result["traffic"] for name in parties})
+
+
+def _check_traffic(traffic: dict[str, dict]) -> None:
+    """What each party recorded adds up, and only party 0 gets the dealer's corrections."""
+    names = list(traffic)
+    sent = sum(t["bytes_sent"] for t in traffic.values())
+    assert sent == sum(t["bytes_received"] for t in traffic.values()) > 0
+    for t in traffic.values():
+        assert t["rounds"] > 0 and t["messages_sent"] > 0
+    if len(names) == 2:
+        assert traffic[names[0]]["bytes_sent"] == traffic[names[1]]["bytes_received"]
+    dealer_bytes = [t["by_phase"]["default"]["dealer_bytes_received"] for t in traffic.values()]
+    assert dealer_bytes[0] > 8 * 64  # corrections
+    assert all(0 < b < 64 for b in dealer_bytes[1:])  # a seed only
+
+
+@pytest.mark.parametrize(
+    ("victim", "n_parties"),
+    [
+        (DEALER, 2),
+        pytest.param("bob", 2, marks=pytest.mark.slow),
+        pytest.param("alice", 3, marks=pytest.mark.slow),
+    ],
+)
+def test_killed_member_is_named_by_every_survivor(tmp_path, victim, n_parties):
+    busy = spawn_event()
+    session = start_mpc(tmp_path, n_parties, loop_program, iterations=100_000, busy=busy)
+    assert busy.wait(120), "the parties never got going"
+    session.kill(victim)
+    outcomes = session.wait(SURVIVOR_DEADLINE_S)  # a survivor still running then: "Hung"
+    survivors = [n for n in outcomes if n != victim]
+    for name in survivors:
+        outcome = outcomes[name]
+        assert not outcome.ok and outcome.error_type == "PeerError", (name, outcome)
+        assert outcome.peer == victim, (name, outcome.error)
+        assert outcome.exitcode == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"provider": "tfp"}, r"mpc\.provider"),
+        ({"provider": "beaver"}, r"mpc\.provider"),
+        ({"transport": "mpi"}, r"mpc\.transport"),
+        ({"transport": "gloo", "rendezvous": None}, r"mpc\.transport"),
+        ({"insecure_debug_seed": 1}, r"mpc\.insecure_dev"),
+    ],
+)
+def test_bad_session_arguments_are_refused_before_any_traffic(kwargs, key):
+    arguments = {"provider": "dealer", "transport": "gloo", "rendezvous": "tcp://127.0.0.1:1"}
+    with pytest.raises(InputError, match=key):
+        start_crypten(None, ("alice", "bob"), 0, **{**arguments, **kwargs})
