@@ -281,3 +281,10 @@ if __name__ == "__main__":
     import sys
 
     run_mpc_ops(sys.argv[1] if len(sys.argv) > 1 else "results/mpc_ops")
+
+
+def main(out: Path, config: Path | None = None, full: bool = False) -> int:
+    """``smpc-synth bench mpc-ops --out DIR``: 2 parties (``--full``: also 3)."""
+    for parties in (2, 3) if full else (2,):
+        run_mpc_ops(out / f"{parties}-parties" if full else out, parties=parties)
+    return 0
