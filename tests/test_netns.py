@@ -98,4 +98,4 @@ def test_parties_on_two_hosts_train_over_tls_across_a_veth_link(two_hosts, tmp_p
     bob_sent = _tx_bytes(*two_hosts["bob"][:2]) - before["bob"]
     rows_bytes = (session.run_dir / "parties" / "bob" / "data.csv").stat().st_size
     assert bob_sent > rows_bytes / 2  # bob's rows crossed the veth interface (Arrow + TLS)
-    assert (session.run_dir / "parties" / "alice" / "synthetic.csv").is_file()
+    assert (session.run_dir / "parties" / "alice" / "generator.pt").is_file()
