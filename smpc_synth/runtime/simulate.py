@@ -72,6 +72,7 @@ class Session:
     train: pd.DataFrame
     holdout: pd.DataFrame
     schema: Any
+    split: dict[str, Any] = field(default_factory=dict)
 
 
 def simulate(
@@ -137,7 +138,28 @@ def prepare_session(
     train, holdout = holdout_split(frame, cfg.holdout_fraction, cfg.seed, stratify=stratify)
     shares = split_parties(train, parties, how=cfg.split, seed=cfg.seed)
     members = _write_session(run_dir, cfg, table_schema, shares, holdout, source)
-    return Session(run_dir, cfg, members, train, holdout, table_schema)
+    split = describe_split(cfg.split, [m.name for m in members if m.role == "data"], shares)
+    return Session(run_dir, cfg, members, train, holdout, table_schema, split)
+
+
+def describe_split(how: str, names: list[str], shares: list[pd.DataFrame]) -> dict[str, Any]:
+    """Rows per party and, for ``noniid:COLUMN``, each party's distribution of that column."""
+    summary: dict[str, Any] = {"how": how, "rows": {n: len(s) for n, s in zip(names, shares)}}
+    if how.startswith("noniid:"):
+        column = how.split(":", 1)[1]
+        if all(
+            pd.api.types.is_numeric_dtype(s[column]) and s[column].nunique() > 10 for s in shares
+        ):
+            summary[column] = {n: {"mean": float(s[column].mean())} for n, s in zip(names, shares)}
+        else:
+            summary[column] = {
+                n: {
+                    str(k): round(float(v), 4)
+                    for k, v in s[column].value_counts(normalize=True).items()
+                }
+                for n, s in zip(names, shares)
+            }
+    return summary
 
 
 def _load_table(dataset, data, schema_path, cfg: RunConfig):
@@ -342,6 +364,7 @@ def _gather(
         "exit_codes": codes,
         "wall_seconds": wall,
         "parties": party_metrics,
+        "split": session.split,
     }
     result = SimulationResult(run_dir, worst, metrics, None, codes)
     producers = [m for m in members if (m.config_path.parent / PENDING_NAME).is_file()]
