@@ -46,19 +46,15 @@ def sample(model: Synthesizer | str | Path, n: int, *, seed: int = 0) -> pd.Data
     return model.sample(n, seed=seed)
 
 
-def evaluate(
-    real: pd.DataFrame,
-    synthetic: pd.DataFrame,
-    *,
-    holdout: pd.DataFrame | None = None,
-    target: str | None = None,
-    schema: Schema | None = None,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Fidelity, utility (TSTR), privacy (DCR) and collapse indicators as a nested dict."""
+def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, **options: Any) -> dict[str, Any]:
+    """Fidelity, utility (TSTR), privacy (DCR) and collapse indicators as a nested dict.
+
+    ``options``: ``holdout``, ``target``, ``schema``, ``seed`` (see
+    :func:`smpc_synth.eval.evaluate`, imported lazily: SDMetrics is slow to import).
+    """
     from smpc_synth.eval import evaluate as _evaluate
 
-    return _evaluate(real, synthetic, holdout=holdout, target=target, schema=schema, seed=seed)
+    return _evaluate(real, synthetic, **options)
 
 
 def simulate(parties: int = 3, **options: Any) -> SimulationResult:

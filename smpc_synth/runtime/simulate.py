@@ -78,31 +78,18 @@ class Session:
 def simulate(
     parties: int = 3,
     *,
-    dataset: str | None = None,
-    data: str | Path | None = None,
-    schema: str | Path | None = None,
-    out: str | Path | None = None,
-    config: RunConfig | None = None,
-    resume: bool = False,
     show_progress: bool = True,
     override_gate: bool = False,
-    **run_options: Any,
+    **options: Any,
 ) -> SimulationResult:
     """Run ``parties`` data parties (plus dealer/aggregator as the mode needs) locally.
 
-    ``run_options`` are :class:`RunConfig` fields (mode, generator, epochs, seed, split, ...).
+    ``options`` are those of :func:`prepare_session` (dataset or data, schema, out, config,
+    resume) and :class:`RunConfig` fields (mode, generator, epochs, seed, split, ...).
     """
-    session = prepare_session(
-        parties,
-        dataset=dataset,
-        data=data,
-        schema=schema,
-        out=out,
-        config=config,
-        resume=resume,
-        **run_options,
-    )
+    session = prepare_session(parties, **options)
     started = time.perf_counter()
+    resume = bool(options.get("resume", False))
     codes = _run_members(session.members, session.run_dir, resume, session.config, show_progress)
     return _gather(session, codes, time.perf_counter() - started, override_gate)
 
