@@ -37,7 +37,10 @@ class RecordingRunner:
         Path(out).mkdir(parents=True, exist_ok=True)
         party = {
             "role": "data",
-            "training": {"epochs": [{"epoch": 1, "seconds": wall / 2, "loss": 1.0}]},
+            "training": {
+                "epochs": [{"epoch": 1, "seconds": wall / 2, "loss": 1.0}],
+                "train_seconds": wall,
+            },
             "traffic": {"bytes_sent": self.rng.randint(1, 10**6), "rounds": 3},
         }
         metrics = {

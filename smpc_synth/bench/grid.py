@@ -186,6 +186,10 @@ def extract_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         "category_coverage": _get(evaluation, "collapse", "category_coverage"),
         "prdc_coverage": _get(evaluation, "collapse", "prdc_coverage"),
         "wall_seconds": metrics.get("wall_seconds"),
+        "train_seconds": max(
+            (m.get("training", {}).get("train_seconds") or 0.0 for m in parties.values()),
+            default=None,
+        ),
         "seconds_per_epoch": sum(per_epoch) / len(per_epoch) if per_epoch else None,
         "bytes_per_party": _mean([t.get("bytes_sent") for t in traffic]),
         "rounds_per_party": _mean([t.get("rounds") for t in traffic]),
