@@ -6,13 +6,12 @@ pairwise-masked, packed and encrypted (:mod:`smpc_synth.he`), and the aggregator
 holds only a public context, adds ciphertexts it cannot read. With ``he="none"`` the
 aggregator adds plain float64 vectors and sees every party's values: the no-crypto baseline.
 
-On the wire (tags ``fed/up`` to the aggregator, ``fed/down`` back): one JSON header
-(round, name, kind, count), then ``count`` payloads.
+On the wire (tags ``fed/up`` to the aggregator, ``fed/down`` back): one
+``AggregationHeader`` (protos/smpc_synth/v1/aggregation.proto), then ``count`` payloads.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -21,21 +20,25 @@ import numpy as np
 import torch
 
 from smpc_synth.errors import PeerError
+from smpc_synth.net.v1.aggregation_pb2 import AggregationHeader, AggregationKind
 from smpc_synth.train.base import Channel
 
 log = logging.getLogger(__name__)
 
 UP, DOWN = "fed/up", "fed/down"
 SECRET_CONTEXT, PUBLIC_CONTEXT, MASK_KEY = "fed/secret-context", "fed/public-context", "fed/mask"
-DONE = "done"
+CKKS = AggregationKind.AGGREGATION_KIND_CKKS
+PLAIN = AggregationKind.AGGREGATION_KIND_PLAIN
+DONE = AggregationKind.AGGREGATION_KIND_DONE
 
 
-def _header(channel_recv: Any, peer: str, tag: str) -> dict[str, Any]:
-    raw = channel_recv(peer, tag)
+def _header(channel: Channel, peer: str, tag: str) -> AggregationHeader:
+    header = AggregationHeader()
     try:
-        return json.loads(bytes(raw).decode())
-    except (TypeError, ValueError, UnicodeDecodeError):
+        header.ParseFromString(bytes(channel.recv(peer, tag)))
+    except (TypeError, ValueError):
         raise PeerError(f"{peer} sent a malformed aggregation header", peer=peer) from None
+    return header
 
 
 class AggregationClient:
@@ -107,17 +110,17 @@ class AggregationClient:
             return self._sum_ckks(name, index, tensors, max_abs, max_error)
         return self._sum_plain(name, index, tensors)
 
-    def _exchange(self, header: dict[str, Any], payloads: list[Any]) -> list[Any]:
-        self.channel.send(self.aggregator, UP, json.dumps(header).encode())
+    def _exchange(self, header: AggregationHeader, payloads: list[Any]) -> list[Any]:
+        self.channel.send(self.aggregator, UP, header.SerializeToString())
         for payload in payloads:
             self.channel.send(self.aggregator, UP, payload)
-        reply = _header(self.channel.recv, self.aggregator, DOWN)
-        if reply.get("round") != header["round"]:
+        reply = _header(self.channel, self.aggregator, DOWN)
+        if reply.round != header.round:
             raise PeerError(
-                f"{self.aggregator} answered round {reply.get('round')} to round {header['round']}",
+                f"{self.aggregator} answered round {reply.round} to round {header.round}",
                 peer=self.aggregator,
             )
-        return [self.channel.recv(self.aggregator, DOWN) for _ in range(reply["count"])]
+        return [self.channel.recv(self.aggregator, DOWN) for _ in range(reply.count)]
 
     def _sum_ckks(self, name, index, tensors, max_abs, max_error) -> dict[str, torch.Tensor]:
         from smpc_synth.he.aggregate import decrypt_sum, encrypt_update
@@ -133,7 +136,7 @@ class AggregationClient:
             pair_secrets=self.pair_secrets,
             round_index=index,
         )
-        header = {"round": index, "name": name, "kind": "ckks", "count": len(blobs)}
+        header = AggregationHeader(round=index, name=name, kind=CKKS, count=len(blobs))
         summed = self._exchange(header, blobs)
         return decrypt_sum(self.context, [bytes(b) for b in summed], layout, UpdateSpec.of(tensors))
 
@@ -141,13 +144,13 @@ class AggregationClient:
         from smpc_synth.he.packing import flatten, unflatten
 
         vector, spec = flatten(tensors)
-        header = {"round": index, "name": name, "kind": "plain", "count": 1}
+        header = AggregationHeader(round=index, name=name, kind=PLAIN, count=1)
         (total,) = self._exchange(header, [np.asarray(vector, dtype=np.float64)])
         return unflatten(np.asarray(total), spec)
 
     def finish(self) -> None:
         """Tell the aggregator this party has no more rounds."""
-        self.channel.send(self.aggregator, UP, json.dumps({"kind": DONE}).encode())
+        self.channel.send(self.aggregator, UP, AggregationHeader(kind=DONE).SerializeToString())
 
 
 def serve_aggregator(channel: Channel, parties: tuple[str, ...], run_config) -> dict[str, Any]:
@@ -164,30 +167,31 @@ def serve_aggregator(channel: Channel, parties: tuple[str, ...], run_config) -> 
         context = load_context(bytes(blob), secret=False, source=f"context from {parties[0]}")
     rounds = 0
     while True:
-        headers = {p: _header(channel.recv, p, UP) for p in parties}
-        kinds = {h.get("kind") for h in headers.values()}
-        if kinds == {DONE}:
+        headers = {p: _header(channel, p, UP) for p in parties}
+        if all(h.kind == DONE for h in headers.values()):
             return {"rounds": rounds}
         reference = headers[parties[0]]
         for party, header in headers.items():
             for key in ("kind", "round", "name", "count"):
-                if header.get(key) != reference.get(key):
+                if getattr(header, key) != getattr(reference, key):
                     raise PeerError(
-                        f"{party} is at {key} {header.get(key)!r} while {parties[0]} is at "
-                        f"{reference.get(key)!r}",
+                        f"{party} is at {key} {getattr(header, key)!r} while {parties[0]} is "
+                        f"at {getattr(reference, key)!r}",
                         peer=party,
                     )
-        submissions = {
-            p: [channel.recv(p, UP) for _ in range(h["count"])] for p, h in headers.items()
-        }
-        if reference["kind"] == "ckks":
+        submissions = {p: [channel.recv(p, UP) for _ in range(h.count)] for p, h in headers.items()}
+        if reference.kind == CKKS:
             blobs = {p: [bytes(b) for b in subs] for p, subs in submissions.items()}
             result = aggregate(context, blobs, list(parties))
-        else:
+        elif reference.kind == PLAIN:
             result = [np.sum([np.asarray(s[0]) for s in submissions.values()], axis=0)]
-        reply = json.dumps({"round": reference["round"], "count": len(result)}).encode()
+        else:
+            raise PeerError(f"{parties[0]} sent an unknown aggregation kind", peer=parties[0])
+        reply = AggregationHeader(
+            round=reference.round, name=reference.name, kind=reference.kind, count=len(result)
+        )
         for party in parties:
-            channel.send(party, DOWN, reply)
+            channel.send(party, DOWN, reply.SerializeToString())
             for payload in result:
                 channel.send(party, DOWN, payload)
         rounds += 1
