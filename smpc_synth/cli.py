@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "simulate", _cmd_simulate, "run a whole session on this machine")
     p.add_argument("--parties", type=int, default=3, help="number of data parties (1-8)")
-    p.add_argument("--mode", choices=("mpc", "federated", "plaintext"), default="plaintext")
+    p.add_argument("--mode", choices=("mpc", "federated", "plaintext"), default="mpc")
     p.add_argument("--generator", default="gaussian", help="gaussian | vae | gan")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--dataset", help="a built-in data set (default: fair)")
