@@ -42,6 +42,7 @@ class MpcConfig:
     transport: Literal["grpc", "gloo"] = "grpc"
     provider: Literal["dealer", "tfp"] = "dealer"  # tfp lets party 0 see everything
     insecure_dev: bool = False
+    rendezvous: str | None = None  # gloo only: tcp://HOST:PORT of party 0 (simulate picks one)
 
 
 @dataclass

@@ -119,6 +119,10 @@ def prepare_session(
     frame, table_schema, target, source = _load_table(dataset, data, schema, cfg)
     if cfg.target is None and target is not None:
         cfg.target = target
+    if cfg.mode == "mpc" and cfg.mpc.transport == "gloo" and cfg.mpc.rendezvous is None:
+        from smpc_synth.net import free_ports
+
+        cfg.mpc.rendezvous = f"tcp://127.0.0.1:{free_ports(1)[0]}"
     run_dir = Path(out or f"runs/simulate-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     _prepare_run_dir(run_dir, resume)
     stratify = cfg.target if _is_discrete(table_schema, cfg.target) else None
