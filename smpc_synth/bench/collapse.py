@@ -67,11 +67,11 @@ class CollapseConfig:
     epochs: dict[str, int] = field(default_factory=lambda: {"vae": 100, "gan": 100})
     seed: int = 0
     # Secure mode(s): one simulated session per generation, so kept short by default.
-    secure_modes: list[str] = field(default_factory=lambda: ["federated"])  # [] to skip
+    secure_modes: list[str] = field(default_factory=lambda: ["mpc"])  # [] to skip
     secure_parties: int = 3
     secure_generators: list[str] = field(default_factory=lambda: ["gaussian"])
     secure_regimes: list[str] = field(default_factory=lambda: ["replace", "accumulate"])
-    secure_generations: int = 4
+    secure_generations: int = 10
 
     def validate(self, source: str = "collapse config") -> None:
         if self.generations < 2 or self.secure_generations < 2:
