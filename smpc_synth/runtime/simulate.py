@@ -194,7 +194,7 @@ def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
             raise InputError(f"{run_dir}: nothing to resume (no session.json)")
         return
     stale_files = ("generator.pt", SYNTHETIC_NAME, PENDING_NAME, "metrics.json", MANIFEST_NAME)
-    for stale in ("parties", "logs", "certs", *stale_files):
+    for stale in ("parties", "logs", "certs", "session.json", *stale_files):
         target = run_dir / stale
         if target.is_dir():
             shutil.rmtree(target)

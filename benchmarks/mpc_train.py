@@ -1,0 +1,31 @@
+"""MPC training cost of the VAE on the 5,000-row mixed table, ours vs stock CrypTen vs torch.
+
+    python benchmarks/mpc_train.py --out benchmarks/results/mpc_train [--epochs 2]
+
+See :mod:`smpc_synth.bench.mpc_train` for what is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from smpc_synth.bench.mpc_train import BenchConfig, main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = BenchConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/mpc_train"))
+    p.add_argument("--rows", type=int, default=defaults.rows)
+    p.add_argument("--epochs", type=int, default=defaults.epochs, help="of ours (MPC)")
+    p.add_argument("--stock-steps", type=int, default=defaults.stock_steps)
+    p.add_argument("--plaintext-epochs", type=int, default=defaults.plaintext_epochs)
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    config = BenchConfig(args.rows, args.epochs, args.stock_steps, args.plaintext_epochs)
+    sys.exit(main(args.out, config))

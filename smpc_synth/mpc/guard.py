@@ -1,0 +1,77 @@
+"""A guard against CrypTen's rare truncation wrap-around (CrypTen issue #347).
+
+Two-party truncation fails with probability about |x| / 2^64 per element, and when it does
+a value becomes astronomically large: the loss explodes, or an update wrecks the weights and
+the NEXT loss explodes. Every party sees the same revealed loss, so all take the same
+decision: keep the state from before the previous step, and when a loss is not finite or
+jumps far above the recent ones, roll back to it and redo both steps (fresh shares, so the
+wrap-around does not recur). The rollback also resets the optimizer's warm start.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from smpc_synth.errors import SmpcSynthError
+
+MAX_ABS_LOSS = 1e6  # no loss of ours comes near this unless a value wrapped around
+JUMP_FACTOR = 50.0  # ... or jumps this far above the median of the recent losses
+WINDOW = 20
+MAX_RETRIES = 3  # consecutive rollbacks before giving up
+
+
+class WrapGuard:
+    """Decides whether a step's revealed losses are sane, and keeps the rollback point."""
+
+    def __init__(self) -> None:
+        self.recent: deque[float] = deque(maxlen=WINDOW)
+        self.rollbacks = 0
+
+    def is_bad(self, losses: dict[str, float]) -> bool:
+        values = [abs(v) for v in losses.values()]
+        if any(not math.isfinite(v) or v > MAX_ABS_LOSS for v in values):
+            return True
+        if len(self.recent) >= 5:
+            scale = max(statistics.median(self.recent), 1.0)
+            return max(values) > JUMP_FACTOR * scale
+        return False
+
+    def accept(self, losses: dict[str, float]) -> None:
+        self.recent.append(max((abs(v) for v in losses.values()), default=0.0))
+
+    def run_steps(
+        self,
+        steps: int,
+        step: Callable[[int], dict[str, float]],
+        snapshot: Callable[[], Any],
+        restore: Callable[[Any], None],
+    ) -> list[dict[str, float]]:
+        """Run ``step(i)`` for i < steps with rollback; returns each step's losses."""
+        results: list[dict[str, float]] = []
+        points: dict[int, Any] = {0: snapshot()}
+        failures: dict[int, int] = {}  # step -> rollbacks it caused
+        i = 0
+        while i < steps:
+            losses = step(i)
+            if self.is_bad(losses):
+                failures[i] = failures.get(i, 0) + 1
+                self.rollbacks += 1
+                if failures[i] > MAX_RETRIES:
+                    raise SmpcSynthError(
+                        f"MPC training: losses {losses} stayed out of range after "
+                        f"{MAX_RETRIES} rollbacks (fixed-point overflow?)"
+                    )
+                i = max(i - 1, 0)
+                restore(points[i])
+                del results[i:]
+                continue
+            self.accept(losses)
+            results.append(losses)
+            i += 1
+            points = {k: v for k, v in points.items() if k >= i - 1}
+            points[i] = snapshot()
+        return results

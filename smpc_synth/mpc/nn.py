@@ -1,0 +1,172 @@
+"""The MPC twin of :func:`smpc_synth.models.nets.mlp`: secret-shared MLPs with hand-written
+backward passes.
+
+CrypTen's autograd records every op and its ``crypten.nn`` layers recompute what the backward
+pass could reuse; here each layer keeps exactly what its gradient needs (a ReLU keeps the
+comparison bit it computed in the forward pass, so its backward is one multiplication), and
+all weights of a model live in ONE flat shared vector (:class:`ParameterVector`) so the
+optimizer updates the whole model with a handful of rounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from smpc_synth.mpc.compat import import_crypten
+
+crypten = import_crypten()
+FIXED = crypten.encoder.FixedPointEncoder()  # CrypTen's default: 16 fractional bits
+
+
+def fixed_mask(bits):
+    """A 0/1 comparison result (CrypTen encodes it with scale 1) as a fixed-point tensor,
+    so it can be scaled by a float; plain products ``x * bits`` need no conversion."""
+    out = bits * int(FIXED.scale)  # exact: an integer product of the shares
+    out.encoder = FIXED
+    return out
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one named tensor lives in the flat vector."""
+
+    name: str
+    start: int
+    shape: torch.Size
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.shape.numel()
+
+
+class ParameterVector:
+    """Every trainable tensor of a set of networks, secret-shared as one flat MPCTensor."""
+
+    def __init__(self, named: dict[str, torch.Tensor]):
+        self.slots: dict[str, Slot] = {}
+        start = 0
+        for name, value in named.items():
+            self.slots[name] = Slot(name, start, value.shape)
+            start += value.numel()
+        self.size = start
+        # The initial weights come from the public run seed: every party holds them already,
+        # so party 0 sharing them reveals nothing.
+        flat = torch.cat([v.detach().reshape(-1).float() for v in named.values()])
+        self.flat = crypten.cryptensor(flat, src=0)
+        self.grads: dict[str, object] = {}
+
+    def __getitem__(self, name: str):
+        slot = self.slots[name]
+        return self.flat[slot.start : slot.stop].view(slot.shape)
+
+    def zero_grad(self) -> None:
+        self.grads = {}
+
+    def add_grad(self, name: str, grad) -> None:
+        self.grads[name] = grad if name not in self.grads else self.grads[name] + grad
+
+    def flat_grad(self, names: list[str]):
+        """The gradients of ``names`` (in slot order) as one flat MPCTensor; zeros elsewhere."""
+        pieces = []
+        for slot in self.slots.values():
+            if slot.name in names and slot.name in self.grads:
+                pieces.append(self.grads[slot.name].reshape(-1))
+            else:
+                pieces.append(crypten.cryptensor(torch.zeros(slot.shape.numel()), src=0))
+        return crypten.cat(pieces)
+
+    def reveal(self, names: list[str], dst: int | None) -> dict[str, torch.Tensor] | None:
+        """Open the tensors ``names`` to party ``dst`` only (None: to everyone)."""
+        slots = [self.slots[n] for n in names]
+        picked = crypten.cat([self.flat[s.start : s.stop] for s in slots])
+        plain = picked.get_plain_text(dst=dst)
+        if plain is None:
+            return None
+        out, start = {}, 0
+        for s in slots:
+            n = s.shape.numel()
+            out[s.name] = plain[start : start + n].reshape(s.shape).clone()
+            start += n
+        return out
+
+
+class Linear:
+    """``x W^T + b``; keeps ``x`` for the weight gradient."""
+
+    def __init__(self, params: ParameterVector, prefix: str):
+        self.params, self.w, self.b = params, f"{prefix}.weight", f"{prefix}.bias"
+
+    def forward(self, x):
+        self.x = x
+        w = self.params[self.w]
+        if isinstance(x, torch.Tensor):  # public input (noise): a local product, no round
+            return w.matmul(x.t()).t() + self.params[self.b]
+        return x.matmul(w.t()) + self.params[self.b]
+
+    def backward(self, grad, *, accumulate: bool = True, need_input: bool = True):
+        if accumulate:
+            self.params.add_grad(self.w, grad.t().matmul(self.x))
+            self.params.add_grad(self.b, grad.sum(0))
+        return grad.matmul(self.params[self.w]) if need_input else None
+
+
+class LeakyReLU:
+    """``x`` where positive, ``slope * x`` elsewhere (ReLU: slope 0); one comparison, and the
+    backward pass reuses its bit."""
+
+    def __init__(self, slope: float = 0.0):
+        self.slope = slope
+
+    def forward(self, x):
+        positive = x.gt(0.0)
+        if self.slope:
+            positive = fixed_mask(positive) * (1 - self.slope) + self.slope
+        self.factor = positive
+        return x * self.factor
+
+    def backward(self, grad, **_):
+        return grad * self.factor
+
+
+class Mlp:
+    """The twin of one ``nn.Sequential`` of Linear / ReLU / LeakyReLU layers."""
+
+    def __init__(self, net: nn.Sequential, params: ParameterVector, prefix: str):
+        self.layers: list = []
+        self.names: list[str] = []
+        for index, layer in enumerate(net):
+            if isinstance(layer, nn.Linear):
+                self.layers.append(Linear(params, f"{prefix}.{index}"))
+                self.names += [f"{prefix}.{index}.weight", f"{prefix}.{index}.bias"]
+            elif isinstance(layer, nn.ReLU):
+                self.layers.append(LeakyReLU(0.0))
+            elif isinstance(layer, nn.LeakyReLU):
+                self.layers.append(LeakyReLU(layer.negative_slope))
+            else:
+                raise NotImplementedError(f"no MPC twin for layer {type(layer).__name__}")
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, grad, *, accumulate: bool = True, need_input: bool = False):
+        """Propagate ``grad`` (d loss / d output); adds weight gradients if ``accumulate``."""
+        last = len(self.layers) - 1
+        for i in range(last, -1, -1):
+            grad = self.layers[i].backward(
+                grad, accumulate=accumulate, need_input=need_input or i > 0
+            )
+        return grad
+
+
+def named_parameters(nets: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """``{"net.index.weight": tensor}`` for every network, in a stable order."""
+    return {
+        f"{net_name}.{key}": value
+        for net_name, net in nets.items()
+        for key, value in net.state_dict().items()
+    }

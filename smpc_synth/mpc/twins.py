@@ -1,0 +1,251 @@
+"""MPC twins of the neural generators: the same networks, losses and random draws as
+:mod:`smpc_synth.models.vae` and :mod:`smpc_synth.models.gan`, on secret-shared batches.
+
+Each twin starts from the plaintext model's seeded weights, consumes the public training
+generator exactly as the plaintext ``train_step`` does (so the same seed draws the same
+batches and noise), computes the losses of :mod:`smpc_synth.models.losses` and their
+gradients by hand, and reveals only the scalar losses of each step (for the metrics and the
+wrap-around guard). Weights stay shared until :meth:`Twin.reveal_released`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+
+from smpc_synth.mpc.compat import import_crypten
+from smpc_synth.mpc.nn import Mlp, ParameterVector, named_parameters
+from smpc_synth.mpc.optim import AdamSettings, SharedAdam
+from smpc_synth.mpc.spans import Activation, SpanMap
+
+crypten = import_crypten()
+
+
+def _reveal_scalars(*values) -> list[float]:
+    """Open several shared scalars in one round."""
+    stacked = crypten.stack([v.reshape(1) for v in values]).reshape(-1)
+    return [float(x) for x in stacked.get_plain_text()]
+
+
+class Twin:
+    """One generator trained on shares: networks, their flat parameters and optimizers."""
+
+    def __init__(self, model, groups: dict[str, tuple[str, ...]], settings: AdamSettings):
+        self.phase: Callable[[str], AbstractContextManager] = lambda _name: nullcontext()
+        self.model = model
+        self.spans = SpanMap(model.layout)
+        nets = model.modules()
+        self.params: dict[str, ParameterVector] = {}
+        self.opts: dict[str, SharedAdam] = {}
+        self.nets: dict[str, Mlp] = {}
+        for group, members in groups.items():
+            vector = ParameterVector(named_parameters({m: nets[m] for m in members}))
+            self.params[group] = vector
+            self.opts[group] = SharedAdam(settings, vector.size)
+            for m in members:
+                self.nets[m] = Mlp(nets[m], vector, m)
+
+    def _update(self, group: str) -> None:
+        with self.phase("update"):
+            vector = self.params[group]
+            grad = vector.flat_grad(list(vector.slots))
+            vector.flat = self.opts[group].step(vector.flat, grad)
+            vector.zero_grad()
+
+    def begin_epoch(self) -> None:
+        """Hook before each epoch."""
+
+    def end_epoch(self) -> None:
+        """Hook after each epoch (may reveal aggregates the released model needs)."""
+
+    def reset_optimizer_roots(self) -> None:
+        for opt in self.opts.values():
+            opt.reset_root()
+
+    def state(self) -> dict[str, Any]:
+        """This party's shares of everything trainable, plus public buffers."""
+        return {
+            "params": {g: v.flat.share.clone() for g, v in self.params.items()},
+            "opts": {g: o.state() for g, o in self.opts.items()},
+            "buffers": {k: t.clone() for k, t in self.model.buffers.items()},
+            "epoch": self._epoch_state(),
+        }
+
+    def _epoch_state(self) -> dict[str, Any]:
+        """Accumulators of the running epoch (so a rollback does not count a step twice)."""
+        return {}
+
+    def _load_epoch_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`_epoch_state`."""
+
+    def load(self, state: dict[str, Any]) -> None:
+        from_shares = crypten.mpc.MPCTensor.from_shares
+        for group, share in state["params"].items():
+            self.params[group].flat = from_shares(share.clone())
+            self.opts[group].load(state["opts"][group])
+        for key, value in state["buffers"].items():
+            self.model.buffers[key] = value.clone()
+        self._load_epoch_state(state.get("epoch", {}))
+
+    def reveal_released(self, dst: int) -> None:
+        """Open the released networks' weights to party ``dst`` (every party takes part)."""
+        for name in self.model.released_modules:
+            group = next(g for g, v in self.params.items() if f"{name}.0.weight" in v.slots)
+            vector = self.params[group]
+            names = [n for n in vector.slots if n.startswith(f"{name}.")]
+            plain = vector.reveal(names, dst=dst)
+            if plain is not None:
+                prefix = len(name) + 1
+                state = {n[prefix:]: t for n, t in plain.items()}
+                self.model.modules()[name].load_state_dict(state)
+
+    def step(self, batch, generator: torch.Generator) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class VaeTwin(Twin):
+    """:class:`~smpc_synth.models.vae.VAEGenerator` on shares."""
+
+    def __init__(self, model):
+        hp = model.hparams
+        super().__init__(
+            model,
+            {"vae": ("encoder", "decoder")},
+            AdamSettings(lr=hp.lr, weight_decay=hp.weight_decay),
+        )
+        self.sq_err = None
+        self.rows = 0
+
+    def begin_epoch(self) -> None:
+        self.sq_err, self.rows = None, 0
+
+    def _epoch_state(self) -> dict[str, Any]:
+        share = None if self.sq_err is None else self.sq_err.share.clone()
+        return {"sq_err": share, "rows": self.rows}
+
+    def _load_epoch_state(self, state: dict[str, Any]) -> None:
+        share = state.get("sq_err")
+        self.sq_err = None if share is None else crypten.mpc.MPCTensor.from_shares(share)
+        self.rows = int(state.get("rows", 0))
+
+    def end_epoch(self) -> None:
+        """sigma = RMS reconstruction error per continuous unit (a revealed aggregate)."""
+        if self.sq_err is None or not len(self.spans.continuous):
+            return
+        rms = (self.sq_err.get_plain_text().double() / max(self.rows, 1)).sqrt()
+        self.model.buffers["sigma"] = rms.float().clamp(self.model.hparams.min_sigma, 1.0)
+
+    def step(self, batch, generator: torch.Generator) -> dict[str, float]:
+        hp, spans = self.model.hparams, self.spans
+        n, latent, bound = batch.size(0), hp.latent_dim, hp.logvar_bound
+        with self.phase("forward"):
+            out = self.nets["encoder"].forward(batch)
+            mu, r = out[:, :latent], out[:, latent:]
+            t = (r * (1.0 / bound)).tanh()
+            logvar = t * bound
+            eps = torch.randn((n, latent), generator=generator)
+            std = (logvar * 0.5).exp()
+            z = mu + std * eps
+            raw = self.nets["decoder"].forward(z)
+        with self.phase("loss"):
+            sigma = self.model.buffers["sigma"]
+            recon = 0
+            d_cont = d_oh = sq_err = None
+            if len(spans.continuous):
+                c = raw[:, spans.continuous].tanh()
+                err = c - batch[:, spans.continuous]
+                sq_err = err.square()
+                # public factors folded into one multiplication: smaller products (see optim)
+                recon = (sq_err * (1.0 / (2 * n * sigma.square()))).sum()
+                d_cont = err * (hp.recon_weight / n / sigma.square()) * (1 - c.square())
+            if spans.n_spans:
+                p = spans.softmax(raw)
+                target = batch[:, spans.onehot]
+                hit = spans.span_sums(p * target)  # probability of the true category per span
+                recon = recon - hit.log().sum() * (1.0 / n)
+                d_oh = (p - target) * (hp.recon_weight / n)
+            var = std.square()
+            kl = (mu.square() + var - logvar - 1).sum() * (0.5 / n)
+            loss = recon * hp.recon_weight + kl * hp.kl_weight
+        with self.phase("backward"):
+            dz = self.nets["decoder"].backward(spans.assemble(d_cont, d_oh), need_input=True)
+            d_mu = dz + mu * (hp.kl_weight / n)
+            d_logvar = (dz * eps) * std * 0.5 + (var - 1) * (0.5 * hp.kl_weight / n)
+            d_r = d_logvar * (1 - t.square())
+            self.nets["encoder"].backward(crypten.cat([d_mu, d_r], dim=1))
+        self._update("vae")
+        if sq_err is not None:
+            sq = sq_err.sum(0)
+            self.sq_err = sq if self.sq_err is None else self.sq_err + sq
+            self.rows += n
+        with self.phase("reveal"):
+            total, rec, kl_value = _reveal_scalars(loss, recon, kl)
+        return {"loss": total, "reconstruction": rec, "kl": kl_value}
+
+
+class GanTwin(Twin):
+    """:class:`~smpc_synth.models.gan.GANGenerator` on shares (the discriminator stays so)."""
+
+    def __init__(self, model):
+        hp = model.hparams
+        super().__init__(
+            model,
+            {"generator": ("generator",), "discriminator": ("discriminator",)},
+            AdamSettings(lr=hp.lr, beta1=hp.beta1, beta2=hp.beta2, weight_decay=hp.weight_decay),
+        )
+        self.activation = Activation(self.spans)
+
+    def _fake(self, rows: int, generator: torch.Generator):
+        z = torch.randn(rows, self.model.hparams.noise_dim, generator=generator)
+        return self.activation.forward(self.nets["generator"].forward(z))
+
+    def step(self, batch, generator: torch.Generator) -> dict[str, float]:
+        hp, width = self.model.hparams, self.model.layout.width
+        rows = batch.size(0) - batch.size(0) % hp.pac
+        if rows == 0:
+            return {}
+        packs = rows // hp.pac
+        real = batch[:rows]
+        critic = self.nets["discriminator"]
+
+        fake = self._fake(rows, generator)
+        logits = critic.forward(crypten.cat([real, fake]).reshape(2 * packs, width * hp.pac))
+        prob = logits.sigmoid()
+        label = torch.cat([torch.full((packs, 1), 1.0 - hp.label_smoothing), torch.zeros(packs, 1)])
+        critic.backward((prob - label) * (1.0 / packs))
+        self._update("discriminator")
+        logs = crypten.cat([prob, 1 - prob]).log()
+        d_loss = -(logs[: 2 * packs] * label + logs[2 * packs :] * (1 - label)).sum() * (
+            1.0 / packs
+        )
+
+        fake = self._fake(rows, generator)
+        prob = critic.forward(fake.reshape(packs, width * hp.pac)).sigmoid()
+        d_fake = critic.backward((prob - 1) * (1.0 / packs), accumulate=False, need_input=True)
+        d_fake = d_fake.reshape(rows, width)
+        g_loss = -prob.log().sum() * (1.0 / packs)
+        if hp.moment_weight:
+            moment, d_moment = _moment_loss_and_grad(fake, real)
+            g_loss = g_loss + moment * hp.moment_weight
+            d_fake = d_fake + d_moment * hp.moment_weight
+        self.nets["generator"].backward(self.activation.backward(d_fake))
+        self._update("generator")
+        d_value, g_value = _reveal_scalars(d_loss, g_loss)
+        return {"discriminator": d_value, "generator": g_value}
+
+
+def _moment_loss_and_grad(fake, real):
+    """:func:`smpc_synth.models.losses.moment_loss` and its gradient w.r.t. ``fake``."""
+    rows = fake.size(0)
+    mean_gap = (fake - real).sum(0) * (1.0 / rows)
+    # F^T F - R^T R as one product: [F; R]^T [F; -R]
+    second_gap = crypten.cat([fake, real]).t().matmul(crypten.cat([fake, -real])) * (1.0 / rows)
+    squares = crypten.cat([mean_gap.reshape(-1), second_gap.reshape(-1)]).square()
+    grad = fake.matmul(second_gap) * (4.0 / rows) + mean_gap * (2.0 / rows)
+    return squares.sum(), grad
+
+
+TWINS = {"vae": VaeTwin, "gan": GanTwin}

@@ -1,0 +1,87 @@
+"""Slow: MPC-trained generators against the plaintext-trained ones (same seed, same rows,
+same architecture and hyperparameters, few epochs), and ``--resume`` of a stopped run.
+
+Every run is a real session (processes, gRPC + TLS, dealer). The gan figures are printed,
+not asserted (the issue asks for them to be reported).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from smpc_synth.models import Synthesizer
+from smpc_synth.runtime.simulate import simulate
+
+PARITY_TOLERANCE = 0.03
+# about 20 optimizer steps each: breast_cancer is one batch per epoch, fair ten
+EPOCHS = {"breast_cancer": 20, "fair": 2}
+
+pytestmark = pytest.mark.slow
+
+
+def _run(tmp_path, mode: str, generator: str, dataset: str, epochs, name: str, **options):
+    result = simulate(
+        2,
+        dataset=dataset,
+        mode=mode,
+        generator=generator,
+        epochs=epochs,
+        seed=0,
+        out=tmp_path / name,
+        show_progress=False,
+        **options,
+    )
+    assert result.exit_code == 0, result.exit_codes
+    return result
+
+
+def _figures(result) -> tuple[float, float]:
+    evaluation = result.metrics["evaluation"]
+    return evaluation["fidelity"]["quality_score"], evaluation["utility"]["tstr_auc"]
+
+
+@pytest.mark.parametrize("dataset", ["breast_cancer", "fair"])
+@pytest.mark.parametrize("generator", ["gaussian", "vae", "gan"])
+def test_mpc_matches_plaintext(tmp_path, generator, dataset):
+    epochs = None if generator == "gaussian" else EPOCHS[dataset]
+    mpc = _run(tmp_path, "mpc", generator, dataset, epochs, "mpc")
+    plain = _run(tmp_path, "plaintext", generator, dataset, epochs, "plain")
+    (q_mpc, auc_mpc), (q_plain, auc_plain) = _figures(mpc), _figures(plain)
+    print(
+        f"\n{generator} on {dataset}: quality {q_mpc:.4f} (mpc) vs {q_plain:.4f} (plaintext), "
+        f"TSTR AUC {auc_mpc:.4f} vs {auc_plain:.4f}"
+    )
+    if generator == "gan":
+        return  # reported, not asserted
+    assert abs(q_mpc - q_plain) <= PARITY_TOLERANCE
+    assert abs(auc_mpc - auc_plain) <= PARITY_TOLERANCE
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
+    """Stop after epoch 1 of 2 (a run of 1 epoch), resume to 2: same weights as 2 epochs in
+    one go, up to fixed-point noise (the dealer's randomness is fresh in every run)."""
+    whole = _run(tmp_path, "mpc", "vae", "breast_cancer", 2, "whole")
+    _run(tmp_path, "mpc", "vae", "breast_cancer", 1, "resumed")
+    resumed = simulate(
+        2,
+        dataset="breast_cancer",
+        mode="mpc",
+        generator="vae",
+        epochs=2,
+        seed=0,
+        out=tmp_path / "resumed",
+        resume=True,
+        show_progress=False,
+    )
+    assert resumed.exit_code == 0, resumed.exit_codes
+    history = resumed.metrics["parties"]["alice"]["training"]["epochs"]
+    assert [r["epoch"] for r in history] == [1, 2]  # epoch 1 came from the checkpoint
+    a = Synthesizer.load(whole.run_dir / "generator.pt").generator.state_dict()
+    b = Synthesizer.load(resumed.run_dir / "generator.pt").generator.state_dict()
+    for name, value in a["modules"]["decoder"].items():
+        gap = float((value - b["modules"]["decoder"][name]).abs().mean())
+        assert gap < 2e-3, (name, gap)
+    torch.testing.assert_close(a["buffers"]["sigma"], b["buffers"]["sigma"], atol=5e-3, rtol=0)
+    q_whole, q_resumed = _figures(whole)[0], _figures(resumed)[0]
+    assert abs(q_whole - q_resumed) <= PARITY_TOLERANCE

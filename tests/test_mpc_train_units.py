@@ -1,0 +1,182 @@
+"""The pieces of MPC training, on real CrypTen in one process (world size 1, no network):
+the MLP twin's gradients, the batched span softmax, shared Adam, the inverse square root it
+needs, the wrap-around guard, and one twin step per generator against plaintext."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from smpc_synth.data.layout import Layout, Span
+from smpc_synth.errors import SmpcSynthError
+from smpc_synth.models.spans import activate
+from smpc_synth.mpc.compat import import_crypten
+from smpc_synth.mpc.guard import MAX_RETRIES, WrapGuard
+
+crypten = import_crypten()
+
+LAYOUT = Layout(
+    (
+        Span("x", 0, 1, "continuous"),
+        Span("x", 1, 3, "onehot"),
+        Span("y", 4, 1, "continuous"),
+        Span("c", 5, 2, "onehot"),
+        Span("d", 7, 5, "onehot"),
+    )
+)
+
+
+LSB = 2.0**-16  # CrypTen's fixed-point resolution
+
+
+@pytest.fixture(scope="module")
+def mpc():
+    torch.set_num_threads(1)
+    crypten.init()
+    yield crypten
+    crypten.uninit()
+
+
+def test_mlp_twin_gradients_match_torch_autograd(mpc):
+    from smpc_synth.models.nets import mlp
+    from smpc_synth.mpc.nn import Mlp, ParameterVector, named_parameters
+
+    torch.manual_seed(0)
+    net = mlp(6, (16, 8), 3, "leaky_relu")
+    x = torch.randn(32, 6)
+    upstream = torch.randn(32, 3) * 0.1
+    (net(x) * upstream).sum().backward()
+    params = ParameterVector(named_parameters({"net": net}))
+    twin = Mlp(net, params, "net")
+    out = twin.forward(mpc.cryptensor(x))
+    torch.testing.assert_close(out.get_plain_text(), net(x).detach(), atol=5e-3, rtol=0)
+    twin.backward(mpc.cryptensor(upstream))
+    for name, slot in params.slots.items():
+        expected = dict(net.named_parameters())[name.split(".", 1)[1]].grad
+        got = params.grads[name].get_plain_text().reshape(slot.shape)
+        torch.testing.assert_close(got, expected, atol=5e-3, rtol=0.02, msg=name)
+
+
+def test_span_activation_and_its_backward_match_torch(mpc):
+    from smpc_synth.mpc.spans import Activation, SpanMap
+
+    g = torch.Generator().manual_seed(1)
+    raw = (torch.randn(40, LAYOUT.width, generator=g) * 3).requires_grad_(True)
+    upstream = torch.randn(40, LAYOUT.width, generator=g)
+    expected = activate(raw, LAYOUT)
+    (expected * upstream).sum().backward()
+    act = Activation(SpanMap(LAYOUT))
+    got = act.forward(mpc.cryptensor(raw.detach())).get_plain_text()
+    torch.testing.assert_close(got, expected.detach(), atol=0.01, rtol=0)
+    grad = act.backward(mpc.cryptensor(upstream)).get_plain_text()
+    torch.testing.assert_close(grad, raw.grad, atol=0.02, rtol=0.02)
+
+
+@pytest.mark.parametrize("growth", [1.3, 40.0, 1e4])
+def test_inverse_sqrt_converges_cold_and_from_a_warm_start_however_x_grew(mpc, growth):
+    from smpc_synth.mpc.optim import EPS, X_MAX, inverse_sqrt
+
+    x = torch.logspace(math.log10(EPS), math.log10(X_MAX), 60)
+    cold = inverse_sqrt(mpc.cryptensor(x))
+    # 5% where fixed point can tell, else a few units of its last place (2^-16)
+    torch.testing.assert_close(cold.get_plain_text(), x.rsqrt(), atol=LSB * 8, rtol=0.05)
+    grown = (x * growth).clamp(max=X_MAX)
+    warm = inverse_sqrt(mpc.cryptensor(grown), cold)
+    torch.testing.assert_close(warm.get_plain_text(), grown.rsqrt(), atol=LSB * 8, rtol=0.05)
+
+
+def test_shared_adam_follows_torch_adam(mpc):
+    from smpc_synth.mpc.optim import AdamSettings, SharedAdam
+
+    g = torch.Generator().manual_seed(2)
+    start = torch.randn(500, generator=g) * 0.1
+    scales = torch.logspace(-3, 1, 500)
+    plain = start.clone().requires_grad_(True)
+    opt = torch.optim.Adam([plain], lr=1e-3, weight_decay=1e-5)
+    shared = SharedAdam(AdamSettings(lr=1e-3, weight_decay=1e-5), 500)
+    params = mpc.cryptensor(start)
+    for _ in range(6):
+        grad = torch.randn(500, generator=g) * scales
+        plain.grad = grad.clone()
+        opt.step()
+        params = shared.step(params, mpc.cryptensor(grad))
+    moved = (plain.detach() - start).abs().max()
+    gap = (params.get_plain_text() - plain.detach()).abs().max()
+    assert gap < 0.25 * moved, (float(gap), float(moved))
+
+
+@pytest.mark.parametrize("generator", ["vae", "gan"])
+def test_twin_step_matches_the_plaintext_step(mpc, generator):
+    from smpc_synth.models import get_generator
+    from smpc_synth.mpc.twins import TWINS
+
+    params = {"hidden": (32, 32), "latent_dim": 8, "batch_size": 60}
+    if generator == "gan":
+        params = {"generator_hidden": (32,), "discriminator_hidden": (32,), "noise_dim": 8}
+        params.update(batch_size=60, pac=6)
+    g = torch.Generator().manual_seed(3)
+    X = activate(torch.randn(60, LAYOUT.width, generator=g), LAYOUT)
+    plain = get_generator(generator)(LAYOUT, **params)
+    model = get_generator(generator)(LAYOUT, **params)
+    plain.initialize(7)
+    model.initialize(7)
+    twin = TWINS[generator](model)
+    released = model.released_modules[0]
+    start = {k: v.clone() for k, v in plain.modules()[released].state_dict().items()}
+    shared = mpc.cryptensor(X)
+    rng_plain, rng_twin = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    for _ in range(3):
+        expected = plain.train_step(X, rng_plain)
+        got = twin.step(shared, rng_twin)
+        assert set(got) == set(expected)
+        for key, value in expected.items():
+            assert math.isclose(got[key], value, rel_tol=0.03, abs_tol=0.02), (key, got, expected)
+    twin.reveal_released(0)
+    for (name, a), b in zip(
+        model.modules()[released].state_dict().items(),
+        plain.modules()[released].state_dict().values(),
+    ):
+        # Adam moves every weight by about lr per step whatever its gradient's size, so
+        # weights whose gradient is within fixed-point noise of 0 may go either way: compare
+        # the mean gap with the distance moved
+        moved = float((b - start[name]).abs().mean())
+        gap = float((a - b).abs().mean())
+        assert gap < 0.25 * moved, (name, gap, moved)
+
+
+def test_guard_rolls_back_a_wrapped_step_and_redoes_it():
+    state = {"value": 0, "poisoned": {3}}
+
+    def step(i: int) -> dict[str, float]:
+        state["value"] += 1
+        if i in state["poisoned"]:
+            state["poisoned"].discard(i)
+            return {"loss": 3e12}  # what a truncation wrap-around looks like
+        return {"loss": 1.0 + i}
+
+    guard = WrapGuard()
+    results = guard.run_steps(6, step, lambda: state["value"], lambda v: state.update(value=v))
+    assert [r["loss"] for r in results] == [1.0 + i for i in range(6)]
+    assert guard.rollbacks == 1
+    assert state["value"] == 6  # the rolled-back steps did not count
+
+
+def test_guard_gives_up_when_the_loss_stays_out_of_range():
+    guard = WrapGuard()
+    with pytest.raises(SmpcSynthError, match="rollbacks"):
+        # step 2 always wraps: redoing step 1 succeeds every time, which must not reset the count
+        guard.run_steps(
+            4, lambda i: {"loss": float("nan") if i == 2 else 1.0}, lambda: None, lambda _: None
+        )
+    assert guard.rollbacks == MAX_RETRIES + 1
+
+
+def test_guard_flags_a_jump_far_above_recent_losses():
+    guard = WrapGuard()
+    for value in (10.0, 9.0, 8.5, 8.0, 7.9, 7.5):
+        assert not guard.is_bad({"loss": value})
+        guard.accept({"loss": value})
+    assert guard.is_bad({"loss": 5e3})
+    assert not guard.is_bad({"loss": 20.0})
