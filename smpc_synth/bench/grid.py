@@ -45,11 +45,11 @@ class GridSpec:
     """
 
     modes: list[str] = field(default_factory=lambda: ["plaintext", "federated+ckks", "mpc"])
-    generators: list[str] = field(default_factory=lambda: ["gaussian"])
+    generators: list[str] = field(default_factory=lambda: ["gaussian", "vae"])
     datasets: list[str] = field(default_factory=lambda: ["breast_cancer"])
     parties: list[int] = field(default_factory=lambda: [2])
     seeds: list[int] = field(default_factory=lambda: [0])
-    epochs: int | None = None
+    epochs: int | None = 3  # neural generators; the quick grid shows cost, not final quality
     options: dict[str, Any] = field(default_factory=dict)  # extra RunConfig fields
 
     def runs(self) -> Iterator[dict[str, Any]]:

@@ -210,16 +210,16 @@ def summarize(per_party: dict[str, dict[str, Any]], plaintext_seconds: float) ->
     stock_epoch = stock["seconds_per_step"] * steps
     return {
         "steps_per_epoch": steps,
-        "ours_seconds_per_epoch": ours["seconds"],
+        "ours_seconds_per_epoch": ours["epoch_seconds"],
         "ours_bytes_per_epoch": ours["bytes"],
         "ours_rounds_per_epoch": ours["rounds"],
-        "ours_first_epoch_seconds": first["ours"][0]["seconds"],
+        "ours_first_epoch_seconds": first["ours"][0]["epoch_seconds"],
         "stock_seconds_per_epoch": stock_epoch,
         "stock_bytes_per_epoch": stock["bytes_per_step"] * steps,
         "stock_rounds_per_epoch": stock["rounds_per_step"] * steps,
         "plaintext_seconds_per_epoch": plaintext_seconds,
-        "mpc_over_plaintext": ours["seconds"] / plaintext_seconds,
-        "stock_over_ours": stock_epoch / ours["seconds"],
+        "mpc_over_plaintext": ours["epoch_seconds"] / plaintext_seconds,
+        "stock_over_ours": stock_epoch / ours["epoch_seconds"],
     }
 
 

@@ -59,7 +59,7 @@ def with_ratios(records: list[dict[str, Any]]) -> pd.DataFrame:
     for name, profile in PROFILES.items():
         frame[f"{name}_seconds"] = [
             modelled_seconds(
-                row["wall_seconds"], row["rounds_per_party"], row["bytes_per_party"], profile
+                row["train_seconds"], row["rounds_per_party"], row["bytes_per_party"], profile
             )
             for _, row in frame.iterrows()
         ]
