@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
-from smpc_synth.errors import InputError
+from smpc_synth.registry import resolve
 
 # suite -> "module:function(out_dir, config, [full]) -> exit code"
 SUITES: dict[str, str] = {
@@ -20,17 +19,7 @@ SUITES: dict[str, str] = {
 
 def run_suite(suite: str, out: Path, config: Path | None = None, full: bool = False) -> int:
     """Run one suite, writing its files under ``out``."""
-    if suite not in SUITES:
-        raise InputError(f"unknown benchmark suite {suite!r}; choose one of {', '.join(SUITES)}")
-    module_name, func_name = SUITES[suite].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            raise InputError(
-                f"benchmark suite {suite!r} is not available in this version"
-            ) from None
-        raise
+    run = resolve(SUITES, suite, "benchmark suite")
     out.mkdir(parents=True, exist_ok=True)
     extra = {"full": True} if full else {}  # the paper-size variant, where a suite has one
-    return int(getattr(module, func_name)(out, config, **extra) or 0)
+    return int(run(out, config, **extra) or 0)
