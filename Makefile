@@ -8,7 +8,7 @@ TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP := $(BIN)/python -m pip
 
-.PHONY: help install demo test test-all lint format protos bench-quick clean
+.PHONY: help install demo test test-all lint format protos clean
 
 help:
 	@echo "make install   create $(VENV) and install smpc-synth with its dev tools"

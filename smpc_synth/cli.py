@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # gRPC's C core prints refused TLS handshakes itself; our own messages name the peer.
     os.environ.setdefault("GRPC_VERBOSITY", "DEBUG" if args.verbose else "NONE")
-    _configure_logging(args.verbose, getattr(args, "log_name", None))
+    _configure_logging(args.verbose)
     try:
         return int(args.handler(args) or 0)
     except SmpcSynthError as exc:
@@ -157,7 +157,7 @@ def _add_override_gate(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _configure_logging(verbose: bool, name: str | None) -> None:
+def _configure_logging(verbose: bool) -> None:
     level = logging.DEBUG if verbose else logging.INFO
     fmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", stream=sys.stderr)

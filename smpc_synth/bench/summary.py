@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import pandas as pd
 
 from smpc_synth.bench.netem import PROFILES, NetworkProfile, netem_unavailable_reason
 
+TIMING_KEYS = ("epoch", "seconds", "epoch_seconds")  # in an epoch record, but not losses
 GROUP = ["mode", "generator", "dataset", "parties"]
 # column -> (header, format); the order is the order of the tables
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -177,39 +180,34 @@ def write_plots(frame: pd.DataFrame, records: list[dict[str, Any]], out: Path) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for mode, group in frame.groupby("mode", sort=False):
-        ax.scatter(group["time_ratio"], group["quality_score"], label=mode)
-    ax.set_xscale("log")
-    ax.set_xlabel("training time (× plaintext, log scale)")
-    ax.set_ylabel("quality score (SDMetrics)")
-    ax.set_title("Quality vs time cost")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "quality_vs_time.png", dpi=120)
-    plt.close(fig)
+    with _figure(plt, out / "quality_vs_time.png", "Quality vs time cost") as ax:
+        for mode, group in frame.groupby("mode", sort=False):
+            ax.scatter(group["time_ratio"], group["quality_score"], label=mode)
+        ax.set_xscale("log")
+        ax.set_xlabel("training time (× plaintext, log scale)")
+        ax.set_ylabel("quality score (SDMetrics)")
 
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for mode, group in frame.groupby("mode", sort=False):
-        means = group.groupby("parties")["bytes_per_party"].mean()
-        ax.plot(means.index, means.values, marker="o", label=mode)
-    ax.set_xlabel("parties")
-    ax.set_ylabel("MB sent per party")
-    ax.set_yscale("symlog")
-    ax.set_title("Traffic per party")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "bytes_vs_parties.png", dpi=120)
-    plt.close(fig)
+    with _figure(plt, out / "bytes_vs_parties.png", "Traffic per party") as ax:
+        for mode, group in frame.groupby("mode", sort=False):
+            means = group.groupby("parties")["bytes_per_party"].mean()
+            ax.plot(means.index, means.values, marker="o", label=mode)
+        ax.set_xlabel("parties")
+        ax.set_ylabel("MB sent per party")
+        ax.set_yscale("symlog")
 
-    fig, ax = plt.subplots(figsize=(5, 4))
+    with _figure(plt, out / "loss_curves.png", "Loss per epoch") as ax:
+        _loss_curves(ax, records)
+
+
+def _loss_curves(ax, records: list[dict[str, Any]]) -> None:
+    """The first run's loss curve of each mode (its first loss term)."""
     shown = set()
     for record in records:
         curve = record.get("metrics", {}).get("loss_curve") or []
         mode = record["run"]["mode"]
         if not curve or mode in shown:
             continue
-        loss_key = next((k for k in curve[0] if k not in ("epoch", "seconds")), None)
+        loss_key = next((k for k in curve[0] if k not in TIMING_KEYS), None)
         if loss_key is None:
             continue
         ax.plot(
@@ -218,9 +216,18 @@ def write_plots(frame: pd.DataFrame, records: list[dict[str, Any]], out: Path) -
         shown.add(mode)
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss")
-    ax.set_title("Loss per epoch")
-    if shown:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "loss_curves.png", dpi=120)
-    plt.close(fig)
+
+
+@contextmanager
+def _figure(plt, path: Path, title: str) -> Iterator[Any]:
+    """One small titled plot, with a legend if anything was labelled, saved to ``path``."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    try:
+        yield ax
+        ax.set_title(title)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)

@@ -122,24 +122,15 @@ def _release(cfg: PartyConfig, schema, frame, candidate: Path, metrics, override
 
 
 def _load_inputs(cfg: PartyConfig):
-    """Schema and validated rows (data parties), or just the schema fingerprint source."""
+    """The schema, and (data parties) the rows validated against it."""
     from smpc_synth.data import Schema, read_table, validate
 
-    if cfg.schema is None:
-        return _NoSchema(), None
     schema = Schema.load(cfg.schema)
     if cfg.role != "data":
         return schema, None
     frame = validate(read_table(cfg.data, schema), schema, source=str(cfg.data))
     log.info("%s: %d rows valid against %s", cfg.data, len(frame), cfg.schema)
     return schema, frame
-
-
-class _NoSchema:
-    """Dealers and aggregators may run without the schema file; they then skip that item."""
-
-    def fingerprint(self) -> str:
-        return "-"
 
 
 def _run_data_party(cfg: PartyConfig, schema, frame, mesh, resume: bool) -> dict[str, Any]:

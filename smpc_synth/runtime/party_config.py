@@ -183,10 +183,10 @@ def party_config_from_dict(
         release=bool(party.get("release", True)),
         source=source,
     )
-    if my_role == "data":
-        for key in ("data", "schema"):
-            if getattr(cfg, key) is None:
-                raise InputError(f"{source}: key 'party.{key}' is required for a data party")
+    if cfg.schema is None:  # its hash is part of the handshake, on every member
+        raise InputError(f"{source}: missing key 'party.schema'")
+    if my_role == "data" and cfg.data is None:
+        raise InputError(f"{source}: key 'party.data' is required for a data party")
     cfg.require_loopback_or_flag()
     return cfg
 

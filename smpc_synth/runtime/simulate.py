@@ -363,7 +363,9 @@ def _gather(
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
         for name, code in codes.items():
             if code != 0:
-                log.error("%s exited with code %d (log: %s)", name, code, run_dir / "logs" / name)
+                log.error(
+                    "%s exited with code %d (log: %s)", name, code, run_dir / "logs" / f"{name}.log"
+                )
         return result
     folder = producers[0].config_path.parent
     shutil.copy(folder / "generator.pt", run_dir / "generator.pt")

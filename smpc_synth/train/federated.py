@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
 from typing import Any
 
@@ -154,7 +155,7 @@ def _fedavg(ctx, client, model, X, total_rows: int, started: float) -> dict[str,
     rounds = cfg.epochs or model.hparams.epochs
     model.initialize(cfg.seed)  # the same starting point on every party
     rng = torch.Generator().manual_seed(cfg.seed * 7919 + ctx.rank + 1)
-    noise_rng = torch.Generator().manual_seed(int.from_bytes(np.random.bytes(8), "little") >> 1)
+    noise_rng = torch.Generator().manual_seed(secrets.randbits(63))  # never from the run seed
     parties = len(ctx.parties)
     weight = len(X) / total_rows
     sigma = None
