@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from smpc_synth.errors import PeerError
+from smpc_synth.mpc import compare
 from smpc_synth.mpc.compat import import_crypten
 from smpc_synth.mpc.link import Link
 from smpc_synth.mpc.stats import TrafficRecorder
@@ -159,6 +160,15 @@ class DealerProvider(TupleProvider):
             BinarySharedTensor.from_shares(r_bit),
         )
 
+    def comparison_material(self, layout: compare.Layout):
+        """This party's material for one secure comparison (:mod:`smpc_synth.mpc.compare`):
+        its free fields from its own stream, and its share of the correlated ones (party 0's
+        is the dealer's, filled in by :meth:`settle` when deferred)."""
+        free = compare.draw_free(layout, self.generator)
+        size = torch.Size((layout.correlated_size,))
+        flat = self._correlated(size, "compare", layout.count, layout.products)
+        return free, layout.split(flat)
+
     def done(self) -> None:
         """Tell the dealer this party needs no more tuples."""
         self.settle()
@@ -212,6 +222,13 @@ def _serve_one(maker: _TupleMaker, request: Any) -> torch.Tensor:
         size0, size1 = _checked_size(args[0]), _checked_size(args[1])
         _checked_size(torch.broadcast_shapes(size0, size1))
         return maker.binary(size0, size1)
+    if function == "compare" and len(args) == 2 and not kwargs:
+        count, products = args
+        if not isinstance(count, int) or not 0 < count <= MAX_TUPLE_ELEMENTS // 8:
+            raise ValueError(f"unexpected comparison size {count!r}")
+        if not isinstance(products, int) or not 0 <= products <= compare.MAX_PRODUCTS:
+            raise ValueError(f"unexpected number of products {products!r}")
+        return compare.deal(maker.generators, count, products)
     if function in ("square", "wraps", "B2A") and len(args) == 1 and not kwargs:
         return getattr(maker, function)(_checked_size(args[0]))
     raise ValueError(f"unknown request {function!r}")

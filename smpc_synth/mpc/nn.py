@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from smpc_synth.mpc import compare
 from smpc_synth.mpc.compat import import_crypten
+from smpc_synth.mpc.session import comparison_provider
 
 crypten = import_crypten()
 FIXED = crypten.encoder.FixedPointEncoder()  # CrypTen's default: 16 fractional bits
@@ -114,21 +116,41 @@ class Linear:
 
 
 class LeakyReLU:
-    """``x`` where positive, ``slope * x`` elsewhere (ReLU: slope 0); one comparison, and the
-    backward pass reuses its bit."""
+    """``x`` where positive, ``slope * x`` elsewhere (ReLU: slope 0).
+
+    With the dealer, one :func:`~smpc_synth.mpc.compare.sign_bits` call gives ``x * [x<0]``
+    in its last round and keeps a product for the backward pass (one round, 8 bytes per
+    element); otherwise CrypTen's comparison, whose bit the backward pass reuses.
+    """
 
     def __init__(self, slope: float = 0.0):
         self.slope = slope
 
+    def _scaled(self, negative_part):
+        return negative_part if self.slope == 0 else negative_part * (1 - self.slope)
+
     def forward(self, x):
-        positive = x.gt(0.0)
-        if self.slope:
-            positive = fixed_mask(positive) * (1 - self.slope) + self.slope
-        self.factor = positive
-        return x * self.factor
+        provider = comparison_provider()
+        if provider is None:
+            positive = x.gt(0.0)
+            if self.slope:
+                positive = fixed_mask(positive) * (1 - self.slope) + self.slope
+            self.factor, self.bits = positive, None
+            return x * self.factor
+        self.bits, (negative,) = compare.sign_bits(x.share, provider, [x.share], later=1)
+        return x - self._scaled(_shares_like(x, negative))
 
     def backward(self, grad, **_):
-        return grad * self.factor
+        if self.bits is None:
+            return grad * self.factor
+        return grad - self._scaled(_shares_like(grad, self.bits.times(grad.share)))
+
+
+def _shares_like(x, share: torch.Tensor):
+    """An MPCTensor of ``share`` with the encoding of ``x``."""
+    out = crypten.mpc.MPCTensor.from_shares(share.view(x.size()))
+    out.encoder = x.encoder
+    return out
 
 
 class Mlp:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 
 from smpc_synth.errors import InputError
+from smpc_synth.mpc import compare
 from smpc_synth.mpc.communicator import ChannelCommunicator, GlooCommunicator
 from smpc_synth.mpc.compat import import_crypten
 from smpc_synth.mpc.dealer import DealerProvider, derive_seed
@@ -27,6 +28,7 @@ from smpc_synth.train.base import Channel, TrafficStats
 
 crypten = import_crypten()
 import crypten.communicator as crypten_comm  # noqa: E402
+from crypten.mpc import MPCTensor  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,9 @@ def _start(
         _providers()[DealerProvider.NAME] = session.dealer_provider
         if deferred:
             link.before_wait = session.dealer_provider.settle
+        # every comparison (relu, gt, max, sigmoid's sign...) runs the dealer's protocol
+        session._restore["ltz"] = MPCTensor._ltz
+        MPCTensor._ltz = compare.make_ltz(session.dealer_provider, MPCTensor._ltz)
     else:
         log.warning(
             "INSECURE: CrypTen's trusted-first-party provider lets %s see every secret; "
@@ -240,9 +245,17 @@ def _teardown() -> None:
         elif crypten_comm.is_initialized():
             crypten.uninit()
     finally:
+        if "ltz" in session._restore:
+            MPCTensor._ltz = session._restore["ltz"]
         _providers().pop(DealerProvider.NAME, None)
         crypten.cfg.mpc.provider = session._restore["provider"]
         crypten.cfg.communicator.verbose = session._restore["verbose"]
+
+
+def comparison_provider() -> DealerProvider | None:
+    """The dealer provider, whose comparison protocol the MPC layers call directly; None
+    without a session or with CrypTen's own provider."""
+    return None if _SESSION is None else _SESSION.dealer_provider
 
 
 def _require_session() -> MpcSession:
