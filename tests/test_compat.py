@@ -196,3 +196,26 @@ def test_tenseal_ckks_round_trip():
         atol=1e-6,
         rtol=0,
     )
+
+
+# --- debug validation skipped on every attribute access ---------------------------------------
+
+
+def test_encrypted_tensors_skip_the_debug_validation_lookup():
+    getter = crypten.CrypTensor.__dict__["__getattribute__"]
+    assert getter.__code__.co_name != "validate_attribute"
+    assert not crypten.cfg.debug.validation_mode  # what makes skipping it harmless
+
+
+def test_debug_validation_lookup_is_still_there_without_the_fix():
+    result = _python(
+        """
+        from smpc_synth.mpc import compat
+        compat._alias_onnx_registration()  # needed to import crypten at all
+        import crypten
+        getter = crypten.CrypTensor.__dict__["__getattribute__"]
+        print(getter.__code__.co_name)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "validate_attribute"

@@ -87,7 +87,30 @@ def test_inverse_sqrt_converges_cold_and_from_a_warm_start_however_x_grew(mpc, g
     torch.testing.assert_close(warm.get_plain_text(), grown.rsqrt(), atol=LSB * 8, rtol=0.05)
 
 
-def test_shared_adam_follows_torch_adam(mpc):
+def test_bucket_start_is_within_a_quarter_octave_of_the_root(mpc):
+    from smpc_synth.mpc.optim import EPS, X_MAX, bucket_start
+
+    x = torch.logspace(math.log10(EPS) + 0.01, math.log10(X_MAX) - 0.01, 200)
+    ratio = bucket_start(mpc.cryptensor(x)).get_plain_text() / x.rsqrt()
+    bound = 2**0.25 * 1.03  # plus fixed point's rounding of the smallest roots (~20 units)
+    assert float(ratio.max()) < bound and float(ratio.min()) > 1 / bound, ratio
+
+
+@pytest.mark.parametrize(("growth", "iters"), [(1.02, 1), (1.15, 2), (0.95, 1), (5.0, 1)])
+def test_steady_inverse_sqrt_tracks_x_and_restarts_when_it_jumps(mpc, growth, iters):
+    from smpc_synth.mpc.optim import EPS, X_MAX, steady_inverse_sqrt
+
+    x = torch.logspace(math.log10(EPS), math.log10(X_MAX / 10), 60)
+    new = x * growth  # 5x: beyond SAFE_GROWTH, so the careful restarts must take over
+    got = steady_inverse_sqrt(
+        mpc.cryptensor(new), mpc.cryptensor(x.rsqrt()), mpc.cryptensor(x), iters
+    )
+    # 2%: x = EPS is 26 units of fixed point, so x itself is only known to 2%
+    torch.testing.assert_close(got.get_plain_text(), new.rsqrt(), atol=LSB * 8, rtol=0.02)
+
+
+@pytest.mark.parametrize("steps", [6, 40])  # 40: most steps take the steady path
+def test_shared_adam_follows_torch_adam(mpc, steps):
     from smpc_synth.mpc.optim import AdamSettings, SharedAdam
 
     g = torch.Generator().manual_seed(2)
@@ -97,7 +120,7 @@ def test_shared_adam_follows_torch_adam(mpc):
     opt = torch.optim.Adam([plain], lr=1e-3, weight_decay=1e-5)
     shared = SharedAdam(AdamSettings(lr=1e-3, weight_decay=1e-5), 500)
     params = mpc.cryptensor(start)
-    for _ in range(6):
+    for _ in range(steps):
         grad = torch.randn(500, generator=g) * scales
         plain.grad = grad.clone()
         opt.step()

@@ -1,4 +1,4 @@
-"""Every fix CrypTen 0.4.1 needs to run on torch 2.13, in one place.
+"""Every fix CrypTen 0.4.1 needs to run (and run fast) on torch 2.13, in one place.
 
 CrypTen is unmaintained since 2022. Import this module (``import smpc_synth.mpc.compat``)
 before ``crypten``; :func:`import_crypten` does both. Each fix says why it exists, and
@@ -87,6 +87,17 @@ def _patch_onnx_export(crypten: ModuleType) -> None:
     converter._export_pytorch_model = _export_pytorch_model
 
 
+def _skip_debug_validation(crypten: ModuleType) -> None:
+    # Every attribute access on an encrypted tensor goes through crypten.debug's
+    # `validate_attribute`, which reads `cfg.debug.validation_mode` through omegaconf
+    # (~75 us): a tenth of an MPC training step. smpc-synth never turns CrypTen's debug
+    # validation on, so the undecorated `__getattribute__` is put back.
+    tensor_class = crypten.CrypTensor
+    current = tensor_class.__dict__["__getattribute__"]
+    if current.__code__.co_name == "validate_attribute":
+        tensor_class.__getattribute__ = current.__wrapped__
+
+
 def apply() -> None:
     """Apply every fix once; safe to call many times."""
     global _APPLIED
@@ -96,6 +107,7 @@ def apply() -> None:
     crypten = importlib.import_module("crypten")
     _patch_loads(crypten)
     _patch_onnx_export(crypten)
+    _skip_debug_validation(crypten)
     _APPLIED = True
 
 

@@ -11,7 +11,12 @@ Two-party truncation fails (wraps around) with a probability proportional to the
 a product, about value / 2^31 per element, so every product here is kept small: moments
 are updated as ``avg + c * (new - avg)`` and Newton multiplies ``x * y`` before ``y``.
 ``1/sqrt(v)`` is Newton's iteration warm-started from the previous step's value (see
-:func:`inverse_sqrt`); the first step, and any reset by the guard, converges from cold.
+:func:`inverse_sqrt`); the first step and any reset by the guard start from a
+piecewise-constant guess found by one batched comparison (:func:`bucket_start`), which 3
+Newton steps finish (a cold start from below every root would take 33).
+Once a new squared gradient weighs little in ``v`` (``c2`` small, i.e. after the first
+dozens of steps), ``v`` moves a few per cent per step and one or two undamped Newton steps
+from the previous root suffice (:func:`steady_inverse_sqrt`).
 """
 
 from __future__ import annotations
@@ -22,22 +27,30 @@ from dataclasses import dataclass
 import torch
 
 from smpc_synth.mpc.compat import import_crypten
-from smpc_synth.mpc.nn import fixed_mask
+from smpc_synth.mpc.nn import FIXED, fixed_mask
 
 crypten = import_crypten()
 
 GRAD_SCALE = 32  # public integer: moments are kept for gradient * GRAD_SCALE
 EPS = 4e-4  # floor of the scaled second moment (26 units of fixed point): Adam eps ~6e-4
 WARM_DAMPING = 0.75  # the warm start passes SAFE_START only if x grew more than 3.2x
-# (how much lower unsafe elements restart (None: cold), Newton steps from the previous start)
-RESTARTS = ((1 / 32, 3), (None, 11))  # 3 from the warm start, 11 after a 32x lower restart
+WARM_ITERS = 3
+RESTART_LOWER = 1 / 32  # unsafe warm starts restart this much lower...
+RESTART_ITERS = 11  # ...and need this many Newton steps (x1.5 per step up to the root)
 SAFE_START = 1.8  # Newton converges from y0 iff x * y0^2 < 3; this also converges in 3 steps
 START_CHECK_SPLIT = 8
 # 1/sqrt(x) must stay well above fixed point's unit (Newton is unstable a few units from 0):
 X_MAX = 1e7  # largest scaled second moment handled: |gradient| < 100
-COLD_START = X_MAX**-0.5  # below every root, so Newton converges (it grows 1.5x per step)
-# from COLD_START up to 1/sqrt(EPS) at 1.5x per step, plus a few to converge
-COLD_ITERS = math.ceil(math.log(math.sqrt(X_MAX / EPS), 1.5)) + 3
+RESTART_FLOOR = X_MAX**-0.5 / 2  # below every root, yet 10 units of fixed point
+# The guess for a cold start: x's octave among EPS * 2^k (k = 1..BUCKETS), by one batched
+# comparison, gives 1/sqrt(x) within 2^(1/4), i.e. at most 19% off: 3 Newton steps.
+BUCKETS = math.ceil(math.log2(X_MAX / EPS))
+BUCKET_ITERS = 3
+# Steady state: (largest c2, Newton steps) from the previous root, undamped. Newton's relative
+# error squares (x1.5) per step; v moves by about c2 * (g^2/v - 1), so a 2-step start 15% off
+# ends 0.4% off, a 1-step start 2% off ends 0.06% off.
+STEADY_ITERS = ((0.02, 1), (0.2, 2))
+SAFE_GROWTH = 1.8  # x below 1.8x its previous value: x * y_prev^2 < 3, Newton converges
 
 
 @dataclass
@@ -59,6 +72,7 @@ class SharedAdam:
         self.m = crypten.cryptensor(zeros, src=0)
         self.v = crypten.cryptensor(zeros, src=0)
         self.inv_root = None  # last 1/sqrt(v_hat + EPS); None: converge from cold
+        self.last_x = None  # the v_hat + EPS that inv_root is the root of
         self.t = 0
 
     def step(self, params, grad):
@@ -77,27 +91,39 @@ class SharedAdam:
             g = g + params * (s.weight_decay * GRAD_SCALE)
         self.m = _ema(self.m, g, c1)
         self.v = _ema(self.v, g.square(), c2)
-        self.inv_root = inverse_sqrt(self.v + EPS, self.inv_root)
+        x = self.v + EPS
+        steady = next((n for weight, n in STEADY_ITERS if c2 <= weight), None)
+        if steady is not None and self.inv_root is not None and self.last_x is not None:
+            self.inv_root = steady_inverse_sqrt(x, self.inv_root, self.last_x, steady)
+        else:
+            self.inv_root = inverse_sqrt(x, self.inv_root)
+        self.last_x = x
         return params - (self.m * self.inv_root) * s.lr
 
     def reset_root(self) -> None:
         """Forget the warm start (after a rollback): the next step converges from cold."""
-        self.inv_root = None
+        self.inv_root = self.last_x = None
 
     def state(self) -> dict:
         return {
             "m": self.m.share.clone(),
             "v": self.v.share.clone(),
-            "inv_root": None if self.inv_root is None else self.inv_root.share.clone(),
+            "inv_root": _share_or_none(self.inv_root),
+            "last_x": _share_or_none(self.last_x),
             "t": self.t,
         }
 
     def load(self, state: dict) -> None:
         from_shares = crypten.mpc.MPCTensor.from_shares
         self.m, self.v = from_shares(state["m"]), from_shares(state["v"])
-        root = state["inv_root"]
+        root, last_x = state["inv_root"], state.get("last_x")
         self.inv_root = None if root is None else from_shares(root)
+        self.last_x = None if last_x is None else from_shares(last_x)
         self.t = int(state["t"])
+
+
+def _share_or_none(value):
+    return None if value is None else value.share.clone()
 
 
 def _ema(average, new, weight: float):
@@ -114,21 +140,47 @@ def inverse_sqrt(x, warm=None):
     Newton's step for 1/sqrt diverges when it starts above sqrt(3/x), which a warm start
     does where x grew more than ~5x since the last step (a gradient that suddenly appears).
     A comparison finds those elements and only their COUNT is revealed; while it is not
-    zero, they restart lower (by 32x, then from cold), and the whole vector takes the
-    number of Newton steps the lowest start needs.
+    zero, they restart 32x lower (and the vector takes the Newton steps that needs), and
+    if some still are unsafe the whole vector starts from :func:`bucket_start`.
     """
-    if warm is None:
-        return _newton(x, _cold(x), COLD_ITERS)
-    y0 = warm * WARM_DAMPING
-    for lower, iters in RESTARTS:
+    if warm is not None:
+        y0 = warm * WARM_DAMPING
         unsafe = _unsafe_starts(x, y0)
         if unsafe is None:
-            return _newton(x, y0, iters)
-        if lower is None:
-            y0 = y0 + unsafe * (_cold(x) - y0)
-        else:  # lower, but not below half the cold start (a few units of fixed point)
-            y0 = y0 + fixed_mask(unsafe) * (COLD_START / 2 - y0 * (1 - lower))
-    return _newton(x, y0, COLD_ITERS)
+            return _newton(x, y0, WARM_ITERS)
+        # lower, but not to a few units of fixed point, where Newton cannot move
+        y0 = y0 + fixed_mask(unsafe) * (RESTART_FLOOR - y0 * (1 - RESTART_LOWER))
+        if _unsafe_starts(x, y0) is None:
+            return _newton(x, y0, RESTART_ITERS)
+    return _newton(x, bucket_start(x), BUCKET_ITERS)
+
+
+def bucket_start(x):
+    """A guess of ``1/sqrt(x)`` within 2^(1/4): the root at the geometric middle of x's
+    octave ``[EPS 2^k, EPS 2^(k+1))``, from one comparison against every octave boundary.
+
+    ``y0 = v_0 + sum_k [x > EPS 2^k] (v_k - v_(k-1))``; the 0/1 comparison results are
+    integers, so multiplying them by the encoded differences is exact and local. The
+    differences are taken between rounded values, so the sum is exactly the encoded v_k.
+    """
+    k = torch.arange(BUCKETS + 1, dtype=torch.float64)
+    boundaries = (EPS * 2.0 ** k[1:]).float()
+    encoded = torch.round((EPS * 2.0 ** (k + 0.5)) ** -0.5 * FIXED.scale).long()
+    steps = (encoded[1:] - encoded[:-1]).view(-1, *([1] * x.dim()))
+    stacked = crypten.stack([x] * BUCKETS)
+    above = (stacked - boundaries.view(-1, *([1] * x.dim()))).gt(0)
+    guess = crypten.mpc.MPCTensor.from_shares((above.share * steps).sum(0))
+    return guess + float(encoded[0]) / FIXED.scale
+
+
+def steady_inverse_sqrt(x, previous_root, previous_x, iters: int):
+    """``1/sqrt(x)`` by ``iters`` Newton steps from the previous root, unless some element
+    grew more than :data:`SAFE_GROWTH`-fold (only their count is revealed): then
+    :func:`inverse_sqrt`. No multiplication is needed for the check."""
+    grown = (x - previous_x * SAFE_GROWTH).gt(0)
+    if round(float(grown.sum().get_plain_text())) == 0:
+        return _newton(x, previous_root, iters)
+    return inverse_sqrt(x, previous_root)
 
 
 def _unsafe_starts(x, y0):
@@ -138,10 +190,6 @@ def _unsafe_starts(x, y0):
     start = (x * (y0 * (1.0 / START_CHECK_SPLIT))) * (y0 * START_CHECK_SPLIT)
     unsafe = start.gt(SAFE_START)
     return None if round(float(unsafe.sum().get_plain_text())) == 0 else unsafe
-
-
-def _cold(x):
-    return x.new(torch.full(tuple(x.size()), COLD_START))
 
 
 def _newton(x, y, iters: int):

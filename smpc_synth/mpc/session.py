@@ -51,6 +51,7 @@ class MpcSession:
     recorder: TrafficRecorder
     link: Link | None
     dealer_provider: DealerProvider | None
+    stock: bool = False  # inside stock_comparisons()
     _restore: dict[str, Any] = field(default_factory=dict)
 
 
@@ -252,10 +253,30 @@ def _teardown() -> None:
         crypten.cfg.communicator.verbose = session._restore["verbose"]
 
 
+@contextmanager
+def stock_comparisons() -> Iterator[None]:
+    """Run CrypTen's own comparison protocol inside the block (for stock baselines)."""
+    session = _require_session()
+    original = session._restore.get("ltz")
+    if original is None:  # CrypTen's provider: its comparison is already in place
+        yield
+        return
+    ours = MPCTensor._ltz
+    MPCTensor._ltz = original
+    session.stock = True
+    try:
+        yield
+    finally:
+        MPCTensor._ltz = ours
+        session.stock = False
+
+
 def comparison_provider() -> DealerProvider | None:
     """The dealer provider, whose comparison protocol the MPC layers call directly; None
     without a session or with CrypTen's own provider."""
-    return None if _SESSION is None else _SESSION.dealer_provider
+    if _SESSION is None or _SESSION.stock:
+        return None
+    return _SESSION.dealer_provider
 
 
 def _require_session() -> MpcSession:

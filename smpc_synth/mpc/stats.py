@@ -23,6 +23,7 @@ _COUNTERS = (
     "seconds_waiting",
     "dealer_bytes_sent",
     "dealer_bytes_received",
+    "seconds",  # wall time inside the phase (nested phases' time is theirs)
 )
 
 
@@ -33,15 +34,23 @@ class TrafficRecorder:
         self._phase = DEFAULT_PHASE
         self._by_phase: dict[str, dict[str, float]] = {}
         self._waiting = False  # True between a wait and the next send: no new round
+        self._since = clock()  # when the current phase last started accruing time
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Attribute traffic inside the ``with`` block to ``name`` (phases may nest)."""
+        self._charge()
         outer, self._phase = self._phase, name
         try:
             yield
         finally:
+            self._charge()
             self._phase = outer
+
+    def _charge(self) -> None:
+        now = clock()
+        self._counters()["seconds"] += now - self._since
+        self._since = now
 
     def _counters(self) -> dict[str, float]:
         return self._by_phase.setdefault(self._phase, dict.fromkeys(_COUNTERS, 0))
@@ -63,6 +72,7 @@ class TrafficRecorder:
     def reset(self) -> None:
         self._by_phase.clear()
         self._waiting = False
+        self._since = clock()
 
     def snapshot(self) -> TrafficStats:
         """Totals over all phases, plus a copy of each phase's counters."""
