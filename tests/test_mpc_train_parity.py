@@ -14,8 +14,11 @@ from smpc_synth.models import Synthesizer
 from smpc_synth.runtime.simulate import simulate
 
 PARITY_TOLERANCE = 0.03
-# about 20 optimizer steps each: breast_cancer is one batch per epoch, fair ten
+# breast_cancer is one batch per epoch, fair ten. The VAE's TSTR on breast_cancer swings
+# while it is under-trained (plaintext: 0.63 at 20 epochs, 0.25 at 40, 0.93 at 80), so its
+# parity is judged at 80 epochs; the gan's figures are only reported.
 EPOCHS = {"breast_cancer": 20, "fair": 2}
+VAE_BREAST_CANCER_EPOCHS = 80
 
 pytestmark = pytest.mark.slow
 
@@ -45,6 +48,8 @@ def _figures(result) -> tuple[float, float]:
 @pytest.mark.parametrize("generator", ["gaussian", "vae", "gan"])
 def test_mpc_matches_plaintext(tmp_path, generator, dataset):
     epochs = None if generator == "gaussian" else EPOCHS[dataset]
+    if (generator, dataset) == ("vae", "breast_cancer"):
+        epochs = VAE_BREAST_CANCER_EPOCHS
     mpc = _run(tmp_path, "mpc", generator, dataset, epochs, "mpc")
     plain = _run(tmp_path, "plaintext", generator, dataset, epochs, "plain")
     (q_mpc, auc_mpc), (q_plain, auc_plain) = _figures(mpc), _figures(plain)

@@ -186,6 +186,34 @@ def test_guard_rolls_back_a_wrapped_step_and_redoes_it():
     assert state["value"] == 6  # the rolled-back steps did not count
 
 
+def test_guard_rewinds_what_accepted_steps_did_when_it_rolls_back():
+    # one step per epoch: step 2's update wrecks the weights, step 3's loss shows it, and
+    # the epoch record step 2 wrote must go with the rollback to before step 2
+    state = {"weights": 0, "wreck": True, "history": []}
+
+    def step(i: int) -> dict[str, float]:
+        if state["weights"] < 0:
+            return {"loss": 3e12}
+        loss = 1.0 + i
+        state["weights"] += 1
+        if i == 2 and state["wreck"]:
+            state["wreck"], state["weights"] = False, -(2**40)
+        return {"loss": loss}
+
+    def snapshot():
+        return state["weights"], len(state["history"])
+
+    def restore(point) -> None:
+        state["weights"] = point[0]
+        del state["history"][point[1] :]
+
+    guard = WrapGuard()
+    accepted = lambda i, losses: state["history"].append((i, losses["loss"]))  # noqa: E731
+    guard.run_steps(5, step, snapshot, restore, accepted)
+    assert state["history"] == [(i, 1.0 + i) for i in range(5)]
+    assert state["weights"] == 5 and guard.rollbacks == 1
+
+
 def test_guard_gives_up_when_the_loss_stays_out_of_range():
     guard = WrapGuard()
     with pytest.raises(SmpcSynthError, match="rollbacks"):

@@ -6,6 +6,8 @@ the NEXT loss explodes. Every party sees the same revealed loss, so all take the
 decision: keep the state from before the previous step, and when a loss is not finite or
 jumps far above the recent ones, roll back to it and redo both steps (fresh shares, so the
 wrap-around does not recur). The rollback also resets the optimizer's warm start.
+The trainer runs one guard over all epochs, so the step before may belong to the previous
+epoch (with one step per epoch it always does).
 """
 
 from __future__ import annotations
@@ -49,8 +51,12 @@ class WrapGuard:
         step: Callable[[int], dict[str, float]],
         snapshot: Callable[[], Any],
         restore: Callable[[Any], None],
+        accepted: Callable[[int, dict[str, float]], None] | None = None,
     ) -> list[dict[str, float]]:
-        """Run ``step(i)`` for i < steps with rollback; returns each step's losses."""
+        """Run ``step(i)`` for i < steps with rollback; returns each step's losses.
+
+        ``accepted(i, losses)`` runs once step i's losses pass, before the next snapshot
+        (so whatever it changes is rewound with the state when step i+1 rolls back)."""
         results: list[dict[str, float]] = []
         points: dict[int, Any] = {0: snapshot()}
         failures: dict[int, int] = {}  # step -> rollbacks it caused
@@ -71,6 +77,8 @@ class WrapGuard:
                 continue
             self.accept(losses)
             results.append(losses)
+            if accepted is not None:
+                accepted(i, losses)
             i += 1
             points = {k: v for k, v in points.items() if k >= i - 1}
             points[i] = snapshot()

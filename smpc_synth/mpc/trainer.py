@@ -79,50 +79,90 @@ def train(model, X: np.ndarray, loop: TrainLoop, agree: Callable[[int], int]) ->
         rng.set_state(state["rng"])
         loop.history = list(state["history"])
     guard = WrapGuard()
+    epoch_state = _EpochState(first)  # what a rollback must rewind along with the shares
 
     def snapshot():
-        return twin.state(), rng.get_state()
+        return twin.state(), rng.get_state(), epoch_state.copy(), len(loop.history)
 
     def restore(point) -> None:
         twin.load(point[0])
         rng.set_state(point[1])
+        epoch_state.restore(point[2])
+        del loop.history[point[3] :]
         twin.reset_optimizer_roots()
 
+    # One run of the guard over every step of every epoch, so that a wrecked last step of an
+    # epoch can still be rolled back from the first step of the next (with one step per
+    # epoch, every rollback crosses an epoch boundary).
+    def step(g: int) -> dict[str, float]:
+        i = g % steps
+        if i == 0:
+            epoch_state.start(torch.randperm(n, generator=rng), traffic())
+            twin.begin_epoch()
+        return twin.step(table[epoch_state.order[i * batch : (i + 1) * batch]], rng)
+
+    def accepted(g: int, losses: dict[str, float]) -> None:
+        epoch_state.results.append(losses)
+        if g % steps == steps - 1:
+            _end_epoch(twin, loop, epoch_state, rng, guard.rollbacks, training_started)
+            epoch_state.epoch += 1
+
     training_started = time.perf_counter()
-    for epoch in range(first, loop.epochs):
-        before = traffic()
-        started = time.perf_counter()
-        order = torch.randperm(n, generator=rng)
-        twin.begin_epoch()
-
-        def step(i: int, order=order):
-            return twin.step(table[order[i * batch : (i + 1) * batch]], rng)
-
-        results = guard.run_steps(steps, step, snapshot, restore)
-        with phase("epoch end"):
-            twin.end_epoch()
-        after = traffic()
-        record = {
-            "epoch": epoch + 1,  # reported 1-based, as in the other modes
-            "seconds": time.perf_counter() - training_started,  # cumulative, as elsewhere
-            "epoch_seconds": time.perf_counter() - started,
-            **_mean(results),
-            "bytes": after.bytes_sent - before.bytes_sent,
-            "rounds": after.rounds - before.rounds,
-            "rollbacks": guard.rollbacks,
-        }
-        loop.history.append(record)
-        loop.progress({"event": "epoch", "epochs": loop.epochs, **record})
-        loop.checkpoints.save(
-            CHECKPOINT,
-            {
-                "epoch": epoch,
-                "twin": twin.state(),
-                "rng": rng.get_state(),
-                "history": loop.history,
-            },
-        )
+    guard.run_steps((loop.epochs - first) * steps, step, snapshot, restore, accepted)
     return twin
+
+
+@dataclass
+class _EpochState:
+    """The running epoch: its number, batch order, accepted losses, and where it started."""
+
+    epoch: int
+    order: torch.Tensor | None = None
+    results: list[dict[str, float]] = field(default_factory=list)
+    traffic_before: Any = None
+    started: float = 0.0
+
+    def start(self, order: torch.Tensor, traffic_now: Any) -> None:
+        self.order, self.results = order, []
+        self.traffic_before, self.started = traffic_now, time.perf_counter()
+
+    def copy(self) -> _EpochState:
+        return _EpochState(
+            self.epoch, self.order, list(self.results), self.traffic_before, self.started
+        )
+
+    def restore(self, other: _EpochState) -> None:
+        self.epoch, self.order, self.results = other.epoch, other.order, list(other.results)
+        self.traffic_before, self.started = other.traffic_before, other.started
+
+
+def _end_epoch(
+    twin: Twin, loop: TrainLoop, state: _EpochState, rng: torch.Generator, rollbacks: int, t0: float
+) -> None:
+    """Reveal the epoch's aggregates, record it, report it and checkpoint every share."""
+    with phase("epoch end"):
+        twin.end_epoch()
+    after = traffic()
+    record = {
+        "epoch": state.epoch + 1,  # reported 1-based, as in the other modes
+        "seconds": time.perf_counter() - t0,  # cumulative, as elsewhere
+        "epoch_seconds": time.perf_counter() - state.started,
+        **_mean(state.results),
+        "bytes": after.bytes_sent - state.traffic_before.bytes_sent,
+        "rounds": after.rounds - state.traffic_before.rounds,
+        "rollbacks": rollbacks,
+    }
+    loop.history.append(record)
+    loop.progress({"event": "epoch", "epochs": loop.epochs, **record})
+    loop.checkpoints.save(
+        CHECKPOINT,
+        {
+            "epoch": state.epoch,
+            "twin": twin.state(),
+            "rng": rng.get_state(),
+            "history": loop.history,
+        },
+    )
 
 
 def _mean(results: list[dict[str, float]]) -> dict[str, float]:
