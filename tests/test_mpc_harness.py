@@ -243,3 +243,20 @@ def loop_program(rank: int, iterations: int, busy=None) -> int:
         if i == 2 and busy is not None:
             busy.set()
     return int(x.get_plain_text().numel())
+
+
+def comparison_rounds_program(rank: int) -> dict[str, Any]:
+    """Rounds and results of one relu with our comparison and with CrypTen's own."""
+    from smpc_synth.mpc import session
+
+    x = session.crypten.cryptensor(torch.linspace(-3, 3, 256), src=0)
+    out = {}
+    for name in ("ours", "stock"):
+        before = session.traffic().rounds
+        if name == "ours":
+            value = x.relu().get_plain_text()
+        else:
+            with session.stock_comparisons():
+                value = x.relu().get_plain_text()
+        out[name] = {"rounds": session.traffic().rounds - before, "value": value.tolist()}
+    return out

@@ -10,6 +10,7 @@ from test_mpc_harness import (
     SEED,
     SENT_OBJECT,
     assert_all_ok,
+    comparison_rounds_program,
     loop_program,
     ops_program,
     plaintext_ops,
@@ -123,3 +124,16 @@ def test_bad_session_arguments_are_refused_before_any_traffic(kwargs, key):
     arguments = {"provider": "dealer", "transport": "gloo", "rendezvous": "tcp://127.0.0.1:1"}
     with pytest.raises(InputError, match=key):
         start_crypten(None, ("alice", "bob"), 0, **{**arguments, **kwargs})
+
+
+def test_stock_comparisons_switch_to_cryptens_protocol_and_back(tmp_path):
+    outcomes = run_mpc(tmp_path, 2, comparison_rounds_program, seed=SEED)
+    assert_all_ok(outcomes)
+    result = outcomes[PARTY_NAMES[0]].result["result"]
+    expected = torch.relu(torch.linspace(-3, 3, 256))
+    for name in ("ours", "stock"):
+        got = torch.tensor(result[name]["value"])
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0, msg=name)
+    # ours: 4 rounds + the product + the opening; CrypTen's: 8 + the product + the opening
+    assert result["ours"]["rounds"] == 6
+    assert result["stock"]["rounds"] == 10

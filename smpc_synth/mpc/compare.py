@@ -274,7 +274,8 @@ class _Comm:
         return _xor_all([g[:n] for g in gathered]), torch.stack([g[n:] for g in gathered]).sum(0)
 
     def public(self, value: torch.Tensor) -> torch.Tensor:
-        """A public binary value as party 0's XOR share (zeros elsewhere)."""
+        """A public value as shares: party 0 holds it, the others zeros (right for XOR and
+        for additive sharing alike)."""
         return value if self.rank == 0 else torch.zeros_like(value)
 
 
