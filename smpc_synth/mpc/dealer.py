@@ -15,6 +15,7 @@ and keyword arguments that CrypTen's protocols use.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -66,9 +67,16 @@ def _fresh_seed() -> int:
 
 def _product_size(size0: torch.Size, size1: torch.Size, op: str, kwargs: dict) -> torch.Size:
     """The size of ``op(a, b)``, computed on meta tensors (no arithmetic)."""
+    frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
+    return _product_size_cached(torch.Size(size0), torch.Size(size1), op, frozen)
+
+
+@functools.lru_cache(maxsize=1024)
+def _product_size_cached(size0: torch.Size, size1: torch.Size, op: str, kwargs: tuple):
+    # ~1 ms per call on meta tensors; a training loop asks for the same few shapes
     a = torch.empty(size0, device="meta")
     b = torch.empty(size1, device="meta")
-    return getattr(torch, op)(a, b, **kwargs).size()
+    return getattr(torch, op)(a, b, **dict(kwargs)).size()
 
 
 class DealerProvider(TupleProvider):
