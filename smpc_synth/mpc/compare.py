@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -61,15 +62,15 @@ class Level:
 
     with_propagate: bool
 
-    @property
+    @cached_property
     def monomials(self) -> tuple[tuple[int, ...], ...]:
         return G_MONOMIALS + ((P_MONOMIAL,) if self.with_propagate else ())
 
-    @property
+    @cached_property
     def opened(self) -> tuple[int, ...]:
         return tuple(sorted({v for m in self.monomials for v in m}))
 
-    @property
+    @cached_property
     def subsets(self) -> tuple[frozenset[int], ...]:
         found: set[frozenset[int]] = set()
         for monomial in self.monomials:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -127,13 +127,10 @@ class _EpochState:
         self.traffic_before, self.started = traffic_now, time.perf_counter()
 
     def copy(self) -> _EpochState:
-        return _EpochState(
-            self.epoch, self.order, list(self.results), self.traffic_before, self.started
-        )
+        return replace(self, results=list(self.results))
 
     def restore(self, other: _EpochState) -> None:
-        self.epoch, self.order, self.results = other.epoch, other.order, list(other.results)
-        self.traffic_before, self.started = other.traffic_before, other.started
+        vars(self).update(vars(other.copy()))
 
 
 def _end_epoch(
