@@ -219,3 +219,83 @@ def test_debug_validation_lookup_is_still_there_without_the_fix():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "validate_attribute"
+
+
+# --- config reads through plain sections -------------------------------------------------------
+
+
+def test_config_reads_are_cached_and_follow_writes_and_reloads():
+    cfg = crypten.cfg
+    default = cfg.functions.exp_iterations
+    assert type(cfg.functions).__name__ == "_Section"  # the fast path is in place
+    try:
+        cfg.functions.exp_iterations = default + 3  # write-through: omegaconf sees it too
+        assert cfg.functions.exp_iterations == cfg.config.functions.exp_iterations == default + 3
+        cfg.load_config(None)  # a reload replaces the config object: the cache follows
+        assert cfg.functions.exp_iterations == default
+        assert cfg["functions.exp_iterations"] == default
+    finally:
+        cfg.functions.exp_iterations = default
+
+
+def test_temp_override_nests_restores_and_refuses_unknown_keys():
+    cfg = crypten.cfg
+    default = cfg.functions.exp_iterations
+    with cfg.temp_override({"functions.exp_iterations": 3, "functions.reciprocal_all_pos": True}):
+        assert cfg.functions.exp_iterations == 3 and cfg.functions.reciprocal_all_pos
+        with cfg.temp_override({"functions.exp_iterations": 5}):
+            assert cfg.functions.exp_iterations == 5
+        assert cfg.functions.exp_iterations == 3
+    assert cfg.functions.exp_iterations == default
+    assert not cfg.functions.reciprocal_all_pos
+    with pytest.raises(Exception, match="nope"), cfg.temp_override({"functions.nope": 1}):
+        pass
+    # restored even when the block fails
+    with pytest.raises(RuntimeError), cfg.temp_override({"functions.exp_iterations": 4}):
+        raise RuntimeError
+    assert cfg.functions.exp_iterations == default
+    # CrypTen's own use (sigmoid's reciprocal overrides reciprocal_all_pos) is checked
+    # against plaintext in test_two_party_crypten_matches_plaintext.
+
+
+def test_config_sections_are_still_omegaconf_without_the_fix():
+    result = _python(
+        """
+        from smpc_synth.mpc import compat
+        compat._alias_onnx_registration()  # needed to import crypten at all
+        import crypten
+        print(type(crypten.cfg.functions).__name__)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "DictConfig"
+
+
+# --- empty MPCTensor shells skip the sharing ----------------------------------------------------
+
+
+def test_empty_mpc_tensor_shells_skip_the_sharing():
+    # no communicator is running here: a real sharing would fail, a shell must not
+    shell = crypten.mpc.MPCTensor([])
+    assert isinstance(shell._tensor, torch.Tensor) and shell._tensor.numel() == 0
+    share = torch.arange(6).view(2, 3)
+    rebuilt = crypten.mpc.MPCTensor.from_shares(share)
+    assert torch.equal(rebuilt.share, share)
+    assert torch.equal(rebuilt.clone().share, share)
+    assert rebuilt.shallow_copy()._tensor is rebuilt._tensor
+
+
+def test_empty_mpc_tensor_shells_still_share_without_the_fix():
+    result = _python(
+        """
+        from smpc_synth.mpc import compat
+        compat._alias_onnx_registration()  # needed to import crypten at all
+        import crypten
+        try:
+            crypten.mpc.MPCTensor([])
+        except Exception as err:  # the sharing asks for a communicator that is not there
+            print(type(err).__name__)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "RuntimeError"

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.distributed import ReduceOp
 
-from smpc_synth.mpc import compare
+from smpc_synth.mpc import compare, prg
 
 RING = 2**64
 
@@ -63,15 +63,15 @@ class _Provider:
 
     def __init__(self, rank: int, seeds: list[int]) -> None:
         self.rank, self.seeds = rank, seeds
-        self.generator = torch.Generator().manual_seed(seeds[rank])
-        self.dealer = [torch.Generator().manual_seed(s) for s in seeds] if rank == 0 else None
+        self.stream = prg.Stream(prg.debug_key(seeds[rank]))
+        self.dealer = [prg.Stream(prg.debug_key(s)) for s in seeds] if rank == 0 else None
 
     def comparison_material(self, layout: compare.Layout):
-        free = compare.draw_free(layout, self.generator)
+        free = compare.draw_free(layout, self.stream)
         if self.rank == 0:
             flat = compare.deal(self.dealer, layout.count, layout.products)
         else:
-            flat = compare.draw_correlated(layout, self.generator)
+            flat = compare.draw_correlated(layout, self.stream)
         return free, layout.split(flat)
 
 

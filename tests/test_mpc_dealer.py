@@ -5,22 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from smpc_synth.mpc import dealer
+from smpc_synth.mpc import dealer, prg
 from smpc_synth.mpc.compat import import_crypten
 
 crypten = import_crypten()
-from crypten.common.rng import generate_random_ring_element  # noqa: E402
 from crypten.common.util import count_wraps  # noqa: E402
 
-SEEDS = (11, -22, 33)
+KEYS = tuple(prg.debug_key(seed) for seed in (11, -22, 33))
 
 
-def _party_generators(n: int) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(seed) for seed in SEEDS[:n]]
+def _party_generators(n: int) -> list[prg.Stream]:
+    """Each party's own stream, as its DealerProvider holds it."""
+    return [prg.Stream(key) for key in KEYS[:n]]
 
 
-def _ring(generator: torch.Generator, size) -> torch.Tensor:
-    return generate_random_ring_element(torch.Size(size), generator=generator)
+def _ring(stream: prg.Stream, size) -> torch.Tensor:
+    return stream.ring(torch.Size(size))
 
 
 @pytest.mark.parametrize("n_parties", [2, 3])
@@ -33,7 +33,7 @@ def _ring(generator: torch.Generator, size) -> torch.Tensor:
     ],
 )
 def test_additive_triple_reconstructs(n_parties, op, size0, size1, kwargs):
-    maker = dealer._TupleMaker(SEEDS[:n_parties])
+    maker = dealer._TupleMaker(KEYS[:n_parties])
     request = {"f": "additive", "args": [torch.Size(size0), torch.Size(size1), op]}
     c0 = dealer._serve_one(maker, {**request, "kwargs": kwargs})
     gens = _party_generators(n_parties)
@@ -44,7 +44,7 @@ def test_additive_triple_reconstructs(n_parties, op, size0, size1, kwargs):
 
 
 def test_wraps_reconstruct():
-    maker = dealer._TupleMaker(SEEDS[:2])
+    maker = dealer._TupleMaker(KEYS[:2])
     theta0 = dealer._serve_one(maker, {"f": "wraps", "args": [torch.Size([50])]})
     gens = _party_generators(2)
     shares = [_ring(g, (50,)) for g in gens]
@@ -65,12 +65,60 @@ def test_wraps_reconstruct():
     ],
 )
 def test_bad_requests_are_refused(request_):
-    maker = dealer._TupleMaker(SEEDS[:2])
+    maker = dealer._TupleMaker(KEYS[:2])
     with pytest.raises((ValueError, TypeError, RuntimeError)):
         dealer._serve_one(maker, request_)
 
 
-def test_fresh_seeds_differ_and_debug_seeds_repeat():
-    assert dealer._fresh_seed() != dealer._fresh_seed()
-    assert dealer.derive_seed(1, "dealer", "alice") == dealer.derive_seed(1, "dealer", "alice")
-    assert dealer.derive_seed(1, "dealer", "alice") != dealer.derive_seed(1, "dealer", "bob")
+def test_fresh_keys_differ_and_debug_keys_repeat():
+    assert prg.fresh_key() != prg.fresh_key()
+    assert prg.debug_key(1, "dealer", "alice") == prg.debug_key(1, "dealer", "alice")
+    assert prg.debug_key(1, "dealer", "alice") != prg.debug_key(1, "dealer", "bob")
+
+
+def test_stream_is_a_stream_whatever_the_draw_sizes():
+    """The dealer replays a party's draws in other sizes (one flat draw for several fields):
+    the words must depend only on their position in the stream."""
+    one, other = prg.Stream(KEYS[0]), prg.Stream(KEYS[0])
+    whole = one.ring((3, 7))
+    parts = torch.cat([other.ring((5,)), other.ring((1,)), other.ring((15,))])
+    assert torch.equal(whole.flatten(), parts)
+    assert not torch.equal(prg.Stream(KEYS[1]).ring((21,)), parts)
+
+
+def test_stream_words_look_uniform():
+    words = prg.Stream(KEYS[0]).ring((200_000,))
+    bit_means = torch.stack([((words >> k) & 1).double().mean() for k in range(64)])
+    assert bit_means.sub(0.5).abs().max() < 0.01  # 0.5 +- 4.5 sigma
+    bits = prg.Stream(KEYS[1]).bits((10_000,))
+    assert set(bits.unique().tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("key", [b"short", "a string key 16b", bytes(32)])
+def test_stream_refuses_keys_that_are_not_128_bits(key):
+    with pytest.raises(ValueError, match="16 bytes"):
+        prg.Stream(key)
+
+
+@pytest.mark.parametrize(
+    ("op", "size0", "size1"),
+    [
+        ("mul", (3, 4), (3, 4)),
+        ("mul", (3, 1), (1, 4)),
+        ("mul", (4,), (2, 3, 4)),
+        ("matmul", (3, 4), (4, 2)),
+        ("matmul", (4,), (4, 2)),
+        ("matmul", (3, 4), (4,)),
+        ("matmul", (4,), (4,)),
+        ("matmul", (5, 3, 4), (4, 2)),
+        ("matmul", (2, 1, 3, 4), (5, 4, 2)),
+    ],
+)
+def test_product_sizes_follow_torch(op, size0, size1):
+    expected = getattr(torch, op)(torch.zeros(size0), torch.zeros(size1)).shape
+    assert dealer._product_size(torch.Size(size0), torch.Size(size1), op, {}) == expected
+
+
+def test_matmul_of_mismatched_sizes_is_refused():
+    with pytest.raises(ValueError, match="inner sizes"):
+        dealer._product_size(torch.Size((3, 4)), torch.Size((5, 2)), "matmul", {})

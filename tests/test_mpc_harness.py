@@ -247,16 +247,26 @@ def loop_program(rank: int, iterations: int, busy=None) -> int:
 
 def comparison_rounds_program(rank: int) -> dict[str, Any]:
     """Rounds and results of one relu with our comparison and with CrypTen's own."""
+    from crypten.mpc.primitives import beaver as crypten_beaver
+
     from smpc_synth.mpc import session
+    from smpc_synth.mpc.beaver import PROTOCOL_NAME
 
     x = session.crypten.cryptensor(torch.linspace(-3, 3, 256), src=0)
-    out = {}
-    for name in ("ours", "stock"):
+    w = session.crypten.cryptensor(torch.linspace(-1, 1, 256 * 3).view(256, 3), src=1)
+
+    def run() -> dict[str, Any]:
         before = session.traffic().rounds
-        if name == "ours":
-            value = x.relu().get_plain_text()
-        else:
-            with session.stock_comparisons():
-                value = x.relu().get_plain_text()
-        out[name] = {"rounds": session.traffic().rounds - before, "value": value.tolist()}
+        value = x.relu().get_plain_text()
+        return {
+            "rounds": session.traffic().rounds - before,
+            "value": value.tolist(),
+            "matmul": x.matmul(w).get_plain_text().tolist(),
+            "beaver": getattr(crypten_beaver, PROTOCOL_NAME).__module__,
+        }
+
+    out = {"ours": run()}
+    with session.stock_protocols():
+        out["stock"] = run()
+    out["after"] = run()
     return out

@@ -126,14 +126,19 @@ def test_bad_session_arguments_are_refused_before_any_traffic(kwargs, key):
         start_crypten(None, ("alice", "bob"), 0, **{**arguments, **kwargs})
 
 
-def test_stock_comparisons_switch_to_cryptens_protocol_and_back(tmp_path):
+def test_stock_protocols_switch_to_cryptens_protocols_and_back(tmp_path):
     outcomes = run_mpc(tmp_path, 2, comparison_rounds_program, seed=SEED)
     assert_all_ok(outcomes)
     result = outcomes[PARTY_NAMES[0]].result["result"]
-    expected = torch.relu(torch.linspace(-3, 3, 256))
-    for name in ("ours", "stock"):
+    x = torch.linspace(-3, 3, 256)
+    expected_matmul = x @ torch.linspace(-1, 1, 256 * 3).view(256, 3)
+    for name in ("ours", "stock", "after"):
         got = torch.tensor(result[name]["value"])
-        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0, msg=name)
+        torch.testing.assert_close(got, torch.relu(x), atol=1e-4, rtol=0, msg=name)
+        got = torch.tensor(result[name]["matmul"])
+        torch.testing.assert_close(got, expected_matmul, atol=1e-2, rtol=0, msg=name)
     # ours: 4 rounds + the product + the opening; CrypTen's: 8 + the product + the opening
-    assert result["ours"]["rounds"] == 6
+    assert result["ours"]["rounds"] == result["after"]["rounds"] == 6
     assert result["stock"]["rounds"] == 10
+    assert result["ours"]["beaver"] == result["after"]["beaver"] == "smpc_synth.mpc.beaver"
+    assert result["stock"]["beaver"] == "crypten.mpc.primitives.beaver"

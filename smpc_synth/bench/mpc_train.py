@@ -96,7 +96,7 @@ def _party(mesh, parties: tuple[str, ...], config: BenchConfig) -> dict[str, Any
         loop = TrainLoop(rank, sizes, SEED, config.epochs, _MemoryCheckpoints(), lambda _: None)
         train(model, X, loop, agree=lambda first: first)
         traffic_by_phase = session.traffic().by_phase
-        with session.stock_comparisons():  # stock: CrypTen's protocols as shipped
+        with session.stock_protocols():  # stock: CrypTen's protocols as shipped
             stock = _stock_steps(session, model, X, sizes, rank, config.stock_steps)
     steps = sum(sizes) // min(model.hparams.batch_size, sum(sizes))
     return {

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 
 from smpc_synth.mpc.compat import import_crypten
+from smpc_synth.mpc.prg import Stream
 
 crypten = import_crypten()
-from crypten.common.rng import generate_random_ring_element  # noqa: E402
 from torch.distributed import ReduceOp  # noqa: E402
 
 BITS = 64
@@ -176,17 +176,13 @@ class Layout:
         return {name: p.view(shape) for (name, shape), p in zip(self.correlated, pieces)}
 
 
-def draw_free(layout: Layout, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    return {
-        name: generate_random_ring_element(torch.Size(shape), generator=generator)
-        for name, shape in layout.free
-    }
+def draw_free(layout: Layout, stream: Stream) -> dict[str, torch.Tensor]:
+    return {name: stream.ring(shape) for name, shape in layout.free}
 
 
-def draw_correlated(layout: Layout, generator: torch.Generator) -> torch.Tensor:
+def draw_correlated(layout: Layout, stream: Stream) -> torch.Tensor:
     """A non-first party's share of the correlated fields (one flat draw, as the dealer's)."""
-    size = torch.Size((layout.correlated_size,))
-    return generate_random_ring_element(size, generator=generator)
+    return stream.ring((layout.correlated_size,))
 
 
 def _and_all(rows: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -211,12 +207,12 @@ def _mask_products(masks: torch.Tensor, level: Level) -> torch.Tensor:
     )
 
 
-def deal(generators: Sequence[torch.Generator], count: int, products: int) -> torch.Tensor:
+def deal(streams: Sequence[Stream], count: int, products: int) -> torch.Tensor:
     """The dealer: party 0's share of the correlated fields, for parties whose PRG streams
-    are ``generators`` (in rank order)."""
+    are ``streams`` (in rank order)."""
     layout = Layout(count, products)
-    free = [draw_free(layout, g) for g in generators]
-    others = [layout.split(draw_correlated(layout, g)) for g in generators[1:]]
+    free = [draw_free(layout, s) for s in streams]
+    others = [layout.split(draw_correlated(layout, s)) for s in streams[1:]]
 
     def summed(name: str) -> torch.Tensor:
         return torch.stack([f[name] for f in free]).sum(0)  # int64 wraps: mod 2^64

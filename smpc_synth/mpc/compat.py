@@ -7,12 +7,16 @@ before ``crypten``; :func:`import_crypten` does both. Each fix says why it exist
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import sys
+from collections.abc import Iterator
 from types import ModuleType
+from typing import Any
 
 import torch
+from omegaconf import DictConfig
 
 _APPLIED = False
 
@@ -98,6 +102,120 @@ def _skip_debug_validation(crypten: ModuleType) -> None:
         tensor_class.__getattribute__ = current.__wrapped__
 
 
+class _Section:
+    """A view of one omegaconf section whose reads, after the first, are a dict lookup.
+    Writes go through to omegaconf (so reloads and merges see them) and drop the cached
+    value."""
+
+    __slots__ = ("_node", "_values")
+
+    def __init__(self, node: Any) -> None:
+        object.__setattr__(self, "_node", node)
+        object.__setattr__(self, "_values", {})
+
+    def __getattr__(self, key: str) -> Any:
+        values = self._values
+        if key in values:
+            return values[key]
+        value = getattr(self._node, key)
+        if isinstance(value, DictConfig):
+            value = _Section(value)
+        values[key] = value
+        return value
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        setattr(self._node, key, value)
+        self._values.pop(key, None)
+
+    __getitem__ = __getattr__
+    __setitem__ = __setattr__
+
+
+def _config_getattribute(self, name: str) -> Any:
+    try:
+        return object.__getattribute__(self, name)
+    except AttributeError:
+        pass
+    root = object.__getattribute__(self, "config")
+    cache = self.__dict__.get("_sections")
+    if cache is None or cache[0] is not root:  # a load, set_config or merge replaced it
+        cache = (root, {})
+        object.__setattr__(self, "_sections", cache)
+    sections = cache[1]
+    if name in sections:
+        return sections[name]
+    value = root
+    for key in name.split("."):
+        value = getattr(value, key)
+    if isinstance(value, DictConfig) and "." not in name:
+        value = sections[name] = _Section(value)
+    return value
+
+
+_UNSET = object()
+
+
+@contextlib.contextmanager
+def _config_temp_override(self, override_dict: dict[str, Any]) -> Iterator[None]:
+    # The override shadows the value in the section's cache only: omegaconf's own copy is
+    # untouched, as with CrypTen's merged copy, and the shadow is undone on the way out.
+    shadowed = []
+    try:
+        for dotted, value in override_dict.items():
+            *path, leaf = dotted.split(".")
+            section = functools.reduce(getattr, path, self)
+            getattr(section, leaf)  # an unknown key fails here, as in CrypTen
+            shadowed.append((section, leaf, section._values.get(leaf, _UNSET)))
+            section._values[leaf] = value
+        yield
+    finally:
+        for section, leaf, previous in reversed(shadowed):
+            if previous is _UNSET:
+                section._values.pop(leaf, None)
+            else:
+                section._values[leaf] = previous
+
+
+def _fast_config_reads(crypten: ModuleType) -> None:
+    # CrypTen reads its omegaconf config on every operation (`cfg.encoder.precision_bits`
+    # in each encoder, `cfg.mpc.provider` for each tuple, `cfg.communicator.verbose` for
+    # each message): about 30 us a read through omegaconf's resolver, 300 reads in an MLP
+    # training step. And `temp_override`, which the reciprocal, log and exp approximations
+    # enter on every call, merges a copy of the whole config (about 6 ms). Sections are
+    # cached as plain views (invalidated when the config object is replaced), and
+    # overrides shadow the cached values.
+    config_class = type(crypten.cfg)
+    if config_class.__getattribute__ is not _config_getattribute:
+        config_class.__getattribute__ = _config_getattribute
+        config_class.temp_override = _config_temp_override
+
+
+def _cheap_empty_mpc_tensors(crypten: ModuleType) -> None:
+    # `MPCTensor([])` is CrypTen's idiom for "an empty shell whose `_tensor` I set next"
+    # (from_shares, clone, shallow_copy, and a dummy for every crypten.cat/stack call), and
+    # `MPCTensor.__init__` means to skip the sharing for it, but tests `tensor is []`, which
+    # is never true of a list passed in. So every shell runs a full ArithmeticSharedTensor
+    # construction: encoder, zero-sharing draws, a clone (about 50 us, 500 times a step).
+    # The fix takes the path CrypTen intended.
+    mpc_class = crypten.mpc.MPCTensor
+    original = mpc_class.__init__
+    if getattr(original, "_cheap_empty", False):
+        return
+    ptype = crypten.mpc.ptype.arithmetic
+
+    @functools.wraps(original)
+    def __init__(self, tensor, ptype=ptype, device=None, *args, **kwargs):
+        if type(tensor) is list and not tensor and not args and not kwargs:
+            crypten.CrypTensor.__init__(self, requires_grad=False)
+            self._tensor = torch.tensor([], device=device)
+            self.ptype = ptype
+            return
+        original(self, tensor, ptype, device, *args, **kwargs)
+
+    __init__._cheap_empty = True
+    mpc_class.__init__ = __init__
+
+
 def apply() -> None:
     """Apply every fix once; safe to call many times."""
     global _APPLIED
@@ -108,6 +226,8 @@ def apply() -> None:
     _patch_loads(crypten)
     _patch_onnx_export(crypten)
     _skip_debug_validation(crypten)
+    _fast_config_reads(crypten)
+    _cheap_empty_mpc_tensors(crypten)
     _APPLIED = True
 
 

@@ -1,13 +1,14 @@
 """A dealer that no data party controls: Beaver triples and other correlated randomness.
 
 The semantics are those of CrypTen's TTP provider (``crypten/mpc/provider/ttp_provider.py``):
-at start the dealer sends each party, over its authenticated link, a fresh PRG seed that
+at start the dealer sends each party, over its authenticated link, a fresh PRG key that
 only that party and the dealer know. Every party draws its share of each tuple from its
-seed; for the one value that must be correlated (``c = a*b``, ``r^2``, the wraps of ``r``,
-the arithmetic copy of a random bit) the dealer computes party 0's share as the value minus
-the other parties' PRG shares and sends it to party 0 alone. So no data party sees a tuple
-in the clear, and the dealer sees no data. The dealer reuses CrypTen's own ``TTPServer``
-arithmetic; only the transport is ours.
+stream (AES-CTR, :mod:`smpc_synth.mpc.prg`); for the one value that must be correlated
+(``c = a*b``, ``r^2``, the wraps of ``r``, the arithmetic copy of a random bit) the dealer
+computes party 0's share as the value minus the other parties' PRG shares and sends it to
+party 0 alone. So no data party sees a tuple
+in the clear, and the dealer sees no data. The arithmetic is that of CrypTen's ``TTPServer``;
+the transport and the PRG are ours.
 
 Party 0 asks for each tuple as CrypTen requests it; the dealer only accepts the ops, sizes
 and keyword arguments that CrypTen's protocols use.
@@ -16,10 +17,8 @@ and keyword arguments that CrypTen's protocols use.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import math
-import os
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -27,20 +26,16 @@ from typing import Any
 import torch
 
 from smpc_synth.errors import PeerError
-from smpc_synth.mpc import compare
+from smpc_synth.mpc import compare, prg
 from smpc_synth.mpc.compat import import_crypten
 from smpc_synth.mpc.link import Link
 from smpc_synth.mpc.stats import TrafficRecorder
 from smpc_synth.train.base import Channel
 
 crypten = import_crypten()
-from crypten.common.rng import (  # noqa: E402
-    generate_kbit_random_tensor,
-    generate_random_ring_element,
-)
+from crypten.common.util import count_wraps  # noqa: E402
 from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor  # noqa: E402
 from crypten.mpc.provider.provider import TupleProvider  # noqa: E402
-from crypten.mpc.provider.ttp_provider import TTPServer  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -55,32 +50,39 @@ DEALER_IDLE_TIMEOUT_S = 24 * 3600.0
 _DONE = "done"
 
 
-def derive_seed(base: int, *labels: object) -> int:
-    """A signed 64-bit seed derived from ``base`` and ``labels`` (tests' fixed seeds only)."""
-    digest = hashlib.sha256(repr((base, *labels)).encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
-def _fresh_seed() -> int:
-    return int.from_bytes(os.urandom(8), "big", signed=True)
-
-
 def _product_size(size0: torch.Size, size1: torch.Size, op: str, kwargs: dict) -> torch.Size:
-    """The size of ``op(a, b)``, computed on meta tensors (no arithmetic)."""
+    """The size of ``op(a, b)``, without arithmetic."""
+    if op == "mul":
+        return torch.broadcast_shapes(size0, size1)
+    if op == "matmul" and len(size0) >= 1 and len(size1) >= 1:
+        return _matmul_size(torch.Size(size0), torch.Size(size1))
     frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
-    return _product_size_cached(torch.Size(size0), torch.Size(size1), op, frozen)
+    return _meta_product_size(torch.Size(size0), torch.Size(size1), op, frozen)
+
+
+def _matmul_size(size0: torch.Size, size1: torch.Size) -> torch.Size:
+    """torch.matmul's rule: 1-D operands gain a dimension that the result drops again;
+    batch dimensions broadcast."""
+    left = size0 if len(size0) > 1 else torch.Size((1, *size0))
+    right = size1 if len(size1) > 1 else torch.Size((*size1, 1))
+    if left[-1] != right[-2]:
+        raise ValueError(f"matmul of {tuple(size0)} and {tuple(size1)}: inner sizes differ")
+    batch = torch.broadcast_shapes(left[:-2], right[:-2])
+    rows = (left[-2],) if len(size0) > 1 else ()
+    cols = (right[-1],) if len(size1) > 1 else ()
+    return torch.Size((*batch, *rows, *cols))
 
 
 @functools.lru_cache(maxsize=1024)
-def _product_size_cached(size0: torch.Size, size1: torch.Size, op: str, kwargs: tuple):
-    # ~1 ms per call on meta tensors; a training loop asks for the same few shapes
+def _meta_product_size(size0: torch.Size, size1: torch.Size, op: str, kwargs: tuple):
+    # on meta tensors (no arithmetic); the first call of each op costs ~0.5-1 s of imports
     a = torch.empty(size0, device="meta")
     b = torch.empty(size1, device="meta")
     return getattr(torch, op)(a, b, **dict(kwargs)).size()
 
 
 class DealerProvider(TupleProvider):
-    """CrypTen tuple provider for a data party: shares from the dealer's seed, party 0's
+    """CrypTen tuple provider for a data party: shares from the dealer's key, party 0's
     correlated share from the dealer.
 
     With ``deferred`` (our communicator only), party 0 does not wait for the dealer: it gets
@@ -99,16 +101,16 @@ class DealerProvider(TupleProvider):
         self.deferred = deferred
         self._pending: deque[torch.Tensor] = deque()
         message = link.recv_obj(link.dealer)
-        if not isinstance(message, dict) or not isinstance(message.get("seed"), int):
-            raise link.malformed(link.dealer, "expected a seed")
-        self.generator = torch.Generator(device="cpu")
-        self.generator.manual_seed(message["seed"])
+        key = message.get("key") if isinstance(message, dict) else None
+        if not isinstance(key, bytes) or len(key) != prg.KEY_BYTES:
+            raise link.malformed(link.dealer, "expected a PRG key")
+        self.stream = prg.Stream(key)
 
     def _ring(self, size: torch.Size) -> torch.Tensor:
-        return generate_random_ring_element(size, generator=self.generator)
+        return self.stream.ring(size)
 
     def _bit(self, size: torch.Size) -> torch.Tensor:
-        return generate_kbit_random_tensor(size, bitlength=1, generator=self.generator)
+        return self.stream.bits(size)
 
     def _correlated(self, size: torch.Size, function: str, *args: Any, **kwargs: Any):
         """Party 0: the dealer's share; everyone else: a PRG share (in the dealer's order)."""
@@ -172,7 +174,7 @@ class DealerProvider(TupleProvider):
         """This party's material for one secure comparison (:mod:`smpc_synth.mpc.compare`):
         its free fields from its own stream, and its share of the correlated ones (party 0's
         is the dealer's, filled in by :meth:`settle` when deferred)."""
-        free = compare.draw_free(layout, self.generator)
+        free = compare.draw_free(layout, self.stream)
         size = torch.Size((layout.correlated_size,))
         flat = self._correlated(size, "compare", layout.count, layout.products)
         return free, layout.split(flat)
@@ -183,17 +185,49 @@ class DealerProvider(TupleProvider):
         self.link.send_obj(self.link.dealer, {"f": _DONE})
 
 
-class _TupleMaker(TTPServer):
-    """CrypTen's TTP arithmetic, fed with our seeds instead of a torch.distributed group."""
+class _TupleMaker:
+    """The dealer's arithmetic (that of CrypTen's ``TTPServer``) over every party's stream:
+    it replays each party's draws to learn the tuple, and returns party 0's share of the
+    correlated value."""
 
-    def __init__(self, seeds: Sequence[int]) -> None:  # no super(): it would open a group
-        self.device = "cpu"
-        self.generators = []
-        for seed in seeds:
-            generator = torch.Generator(device="cpu")
-            generator.manual_seed(seed)
-            self.generators.append(generator)
-        self.generators_cuda = [None] * len(seeds)
+    def __init__(self, keys: Sequence[bytes]) -> None:
+        self.streams = [prg.Stream(key) for key in keys]
+
+    def _sum(self, size: torch.Size, skip_first: bool = False) -> torch.Tensor:
+        """The sum of the parties' ring shares (int64 wraps: mod 2^64)."""
+        streams = self.streams[1:] if skip_first else self.streams
+        total = streams[0].ring(size).clone() if streams else torch.zeros(size, dtype=torch.long)
+        for stream in streams[1:]:
+            total += stream.ring(size)
+        return total
+
+    def _xor(self, size: torch.Size, skip_first: bool = False, bits: bool = False):
+        streams = self.streams[1:] if skip_first else self.streams
+        total = torch.zeros(size, dtype=torch.long)
+        for stream in streams:
+            total ^= stream.bits(size) if bits else stream.ring(size)
+        return total
+
+    def additive(self, size0, size1, op: str, **kwargs) -> torch.Tensor:
+        a, b = self._sum(size0), self._sum(size1)
+        c = getattr(torch, op)(a, b, **kwargs)
+        return c.sub_(self._sum(c.size(), skip_first=True))
+
+    def square(self, size: torch.Size) -> torch.Tensor:
+        r = self._sum(size)
+        return (r * r).sub_(self._sum(size, skip_first=True))
+
+    def binary(self, size0, size1) -> torch.Tensor:
+        c = self._xor(size0) & self._xor(size1)
+        return c.bitwise_xor_(self._xor(c.size(), skip_first=True))
+
+    def wraps(self, size: torch.Size) -> torch.Tensor:
+        theta_r = count_wraps([stream.ring(size) for stream in self.streams])
+        return theta_r.sub_(self._sum(size, skip_first=True))
+
+    def B2A(self, size: torch.Size) -> torch.Tensor:
+        r = self._xor(size, bits=True)
+        return r.sub_(self._sum(size, skip_first=True))
 
 
 def _checked_size(value: Any) -> torch.Size:
@@ -236,21 +270,21 @@ def _serve_one(maker: _TupleMaker, request: Any) -> torch.Tensor:
             raise ValueError(f"unexpected comparison size {count!r}")
         if not isinstance(products, int) or not 0 <= products <= compare.MAX_PRODUCTS:
             raise ValueError(f"unexpected number of products {products!r}")
-        return compare.deal(maker.generators, count, products)
+        return compare.deal(maker.streams, count, products)
     if function in ("square", "wraps", "B2A") and len(args) == 1 and not kwargs:
         return getattr(maker, function)(_checked_size(args[0]))
     raise ValueError(f"unknown request {function!r}")
 
 
-def send_seeds(link: Link, parties: Sequence[str], debug_seed: int | None = None) -> list[int]:
-    """Give each party its own PRG seed, over its own authenticated link."""
-    seeds = [
-        _fresh_seed() if debug_seed is None else derive_seed(debug_seed, "dealer", party)
+def send_keys(link: Link, parties: Sequence[str], debug_seed: int | None = None) -> list[bytes]:
+    """Give each party its own PRG key, over its own authenticated link."""
+    keys = [
+        prg.fresh_key() if debug_seed is None else prg.debug_key(debug_seed, "dealer", party)
         for party in parties
     ]
-    for party, seed in zip(parties, seeds):
-        link.send_obj(party, {"seed": seed})
-    return seeds
+    for party, key in zip(parties, keys):
+        link.send_obj(party, {"key": key})
+    return keys
 
 
 def serve_dealer(
@@ -267,12 +301,12 @@ def serve_dealer(
 
     Returns how many requests were served. Raises :class:`PeerError` naming a party that
     vanishes, times out, is reported failed by another party, or sends a bad request.
-    ``insecure_debug_seed`` fixes the seeds so tests can compare transports bit for bit.
+    ``insecure_debug_seed`` fixes the keys so tests can compare transports bit for bit.
     """
     if insecure_debug_seed is not None:
-        log.warning("INSECURE: the dealer's seeds are derived from a fixed debug seed")
+        log.warning("INSECURE: the dealer's PRG keys are derived from a fixed debug seed")
     link = Link(channel, recorder or TrafficRecorder(), timeout=timeout, dealer=channel.me)
-    maker = _TupleMaker(send_seeds(link, parties, insecure_debug_seed))
+    maker = _TupleMaker(send_keys(link, parties, insecure_debug_seed))
     first = parties[0]
     served = 0
     while True:

@@ -18,10 +18,10 @@ from typing import Any, Literal
 import torch
 
 from smpc_synth.errors import InputError
-from smpc_synth.mpc import compare
+from smpc_synth.mpc import beaver, compare, prg
 from smpc_synth.mpc.communicator import ChannelCommunicator, GlooCommunicator
 from smpc_synth.mpc.compat import import_crypten
-from smpc_synth.mpc.dealer import DealerProvider, derive_seed
+from smpc_synth.mpc.dealer import DealerProvider
 from smpc_synth.mpc.link import DEALER, Link
 from smpc_synth.mpc.stats import TrafficRecorder
 from smpc_synth.train.base import Channel, TrafficStats
@@ -29,6 +29,7 @@ from smpc_synth.train.base import Channel, TrafficStats
 crypten = import_crypten()
 import crypten.communicator as crypten_comm  # noqa: E402
 from crypten.mpc import MPCTensor  # noqa: E402
+from crypten.mpc.primitives import beaver as crypten_beaver  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,21 @@ class MpcSession:
     recorder: TrafficRecorder
     link: Link | None
     dealer_provider: DealerProvider | None
-    stock: bool = False  # inside stock_comparisons()
+    stock: bool = False  # inside stock_protocols()
     _restore: dict[str, Any] = field(default_factory=dict)
+    # (owner, attribute, ours, CrypTen's): our protocols installed over CrypTen's
+    _protocols: list[tuple[Any, str, Any, Any]] = field(default_factory=list)
+
+    def install_protocol(self, owner: Any, name: str, make: Any) -> None:
+        """Replace ``owner.name`` with ``make(original)`` until the session ends."""
+        original = getattr(owner, name)
+        ours = make(original)
+        setattr(owner, name, ours)
+        self._protocols.append((owner, name, ours, original))
+
+    def use_protocols(self, ours: bool) -> None:
+        for owner, name, mine, original in self._protocols:
+            setattr(owner, name, mine if ours else original)
 
 
 _SESSION: MpcSession | None = None
@@ -109,8 +123,9 @@ def _start(
         if deferred:
             link.before_wait = session.dealer_provider.settle
         # every comparison (relu, gt, max, sigmoid's sign...) runs the dealer's protocol
-        session._restore["ltz"] = MPCTensor._ltz
-        MPCTensor._ltz = compare.make_ltz(session.dealer_provider, MPCTensor._ltz)
+        provider = session.dealer_provider
+        session.install_protocol(MPCTensor, "_ltz", lambda ltz: compare.make_ltz(provider, ltz))
+        session.install_protocol(crypten_beaver, beaver.PROTOCOL_NAME, beaver.make_beaver_protocol)
     else:
         log.warning(
             "INSECURE: CrypTen's trusted-first-party provider lets %s see every secret; "
@@ -220,13 +235,18 @@ def _init_gloo(parties: Sequence[str], rank: int, rendezvous: str) -> None:
     crypten_comm.DistributedCommunicator.instance.__class__ = GlooCommunicator
 
 
+def _derive_seed(base: int, *labels: object) -> int:
+    """A signed 64-bit seed for CrypTen's generators from ``base`` and ``labels``."""
+    return int.from_bytes(prg.debug_key(base, *labels)[:8], "big", signed=True)
+
+
 def _fix_seeds(seed: int, world_size: int, rank: int) -> None:
     cpu = torch.device("cpu")
     fixed = {
-        "next": derive_seed(seed, "pair", rank),
-        "prev": derive_seed(seed, "pair", (rank - 1) % world_size),
-        "local": derive_seed(seed, "local", rank),
-        "global": derive_seed(seed, "global"),
+        "next": _derive_seed(seed, "pair", rank),
+        "prev": _derive_seed(seed, "pair", (rank - 1) % world_size),
+        "local": _derive_seed(seed, "local", rank),
+        "global": _derive_seed(seed, "global"),
     }
     for key, value in fixed.items():
         crypten.generators[key][cpu].manual_seed(value)
@@ -246,28 +266,23 @@ def _teardown() -> None:
         elif crypten_comm.is_initialized():
             crypten.uninit()
     finally:
-        if "ltz" in session._restore:
-            MPCTensor._ltz = session._restore["ltz"]
+        session.use_protocols(False)
         _providers().pop(DealerProvider.NAME, None)
         crypten.cfg.mpc.provider = session._restore["provider"]
         crypten.cfg.communicator.verbose = session._restore["verbose"]
 
 
 @contextmanager
-def stock_comparisons() -> Iterator[None]:
-    """Run CrypTen's own comparison protocol inside the block (for stock baselines)."""
+def stock_protocols() -> Iterator[None]:
+    """Run CrypTen's own comparison and Beaver products inside the block (stock baselines).
+    With CrypTen's own provider they are already in place."""
     session = _require_session()
-    original = session._restore.get("ltz")
-    if original is None:  # CrypTen's provider: its comparison is already in place
-        yield
-        return
-    ours = MPCTensor._ltz
-    MPCTensor._ltz = original
+    session.use_protocols(False)
     session.stock = True
     try:
         yield
     finally:
-        MPCTensor._ltz = ours
+        session.use_protocols(True)
         session.stock = False
 
 

@@ -1,0 +1,56 @@
+"""The PRG behind every party's share of the dealer's tuples: AES-128 in counter mode.
+
+CrypTen's TTP draws shares with ``torch.randint`` on a Mersenne Twister, which is neither a
+cryptographic PRG (its state follows from 624 outputs) nor fast (about 15 ns per 64-bit
+word here). An AES-CTR keystream is both: about 2.5 ns per word with AES-NI, through the
+``cryptography`` package. The dealer and one party share each key; nobody else can predict
+the stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+
+import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+KEY_BYTES = 16  # AES-128
+_WORD = 8  # bytes per int64
+_BLOCK = 16  # AES block; update_into wants this much slack
+
+
+def fresh_key() -> bytes:
+    """A key from the operating system's CSPRNG."""
+    return os.urandom(KEY_BYTES)
+
+
+def debug_key(base: int, *labels: object) -> bytes:
+    """A key derived from ``base`` and ``labels``: tests' fixed seeds only, never secret."""
+    return hashlib.sha256(repr((base, *labels)).encode()).digest()[:KEY_BYTES]
+
+
+class Stream:
+    """A deterministic stream of uniformly random int64 words from a 128-bit key.
+
+    Draws are consumed in call order: two holders of the key stay in step as long as they
+    make the same calls with the same sizes.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if not isinstance(key, bytes) or len(key) != KEY_BYTES:
+            raise ValueError(f"a PRG key is {KEY_BYTES} bytes")
+        self._cipher = Cipher(algorithms.AES(key), modes.CTR(bytes(_BLOCK))).encryptor()
+
+    def ring(self, size: torch.Size | tuple[int, ...]) -> torch.Tensor:
+        """Uniform elements of Z/2^64 (int64, wrapping) of shape ``size``."""
+        count = math.prod(size)
+        out = torch.empty(count * _WORD + _BLOCK, dtype=torch.uint8)
+        written = self._cipher.update_into(bytes(count * _WORD), out.numpy())
+        assert written == count * _WORD  # CTR is a stream cipher: no buffering
+        return out[:written].view(torch.int64).view(size)
+
+    def bits(self, size: torch.Size | tuple[int, ...]) -> torch.Tensor:
+        """Uniform 0/1 int64 elements of shape ``size``."""
+        return self.ring(size) & 1
