@@ -270,3 +270,34 @@ def comparison_rounds_program(rank: int) -> dict[str, Any]:
         out["stock"] = run()
     out["after"] = run()
     return out
+
+
+def functions_inputs() -> dict[str, torch.Tensor]:
+    """Inputs of :func:`functions_program`, reproducible anywhere."""
+    g = torch.Generator().manual_seed(5)
+    return {
+        "max_in": (torch.randn(6, 3, 7, generator=g) * 4).round(decimals=2),
+        "recip_in": torch.linspace(1.0, 6.0, 50),
+        "logits": torch.randn(30, 12, generator=g) * 3,
+    }
+
+
+def functions_program(rank: int, layout) -> dict[str, Any]:
+    """maximum over every width 1..7, reciprocal_in_range, and the span softmax."""
+    from smpc_synth.mpc import functions, session
+    from smpc_synth.mpc.spans import SpanMap
+
+    inputs = functions_inputs()
+    provider = session.comparison_provider()
+    x = session.crypten.cryptensor(inputs["max_in"], src=0)
+    maxima = [functions.maximum(x[..., :w], provider).get_plain_text() for w in range(1, 8)]
+    y = session.crypten.cryptensor(inputs["recip_in"], src=1)
+    rounds = session.traffic().rounds
+    probs = SpanMap(layout).softmax(session.crypten.cryptensor(inputs["logits"], src=0))
+    softmax_rounds = session.traffic().rounds - rounds
+    return {
+        "maxima": [m.tolist() for m in maxima],
+        "reciprocal": functions.reciprocal_in_range(y, 1.0, 6.0).get_plain_text().tolist(),
+        "softmax": probs.get_plain_text().tolist(),
+        "softmax_rounds": softmax_rounds,
+    }

@@ -86,10 +86,10 @@ class DealerProvider(TupleProvider):
     correlated share from the dealer.
 
     With ``deferred`` (our communicator only), party 0 does not wait for the dealer: it gets
-    a placeholder, and :meth:`settle` (called by the link before it waits for any
-    party) writes the dealer's share into it. Every CrypTen protocol first opens masked
-    values and only then touches the correlated share, so the dealer's round trip overlaps
-    the parties' own round instead of adding one.
+    a placeholder, and :meth:`settle` (called by the link each time a party's message has
+    arrived) writes the dealer's share into it. Every protocol first opens masked values
+    (a round that ends with a message from a party) and only then touches the correlated
+    share, so the dealer's work overlaps the parties' whole round instead of adding one.
     """
 
     NAME = "DEALER"

@@ -44,7 +44,9 @@ class Link:
         self.recorder = recorder
         self.timeout = timeout
         self.dealer = dealer
-        self.before_wait: Callable[[], None] | None = None  # runs before waiting for a party
+        # runs after each message from a party: the dealer's deferred shares are settled
+        # there (see DealerProvider), once the round they overlap has come back
+        self.after_party_recv: Callable[[], None] | None = None
         self._aborted = False
 
     @property
@@ -113,8 +115,6 @@ class Link:
         self.recorder.sent(nbytes, dealer=peer == self.dealer)
 
     def _recv(self, peer: str) -> Any:
-        if self.before_wait is not None and peer != self.dealer:
-            self.before_wait()
         start = clock()
         try:
             payload = self.channel.recv(peer, TAG, timeout=self.timeout)
@@ -127,6 +127,8 @@ class Link:
             raise PeerError(f"MPC stopped: {culprit} failed (reported by {peer})", peer=culprit)
         nbytes = payload.nbytes if hasattr(payload, "nbytes") else len(payload)
         self.recorder.received(nbytes, clock() - start, dealer=peer == self.dealer)
+        if self.after_party_recv is not None and peer != self.dealer:
+            self.after_party_recv()
         return payload
 
     def malformed(self, peer: str, what: str) -> PeerError:

@@ -117,11 +117,11 @@ def _start(
 ) -> None:
     crypten.cfg.communicator.verbose = True  # CrypTen's own counters, for comparison
     if session.provider == "dealer":
-        deferred = session.transport == "grpc"  # settled by our link before each wait
+        deferred = session.transport == "grpc"  # settled by our link as rounds come back
         session.dealer_provider = DealerProvider(link, session.rank, deferred=deferred)
         _providers()[DealerProvider.NAME] = session.dealer_provider
         if deferred:
-            link.before_wait = session.dealer_provider.settle
+            link.after_party_recv = session.dealer_provider.settle
         # every comparison (relu, gt, max, sigmoid's sign...) runs the dealer's protocol
         provider = session.dealer_provider
         session.install_protocol(MPCTensor, "_ltz", lambda ltz: compare.make_ltz(provider, ltz))

@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 
 from smpc_synth.data.layout import Layout
+from smpc_synth.mpc import functions
 from smpc_synth.mpc.compat import import_crypten
+from smpc_synth.mpc.session import comparison_provider
 
 crypten = import_crypten()
 
@@ -28,7 +30,7 @@ class SpanMap:
         self.continuous = torch.tensor(cont, dtype=torch.long)
         self.onehot = torch.tensor([i for s in onehot for i in range(s.start, s.stop)])
         self.n_spans = len(onehot)
-        widest = max((s.width for s in onehot), default=1)
+        self.widest = widest = max((s.width for s in onehot), default=1)
         gather = torch.zeros(self.n_spans, widest, dtype=torch.long)
         offset = torch.full((self.n_spans, widest), -PAD_OFFSET)
         member = torch.zeros(len(self.onehot), self.n_spans)  # column -> span (0/1)
@@ -47,10 +49,20 @@ class SpanMap:
         self.to_layout = torch.argsort(order)
 
     def softmax(self, raw):
-        """Softmax within each one-hot span of ``raw`` (rows, width): (rows, one-hot cols)."""
+        """Softmax within each one-hot span of ``raw`` (rows, width): (rows, one-hot cols).
+
+        With the dealer: ``exp(l - max) / sum``, the max by a tournament of our comparisons
+        and the sum's reciprocal knowing the sum lies in ``[1, widest span]`` (the max's
+        own term is 1, padding's is 0). Otherwise CrypTen's softmax."""
         rows = raw.size(0)
         logits = raw[:, self.gather] + self.offset
-        probs = logits.softmax(dim=2)
+        provider = comparison_provider()
+        if provider is None:
+            probs = logits.softmax(dim=2)
+        else:
+            numerator = (logits - functions.maximum(logits, provider)).exp()
+            denominator = numerator.sum(dim=2, keepdim=True)
+            probs = numerator * functions.reciprocal_in_range(denominator, 1.0, self.widest)
         return probs.reshape(rows, -1)[:, self.valid]
 
     def span_sums(self, values):

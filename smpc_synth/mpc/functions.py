@@ -1,0 +1,66 @@
+"""Functions on shared tensors that CrypTen computes in general and we need in a narrow case.
+
+- :func:`maximum` along the last dimension by a tournament of our comparisons, each with its
+  product fused into the last round (4 rounds a level). CrypTen's ``max(dim)`` also builds a
+  one-hot argmax and checks ties, which a softmax does not need.
+- :func:`reciprocal_in_range` for values known to lie in ``[low, high]`` (a softmax's
+  denominator lies in ``[1, span width]``): Newton's iteration from the best linear guess,
+  with no ``exp`` for the guess and only the iterations the range needs. CrypTen's general
+  reciprocal spends an ``exp`` and 10 iterations.
+"""
+
+from __future__ import annotations
+
+import math
+
+from smpc_synth.mpc import compare
+from smpc_synth.mpc.compat import import_crypten
+
+crypten = import_crypten()
+
+RESOLUTION_BITS = 18  # Newton stops once its relative error is below 2^-18 (16-bit fixed point)
+
+
+def _like(x, share):
+    out = crypten.mpc.MPCTensor.from_shares(share.view(x.size()))
+    out.encoder = x.encoder
+    return out
+
+
+def maximum(x, provider):
+    """The largest element along the last dimension of the MPCTensor ``x`` (keepdim)."""
+    while x.size(-1) > 1:
+        if x.size(-1) % 2:  # an odd one out plays itself: the maximum is unchanged
+            x = crypten.cat([x, x[..., :1]], dim=-1)
+        half = x.size(-1) // 2
+        a, b = x[..., :half], x[..., half:]
+        diff = a - b
+        _, (negative_part,) = compare.sign_bits(diff.share, provider, [diff.share])
+        x = a - _like(diff, negative_part)  # a - min(a - b, 0) = max(a, b)
+    return x
+
+
+def reciprocal_iterations(low: float, high: float) -> int:
+    """Newton steps that take the linear guess of :func:`reciprocal_in_range` to
+    :data:`RESOLUTION_BITS` bits of relative precision."""
+    ratio = high / low
+    error = 1 - 8 * ratio / (ratio**2 + 6 * ratio + 1)  # the guess's worst relative error
+    if error <= 2.0**-RESOLUTION_BITS:
+        return 0
+    return max(0, math.ceil(math.log2(RESOLUTION_BITS * math.log(2) / -math.log(error))))
+
+
+def reciprocal_in_range(x, low: float, high: float):
+    """``1 / x`` for an MPCTensor ``x`` whose every element lies in ``[low, high]``.
+
+    The guess ``y0 = b (low + high) - b x`` with ``b = 8 / (high^2 + 6 high low + low^2)``
+    is the linear function whose relative error ``1 - x y0`` is smallest in the worst case
+    over the range; Newton's step ``y (2 - x y)`` squares that error.
+    """
+    if not 0 < low <= high:
+        raise ValueError(f"need 0 < low <= high, got [{low}, {high}]")
+    slope = 8.0 / (high**2 + 6 * high * low + low**2)
+    y = x * -slope + slope * (low + high)
+    for _ in range(reciprocal_iterations(low, high)):
+        y = y * (2 - x * y)
+    return y

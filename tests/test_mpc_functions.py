@@ -1,0 +1,71 @@
+"""Our narrow-case functions (tournament max, ranged reciprocal, span softmax) with the dealer,
+over the real gRPC mesh, against plaintext."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_mpc_harness import (
+    PARTY_NAMES,
+    assert_all_ok,
+    functions_inputs,
+    functions_program,
+    run_mpc,
+)
+
+from smpc_synth.data.layout import Layout, Span
+from smpc_synth.models.spans import activate
+from smpc_synth.mpc import functions
+
+LAYOUT = Layout(
+    (
+        Span("x", 0, 1, "continuous"),
+        Span("a", 1, 3, "onehot"),
+        Span("b", 4, 6, "onehot"),
+        Span("c", 10, 2, "onehot"),
+    )
+)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    outcomes = run_mpc(tmp_path_factory.mktemp("functions"), 2, functions_program, layout=LAYOUT)
+    assert_all_ok(outcomes)
+    return outcomes[PARTY_NAMES[0]].result["result"]
+
+
+def test_tournament_maximum_matches_torch_for_every_width(results):
+    x = functions_inputs()["max_in"]
+    for width, got in enumerate(results["maxima"], start=1):
+        expected = x[..., :width].max(dim=-1, keepdim=True).values
+        torch.testing.assert_close(torch.tensor(got), expected, atol=1e-4, rtol=0)
+
+
+def test_ranged_reciprocal_matches_torch(results):
+    x = functions_inputs()["recip_in"]
+    torch.testing.assert_close(torch.tensor(results["reciprocal"]), 1 / x, atol=3e-4, rtol=1e-3)
+
+
+def test_span_softmax_matches_plaintext_and_beats_cryptens_rounds(results):
+    logits = functions_inputs()["logits"]
+    onehot = [i for s in LAYOUT.spans if s.kind == "onehot" for i in range(s.start, s.stop)]
+    expected = activate(logits, LAYOUT)[:, onehot]
+    # exp is (1 + x/256)^256, as in CrypTen: off by up to ~0.2% of a probability
+    torch.testing.assert_close(torch.tensor(results["softmax"]), expected, atol=5e-3, rtol=0)
+    # widest span 6: 3 tournament levels of 4 rounds, exp's 8 squarings, 1 + 2x4 for the
+    # reciprocal; CrypTen's own softmax takes about 60
+    assert results["softmax_rounds"] <= 32
+
+
+@pytest.mark.parametrize(("low", "high"), [(1.0, 6.0), (1.0, 64.0), (0.5, 0.5), (2.0, 3.0)])
+def test_reciprocal_iterations_reach_the_resolution(low, high):
+    ratio = high / low
+    error = 1 - 8 * ratio / (ratio**2 + 6 * ratio + 1)
+    steps = functions.reciprocal_iterations(low, high)
+    assert error ** (2**steps) <= 2.0**-functions.RESOLUTION_BITS
+    assert steps == 0 or error ** (2 ** (steps - 1)) > 2.0**-functions.RESOLUTION_BITS
+
+
+def test_ranged_reciprocal_refuses_a_bad_range():
+    with pytest.raises(ValueError, match="low <= high"):
+        functions.reciprocal_in_range(None, 2.0, 1.0)
