@@ -57,6 +57,26 @@ def test_span_softmax_matches_plaintext_and_beats_cryptens_rounds(results):
     assert results["softmax_rounds"] <= 32
 
 
+def test_ranged_log_matches_torch(results):
+    x = functions_inputs()["recip_in"]
+    torch.testing.assert_close(torch.tensor(results["log"]), torch.log(x), atol=3e-4, rtol=0)
+
+
+def test_log_of_the_true_category_matches_plaintext_log_softmax(results):
+    inputs = functions_inputs()
+    logits, target = inputs["logits"], inputs["target"]
+    expected, start = [], 0
+    for span in (s for s in LAYOUT.spans if s.kind == "onehot"):
+        log_p = torch.log_softmax(logits[:, span.start : span.stop], dim=1)
+        expected.append((log_p * target[:, start : start + span.width]).sum(1))
+        start += span.width
+    expected = torch.stack(expected, dim=1)
+    # exp's (1 + x/256)^256 is off by up to ~5% for the smallest terms of a sum
+    torch.testing.assert_close(torch.tensor(results["log_hit"]), expected, atol=0.02, rtol=0)
+    # the softmax, one product for the true logit, and 4 rounds of powers for the log
+    assert results["log_hit_rounds"] <= results["softmax_rounds"] + 6
+
+
 @pytest.mark.parametrize(("low", "high"), [(1.0, 6.0), (1.0, 64.0), (0.5, 0.5), (2.0, 3.0)])
 def test_reciprocal_iterations_reach_the_resolution(low, high):
     ratio = high / low
@@ -69,3 +89,13 @@ def test_reciprocal_iterations_reach_the_resolution(low, high):
 def test_ranged_reciprocal_refuses_a_bad_range():
     with pytest.raises(ValueError, match="low <= high"):
         functions.reciprocal_in_range(None, 2.0, 1.0)
+
+
+@pytest.mark.parametrize(("low", "high"), [(1.0, 2.0), (1.0, 6.0), (1.0, 16.0), (0.5, 0.5)])
+def test_log_polynomial_is_within_tolerance_on_its_range(low, high):
+    coefficients = functions.log_polynomial(low, high)
+    x = torch.linspace(low, high, 1001, dtype=torch.float64)
+    t = (x - (low + high) / 2) / max((high - low) / 2, 1e-12)
+    value = sum(float(c) * t**k for k, c in enumerate(coefficients))
+    assert (value - torch.log(x)).abs().max() <= functions.LOG_TOLERANCE
+    assert len(coefficients) <= functions.LOG_MAX_DEGREE + 1

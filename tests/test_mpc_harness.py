@@ -279,6 +279,14 @@ def functions_inputs() -> dict[str, torch.Tensor]:
         "max_in": (torch.randn(6, 3, 7, generator=g) * 4).round(decimals=2),
         "recip_in": torch.linspace(1.0, 6.0, 50),
         "logits": torch.randn(30, 12, generator=g) * 3,
+        # one-hot rows for the one-hot columns of tests/test_mpc_functions.py's LAYOUT
+        "target": torch.cat(
+            [
+                torch.nn.functional.one_hot(torch.randint(0, w, (30,), generator=g), w).float()
+                for w in (3, 6, 2)
+            ],
+            dim=1,
+        ),
     }
 
 
@@ -292,12 +300,21 @@ def functions_program(rank: int, layout) -> dict[str, Any]:
     x = session.crypten.cryptensor(inputs["max_in"], src=0)
     maxima = [functions.maximum(x[..., :w], provider).get_plain_text() for w in range(1, 8)]
     y = session.crypten.cryptensor(inputs["recip_in"], src=1)
+    spans = SpanMap(layout)
+    logits = session.crypten.cryptensor(inputs["logits"], src=0)
     rounds = session.traffic().rounds
-    probs = SpanMap(layout).softmax(session.crypten.cryptensor(inputs["logits"], src=0))
+    probs = spans.softmax(logits)
     softmax_rounds = session.traffic().rounds - rounds
+    target = session.crypten.cryptensor(inputs["target"], src=1)
+    rounds = session.traffic().rounds
+    _, log_hit = spans.softmax_and_log_hit(logits, target)
+    log_hit_rounds = session.traffic().rounds - rounds
     return {
         "maxima": [m.tolist() for m in maxima],
         "reciprocal": functions.reciprocal_in_range(y, 1.0, 6.0).get_plain_text().tolist(),
+        "log": functions.log_in_range(y, 1.0, 6.0).get_plain_text().tolist(),
         "softmax": probs.get_plain_text().tolist(),
         "softmax_rounds": softmax_rounds,
+        "log_hit": log_hit.get_plain_text().tolist(),
+        "log_hit_rounds": log_hit_rounds,
     }

@@ -54,16 +54,44 @@ class SpanMap:
         With the dealer: ``exp(l - max) / sum``, the max by a tournament of our comparisons
         and the sum's reciprocal knowing the sum lies in ``[1, widest span]`` (the max's
         own term is 1, padding's is 0). Otherwise CrypTen's softmax."""
-        rows = raw.size(0)
-        logits = raw[:, self.gather] + self.offset
         provider = comparison_provider()
         if provider is None:
-            probs = logits.softmax(dim=2)
-        else:
-            numerator = (logits - functions.maximum(logits, provider)).exp()
-            denominator = numerator.sum(dim=2, keepdim=True)
-            probs = numerator * functions.reciprocal_in_range(denominator, 1.0, self.widest)
-        return probs.reshape(rows, -1)[:, self.valid]
+            return self._columns(self._gathered(raw).softmax(dim=2))
+        probs, _, _ = self._softmax_parts(raw, provider)
+        return probs
+
+    def softmax_and_log_hit(self, raw, target):
+        """The span softmax of ``raw``, and per span the log of the probability it gives the
+        category ``target`` (one-hot, as the one-hot columns) marks: (rows, spans).
+
+        With the dealer the log is ``(l_true - max) - log(sum)``, the log of a value in
+        ``[1, widest span]`` (4 rounds), not the log of a probability that may be tiny."""
+        provider = comparison_provider()
+        if provider is None:
+            probs = self.softmax(raw)
+            return probs, self.span_sums(probs * target).log()
+        probs, shifted, denominator = self._softmax_parts(raw, provider)
+        true_logit = self.span_sums(self._columns(shifted) * target)
+        log_sum = functions.log_in_range(denominator.view(raw.size(0), -1), 1.0, self.widest)
+        return probs, true_logit - log_sum
+
+    def _gathered(self, raw):
+        """(rows, spans, widest) logits, padding far below every real logit of its row."""
+        return raw[:, self.gather] + self.offset
+
+    def _columns(self, per_slot):
+        """(rows, spans, widest) -> (rows, one-hot cols): drop the padding."""
+        return per_slot.reshape(per_slot.size(0), -1)[:, self.valid]
+
+    def _softmax_parts(self, raw, provider):
+        """Probabilities (rows, one-hot cols), shifted logits ``l - max`` and the
+        denominators (rows, spans, 1), which lie in ``[1, widest]``."""
+        logits = self._gathered(raw)
+        shifted = logits - functions.maximum(logits, provider)
+        numerator = shifted.exp()
+        denominator = numerator.sum(dim=2, keepdim=True)
+        probs = numerator * functions.reciprocal_in_range(denominator, 1.0, self.widest)
+        return self._columns(probs), shifted, denominator
 
     def span_sums(self, values):
         """Per-span sums of one-hot columns: (rows, one-hot cols) -> (rows, spans)."""

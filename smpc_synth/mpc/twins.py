@@ -162,10 +162,9 @@ class VaeTwin(Twin):
                 recon = (sq_err * (1.0 / (2 * n * sigma.square()))).sum()
                 d_cont = err * (hp.recon_weight / n / sigma.square()) * (1 - c.square())
             if spans.n_spans:
-                p = spans.softmax(raw)
                 target = batch[:, spans.onehot]
-                hit = spans.span_sums(p * target)  # probability of the true category per span
-                recon = recon - hit.log().sum() * (1.0 / n)
+                p, log_hit = spans.softmax_and_log_hit(raw, target)
+                recon = recon - log_hit.sum() * (1.0 / n)
                 d_oh = (p - target) * (hp.recon_weight / n)
             var = std.square()
             kl = (mu.square() + var - logvar - 1).sum() * (0.5 / n)
