@@ -419,12 +419,60 @@ def ltz(x, provider):
     return result
 
 
+def shares_like(x, share: torch.Tensor):
+    """An MPCTensor of ``share`` with the shape and encoding of the MPCTensor ``x``."""
+    out = crypten.mpc.MPCTensor.from_shares(share.view(x.size()))
+    out.encoder = x.encoder
+    return out
+
+
+def relu(x, provider, keep_product: bool = False):
+    """``x * [x >= 0]`` of an MPCTensor as ``x - x * [x < 0]``, the product riding in the
+    comparison's last round (4 rounds in all, no Beaver triple). Returns the result and the
+    sign bits, which keep one prepared product (``keep_product``) for a backward pass."""
+    bits, (negative,) = sign_bits(x.share, provider, [x.share], later=int(keep_product))
+    return x - shares_like(x, negative), bits
+
+
+def _ours(x) -> bool:
+    return x.ptype == crypten.mpc.ptype.arithmetic and x.nelement() > 0
+
+
 def make_ltz(provider, original: Callable) -> Callable:
     """A replacement for ``MPCTensor._ltz`` that runs :func:`ltz` with ``provider``."""
 
     def _ltz(self):
-        if self.ptype != crypten.mpc.ptype.arithmetic or self.nelement() == 0:
-            return original(self)
-        return ltz(self, provider)
+        return ltz(self, provider) if _ours(self) else original(self)
 
     return _ltz
+
+
+def make_relu(provider, original: Callable) -> Callable:
+    """A replacement for ``MPCTensor.relu`` that runs :func:`relu` with ``provider``."""
+
+    def _relu(self):
+        return relu(self, provider)[0] if _ours(self) else original(self)
+
+    return _relu
+
+
+def make_autograd_relu(provider, original: staticmethod) -> tuple[staticmethod, staticmethod]:
+    """``forward`` and ``backward`` for CrypTen's autograd ReLU (``crypten.nn.ReLU``): the
+    fused :func:`relu`, whose sign bits keep the product the backward pass needs (one round,
+    8 bytes an element, where CrypTen's backward is a Beaver product). ``original`` is
+    CrypTen's forward, for inputs that are not arithmetic shares."""
+
+    def forward(ctx, input):
+        if not _ours(input):
+            return original.__func__(ctx, input)  # saves CrypTen's 0/1 mask
+        out, bits = relu(input, provider, keep_product=True)
+        ctx.save_for_backward(bits)
+        return out
+
+    def backward(ctx, grad_output):
+        (saved,) = ctx.saved_tensors
+        if not isinstance(saved, SignBits):
+            return grad_output.mul(saved)
+        return grad_output - shares_like(grad_output, saved.times(grad_output.share))
+
+    return staticmethod(forward), staticmethod(backward)

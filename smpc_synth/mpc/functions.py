@@ -29,12 +29,6 @@ LOG_TOLERANCE = 1e-4  # largest error of log_in_range's polynomial (fixed point 
 LOG_MAX_DEGREE = 16  # powers up to x^16 cost 4 rounds
 
 
-def _like(x, share):
-    out = crypten.mpc.MPCTensor.from_shares(share.view(x.size()))
-    out.encoder = x.encoder
-    return out
-
-
 def maximum(x, provider):
     """The largest element along the last dimension of the MPCTensor ``x`` (keepdim)."""
     while x.size(-1) > 1:
@@ -42,9 +36,7 @@ def maximum(x, provider):
             x = crypten.cat([x, x[..., :1]], dim=-1)
         half = x.size(-1) // 2
         a, b = x[..., :half], x[..., half:]
-        diff = a - b
-        _, (negative_part,) = compare.sign_bits(diff.share, provider, [diff.share])
-        x = a - _like(diff, negative_part)  # a - min(a - b, 0) = max(a, b)
+        x = b + compare.relu(a - b, provider)[0]  # b + max(a - b, 0) = max(a, b)
     return x
 
 

@@ -138,19 +138,12 @@ class LeakyReLU:
             self.factor, self.bits = positive, None
             return x * self.factor
         self.bits, (negative,) = compare.sign_bits(x.share, provider, [x.share], later=1)
-        return x - self._scaled(_shares_like(x, negative))
+        return x - self._scaled(compare.shares_like(x, negative))
 
     def backward(self, grad, **_):
         if self.bits is None:
             return grad * self.factor
-        return grad - self._scaled(_shares_like(grad, self.bits.times(grad.share)))
-
-
-def _shares_like(x, share: torch.Tensor):
-    """An MPCTensor of ``share`` with the encoding of ``x``."""
-    out = crypten.mpc.MPCTensor.from_shares(share.view(x.size()))
-    out.encoder = x.encoder
-    return out
+        return grad - self._scaled(compare.shares_like(grad, self.bits.times(grad.share)))
 
 
 class Mlp:

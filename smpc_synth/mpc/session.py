@@ -8,6 +8,7 @@ that communicator. ``stop_crypten`` undoes all of it.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -28,6 +29,7 @@ from smpc_synth.train.base import Channel, TrafficStats
 
 crypten = import_crypten()
 import crypten.communicator as crypten_comm  # noqa: E402
+from crypten.gradients import AutogradReLU  # noqa: E402
 from crypten.mpc import MPCTensor  # noqa: E402
 from crypten.mpc.primitives import beaver as crypten_beaver  # noqa: E402
 
@@ -58,8 +60,9 @@ class MpcSession:
     _protocols: list[tuple[Any, str, Any, Any]] = field(default_factory=list)
 
     def install_protocol(self, owner: Any, name: str, make: Any) -> None:
-        """Replace ``owner.name`` with ``make(original)`` until the session ends."""
-        original = getattr(owner, name)
+        """Replace ``owner.name`` with ``make(original)`` until the session ends (``original``
+        as stored: a staticmethod stays one)."""
+        original = inspect.getattr_static(owner, name)
         ours = make(original)
         setattr(owner, name, ours)
         self._protocols.append((owner, name, ours, original))
@@ -125,6 +128,12 @@ def _start(
         # every comparison (relu, gt, max, sigmoid's sign...) runs the dealer's protocol
         provider = session.dealer_provider
         session.install_protocol(MPCTensor, "_ltz", lambda ltz: compare.make_ltz(provider, ltz))
+        session.install_protocol(MPCTensor, "relu", lambda relu: compare.make_relu(provider, relu))
+        forward, backward = compare.make_autograd_relu(
+            provider, inspect.getattr_static(AutogradReLU, "forward")
+        )
+        session.install_protocol(AutogradReLU, "forward", lambda _: forward)
+        session.install_protocol(AutogradReLU, "backward", lambda _: backward)
         session.install_protocol(crypten_beaver, beaver.PROTOCOL_NAME, beaver.make_beaver_protocol)
     else:
         log.warning(
