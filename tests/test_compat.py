@@ -299,3 +299,28 @@ def test_empty_mpc_tensor_shells_still_share_without_the_fix():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "RuntimeError"
+
+
+# --- stock baselines run CrypTen as shipped -----------------------------------------------------
+
+
+def test_shipped_crypten_undoes_only_the_speed_fixes_and_restores_them():
+    from smpc_synth.mpc import compat
+
+    getter = crypten.CrypTensor.__dict__["__getattribute__"]
+    with compat.shipped_crypten():
+        shipped = crypten.CrypTensor.__dict__["__getattribute__"]
+        assert shipped.__code__.co_name == "validate_attribute"
+        assert type(crypten.cfg.functions).__name__ == "DictConfig"
+        with pytest.raises(RuntimeError, match="not initialized"):
+            crypten.mpc.MPCTensor([])  # the full sharing again, which needs a communicator
+        crypten.cfg.functions.exp_iterations += 1  # a write straight to omegaconf...
+        assert "torchscript_exporter" in sys.modules[OLD_REGISTRATION].__name__  # still fixed
+    try:
+        assert crypten.CrypTensor.__dict__["__getattribute__"] is getter
+        assert type(crypten.cfg.functions).__name__ == "_Section"
+        assert crypten.mpc.MPCTensor([])._tensor.numel() == 0
+        # ...is seen once our cached reads are back
+        assert crypten.cfg.functions.exp_iterations == crypten.cfg.config.functions.exp_iterations
+    finally:
+        crypten.cfg.functions.exp_iterations -= 1

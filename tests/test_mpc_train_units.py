@@ -87,12 +87,13 @@ def test_inverse_sqrt_converges_cold_and_from_a_warm_start_however_x_grew(mpc, g
     torch.testing.assert_close(warm.get_plain_text(), grown.rsqrt(), atol=LSB * 8, rtol=0.05)
 
 
-def test_bucket_start_is_within_a_quarter_octave_of_the_root(mpc):
-    from smpc_synth.mpc.optim import EPS, X_MAX, bucket_start
+def test_bucket_start_is_within_half_a_bucket_of_the_root(mpc):
+    from smpc_synth.mpc.optim import BUCKET_BASE, EPS, X_MAX, bucket_start
 
     x = torch.logspace(math.log10(EPS) + 0.01, math.log10(X_MAX) - 0.01, 200)
     ratio = bucket_start(mpc.cryptensor(x)).get_plain_text() / x.rsqrt()
-    bound = 2**0.25 * 1.03  # plus fixed point's rounding of the smallest roots (~20 units)
+    # sqrt of half a bucket's ratio, plus fixed point's rounding of the smallest roots
+    bound = BUCKET_BASE**0.25 * 1.03
     assert float(ratio.max()) < bound and float(ratio.min()) > 1 / bound, ratio
 
 

@@ -8,10 +8,10 @@ run it measures, per party:
   update, batched span softmax) for whole epochs of the plaintext VAE's architecture and
   hyperparameters; the first epoch includes the optimizer's cold start;
 - ``stock``: the same networks in stock ``crypten.nn`` with CrypTen autograd, CrypTen's own
-  comparison protocol, the shared losses of :mod:`smpc_synth.models.losses` and
-  ``update_parameters`` with its default settings (SGD, gradient clipping at 100) — a few
-  steps, scaled to an epoch (over the same transport and dealer, so the gap is the
-  protocols');
+  protocols and code as shipped (:func:`smpc_synth.mpc.session.stock_protocols`), the
+  shared losses of :mod:`smpc_synth.models.losses` and ``update_parameters`` with its
+  default settings (SGD, gradient clipping at 100) — a few steps, scaled to an epoch (over
+  the same transport and dealer, so the gap is CrypTen's protocols and code);
 - ``plaintext``: the torch VAE's ``train_epoch`` on the same rows (one thread).
 
 Seconds, payload bytes sent and latency rounds per epoch are printed and written as JSON.
@@ -96,7 +96,7 @@ def _party(mesh, parties: tuple[str, ...], config: BenchConfig) -> dict[str, Any
         loop = TrainLoop(rank, sizes, SEED, config.epochs, _MemoryCheckpoints(), lambda _: None)
         train(model, X, loop, agree=lambda first: first)
         traffic_by_phase = session.traffic().by_phase
-        with session.stock_protocols():  # stock: CrypTen's protocols as shipped
+        with session.stock_protocols():  # stock: CrypTen's protocols and code as shipped
             stock = _stock_steps(session, model, X, sizes, rank, config.stock_steps)
     steps = sum(sizes) // min(model.hparams.batch_size, sum(sizes))
     return {

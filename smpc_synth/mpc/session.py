@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 
 from smpc_synth.errors import InputError
-from smpc_synth.mpc import beaver, compare, prg
+from smpc_synth.mpc import beaver, compare, compat, prg
 from smpc_synth.mpc.communicator import ChannelCommunicator, GlooCommunicator
 from smpc_synth.mpc.compat import import_crypten
 from smpc_synth.mpc.dealer import DealerProvider
@@ -283,13 +283,15 @@ def _teardown() -> None:
 
 @contextmanager
 def stock_protocols() -> Iterator[None]:
-    """Run CrypTen's own comparison and Beaver products inside the block (stock baselines).
-    With CrypTen's own provider they are already in place."""
+    """Run CrypTen as shipped inside the block, for stock baselines: its own comparison and
+    Beaver products (with CrypTen's own provider they are in place already) and none of
+    the compat fixes that only make it faster. The transport and the dealer stay."""
     session = _require_session()
     session.use_protocols(False)
     session.stock = True
     try:
-        yield
+        with compat.shipped_crypten():
+            yield
     finally:
         session.use_protocols(True)
         session.stock = False
