@@ -14,11 +14,13 @@ from smpc_synth.models import Synthesizer
 from smpc_synth.runtime.simulate import simulate
 
 PARITY_TOLERANCE = 0.03
-# breast_cancer is one batch per epoch, fair ten. The VAE's TSTR on breast_cancer swings
-# while it is under-trained (plaintext: 0.63 at 20 epochs, 0.25 at 40, 0.93 at 80), so its
-# parity is judged at 80 epochs; the gan's figures are only reported.
+# breast_cancer is one batch per epoch, fair ten. The VAE's TSTR swings while it is
+# under-trained, so its parity is judged where plaintext's TSTR has settled: on
+# breast_cancer 0.63 at 20 epochs, 0.25 at 40, 0.93 at 80; on fair 0.54 at 2 epochs, 0.58 at
+# 4, 0.53 at 6, then 0.63-0.64 from 15 to 40 (a 2-epoch MPC run once differed by 0.031).
+# The gan's figures are only reported.
 EPOCHS = {"breast_cancer": 20, "fair": 2}
-VAE_BREAST_CANCER_EPOCHS = 80
+VAE_EPOCHS = {"breast_cancer": 80, "fair": 20}
 
 pytestmark = pytest.mark.slow
 
@@ -47,9 +49,7 @@ def _figures(result) -> tuple[float, float]:
 @pytest.mark.parametrize("dataset", ["breast_cancer", "fair"])
 @pytest.mark.parametrize("generator", ["gaussian", "vae", "gan"])
 def test_mpc_matches_plaintext(tmp_path, generator, dataset):
-    epochs = None if generator == "gaussian" else EPOCHS[dataset]
-    if (generator, dataset) == ("vae", "breast_cancer"):
-        epochs = VAE_BREAST_CANCER_EPOCHS
+    epochs = {"gaussian": None, "vae": VAE_EPOCHS[dataset]}.get(generator, EPOCHS[dataset])
     mpc = _run(tmp_path, "mpc", generator, dataset, epochs, "mpc")
     plain = _run(tmp_path, "plaintext", generator, dataset, epochs, "plain")
     (q_mpc, auc_mpc), (q_plain, auc_plain) = _figures(mpc), _figures(plain)
