@@ -131,6 +131,22 @@ def test_shared_adam_follows_torch_adam(mpc, steps):
     assert gap < 0.25 * moved, (float(gap), float(moved))
 
 
+def test_adam_clamps_a_second_moment_that_drifted_below_zero(mpc):
+    """Truncation errors random-walk v below 0 where gradients stay 0; x = v + EPS < 0
+    would make 1/sqrt diverge and the parameter jump. Every V_CLAMP_EVERY steps v >= 0."""
+    from smpc_synth.mpc.optim import EPS, V_CLAMP_EVERY, AdamSettings, SharedAdam
+
+    shared = SharedAdam(AdamSettings(lr=1e-3), 4)
+    shared.t = V_CLAMP_EVERY - 1  # the next step clamps
+    shared.m = mpc.cryptensor(torch.full((4,), 0.1))
+    shared.v = mpc.cryptensor(torch.tensor([-3 * EPS, -1.5 * EPS, 0.0, 1.0]))
+    params = shared.step(mpc.cryptensor(torch.zeros(4)), mpc.cryptensor(torch.zeros(4)))
+    assert (shared.v.get_plain_text() >= 0).all()
+    assert float(shared.inv_root.get_plain_text().max()) <= EPS**-0.5 * 1.05
+    # a bounded Adam step: lr * m / sqrt(EPS) at most
+    assert float(params.get_plain_text().abs().max()) <= 1e-3 * 0.1 * EPS**-0.5 * 1.05
+
+
 @pytest.mark.parametrize("generator", ["vae", "gan"])
 def test_twin_step_matches_the_plaintext_step(mpc, generator):
     from smpc_synth.models import get_generator

@@ -55,6 +55,11 @@ BUCKET_ITERS = 5
 # ends 0.4% off, a 1-step start 2% off ends 0.06% off.
 STEADY_ITERS = ((0.02, 1), (0.2, 2))
 SAFE_GROWTH = 1.8  # x below 1.8x its previous value: x * y_prev^2 < 3, Newton converges
+# v's truncation errors (about 1 unit of fixed point a step, either sign) random-walk where
+# the gradient stays 0; below -EPS, x = v + EPS is negative and Newton's 1/sqrt diverges,
+# wrecking that parameter (a 3-party VAE run did so after ~200 epochs). Clamping v at 0
+# every 8 steps (one fused ReLU, 4 rounds) keeps the walk within 8 units of EPS's 26.
+V_CLAMP_EVERY = 8
 
 
 @dataclass
@@ -95,6 +100,8 @@ class SharedAdam:
             g = g + params * (s.weight_decay * GRAD_SCALE)
         self.m = _ema(self.m, g, c1)
         self.v = _ema(self.v, g.square(), c2)
+        if self.t % V_CLAMP_EVERY == 0:
+            self.v = self.v.relu()  # see V_CLAMP_EVERY
         x = self.v + EPS
         steady = next((n for weight, n in STEADY_ITERS if c2 <= weight), None)
         if steady is not None and self.inv_root is not None and self.last_x is not None:
