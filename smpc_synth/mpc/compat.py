@@ -168,14 +168,13 @@ def _config_getattribute(self, name: str) -> Any:
         cache = (root, {})
         object.__setattr__(self, "_sections", cache)
     sections = cache[1]
-    if name in sections:
-        return sections[name]
-    value = root
-    for key in name.split("."):
-        value = getattr(value, key)
-    if isinstance(value, DictConfig) and "." not in name:
-        value = sections[name] = _Section(value)
-    return value
+    head, *rest = name.split(".")  # a dotted name reads through the section (and overrides)
+    if head not in sections:
+        value = getattr(root, head)
+        if not isinstance(value, DictConfig):
+            return value
+        sections[head] = _Section(value)
+    return functools.reduce(getattr, rest, sections[head])
 
 
 _UNSET = object()

@@ -6,9 +6,8 @@ only that party and the dealer know. Every party draws its share of each tuple f
 stream (AES-CTR, :mod:`smpc_synth.mpc.prg`); for the one value that must be correlated
 (``c = a*b``, ``r^2``, the wraps of ``r``, the arithmetic copy of a random bit) the dealer
 computes party 0's share as the value minus the other parties' PRG shares and sends it to
-party 0 alone. So no data party sees a tuple
-in the clear, and the dealer sees no data. The arithmetic is that of CrypTen's ``TTPServer``;
-the transport and the PRG are ours.
+party 0 alone. So no data party sees a tuple in the clear, and the dealer sees no data. The
+arithmetic is that of CrypTen's ``TTPServer``; the transport and the PRG are ours.
 
 Party 0 asks for each tuple as CrypTen requests it; the dealer only accepts the ops, sizes
 and keyword arguments that CrypTen's protocols use.
@@ -196,7 +195,7 @@ class _TupleMaker:
     def _sum(self, size: torch.Size, skip_first: bool = False) -> torch.Tensor:
         """The sum of the parties' ring shares (int64 wraps: mod 2^64)."""
         streams = self.streams[1:] if skip_first else self.streams
-        total = streams[0].ring(size).clone() if streams else torch.zeros(size, dtype=torch.long)
+        total = streams[0].ring(size) if streams else torch.zeros(size, dtype=torch.long)
         for stream in streams[1:]:
             total += stream.ring(size)
         return total

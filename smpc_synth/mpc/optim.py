@@ -171,7 +171,7 @@ def bucket_start(x):
     middle of x's bucket ``[EPS B^k, EPS B^(k+1))``, from one comparison against every
     bucket boundary.
 
-    ``y0 = v_0 + sum_k [x > EPS 2^k] (v_k - v_(k-1))``; the 0/1 comparison results are
+    ``y0 = v_0 + sum_k [x > EPS B^k] (v_k - v_(k-1))``; the 0/1 comparison results are
     integers, so multiplying them by the encoded differences is exact and local. The
     differences are taken between rounded values, so the sum is exactly the encoded v_k.
     """

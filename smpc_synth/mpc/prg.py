@@ -2,7 +2,7 @@
 
 CrypTen's TTP draws shares with ``torch.randint`` on a Mersenne Twister, which is neither a
 cryptographic PRG (its state follows from 624 outputs) nor fast (about 15 ns per 64-bit
-word here). An AES-CTR keystream is both: about 2.5 ns per word with AES-NI, through the
+word here). An AES-CTR keystream is both: about 3 ns per word with AES-NI, through the
 ``cryptography`` package. The dealer and one party share each key; nobody else can predict
 the stream.
 """
