@@ -272,6 +272,26 @@ def comparison_rounds_program(rank: int) -> dict[str, Any]:
     return out
 
 
+def dealer_cpu_program(rank: int) -> dict[str, Any]:
+    """Party 0 reads the dealer's CPU clock around a large matmul the dealer must serve;
+    the result checks that the tuples still line up after the readings."""
+    from smpc_synth.mpc import session
+
+    provider = session.comparison_provider()
+    x = session.crypten.cryptensor(torch.eye(256), src=0)
+    w = session.crypten.cryptensor(torch.linspace(-1, 1, 256 * 256).view(256, 256), src=1)
+    before = provider.dealer_cpu_seconds() if rank == 0 else None
+    product = x.matmul(w).get_plain_text()
+    after = provider.dealer_cpu_seconds() if rank == 0 else None
+    refused = None
+    if rank == 1:
+        try:
+            provider.dealer_cpu_seconds()
+        except RuntimeError as err:
+            refused = str(err)
+    return {"before": before, "after": after, "product": product.tolist(), "refused": refused}
+
+
 def functions_inputs() -> dict[str, torch.Tensor]:
     """Inputs of :func:`functions_program`, reproducible anywhere."""
     g = torch.Generator().manual_seed(5)

@@ -11,6 +11,7 @@ from test_mpc_harness import (
     SENT_OBJECT,
     assert_all_ok,
     comparison_rounds_program,
+    dealer_cpu_program,
     loop_program,
     ops_program,
     plaintext_ops,
@@ -142,3 +143,16 @@ def test_stock_protocols_switch_to_cryptens_protocols_and_back(tmp_path):
     assert result["stock"]["rounds"] == 10
     assert result["ours"]["beaver"] == result["after"]["beaver"] == "smpc_synth.mpc.beaver"
     assert result["stock"]["beaver"] == "crypten.mpc.primitives.beaver"
+
+
+def test_party_zero_reads_the_dealers_cpu_clock_between_tuples(tmp_path):
+    """Benchmarks charge the dealer's CPU time to each op; the query must not disturb the
+    tuple stream, and only party 0 (the one the dealer answers) may ask."""
+    outcomes = run_mpc(tmp_path, 2, dealer_cpu_program, seed=SEED)
+    assert_all_ok(outcomes)
+    first = outcomes[PARTY_NAMES[0]].result["result"]
+    # a 256x256 triple: the dealer draws and multiplies 2^16-element tensors in between
+    assert first["after"] > first["before"] > 0
+    expected = torch.linspace(-1, 1, 256 * 256).view(256, 256)
+    torch.testing.assert_close(torch.tensor(first["product"]), expected, atol=1e-3, rtol=0)
+    assert "only party 0" in outcomes[PARTY_NAMES[1]].result["result"]["refused"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -114,13 +115,34 @@ def _bench_party(
                 crypten.communicator.get().barrier()
                 session.reset_traffic()
                 seconds = []
+                cpu = _CpuClock(session, rank, setup)
                 for _ in range(REPEATS):
                     start = time.perf_counter()
                     step()
                     seconds.append(time.perf_counter() - start)
-                records.append(_record(session, op, setup, len(parties), seconds))
+                record = _record(session, op, setup, len(parties), seconds)
+                records.append({**record, **cpu.read(mesh.me)})
                 crypten.communicator.get().barrier()
     return records
+
+
+class _CpuClock:
+    """CPU seconds per measured run of an op: this party's process (all threads, so gRPC's
+    and gloo's too) and, read by party 0, the dealer's. With more members than cores the
+    wall time cannot fall below their sum divided by the cores."""
+
+    def __init__(self, session, rank: int, setup: Setup) -> None:
+        provider = session.comparison_provider() if setup.provider == "dealer" else None
+        self._dealer = provider if rank == 0 else None
+        self._start = time.process_time()
+        self._dealer_start = self._dealer.dealer_cpu_seconds() if self._dealer else None
+
+    def read(self, me: str) -> dict[str, Any]:
+        mine = (time.process_time() - self._start) / REPEATS
+        by_member = {me: mine}
+        if self._dealer is not None:
+            by_member[DEALER] = (self._dealer.dealer_cpu_seconds() - self._dealer_start) / REPEATS
+        return {"cpu_seconds_by_member": by_member}
 
 
 def _make_op(crypten, op: str, setup: Setup):
@@ -210,6 +232,9 @@ def _merge(per_party: list[list[dict]]) -> list[dict]:
         for key in ("seconds", "bytes_per_party", "rounds", "crypten_bytes", "crypten_rounds"):
             values = [r[key] for r in records if r[key] is not None]
             record[key] = max(values) if values else None
+        by_member = {k: v for r in records for k, v in r["cpu_seconds_by_member"].items()}
+        record["cpu_seconds_by_member"] = by_member
+        record["cpu_seconds"] = sum(by_member.values())
         merged.append(record)
     return merged
 
@@ -253,6 +278,8 @@ def _theory_record(op: str, parties: int) -> dict[str, Any]:
         "crypten_rounds": None,
         "dealer_bytes_received": None,
         "phases": {},
+        "cpu_seconds": None,
+        "cpu_seconds_by_member": {},
     }
 
 
@@ -264,7 +291,7 @@ def format_table(records: list[dict[str, Any]]) -> str:
 
     header = (
         f"{'op':<11}{'transport':<10}{'ms':>9}{'MB sent':>9}{'rounds':>8}"
-        f"{'CrypTen MB':>12}{'CrypTen rounds':>16}{'dealer MB':>11}"
+        f"{'CrypTen MB':>12}{'CrypTen rounds':>16}{'dealer MB':>11}{'CPU ms':>9}"
     )
     lines = [header, "-" * len(header)]
     for r in records:
@@ -272,11 +299,13 @@ def format_table(records: list[dict[str, Any]]) -> str:
             f"{r['op']:<11}{r['transport']:<10}{cell(r['seconds'], 1e-3):>9}"
             f"{cell(r['bytes_per_party'], 1e6, 2):>9}{cell(r['rounds'], 1, 0):>8}"
             f"{cell(r['crypten_bytes'], 1e6, 2):>12}{cell(r['crypten_rounds'], 1, 0):>16}"
-            f"{cell(r['dealer_bytes_received'], 1e6, 2):>11}"
+            f"{cell(r['dealer_bytes_received'], 1e6, 2):>11}{cell(r['cpu_seconds'], 1e-3):>9}"
         )
     lines.append(
         "per party, slowest/busiest party; 'MB sent', 'rounds': measured on our links for "
-        "grpc+tls, from CrypTen's counters (bytes / 2, calls) for gloo and stock"
+        "grpc+tls, from CrypTen's counters (bytes / 2, calls) for gloo and stock; 'CPU ms': "
+        f"all members' processes together (parties and dealer), so on this machine's "
+        f"{os.cpu_count()} cores no op can take less than CPU ms / {os.cpu_count()}"
     )
     return "\n".join(lines)
 

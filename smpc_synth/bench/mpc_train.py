@@ -20,6 +20,7 @@ Seconds, payload bytes sent and latency rounds per epoch are printed and written
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -93,7 +94,8 @@ def _party(mesh, parties: tuple[str, ...], config: BenchConfig) -> dict[str, Any
         sizes = party_sizes(len(local), rank, len(parties))
         X = encoder.transform(local)
         model = VAEGenerator(encoder.layout)
-        loop = TrainLoop(rank, sizes, SEED, config.epochs, _MemoryCheckpoints(), lambda _: None)
+        clock = _EpochCpu(session, rank, mesh.me)
+        loop = TrainLoop(rank, sizes, SEED, config.epochs, _MemoryCheckpoints(), clock.tick)
         train(model, X, loop, agree=lambda first: first)
         traffic_by_phase = session.traffic().by_phase
         with session.stock_protocols():  # stock: CrypTen's protocols and code as shipped
@@ -102,9 +104,33 @@ def _party(mesh, parties: tuple[str, ...], config: BenchConfig) -> dict[str, Any
     return {
         "ours": loop.history,
         "ours_phases": _per_epoch(traffic_by_phase, config.epochs),
+        "ours_cpu_seconds": clock.epochs,
         "stock": stock,
         "steps_per_epoch": steps,
     }
+
+
+class _EpochCpu:
+    """CPU seconds of each epoch: this party's process (all threads) and, read by party 0,
+    the dealer's. Two parties and a dealer on fewer than three cores share them, so an
+    epoch cannot take less than their sum divided by the cores."""
+
+    def __init__(self, session, rank: int, me: str) -> None:
+        self._me = me
+        self._dealer = session.comparison_provider() if rank == 0 else None
+        self._last = self._now()
+        self.epochs: list[dict[str, float]] = []
+
+    def _now(self) -> dict[str, float]:
+        now = {self._me: time.process_time()}
+        if self._dealer is not None:
+            now[DEALER] = self._dealer.dealer_cpu_seconds()
+        return now
+
+    def tick(self, _event: dict[str, Any]) -> None:
+        now = self._now()
+        self.epochs.append({k: now[k] - self._last[k] for k in now})
+        self._last = now
 
 
 def _per_epoch(by_phase: dict[str, dict[str, float]], epochs: int) -> dict[str, dict]:
@@ -211,6 +237,7 @@ def summarize(per_party: dict[str, dict[str, Any]], plaintext_seconds: float) ->
     ours = first["ours"][-1]
     stock = first["stock"]
     stock_epoch = stock["seconds_per_step"] * steps
+    cpu = {k: v for p in per_party.values() for k, v in p["ours_cpu_seconds"][-1].items()}
     return {
         "steps_per_epoch": steps,
         "ours_seconds_per_epoch": ours["epoch_seconds"],
@@ -223,6 +250,8 @@ def summarize(per_party: dict[str, dict[str, Any]], plaintext_seconds: float) ->
         "plaintext_seconds_per_epoch": plaintext_seconds,
         "mpc_over_plaintext": ours["epoch_seconds"] / plaintext_seconds,
         "stock_over_ours": stock_epoch / ours["epoch_seconds"],
+        "ours_cpu_seconds_per_epoch": cpu,
+        "cores": os.cpu_count(),
     }
 
 
@@ -253,6 +282,13 @@ def format_table(summary: dict[str, Any]) -> str:
         f"MPC / plaintext: {summary['mpc_over_plaintext']:.0f}x (target <= 100x); "
         f"stock / ours: {summary['stock_over_ours']:.1f}x (target >= 3x); "
         f"our first epoch (optimizer cold start): {summary['ours_first_epoch_seconds']:.1f} s"
+    )
+    cpu = summary["ours_cpu_seconds_per_epoch"]
+    total, cores = sum(cpu.values()), summary["cores"]
+    lines.append(
+        "CPU per epoch (ours): "
+        + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in cpu.items())
+        + f"; {total:.1f} s in all, so at least {total / cores:.1f} s on {cores} cores"
     )
     return "\n".join(lines)
 

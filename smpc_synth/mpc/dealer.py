@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -47,6 +48,7 @@ MAX_TUPLE_ELEMENTS = 1 << 26  # one request may not make the dealer allocate mor
 # that dies meanwhile is caught by the channel's heartbeats, not by this wait.
 DEALER_IDLE_TIMEOUT_S = 24 * 3600.0
 _DONE = "done"
+_CPU = "cpu"  # a benchmark asks how much CPU time the dealer has used
 
 
 def _product_size(size0: torch.Size, size1: torch.Size, op: str, kwargs: dict) -> torch.Size:
@@ -178,6 +180,15 @@ class DealerProvider(TupleProvider):
         flat = self._correlated(size, "compare", layout.count, layout.products)
         return free, layout.split(flat)
 
+    def dealer_cpu_seconds(self) -> float:
+        """The dealer process's CPU time so far, all threads (party 0 only; benchmarks
+        difference two readings to charge the dealer's work to what ran in between)."""
+        if self.party_rank != 0:
+            raise RuntimeError("only party 0 talks to the dealer")
+        self.settle()
+        self.link.send_obj(self.link.dealer, {"f": _CPU})
+        return float(self.link.recv_tensor(self.link.dealer, torch.Size([1]), torch.float64)[0])
+
     def done(self) -> None:
         """Tell the dealer this party needs no more tuples."""
         self.settle()
@@ -295,6 +306,7 @@ def serve_dealer(
     recorder: TrafficRecorder | None = None,
 ) -> dict[str, int]:
     """Serve tuples to ``parties`` (in rank order) until every party says it is done.
+    Party 0 may also ask for the dealer's CPU time so far (benchmarks charge it per op).
 
     ``timeout`` bounds each wait for a party's next message (None: the channel's default).
 
@@ -312,6 +324,9 @@ def serve_dealer(
         request = link.recv_obj(first)
         if isinstance(request, dict) and request.get("f") == _DONE:
             break
+        if isinstance(request, dict) and request.get("f") == _CPU:
+            link.send_tensor(first, torch.tensor([time.process_time()], dtype=torch.float64))
+            continue
         try:
             share = _serve_one(maker, request)
         except (ValueError, TypeError, RuntimeError) as err:

@@ -1,0 +1,50 @@
+"""``smpc-synth bench mpc-ops``: how per-party records become the reported figures."""
+
+from __future__ import annotations
+
+from smpc_synth.bench import mpc_ops
+
+
+def _party_record(me: str, seconds: float, cpu: dict[str, float], sent: float) -> dict:
+    return {
+        "op": "relu",
+        "transport": "grpc+tls",
+        "parties": 2,
+        "seconds": seconds,
+        "bytes_per_party": sent,
+        "rounds": 5.0,
+        "measured_on": "our links",
+        "crypten_bytes": 2 * sent,
+        "crypten_rounds": 7.0,
+        "dealer_bytes_received": 1e6 if me == "alice" else 0.0,
+        "phases": {},
+        "cpu_seconds_by_member": cpu,
+    }
+
+
+def test_merge_keeps_the_slowest_party_and_charges_every_members_cpu():
+    alice = _party_record("alice", 0.050, {"alice": 0.030, "dealer": 0.012}, 2e6)
+    bob = _party_record("bob", 0.052, {"bob": 0.025}, 1.5e6)
+    (merged,) = mpc_ops._merge([[alice], [bob]])
+    assert merged["seconds"] == 0.052
+    assert merged["bytes_per_party"] == 2e6
+    assert merged["cpu_seconds_by_member"] == {"alice": 0.030, "dealer": 0.012, "bob": 0.025}
+    assert abs(merged["cpu_seconds"] - 0.067) < 1e-12
+
+
+def test_table_shows_total_cpu_and_the_floor_it_sets_on_this_machine():
+    (merged,) = mpc_ops._merge(
+        [[_party_record("alice", 0.05, {"alice": 0.03, "dealer": 0.01}, 2e6)]]
+    )
+    table = mpc_ops.format_table([merged, mpc_ops._theory_record("relu", 2)])
+    header, _, row, theory, *notes = table.splitlines()
+    assert header.rstrip().endswith("CPU ms")
+    assert row.split()[-1] == "40.0"  # ms: 30 + 10
+    assert theory.split()[-1] == "-"
+    assert "cores" in notes[-1]
+
+
+def test_theory_is_the_beaver_bound_of_the_matmul():
+    n = mpc_ops.MATMUL_SIZE
+    assert mpc_ops.theoretical_bytes("matmul", 2) == 8 * (n * n + n * n)
+    assert mpc_ops.theoretical_bytes("matmul", 3) == 2 * mpc_ops.theoretical_bytes("matmul", 2)
