@@ -2,8 +2,14 @@
 
 A payload travels as dtype + shape + raw little-endian bytes, cut into frames of at most
 ``chunk_bytes``; only the dtypes in :data:`DTYPES` are accepted. Nothing here can execute
-code on the receiver (no pickle). The sender copies each slice once (the caller may reuse its
-buffer after ``send``); the receiver copies each slice once into the final array.
+code on the receiver (no pickle).
+
+Frames are the ``Frame`` message of ``tensor.proto``, but their bulk field is written and
+read here rather than by the protobuf runtime, which would copy it three times on each side
+(into a ``bytes``, into its arena, out again). The sender copies each slice once, straight
+into the serialized frame (the caller may reuse its buffer after ``send``); the receiver
+parses the frame in place and copies each slice once, into the final array. Any protobuf
+implementation reads and writes the same bytes.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from google.protobuf.message import DecodeError
 
 from smpc_synth.net.v1 import tensor_pb2 as pb
 from smpc_synth.train.base import Payload
@@ -87,20 +94,105 @@ def _raw_view(payload: Payload) -> tuple[pb.TensorHeader, memoryview]:
     return header, memoryview(array.reshape(-1).view(np.uint8))
 
 
-def encode(tag: str, payload: Payload, chunk_bytes: int) -> list[pb.Frame]:
-    """The frames of one message; each holds its own copy of at most ``chunk_bytes``."""
+class WireFrame(NamedTuple):
+    """One serialized ``Frame`` and the payload bytes it carries."""
+
+    wire: bytes
+    payload_bytes: int
+
+
+class InFrame(NamedTuple):
+    """One received ``Frame``; ``data`` is a view into the received bytes."""
+
+    tag: str
+    header: pb.TensorHeader | None
+    data: memoryview
+    last: bool
+
+
+# protobuf wire format: a field's key is (number << 3) | wire type
+_LENGTH_DELIMITED, _VARINT = 2, 0
+_FIELDS = {  # Frame's field numbers (tensor.proto) and their wire types
+    pb.Frame.TAG_FIELD_NUMBER: _LENGTH_DELIMITED,
+    pb.Frame.HEADER_FIELD_NUMBER: _LENGTH_DELIMITED,
+    pb.Frame.DATA_FIELD_NUMBER: _LENGTH_DELIMITED,
+    pb.Frame.LAST_FIELD_NUMBER: _VARINT,
+}
+_DATA_KEY = bytes([pb.Frame.DATA_FIELD_NUMBER << 3 | _LENGTH_DELIMITED])
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_varint(buffer: memoryview, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if at >= len(buffer):
+            raise CodecError("frame ends inside a varint")
+        if shift > 63:
+            raise CodecError("frame has a varint longer than 64 bits")
+        byte = buffer[at]
+        value |= (byte & 0x7F) << shift
+        at, shift = at + 1, shift + 7
+        if byte < 0x80:
+            return value, at
+
+
+def encode(tag: str, payload: Payload, chunk_bytes: int) -> list[WireFrame]:
+    """The serialized frames of one message; each copies its slice of ``payload`` once."""
     header, view = _raw_view(payload)
     starts = range(0, max(view.nbytes, 1), chunk_bytes)
-    frames = [pb.Frame(data=bytes(view[start : start + chunk_bytes])) for start in starts]
-    frames[0].tag = tag
-    frames[0].header.CopyFrom(header)
-    frames[-1].last = True
+    frames = []
+    for i, start in enumerate(starts):
+        chunk = view[start : start + chunk_bytes]
+        meta = pb.Frame(last=i == len(starts) - 1)
+        if i == 0:
+            meta.tag = tag
+            meta.header.CopyFrom(header)
+        prefix = meta.SerializeToString() + _DATA_KEY + _varint(chunk.nbytes)
+        frames.append(WireFrame(b"".join((prefix, chunk)), chunk.nbytes))
     return frames
 
 
-def frame_bytes(frames: list[pb.Frame]) -> int:
+def frame_bytes(frames: list[WireFrame]) -> int:
     """Raw payload bytes carried by ``frames``."""
-    return sum(len(frame.data) for frame in frames)
+    return sum(frame.payload_bytes for frame in frames)
+
+
+def parse_frame(wire: bytes) -> InFrame:
+    """Read one serialized ``Frame`` without copying its data; malformed input (truncated,
+    unknown or repeated fields, wrong wire types) raises :class:`CodecError`."""
+    buffer = memoryview(wire)
+    fields: dict[int, memoryview | int] = {}
+    at = 0
+    while at < len(buffer):
+        key, at = _read_varint(buffer, at)
+        number, wire_type = key >> 3, key & 7
+        if _FIELDS.get(number) != wire_type:
+            raise CodecError(f"frame has an unexpected field {number} (wire type {wire_type})")
+        if number in fields:
+            raise CodecError(f"frame repeats field {number}")
+        if wire_type == _VARINT:
+            fields[number], at = _read_varint(buffer, at)
+            continue
+        length, at = _read_varint(buffer, at)
+        if length > len(buffer) - at:
+            raise CodecError("frame ends inside a field")
+        fields[number], at = buffer[at : at + length], at + length
+    try:
+        tag = bytes(fields.get(pb.Frame.TAG_FIELD_NUMBER, b"")).decode()
+        raw_header = fields.get(pb.Frame.HEADER_FIELD_NUMBER)
+        header = None if raw_header is None else pb.TensorHeader.FromString(bytes(raw_header))
+    except (UnicodeDecodeError, DecodeError) as err:
+        raise CodecError(f"frame has an unreadable tag or header: {err}") from err
+    data = fields.get(pb.Frame.DATA_FIELD_NUMBER, memoryview(b""))
+    return InFrame(tag, header, data, bool(fields.get(pb.Frame.LAST_FIELD_NUMBER, 0)))
 
 
 class Message(NamedTuple):
@@ -123,10 +215,10 @@ class Assembler:
         self._filled = 0
         # Arrays are copied into place as frames arrive; bytes are joined once at the end.
         self._raw: np.ndarray | None = None
-        self._parts: list[bytes] = []
+        self._parts: list[memoryview] = []
 
-    def _start(self, frame: pb.Frame) -> None:
-        if not frame.HasField("header"):
+    def _start(self, frame: InFrame) -> None:
+        if frame.header is None:
             raise CodecError("first frame of a message has no header")
         header = frame.header
         _check_header(header, self._max)
@@ -137,11 +229,11 @@ class Assembler:
         self._raw = None if is_bytes else np.empty(header.nbytes, np.uint8)
         self._parts = []
 
-    def feed(self, frame: pb.Frame) -> Message | None:
+    def feed(self, frame: InFrame) -> Message | None:
         """Take one frame; return the message it completes, if any."""
         if self._header is None:
             self._start(frame)
-        elif frame.HasField("header"):
+        elif frame.header is not None:
             raise CodecError(f"frame with a new header inside message {self._tag!r}")
         header, data = self._header, frame.data
         end = self._filled + len(data)

@@ -48,7 +48,6 @@ from smpc_synth.net.v1 import (
     data_pb2_grpc,
     session_pb2,
     session_pb2_grpc,
-    tensor_pb2,
 )
 from smpc_synth.train.base import Payload, TrafficStats
 
@@ -140,12 +139,12 @@ class _Outbox:
         self._peer = peer
         self._limit = limit
         self._cond = threading.Condition()
-        self._frames: deque[tensor_pb2.Frame] = deque()
+        self._frames: deque[codec.WireFrame] = deque()
         self._queued = 0
         self._closed: str | None = None  # why nothing more may be sent
         self._failure: PeerError | None = None
 
-    def put(self, frames: list[tensor_pb2.Frame], nbytes: int, timeout: float) -> None:
+    def put(self, frames: list[codec.WireFrame], nbytes: int, timeout: float) -> None:
         """Queue one message; wait (up to ``timeout``) while the queue is over its limit."""
         with self._cond:
             has_room = self._cond.wait_for(
@@ -181,7 +180,7 @@ class _Outbox:
             self._failure = error
             self._cond.notify_all()
 
-    def __iter__(self) -> Iterator[tensor_pb2.Frame]:
+    def __iter__(self) -> Iterator[codec.WireFrame]:
         # Ends only on close: after a failure the stream must not look like a clean end
         # to the receiver, so it waits until close() has cancelled the call.
         while True:
@@ -192,7 +191,7 @@ class _Outbox:
                 if self._failure is not None or not self._frames:
                     return
                 frame = self._frames.popleft()
-                self._queued -= len(frame.data)
+                self._queued -= frame.payload_bytes
                 self._cond.notify_all()
             yield frame
 
@@ -351,7 +350,7 @@ class PeerMesh:
         servicer = _Servicer(self)
         control_pb2_grpc.add_ControlServicer_to_server(servicer, server)
         session_pb2_grpc.add_SessionServicer_to_server(servicer, server)
-        data_pb2_grpc.add_DataPlaneServicer_to_server(servicer, server)
+        _add_data_plane(servicer, server)
         try:
             if self._tls is not None:
                 port = server.add_secure_port(self._listen, server_credentials(self._tls))
@@ -637,9 +636,12 @@ class PeerMesh:
 
     def _open_streams(self) -> None:
         for peer, channel in self._channels.items():
-            call = data_pb2_grpc.DataPlaneStub(channel).Stream.future(
-                iter(self._outboxes[peer]), metadata=self._metadata
+            stream = channel.stream_unary(
+                _STREAM_METHOD,
+                request_serializer=_wire,
+                response_deserializer=data_pb2.StreamSummary.FromString,
             )
+            call = stream.future(iter(self._outboxes[peer]), metadata=self._metadata)
             call.add_done_callback(partial(self._stream_done, peer))
             self._streams[peer] = call
 
@@ -728,6 +730,28 @@ class PeerMesh:
         return self._stats.by_phase.setdefault(self._phase or "other", {})
 
 
+# Data-plane frames arrive and leave as raw bytes: codec writes and reads their bulk field
+# itself (the protobuf runtime would copy it three times a side). The method's name and its
+# reply still come from data.proto, so any gRPC client of DataPlane interoperates.
+_DATA_SERVICE = data_pb2.DESCRIPTOR.services_by_name["DataPlane"].full_name
+_STREAM_METHOD = f"/{_DATA_SERVICE}/Stream"
+
+
+def _wire(frame: codec.WireFrame) -> bytes:
+    return frame.wire
+
+
+def _add_data_plane(servicer: _Servicer, server: grpc.Server) -> None:
+    stream = grpc.stream_unary_rpc_method_handler(
+        servicer.Stream,
+        request_deserializer=None,  # raw bytes: parsed in Stream, which names a bad peer
+        response_serializer=data_pb2.StreamSummary.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(_DATA_SERVICE, {"Stream": stream}),)
+    )
+
+
 class _Servicer(
     control_pb2_grpc.ControlServicer,
     session_pb2_grpc.SessionServicer,
@@ -787,11 +811,11 @@ class _Servicer(
         )
         messages = total = 0
         try:
-            for frame in request_iterator:
+            for wire in request_iterator:
                 mesh._heard(peer)
                 if mesh._tap.enabled:
-                    mesh._tap.record(peer, frame.SerializeToString())
-                message = assembler.feed(frame)
+                    mesh._tap.record(peer, wire)
+                message = assembler.feed(codec.parse_frame(wire))
                 if message is not None:
                     mesh._inbox.put(peer, *message)
                     messages, total = messages + 1, total + message.nbytes
