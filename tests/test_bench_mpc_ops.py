@@ -48,3 +48,23 @@ def test_theory_is_the_beaver_bound_of_the_matmul():
     n = mpc_ops.MATMUL_SIZE
     assert mpc_ops.theoretical_bytes("matmul", 2) == 8 * (n * n + n * n)
     assert mpc_ops.theoretical_bytes("matmul", 3) == 2 * mpc_ops.theoretical_bytes("matmul", 2)
+
+
+def test_targets_line_says_which_step_targets_are_met():
+    def step(transport: str, seconds: float, cpu: float | None) -> dict:
+        record = _party_record("alice", seconds, {"alice": cpu or 0.0}, 5.4e6)
+        return {
+            **record,
+            "op": "train_step",
+            "transport": transport,
+            "rounds": 21.0,
+            "cpu_seconds": cpu,
+        }
+
+    line = mpc_ops.format_targets([step("grpc+tls", 0.167, 0.248), step("gloo", 0.178, None)])
+    assert "167 ms (<= 120: MISSED)" in line
+    assert "5.40 MB (<= 8: met)" in line and "21 rounds (<= 25: met)" in line
+    assert "0.94x gloo (<= 1.2: met)" in line
+    assert "CPU floor on" in line
+    slow_tls = mpc_ops.format_targets([step("grpc+tls", 0.25, None), step("gloo", 0.2, None)])
+    assert "1.25x gloo (<= 1.2: MISSED)" in slow_tls and "CPU floor" not in slow_tls

@@ -46,6 +46,9 @@ OPS = ("matmul", "relu", "train_step")
 # CrypTen counts each element sent *and* received (an all_reduce of n elements logs 2n);
 # the grpc rows, where both are known, show its count is twice the payload bytes sent.
 CRYPTEN_BYTES_PER_SENT_BYTE = 2
+# the issue's targets for one training step per party, and for our transport against gloo
+TARGET_STEP = {"seconds": 0.120, "bytes_per_party": 8e6, "rounds": 25}
+TARGET_OVER_GLOO = 1.2
 
 
 @dataclass(frozen=True)
@@ -262,7 +265,34 @@ def run_mpc_ops(
     records += [_theory_record(op, parties) for op in OPS]
     (out / "mpc_ops.json").write_text(json.dumps(records, indent=2))
     print(format_table(records))
+    print(format_targets(records))
     return records
+
+
+def format_targets(records: list[dict[str, Any]]) -> str:
+    """The training step over gRPC+TLS against :data:`TARGET_STEP` and gloo, met or not."""
+    step = {r["transport"]: r for r in records if r["op"] == "train_step"}
+    ours, gloo = step["grpc+tls"], step["gloo"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    seconds, nbytes, rounds = (ours[k] for k in ("seconds", "bytes_per_party", "rounds"))
+    over_gloo = seconds / gloo["seconds"]
+    parts = [
+        f"{seconds * 1e3:.0f} ms (<= {TARGET_STEP['seconds'] * 1e3:.0f}: "
+        f"{verdict(seconds <= TARGET_STEP['seconds'])})",
+        f"{nbytes / 1e6:.2f} MB (<= {TARGET_STEP['bytes_per_party'] / 1e6:.0f}: "
+        f"{verdict(nbytes <= TARGET_STEP['bytes_per_party'])})",
+        f"{rounds:.0f} rounds (<= {TARGET_STEP['rounds']}: "
+        f"{verdict(rounds <= TARGET_STEP['rounds'])})",
+        f"{over_gloo:.2f}x gloo (<= {TARGET_OVER_GLOO}: {verdict(over_gloo <= TARGET_OVER_GLOO)})",
+    ]
+    line = f"targets, training step over grpc+tls, {ours['parties']} parties: " + "; ".join(parts)
+    if ours.get("cpu_seconds"):
+        cores = os.cpu_count() or 1
+        line += f"; CPU floor on {cores} cores: {ours['cpu_seconds'] / cores * 1e3:.0f} ms"
+    return line
 
 
 def _theory_record(op: str, parties: int) -> dict[str, Any]:
