@@ -115,7 +115,18 @@ class NumericCodec(ColumnCodec):
     def _decode_unit(self, block: np.ndarray) -> np.ndarray: ...
 
 
-class StandardCodec(NumericCodec):
+class ScalarCodec(NumericCodec):
+    """A numeric codec whose encoding is one continuous unit."""
+
+    @property
+    def width(self) -> int:
+        return 1
+
+    def spans(self, start: int) -> list[Span]:
+        return [Span(self.spec.name, start, 1, "continuous")]
+
+
+class StandardCodec(ScalarCodec):
     """(u - mean) / sd, with sd raised where needed so every value stays within MAX_ABS."""
 
     name = "standard"
@@ -124,13 +135,6 @@ class StandardCodec(NumericCodec):
     def __init__(self, spec: ColumnSpec, n_bins: int = HIST_BINS):
         super().__init__(spec, n_bins)
         self.mean, self.scale = 0.5, 0.5
-
-    @property
-    def width(self) -> int:
-        return 1
-
-    def spans(self, start: int) -> list[Span]:
-        return [Span(self.spec.name, start, 1, "continuous")]
 
     def stats(self, values: pd.Series) -> Stats:
         u = self._unit(values)
@@ -203,7 +207,7 @@ class ModeCodec(NumericCodec):
         self.mixture = Mixture(*(np.asarray(state[k], float) for k in ("weights", "means", "sds")))
 
 
-class QuantileCodec(NumericCodec):
+class QuantileCodec(ScalarCodec):
     """Normal scores of the histogram CDF (a Gaussian on these is a Gaussian copula).
 
     Within a bin the CDF is linear. The first and last occupied bins map onto only the inner
@@ -217,13 +221,6 @@ class QuantileCodec(NumericCodec):
     def __init__(self, spec: ColumnSpec, n_bins: int = HIST_BINS):
         super().__init__(spec, n_bins)
         self.hist = np.ones(n_bins)
-
-    @property
-    def width(self) -> int:
-        return 1
-
-    def spans(self, start: int) -> list[Span]:
-        return [Span(self.spec.name, start, 1, "continuous")]
 
     def stats(self, values: pd.Series) -> Stats:
         return {"hist": self._histogram(values)}
