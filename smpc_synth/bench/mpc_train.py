@@ -12,7 +12,8 @@ run it measures, per party:
   shared losses of :mod:`smpc_synth.models.losses` and ``update_parameters`` with its
   default settings (SGD, gradient clipping at 100) — a few steps, scaled to an epoch (over
   the same transport and dealer, so the gap is CrypTen's protocols and code);
-- ``plaintext``: the torch VAE's ``train_epoch`` on the same rows (one thread).
+- ``plaintext``: the torch VAE's ``train_epoch`` on the same rows (one thread), timed by
+  the first party right after ours while the other members wait.
 
 Seconds, payload bytes sent and latency rounds per epoch are printed and written as JSON.
 """
@@ -46,7 +47,7 @@ class BenchConfig:
     rows: int = ROWS
     epochs: int = 2  # of ours; the last one is the steady-state figure
     stock_steps: int = 2  # of stock crypten.nn, scaled to an epoch
-    plaintext_epochs: int = 5
+    plaintext_epochs: int = 20  # median of these: one takes ~0.06-0.09 s, and drifts
 
 
 class _MemoryCheckpoints:
@@ -98,6 +99,10 @@ def _party(mesh, parties: tuple[str, ...], config: BenchConfig) -> dict[str, Any
         loop = TrainLoop(rank, sizes, SEED, config.epochs, _MemoryCheckpoints(), clock.tick)
         train(model, X, loop, agree=lambda first: first)
         traffic_by_phase = session.traffic().by_phase
+        # timed moments after ours on the same machine, while the other members wait idle,
+        # so a drift in the machine's speed hits both sides of the ratio alike
+        plaintext = _plaintext_seconds(config) if rank == 0 else None
+        session.crypten.communicator.get().barrier()
         with session.stock_protocols():  # stock: CrypTen's protocols and code as shipped
             stock = _stock_steps(session, model, X, sizes, rank, config.stock_steps)
     steps = sum(sizes) // min(model.hparams.batch_size, sum(sizes))
@@ -107,6 +112,7 @@ def _party(mesh, parties: tuple[str, ...], config: BenchConfig) -> dict[str, Any
         "ours_cpu_seconds": clock.epochs,
         "stock": stock,
         "steps_per_epoch": steps,
+        "plaintext_seconds": plaintext,
     }
 
 
@@ -226,7 +232,7 @@ def run_mpc_train(config: BenchConfig, workdir: Path) -> dict[str, Any]:
     if failed:
         raise PeerError(f"mpc-train: {failed[0].name} failed: {failed[0].error}", failed[0].peer)
     per_party = {name: outcomes[name].result for name in PARTIES}
-    plaintext = _plaintext_seconds(config)
+    plaintext = per_party[PARTIES[0]]["plaintext_seconds"]
     return {"config": asdict(config), "parties": per_party, **summarize(per_party, plaintext)}
 
 
