@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from smpc_synth.bench import mpc_ops
+from smpc_synth.bench.member_cpu import MemberCpu
 
 
 def _party_record(me: str, seconds: float, cpu: dict[str, float], sent: float) -> dict:
@@ -68,3 +69,13 @@ def test_targets_line_says_which_step_targets_are_met():
     assert "CPU floor on" in line
     slow_tls = mpc_ops.format_targets([step("grpc+tls", 0.25, None), step("gloo", 0.2, None)])
     assert "1.25x gloo (<= 1.2: MISSED)" in slow_tls and "CPU floor" not in slow_tls
+
+
+def test_member_cpu_laps_count_only_the_time_since_the_last_lap():
+    clock = MemberCpu(session=None, rank=1, me="bob")  # not party 0: no dealer reading
+    sum(i * i for i in range(300_000))  # burn some CPU
+    first = clock.lap()
+    second = clock.lap()
+    assert set(first) == {"bob"}
+    assert first["bob"] > 0
+    assert second["bob"] < first["bob"]

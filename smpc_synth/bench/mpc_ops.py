@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smpc_synth.bench.member_cpu import MemberCpu, cores, floor_seconds
 from smpc_synth.config import NetworkConfig
 from smpc_synth.errors import PeerError
 from smpc_synth.net.addresses import free_ports
@@ -118,34 +118,16 @@ def _bench_party(
                 crypten.communicator.get().barrier()
                 session.reset_traffic()
                 seconds = []
-                cpu = _CpuClock(session, rank, setup)
+                cpu = MemberCpu(session, rank, mesh.me, with_dealer=setup.provider == "dealer")
                 for _ in range(REPEATS):
                     start = time.perf_counter()
                     step()
                     seconds.append(time.perf_counter() - start)
                 record = _record(session, op, setup, len(parties), seconds)
-                records.append({**record, **cpu.read(mesh.me)})
+                spent = {member: s / REPEATS for member, s in cpu.lap().items()}
+                records.append({**record, "cpu_seconds_by_member": spent})
                 crypten.communicator.get().barrier()
     return records
-
-
-class _CpuClock:
-    """CPU seconds per measured run of an op: this party's process (all threads, so gRPC's
-    and gloo's too) and, read by party 0, the dealer's. With more members than cores the
-    wall time cannot fall below their sum divided by the cores."""
-
-    def __init__(self, session, rank: int, setup: Setup) -> None:
-        provider = session.comparison_provider() if setup.provider == "dealer" else None
-        self._dealer = provider if rank == 0 else None
-        self._start = time.process_time()
-        self._dealer_start = self._dealer.dealer_cpu_seconds() if self._dealer else None
-
-    def read(self, me: str) -> dict[str, Any]:
-        mine = (time.process_time() - self._start) / REPEATS
-        by_member = {me: mine}
-        if self._dealer is not None:
-            by_member[DEALER] = (self._dealer.dealer_cpu_seconds() - self._dealer_start) / REPEATS
-        return {"cpu_seconds_by_member": by_member}
 
 
 def _make_op(crypten, op: str, setup: Setup):
@@ -290,8 +272,8 @@ def format_targets(records: list[dict[str, Any]]) -> str:
     ]
     line = f"targets, training step over grpc+tls, {ours['parties']} parties: " + "; ".join(parts)
     if ours.get("cpu_seconds"):
-        cores = os.cpu_count() or 1
-        line += f"; CPU floor on {cores} cores: {ours['cpu_seconds'] / cores * 1e3:.0f} ms"
+        floor = floor_seconds(ours["cpu_seconds"])
+        line += f"; CPU floor on {cores()} cores: {floor * 1e3:.0f} ms"
     return line
 
 
@@ -335,7 +317,7 @@ def format_table(records: list[dict[str, Any]]) -> str:
         "per party, slowest/busiest party; 'MB sent', 'rounds': measured on our links for "
         "grpc+tls, from CrypTen's counters (bytes / 2, calls) for gloo and stock; 'CPU ms': "
         f"all members' processes together (parties and dealer), so on this machine's "
-        f"{os.cpu_count()} cores no op can take less than CPU ms / {os.cpu_count()}"
+        f"{cores()} cores no op can take less than CPU ms / {cores()}"
     )
     return "\n".join(lines)
 

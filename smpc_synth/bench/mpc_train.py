@@ -21,7 +21,6 @@ Seconds, payload bytes sent and latency rounds per epoch are printed and written
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -29,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from smpc_synth.bench.member_cpu import MemberCpu, cores
 from smpc_synth.config import NetworkConfig
 from smpc_synth.errors import PeerError
 
@@ -95,8 +95,16 @@ def _party(mesh, parties: tuple[str, ...], config: BenchConfig) -> dict[str, Any
         sizes = party_sizes(len(local), rank, len(parties))
         X = encoder.transform(local)
         model = VAEGenerator(encoder.layout)
-        clock = _EpochCpu(session, rank, mesh.me)
-        loop = TrainLoop(rank, sizes, SEED, config.epochs, _MemoryCheckpoints(), clock.tick)
+        cpu = MemberCpu(session, rank, mesh.me)
+        epoch_cpu: list[dict[str, float]] = []
+        loop = TrainLoop(
+            rank,
+            sizes,
+            SEED,
+            config.epochs,
+            _MemoryCheckpoints(),
+            lambda _: epoch_cpu.append(cpu.lap()),
+        )
         train(model, X, loop, agree=lambda first: first)
         traffic_by_phase = session.traffic().by_phase
         # timed moments after ours on the same machine, while the other members wait idle,
@@ -109,34 +117,11 @@ def _party(mesh, parties: tuple[str, ...], config: BenchConfig) -> dict[str, Any
     return {
         "ours": loop.history,
         "ours_phases": _per_epoch(traffic_by_phase, config.epochs),
-        "ours_cpu_seconds": clock.epochs,
+        "ours_cpu_seconds": epoch_cpu,
         "stock": stock,
         "steps_per_epoch": steps,
         "plaintext_seconds": plaintext,
     }
-
-
-class _EpochCpu:
-    """CPU seconds of each epoch: this party's process (all threads) and, read by party 0,
-    the dealer's. Two parties and a dealer on fewer than three cores share them, so an
-    epoch cannot take less than their sum divided by the cores."""
-
-    def __init__(self, session, rank: int, me: str) -> None:
-        self._me = me
-        self._dealer = session.comparison_provider() if rank == 0 else None
-        self._last = self._now()
-        self.epochs: list[dict[str, float]] = []
-
-    def _now(self) -> dict[str, float]:
-        now = {self._me: time.process_time()}
-        if self._dealer is not None:
-            now[DEALER] = self._dealer.dealer_cpu_seconds()
-        return now
-
-    def tick(self, _event: dict[str, Any]) -> None:
-        now = self._now()
-        self.epochs.append({k: now[k] - self._last[k] for k in now})
-        self._last = now
 
 
 def _per_epoch(by_phase: dict[str, dict[str, float]], epochs: int) -> dict[str, dict]:
@@ -257,7 +242,7 @@ def summarize(per_party: dict[str, dict[str, Any]], plaintext_seconds: float) ->
         "mpc_over_plaintext": ours["epoch_seconds"] / plaintext_seconds,
         "stock_over_ours": stock_epoch / ours["epoch_seconds"],
         "ours_cpu_seconds_per_epoch": cpu,
-        "cores": os.cpu_count(),
+        "cores": cores(),
     }
 
 

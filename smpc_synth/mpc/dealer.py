@@ -322,9 +322,10 @@ def serve_dealer(
     served = 0
     while True:
         request = link.recv_obj(first)
-        if isinstance(request, dict) and request.get("f") == _DONE:
+        kind = request.get("f") if isinstance(request, dict) else None
+        if kind == _DONE:
             break
-        if isinstance(request, dict) and request.get("f") == _CPU:
+        if kind == _CPU:
             link.send_tensor(first, torch.tensor([time.process_time()], dtype=torch.float64))
             continue
         try:
