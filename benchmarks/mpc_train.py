@@ -1,6 +1,6 @@
 """MPC training cost of the VAE on the 5,000-row mixed table, ours vs stock CrypTen vs torch.
 
-    python benchmarks/mpc_train.py --out benchmarks/results/mpc_train [--epochs 2]
+    python benchmarks/mpc_train.py --out benchmarks/results/mpc_train [--epochs 8]
 
 See :mod:`smpc_synth.bench.mpc_train` for what is measured.
 """
@@ -20,6 +20,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/mpc_train"))
     p.add_argument("--rows", type=int, default=defaults.rows)
     p.add_argument("--epochs", type=int, default=defaults.epochs, help="of ours (MPC)")
+    p.add_argument(
+        "--steady-epochs",
+        type=int,
+        default=defaults.steady_epochs,
+        help="the per-epoch figure is the median of this many last epochs",
+    )
     p.add_argument("--stock-steps", type=int, default=defaults.stock_steps)
     p.add_argument("--plaintext-epochs", type=int, default=defaults.plaintext_epochs)
     return p.parse_args(argv)
@@ -27,5 +33,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     args = parse_args()
-    config = BenchConfig(args.rows, args.epochs, args.stock_steps, args.plaintext_epochs)
+    if not 1 <= args.steady_epochs <= args.epochs:
+        sys.exit(f"--steady-epochs must be between 1 and --epochs ({args.epochs})")
+    config = BenchConfig(
+        rows=args.rows,
+        epochs=args.epochs,
+        steady_epochs=args.steady_epochs,
+        stock_steps=args.stock_steps,
+        plaintext_epochs=args.plaintext_epochs,
+    )
     sys.exit(main(args.out, config))

@@ -15,20 +15,26 @@ def _party(me: str, epoch_seconds: list[float], cpu: list[dict[str, float]]) -> 
     }
 
 
-def test_summary_takes_the_steady_epoch_and_every_members_cpu():
+def test_summary_takes_the_steady_epochs_and_every_members_cpu():
+    seconds = [18.0, 14.0, 13.0, 12.5, 11.0, 12.0]
+    alice_cpu = [{"alice": a, "dealer": d} for a, d in [(20, 6), (12, 5), (9, 4), (8, 4), (9.5, 3)]]
+    bob_cpu = [{"bob": b} for b in (15.0, 9.0, 7.5, 8.0, 7.0)]
     per_party = {
-        "alice": _party(
-            "alice", [18.0, 12.0], [{"alice": 20.0, "dealer": 6.0}, {"alice": 9.0, "dealer": 4.0}]
-        ),
-        "bob": _party("bob", [18.0, 12.0], [{"bob": 15.0}, {"bob": 7.5}]),
+        "alice": _party("alice", seconds, [{"alice": 30.0, "dealer": 9.0}, *alice_cpu]),
+        "bob": _party("bob", seconds, [{"bob": 20.0}, *bob_cpu]),
     }
-    summary = mpc_train.summarize(per_party, plaintext_seconds=0.1)
-    assert summary["ours_seconds_per_epoch"] == 12.0
+    summary = mpc_train.summarize(per_party, 0.1, steady_epochs=3, run_epochs=10)
+    assert summary["ours_seconds_per_epoch"] == 12.0  # median of 12.5, 11.0, 12.0
+    assert summary["ours_epoch_seconds"] == seconds
     assert summary["ours_first_epoch_seconds"] == 18.0
+    # 3 warm-up epochs as measured, then 7 steady ones
+    assert abs(summary["ours_run_mean_seconds_per_epoch"] - (45.0 + 7 * 12.0) / 10) < 1e-9
     assert summary["stock_seconds_per_epoch"] == 50.0
     assert abs(summary["mpc_over_plaintext"] - 120.0) < 1e-9
     assert summary["ours_cpu_seconds_per_epoch"] == {"alice": 9.0, "dealer": 4.0, "bob": 7.5}
     summary["cores"] = 2
     table = mpc_train.format_table(summary)
     assert "120x (target <= 100x)" in table
+    assert "the median of the last 3" in table
+    assert "a 10-epoch run averages 12.90 s an epoch, 129x plaintext" in table
     assert "20.5 s in all, so at least 10.2 s on 2 cores" in table

@@ -86,6 +86,20 @@ def test_stream_is_a_stream_whatever_the_draw_sizes():
     assert not torch.equal(prg.Stream(KEYS[1]).ring((21,)), parts)
 
 
+def test_stream_is_the_aes_ctr_keystream_across_chunks():
+    """Draws larger than the shared run of zeros are filled a chunk at a time; the words
+    must still be AES-128-CTR's keystream from counter 0."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    words = prg._ZERO_CHUNK // 8 * 2 + 3  # two whole chunks and a partial one
+    stream = prg.Stream(KEYS[0])
+    drawn = torch.cat([stream.ring((5,)), stream.ring((words - 5,))])
+    encryptor = Cipher(algorithms.AES(KEYS[0]), modes.CTR(bytes(16))).encryptor()
+    keystream = encryptor.update(bytes(words * 8)) + encryptor.finalize()
+    expected = torch.frombuffer(bytearray(keystream), dtype=torch.int64)
+    assert torch.equal(drawn, expected)
+
+
 def test_stream_words_look_uniform():
     words = prg.Stream(KEYS[0]).ring((200_000,))
     bit_means = torch.stack([((words >> k) & 1).double().mean() for k in range(64)])

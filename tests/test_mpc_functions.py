@@ -57,6 +57,26 @@ def test_span_softmax_matches_plaintext_and_beats_cryptens_rounds(results):
     assert results["softmax_rounds"] <= 32
 
 
+def test_tanh_matches_torch_in_fewer_rounds_than_cryptens(results):
+    x = functions_inputs()["tanh_in"]
+    got = torch.tensor(results["tanh"])
+    # CrypTen's exp, (1 + y/256)^256, is the error: up to 2e-3 near 0 (y is quantised to
+    # 2^-8) and where tanh bends, none where it is flat
+    torch.testing.assert_close(got, torch.tanh(x), atol=3e-3, rtol=0)
+    assert got[-3] > 0 > got[-2]  # signs of small inputs
+    assert results["tanh_rounds"] <= 20  # CrypTen's tanh: 30 (its sigmoid, with our sign)
+
+
+def test_continuous_tanh_rides_in_the_span_softmax(results):
+    logits = functions_inputs()["logits"]
+    continuous = [s.start for s in LAYOUT.spans if s.kind == "continuous"]
+    expected = torch.tanh(logits[:, continuous])
+    # 2 softmax([2x, 0])_0 - 1 with exp as (1 + x/256)^256: ~2e-3 where tanh bends
+    torch.testing.assert_close(torch.tensor(results["span_tanh"]), expected, atol=3e-3, rtol=0)
+    # no rounds of its own: the same as the softmax of a layout without continuous columns
+    assert results["log_hit_rounds"] == results["without_tanh_rounds"]
+
+
 def test_ranged_log_matches_torch(results):
     x = functions_inputs()["recip_in"]
     torch.testing.assert_close(torch.tensor(results["log"]), torch.log(x), atol=3e-4, rtol=0)

@@ -272,6 +272,47 @@ def comparison_rounds_program(rank: int) -> dict[str, Any]:
     return out
 
 
+def arithmetic_program(rank: int) -> dict[str, Any]:
+    """Shares of the copy-free arithmetic ops (ours) and of CrypTen's (stock) on the same
+    inputs, and whether updating a result in place changed an input."""
+    from smpc_synth.mpc import session
+
+    crypten = session.crypten
+    x = crypten.cryptensor(torch.linspace(-3, 3, 64).view(8, 8), src=0)
+    y = crypten.cryptensor(torch.linspace(-1, 2, 64).view(8, 8), src=1)
+    public = torch.linspace(0.5, 1.5, 64).view(8, 8)
+    before = x.share.clone(), y.share.clone()
+    deterministic = {  # no tuple is drawn: the shares themselves must agree bit for bit
+        "add": lambda: x + y,
+        "sub": lambda: x - y,
+        "add_public": lambda: x + 1.25,
+        "sub_tensor": lambda: x - public,
+        "mul_public": lambda: x * 0.37,
+        "mul_tensor": lambda: x * public,
+        "mul_int": lambda: x * 3,
+        "matmul_public": lambda: x.matmul(public),
+        "neg": lambda: -x,
+    }
+    products = {  # Beaver products: the triples differ, the opened values may differ by an ulp
+        "mul": lambda: x * y,
+        "square": lambda: x.square(),
+        "matmul": lambda: x.matmul(y),
+    }
+
+    def run() -> dict[str, Any]:
+        out = {name: op().share.tolist() for name, op in deterministic.items()}
+        out.update({name: op().get_plain_text().tolist() for name, op in products.items()})
+        for op in (*deterministic.values(), *products.values()):
+            op().add_(1000.0).mul_(7)  # in place on the result only
+        return out
+
+    ours = run()
+    with session.stock_protocols():
+        stock = run()
+    untouched = torch.equal(x.share, before[0]) and torch.equal(y.share, before[1])
+    return {"ours": ours, "stock": stock, "untouched": untouched}
+
+
 def dealer_cpu_program(rank: int) -> dict[str, Any]:
     """Party 0 reads the dealer's CPU clock around a large matmul the dealer must serve;
     the result checks that the tuples still line up after the readings."""
@@ -298,6 +339,7 @@ def functions_inputs() -> dict[str, torch.Tensor]:
     return {
         "max_in": (torch.randn(6, 3, 7, generator=g) * 4).round(decimals=2),
         "recip_in": torch.linspace(1.0, 6.0, 50),
+        "tanh_in": torch.cat([torch.linspace(-12.0, 12.0, 97), torch.tensor([0.05, -0.03, 200.0])]),
         "logits": torch.randn(30, 12, generator=g) * 3,
         # one-hot rows for the one-hot columns of tests/test_mpc_functions.py's LAYOUT
         "target": torch.cat(
@@ -327,9 +369,19 @@ def functions_program(rank: int, layout) -> dict[str, Any]:
     softmax_rounds = session.traffic().rounds - rounds
     target = session.crypten.cryptensor(inputs["target"], src=1)
     rounds = session.traffic().rounds
-    _, log_hit = spans.softmax_and_log_hit(logits, target)
+    span_tanh, _, log_hit = spans.activate_and_log_hit(logits, target)
     log_hit_rounds = session.traffic().rounds - rounds
+    onehot_only = SpanMap(type(layout)(tuple(s for s in layout.spans if s.kind == "onehot")))
+    rounds = session.traffic().rounds
+    onehot_only.softmax_and_log_hit(logits, target)
+    without_tanh_rounds = session.traffic().rounds - rounds
+    t = session.crypten.cryptensor(inputs["tanh_in"], src=1)
+    rounds = session.traffic().rounds
+    tanh = functions.tanh(t, provider).get_plain_text()
+    tanh_rounds = session.traffic().rounds - rounds - 1  # less the opening
     return {
+        "tanh": tanh.tolist(),
+        "tanh_rounds": tanh_rounds,
         "maxima": [m.tolist() for m in maxima],
         "reciprocal": functions.reciprocal_in_range(y, 1.0, 6.0).get_plain_text().tolist(),
         "log": functions.log_in_range(y, 1.0, 6.0).get_plain_text().tolist(),
@@ -337,4 +389,6 @@ def functions_program(rank: int, layout) -> dict[str, Any]:
         "softmax_rounds": softmax_rounds,
         "log_hit": log_hit.get_plain_text().tolist(),
         "log_hit_rounds": log_hit_rounds,
+        "span_tanh": span_tanh.get_plain_text().tolist(),
+        "without_tanh_rounds": without_tanh_rounds,
     }

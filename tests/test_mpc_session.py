@@ -9,6 +9,7 @@ from test_mpc_harness import (
     PARTY_NAMES,
     SEED,
     SENT_OBJECT,
+    arithmetic_program,
     assert_all_ok,
     comparison_rounds_program,
     dealer_cpu_program,
@@ -143,6 +144,23 @@ def test_stock_protocols_switch_to_cryptens_protocols_and_back(tmp_path):
     assert result["stock"]["rounds"] == 10
     assert result["ours"]["beaver"] == result["after"]["beaver"] == "smpc_synth.mpc.beaver"
     assert result["stock"]["beaver"] == "crypten.mpc.primitives.beaver"
+
+
+def test_copy_free_arithmetic_matches_cryptens_and_leaves_inputs_alone(tmp_path):
+    outcomes = run_mpc(tmp_path, 2, arithmetic_program, seed=SEED)
+    assert_all_ok(outcomes)
+    for party in PARTY_NAMES[:2]:
+        result = outcomes[party].result["result"]
+        assert result["untouched"], party
+        ours, stock = result["ours"], result["stock"]
+        for name in ("add", "sub", "add_public", "sub_tensor", "mul_public", "mul_tensor"):
+            assert ours[name] == stock[name], (party, name)
+        for name in ("mul_int", "matmul_public", "neg"):
+            assert ours[name] == stock[name], (party, name)
+        for name in ("mul", "square", "matmul"):  # one unit of fixed point: 2^-16
+            torch.testing.assert_close(
+                torch.tensor(ours[name]), torch.tensor(stock[name]), atol=2**-15, rtol=0
+            )
 
 
 def test_party_zero_reads_the_dealers_cpu_clock_between_tuples(tmp_path):

@@ -51,10 +51,16 @@ _DONE = "done"
 _CPU = "cpu"  # a benchmark asks how much CPU time the dealer has used
 
 
+@functools.lru_cache(maxsize=4096)
+def _broadcast(size0: torch.Size, size1: torch.Size) -> torch.Size:
+    # torch.broadcast_shapes runs ~40 lines of Python (torch._refs); a step asks ~100 times
+    return torch.Size(torch.broadcast_shapes(size0, size1))
+
+
 def _product_size(size0: torch.Size, size1: torch.Size, op: str, kwargs: dict) -> torch.Size:
     """The size of ``op(a, b)``, without arithmetic."""
     if op == "mul":
-        return torch.broadcast_shapes(size0, size1)
+        return _broadcast(torch.Size(size0), torch.Size(size1))
     if op == "matmul" and len(size0) >= 1 and len(size1) >= 1:
         return _matmul_size(torch.Size(size0), torch.Size(size1))
     frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
@@ -68,7 +74,7 @@ def _matmul_size(size0: torch.Size, size1: torch.Size) -> torch.Size:
     right = size1 if len(size1) > 1 else torch.Size((*size1, 1))
     if left[-1] != right[-2]:
         raise ValueError(f"matmul of {tuple(size0)} and {tuple(size1)}: inner sizes differ")
-    batch = torch.broadcast_shapes(left[:-2], right[:-2])
+    batch = _broadcast(left[:-2], right[:-2])
     rows = (left[-2],) if len(size0) > 1 else ()
     cols = (right[-1],) if len(size1) > 1 else ()
     return torch.Size((*batch, *rows, *cols))
@@ -151,7 +157,7 @@ class DealerProvider(TupleProvider):
         """Generate xor triples of given size"""
         size0, size1 = torch.Size(size0), torch.Size(size1)
         a, b = self._ring(size0), self._ring(size1)
-        c = self._correlated(torch.broadcast_shapes(size0, size1), "binary", size0, size1)
+        c = self._correlated(_broadcast(size0, size1), "binary", size0, size1)
         return tuple(BinarySharedTensor.from_shares(t) for t in (a, b, c))
 
     def wrap_rng(self, size, device=None):
@@ -272,7 +278,7 @@ def _serve_one(maker: _TupleMaker, request: Any) -> torch.Tensor:
         return maker.additive(size0, size1, args[2], **kwargs)
     if function == "binary" and len(args) == 2 and not kwargs:
         size0, size1 = _checked_size(args[0]), _checked_size(args[1])
-        _checked_size(torch.broadcast_shapes(size0, size1))
+        _checked_size(_broadcast(size0, size1))
         return maker.binary(size0, size1)
     if function == "compare" and len(args) == 2 and not kwargs:
         count, products = args

@@ -9,6 +9,10 @@
   reciprocal spends an ``exp`` and 10 iterations.
 - :func:`log_in_range`, likewise: a Chebyshev polynomial (3-4 rounds) where CrypTen's
   general log takes three ``exp`` and two Householder steps (32 rounds).
+- :func:`tanh` as ``sign(x) (2 / (1 + exp(-2|x|)) - 1)``: the reciprocal's argument lies in
+  ``(1, 2]``, so it needs no ``exp`` for its guess, and ``|x|`` rides in the sign
+  comparison's last round: 20 rounds and 16 products, where CrypTen's (through its
+  sigmoid) takes 30 rounds and 26 products.
 """
 
 from __future__ import annotations
@@ -65,6 +69,26 @@ def reciprocal_in_range(x, low: float, high: float):
     for _ in range(reciprocal_iterations(low, high)):
         y = y * (2 - x * y)
     return y
+
+
+def tanh(x, provider):
+    """``tanh`` of the MPCTensor ``x``: ``sign(x) (2 r - 1)`` with ``r = 1 / (1 + u)``,
+    ``u = exp(-2|x|)`` in ``(0, 1]`` (``(1 - u) / (1 + u) = 2 r - 1``, so no product).
+
+    One comparison gives ``[x < 0]``, with ``x [x < 0]`` (hence ``|x|``) in its last round
+    and a product kept for the sign, which costs one more round at the end. ``provider`` is
+    the dealer provider; with None, CrypTen's tanh.
+    """
+    if provider is None:
+        return x.tanh()
+    bits, (negative,) = compare.sign_bits(x.share, provider, [x.share], later=1)
+    magnitude = x - compare.shares_like(x, negative * 2)
+    # CrypTen's exp, (1 - 2|x| / 256)^256: right while |x| < 256, and within 2e-3 of tanh
+    # (its sigmoid's 2^9 halves the approximation error but doubles the quantisation of
+    # 2|x| / 2^k, which dominates near 0: 3.9e-3 there)
+    u = (magnitude * -2).exp()
+    unsigned = reciprocal_in_range(u + 1, 1.0, 2.0) * 2 - 1
+    return unsigned - compare.shares_like(unsigned, bits.times(unsigned.share) * 2)
 
 
 def _centre(low: float, high: float) -> tuple[float, float]:

@@ -19,6 +19,11 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 KEY_BYTES = 16  # AES-128
 _WORD = 8  # bytes per int64
 _BLOCK = 16  # AES block; update_into wants this much slack
+# The keystream is AES-CTR applied to zeros. A fresh ``bytes(n)`` per draw costs more than
+# the cipher for large draws (a new zeroed mapping every time: 4.6 ms against 0.7 ms for
+# 500k words), so draws read one shared run of zeros, a chunk at a time.
+_ZERO_CHUNK = 1 << 20
+_ZEROS = memoryview(bytes(_ZERO_CHUNK))
 
 
 def fresh_key() -> bytes:
@@ -45,11 +50,15 @@ class Stream:
 
     def ring(self, size: torch.Size | tuple[int, ...]) -> torch.Tensor:
         """Uniform elements of Z/2^64 (int64, wrapping) of shape ``size``."""
-        count = math.prod(size)
-        out = torch.empty(count * _WORD + _BLOCK, dtype=torch.uint8)
-        written = self._cipher.update_into(bytes(count * _WORD), out.numpy())
-        assert written == count * _WORD  # CTR is a stream cipher: no buffering
-        return out[:written].view(torch.int64).view(size)
+        nbytes = math.prod(size) * _WORD
+        out = torch.empty(nbytes + _BLOCK, dtype=torch.uint8)
+        buffer = out.numpy()
+        for start in range(0, nbytes, _ZERO_CHUNK):
+            chunk = min(_ZERO_CHUNK, nbytes - start)
+            window = buffer[start : start + chunk + _BLOCK]
+            written = self._cipher.update_into(_ZEROS[:chunk], window)
+            assert written == chunk  # CTR is a stream cipher: no buffering
+        return out[:nbytes].view(torch.int64).view(size)
 
     def bits(self, size: torch.Size | tuple[int, ...]) -> torch.Tensor:
         """Uniform 0/1 int64 elements of shape ``size``."""

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 
 from smpc_synth.errors import InputError
-from smpc_synth.mpc import beaver, compare, compat, prg
+from smpc_synth.mpc import arithmetic, beaver, compare, compat, prg
 from smpc_synth.mpc.communicator import ChannelCommunicator, GlooCommunicator
 from smpc_synth.mpc.compat import import_crypten
 from smpc_synth.mpc.dealer import DealerProvider
@@ -135,6 +135,7 @@ def _start(
         session.install_protocol(AutogradReLU, "forward", lambda _: forward)
         session.install_protocol(AutogradReLU, "backward", lambda _: backward)
         session.install_protocol(crypten_beaver, beaver.PROTOCOL_NAME, beaver.make_beaver_protocol)
+        arithmetic.install(session)
     else:
         log.warning(
             "INSECURE: CrypTen's trusted-first-party provider lets %s see every secret; "

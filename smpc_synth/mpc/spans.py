@@ -3,7 +3,9 @@
 Continuous units go through ``tanh``; all one-hot spans go through ONE softmax call: they
 are gathered into a padded ``(rows, spans, widest)`` tensor (padding sits far below every
 real logit, so its probability is 0), which costs the rounds of a single softmax however
-many spans the table has.
+many spans the table has. With the dealer the continuous units ride in that same call:
+``tanh(x) = 2 softmax([2x, 0])_0 - 1``, so each one is one more span of width 2, and their
+``tanh`` costs no rounds of its own (20 a step otherwise).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from smpc_synth.data.layout import Layout
-from smpc_synth.mpc import functions
+from smpc_synth.mpc import compare, functions
 from smpc_synth.mpc.compat import import_crypten
 from smpc_synth.mpc.session import comparison_provider
 
@@ -30,9 +32,13 @@ class SpanMap:
         self.continuous = torch.tensor(cont, dtype=torch.long)
         self.onehot = torch.tensor([i for s in onehot for i in range(s.start, s.stop)])
         self.n_spans = len(onehot)
-        self.widest = widest = max((s.width for s in onehot), default=1)
-        gather = torch.zeros(self.n_spans, widest, dtype=torch.long)
-        offset = torch.full((self.n_spans, widest), -PAD_OFFSET)
+        self.widest = max((s.width for s in onehot), default=1)
+        # the gathered tensor: one-hot spans, then a [2x, 0] span per continuous column
+        self.slots = slots = max(self.widest, 2 if cont else 1)
+        rows = self.n_spans + len(cont)
+        gather = torch.zeros(rows, slots, dtype=torch.long)
+        offset = torch.full((rows, slots), -PAD_OFFSET)
+        keep = torch.ones(rows, slots, dtype=torch.long)  # integer factor on each logit
         member = torch.zeros(len(self.onehot), self.n_spans)  # column -> span (0/1)
         valid, col = [], 0
         for k, s in enumerate(onehot):
@@ -40,10 +46,16 @@ class SpanMap:
             gather[k, : s.width] = torch.arange(s.start, s.stop)
             offset[k, : s.width] = 0.0
             member[col : col + s.width, k] = 1.0
-            valid += [k * widest + j for j in range(s.width)]
+            valid += [k * slots + j for j in range(s.width)]
             col += s.width
+        for k, column in enumerate(cont, start=self.n_spans):
+            gather[k, :] = column  # padding: x - 60, at least 60 below max(2x, 0)
+            offset[k, :2] = 0.0
+            keep[k, 0], keep[k, 1] = 2, 0
         self.gather, self.offset, self.member = gather, offset, member
+        self.keep = None if bool((keep == 1).all()) else keep
         self.valid = torch.tensor(valid, dtype=torch.long)
+        self.tanh_slots = torch.arange(self.n_spans, rows, dtype=torch.long) * slots
         # cat([continuous part, one-hot part]) -> layout order
         order = torch.cat([self.continuous, self.onehot.to(torch.long)])
         self.to_layout = torch.argsort(order)
@@ -56,42 +68,64 @@ class SpanMap:
         own term is 1, padding's is 0). Otherwise CrypTen's softmax."""
         provider = comparison_provider()
         if provider is None:
-            return self._columns(self._gathered(raw).softmax(dim=2))
-        probs, _, _ = self._softmax_parts(raw, provider)
-        return probs
+            return self._columns(self._gathered_onehot(raw).softmax(dim=2))
+        return self._activations(raw, provider)[1]
 
     def softmax_and_log_hit(self, raw, target):
         """The span softmax of ``raw``, and per span the log of the probability it gives the
-        category ``target`` (one-hot, as the one-hot columns) marks: (rows, spans).
+        category ``target`` (one-hot, as the one-hot columns) marks: (rows, spans)."""
+        _, probs, log_hit = self.activate_and_log_hit(raw, target)
+        return probs, log_hit
 
-        With the dealer the log is ``(l_true - max) - log(sum)``, the log of a value in
-        ``[1, widest span]`` (4 rounds), not the log of a probability that may be tiny."""
+    def activate_and_log_hit(self, raw, target=None):
+        """``(tanh of the continuous columns, span softmax, log-probability of target)``
+        of ``raw``; each None where the layout has no such columns (or no ``target``).
+
+        With the dealer, one batched softmax gives all three (the log is
+        ``(l_true - max) - log(sum)``, the log of a value in ``[1, widest span]``, 4 rounds,
+        not the log of a probability that may be tiny); otherwise CrypTen's functions."""
         provider = comparison_provider()
         if provider is None:
-            probs = self.softmax(raw)
-            return probs, self.span_sums(probs * target).log()
-        probs, shifted, denominator = self._softmax_parts(raw, provider)
-        true_logit = self.span_sums(self._columns(shifted) * target)
-        log_sum = functions.log_in_range(denominator.view(raw.size(0), -1), 1.0, self.widest)
-        return probs, true_logit - log_sum
+            tanh = raw[:, self.continuous].tanh() if len(self.continuous) else None
+            probs = self.softmax(raw) if self.n_spans else None
+            log_hit = None
+            if probs is not None and target is not None:
+                log_hit = self.span_sums(probs * target).log()
+            return tanh, probs, log_hit
+        tanh, probs, shifted, denominator = self._activations(raw, provider)
+        log_hit = None
+        if probs is not None and target is not None:
+            true_logit = self.span_sums(self._columns(shifted) * target)
+            sums = denominator[:, : self.n_spans].reshape(raw.size(0), -1)
+            log_hit = true_logit - functions.log_in_range(sums, 1.0, self.widest)
+        return tanh, probs, log_hit
 
-    def _gathered(self, raw):
-        """(rows, spans, widest) logits, padding far below every real logit of its row."""
-        return raw[:, self.gather] + self.offset
+    def _gathered_onehot(self, raw):
+        """(rows, spans, widest) one-hot logits, padding far below every real logit of its
+        row (CrypTen's softmax, without the dealer)."""
+        return raw[:, self.gather[: self.n_spans]] + self.offset[: self.n_spans]
 
     def _columns(self, per_slot):
-        """(rows, spans, widest) -> (rows, one-hot cols): drop the padding."""
+        """(rows, spans, slots) -> (rows, one-hot cols): drop the padding."""
         return per_slot.reshape(per_slot.size(0), -1)[:, self.valid]
 
-    def _softmax_parts(self, raw, provider):
-        """Probabilities (rows, one-hot cols), shifted logits ``l - max`` and the
-        denominators (rows, spans, 1), which lie in ``[1, widest]``."""
-        logits = self._gathered(raw)
+    def _activations(self, raw, provider):
+        """One batched softmax over the one-hot spans and the continuous columns' [2x, 0]
+        spans: tanh (rows, continuous cols) and probabilities (rows, one-hot cols), each
+        None if there are none, the shifted logits ``l - max`` and the denominators
+        (rows, spans, 1), which lie in ``[1, slots]``."""
+        logits = raw[:, self.gather]
+        if self.keep is not None:  # integer factors on the shares: exact, no truncation
+            logits = compare.shares_like(logits, logits.share * self.keep)
+        logits = logits + self.offset
         shifted = logits - functions.maximum(logits, provider)
         numerator = shifted.exp()
         denominator = numerator.sum(dim=2, keepdim=True)
-        probs = numerator * functions.reciprocal_in_range(denominator, 1.0, self.widest)
-        return self._columns(probs), shifted, denominator
+        shares = numerator * functions.reciprocal_in_range(denominator, 1.0, self.slots)
+        flat = shares.reshape(raw.size(0), -1)
+        probs = flat[:, self.valid] if self.n_spans else None
+        tanh = flat[:, self.tanh_slots] * 2 - 1 if len(self.continuous) else None
+        return tanh, probs, shifted, denominator
 
     def span_sums(self, values):
         """Per-span sums of one-hot columns: (rows, one-hot cols) -> (rows, spans)."""
@@ -120,9 +154,7 @@ class Activation:
         self.spans = spans
 
     def forward(self, raw):
-        cont_raw, _ = self.spans.split(raw)
-        self.tanh = cont_raw.tanh() if cont_raw is not None else None
-        self.probs = self.spans.softmax(raw) if self.spans.n_spans else None
+        self.tanh, self.probs, _ = self.spans.activate_and_log_hit(raw)
         return self.spans.assemble(self.tanh, self.probs)
 
     def backward(self, grad):

@@ -16,9 +16,11 @@ from typing import Any
 
 import torch
 
+from smpc_synth.mpc import functions
 from smpc_synth.mpc.compat import import_crypten
 from smpc_synth.mpc.nn import Mlp, ParameterVector, named_parameters
 from smpc_synth.mpc.optim import AdamSettings, SharedAdam
+from smpc_synth.mpc.session import comparison_provider
 from smpc_synth.mpc.spans import Activation, SpanMap
 
 crypten = import_crypten()
@@ -144,7 +146,7 @@ class VaeTwin(Twin):
         with self.phase("forward"):
             out = self.nets["encoder"].forward(batch)
             mu, r = out[:, :latent], out[:, latent:]
-            t = (r * (1.0 / bound)).tanh()
+            t = functions.tanh(r * (1.0 / bound), comparison_provider())
             logvar = t * bound
             eps = torch.randn((n, latent), generator=generator)
             std = (logvar * 0.5).exp()
@@ -154,16 +156,15 @@ class VaeTwin(Twin):
             sigma = self.model.buffers["sigma"]
             recon = 0
             d_cont = d_oh = sq_err = None
-            if len(spans.continuous):
-                c = raw[:, spans.continuous].tanh()
+            target = batch[:, spans.onehot] if spans.n_spans else None
+            c, p, log_hit = spans.activate_and_log_hit(raw, target)
+            if c is not None:
                 err = c - batch[:, spans.continuous]
                 sq_err = err.square()
                 # public factors folded into one multiplication: smaller products (see optim)
                 recon = (sq_err * (1.0 / (2 * n * sigma.square()))).sum()
                 d_cont = err * (hp.recon_weight / n / sigma.square()) * (1 - c.square())
-            if spans.n_spans:
-                target = batch[:, spans.onehot]
-                p, log_hit = spans.softmax_and_log_hit(raw, target)
+            if p is not None:
                 recon = recon - log_hit.sum() * (1.0 / n)
                 d_oh = (p - target) * (hp.recon_weight / n)
             var = std.square()
