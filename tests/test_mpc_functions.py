@@ -57,14 +57,18 @@ def test_span_softmax_matches_plaintext_and_beats_cryptens_rounds(results):
     assert results["softmax_rounds"] <= 32
 
 
-def test_tanh_matches_torch_in_fewer_rounds_than_cryptens(results):
+def test_tanh_matches_torch_closer_than_cryptens_in_as_many_rounds(results):
     x = functions_inputs()["tanh_in"]
     got = torch.tensor(results["tanh"])
     # CrypTen's exp, (1 + y/256)^256, is the error: up to 2e-3 near 0 (y is quantised to
     # 2^-8) and where tanh bends, none where it is flat
-    torch.testing.assert_close(got, torch.tanh(x), atol=3e-3, rtol=0)
+    torch.testing.assert_close(got, torch.tanh(x), atol=2.5e-3, rtol=0)
     assert got[-3] > 0 > got[-2]  # signs of small inputs
-    assert results["tanh_rounds"] <= 20  # CrypTen's tanh: 30 (its sigmoid, with our sign)
+    # CrypTen's own (its sigmoid, with our comparison): its reciprocal is 0.4% off near 0
+    ours = (got - torch.tanh(x)).abs().max()
+    cryptens = (torch.tensor(results["crypten_tanh"]) - torch.tanh(x)).abs().max()
+    assert ours < 0.6 * cryptens
+    assert results["tanh_rounds"] <= results["crypten_tanh_rounds"] <= 19
 
 
 def test_continuous_tanh_rides_in_the_span_softmax(results):

@@ -379,9 +379,14 @@ def functions_program(rank: int, layout) -> dict[str, Any]:
     rounds = session.traffic().rounds
     tanh = functions.tanh(t, provider).get_plain_text()
     tanh_rounds = session.traffic().rounds - rounds - 1  # less the opening
+    rounds = session.traffic().rounds
+    crypten_tanh = t.tanh().get_plain_text()
+    crypten_tanh_rounds = session.traffic().rounds - rounds - 1
     return {
         "tanh": tanh.tolist(),
         "tanh_rounds": tanh_rounds,
+        "crypten_tanh": crypten_tanh.tolist(),
+        "crypten_tanh_rounds": crypten_tanh_rounds,
         "maxima": [m.tolist() for m in maxima],
         "reciprocal": functions.reciprocal_in_range(y, 1.0, 6.0).get_plain_text().tolist(),
         "log": functions.log_in_range(y, 1.0, 6.0).get_plain_text().tolist(),

@@ -10,9 +10,11 @@
 - :func:`log_in_range`, likewise: a Chebyshev polynomial (3-4 rounds) where CrypTen's
   general log takes three ``exp`` and two Householder steps (32 rounds).
 - :func:`tanh` as ``sign(x) (2 / (1 + exp(-2|x|)) - 1)``: the reciprocal's argument lies in
-  ``(1, 2]``, so it needs no ``exp`` for its guess, and ``|x|`` rides in the sign
-  comparison's last round: 20 rounds and 16 products, where CrypTen's (through its
-  sigmoid) takes 30 rounds and 26 products.
+  ``(1, 2]``, where the best linear guess and 3 Newton steps are exact to 2^-30, and
+  ``|x|`` rides in the sign comparison's last round. The same 19 rounds as CrypTen's tanh
+  (through its sigmoid, with our comparison), at half its error: 1.8e-3 against 3.9e-3,
+  since CrypTen's reciprocal starts from a constant 0.75 and stops after 3 Newton steps
+  (0.4% off where ``x`` is near 0).
 """
 
 from __future__ import annotations
