@@ -28,13 +28,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--stock-steps", type=int, default=defaults.stock_steps)
     p.add_argument("--plaintext-epochs", type=int, default=defaults.plaintext_epochs)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not 1 <= args.steady_epochs <= args.epochs:
+        p.error(f"--steady-epochs must be between 1 and --epochs ({args.epochs})")  # exit 2
+    return args
 
 
 if __name__ == "__main__":
     args = parse_args()
-    if not 1 <= args.steady_epochs <= args.epochs:
-        sys.exit(f"--steady-epochs must be between 1 and --epochs ({args.epochs})")
     config = BenchConfig(
         rows=args.rows,
         epochs=args.epochs,

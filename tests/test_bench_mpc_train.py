@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
+import pytest
+
 from smpc_synth.bench import mpc_train
 
 
@@ -38,3 +43,20 @@ def test_summary_takes_the_steady_epochs_and_every_members_cpu():
     assert "the median of the last 3" in table
     assert "a 10-epoch run averages 12.90 s an epoch, 129x plaintext" in table
     assert "20.5 s in all, so at least 10.2 s on 2 cores" in table
+
+
+def _script():
+    path = Path(__file__).parents[1] / "benchmarks" / "mpc_train.py"
+    spec = importlib.util.spec_from_file_location("mpc_train_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_refuses_more_steady_epochs_than_epochs(capsys):
+    script = _script()
+    assert script.parse_args(["--epochs", "4", "--steady-epochs", "2"]).steady_epochs == 2
+    with pytest.raises(SystemExit) as exit_:
+        script.parse_args(["--epochs", "2", "--steady-epochs", "3"])
+    assert exit_.value.code == 2
+    assert "--steady-epochs must be between 1 and --epochs (2)" in capsys.readouterr().err
