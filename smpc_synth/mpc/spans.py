@@ -35,10 +35,10 @@ class SpanMap:
         self.widest = max((s.width for s in onehot), default=1)
         # the gathered tensor: one-hot spans, then a [2x, 0] span per continuous column
         self.slots = slots = max(self.widest, 2 if cont else 1)
-        rows = self.n_spans + len(cont)
-        gather = torch.zeros(rows, slots, dtype=torch.long)
-        offset = torch.full((rows, slots), -PAD_OFFSET)
-        keep = torch.ones(rows, slots, dtype=torch.long)  # integer factor on each logit
+        gathered = self.n_spans + len(cont)
+        gather = torch.zeros(gathered, slots, dtype=torch.long)
+        offset = torch.full((gathered, slots), -PAD_OFFSET)
+        keep = torch.ones(gathered, slots, dtype=torch.long)  # integer factor on each logit
         member = torch.zeros(len(self.onehot), self.n_spans)  # column -> span (0/1)
         valid, col = [], 0
         for k, s in enumerate(onehot):
@@ -55,7 +55,7 @@ class SpanMap:
         self.gather, self.offset, self.member = gather, offset, member
         self.keep = None if bool((keep == 1).all()) else keep
         self.valid = torch.tensor(valid, dtype=torch.long)
-        self.tanh_slots = torch.arange(self.n_spans, rows, dtype=torch.long) * slots
+        self.tanh_slots = torch.arange(self.n_spans, gathered, dtype=torch.long) * slots
         # cat([continuous part, one-hot part]) -> layout order
         order = torch.cat([self.continuous, self.onehot.to(torch.long)])
         self.to_layout = torch.argsort(order)
@@ -121,8 +121,8 @@ class SpanMap:
         shifted = logits - functions.maximum(logits, provider)
         numerator = shifted.exp()
         denominator = numerator.sum(dim=2, keepdim=True)
-        shares = numerator * functions.reciprocal_in_range(denominator, 1.0, self.slots)
-        flat = shares.reshape(raw.size(0), -1)
+        per_slot = numerator * functions.reciprocal_in_range(denominator, 1.0, self.slots)
+        flat = per_slot.reshape(raw.size(0), -1)
         probs = flat[:, self.valid] if self.n_spans else None
         tanh = flat[:, self.tanh_slots] * 2 - 1 if len(self.continuous) else None
         return tanh, probs, shifted, denominator
