@@ -397,3 +397,19 @@ def functions_program(rank: int, layout) -> dict[str, Any]:
         "span_tanh": span_tanh.get_plain_text().tolist(),
         "without_tanh_rounds": without_tanh_rounds,
     }
+
+
+def activations_program(rank: int, layout) -> dict[str, Any]:
+    """The span activations and log-probability of the target, whichever provider runs."""
+    from smpc_synth.mpc import session
+    from smpc_synth.mpc.spans import SpanMap
+
+    inputs = functions_inputs()
+    logits = session.crypten.cryptensor(inputs["logits"], src=0)
+    target = session.crypten.cryptensor(inputs["target"], src=1)
+    tanh, probs, log_hit = SpanMap(layout).activate_and_log_hit(logits, target)
+    return {
+        "tanh": tanh.get_plain_text().tolist(),
+        "probs": probs.get_plain_text().tolist(),
+        "log_hit": log_hit.get_plain_text().tolist(),
+    }
