@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -103,20 +104,22 @@ def _party(mesh, parties: tuple[str, ...], config: BenchConfig) -> dict[str, Any
         model = VAEGenerator(encoder.layout)
         cpu = MemberCpu(session, rank, mesh.me)
         epoch_cpu: list[dict[str, float]] = []
-        loop = TrainLoop(
-            rank,
-            sizes,
-            SEED,
-            config.epochs,
-            _MemoryCheckpoints(),
-            lambda _: epoch_cpu.append(cpu.lap()),
-        )
+
+        def progress(event: dict[str, Any]) -> None:
+            epoch_cpu.append(cpu.lap())
+            if rank == 0:  # one line per epoch: a run takes minutes
+                seconds = event["epoch_seconds"]
+                _say(f"ours: epoch {event['epoch']}/{event['epochs']}, {seconds:.1f} s")
+
+        loop = TrainLoop(rank, sizes, SEED, config.epochs, _MemoryCheckpoints(), progress)
         train(model, X, loop, agree=lambda first: first)
         traffic_by_phase = session.traffic().by_phase
         # timed moments after ours on the same machine, while the other members wait idle,
         # so a drift in the machine's speed hits both sides of the ratio alike
         plaintext = _plaintext_seconds(config) if rank == 0 else None
         session.crypten.communicator.get().barrier()
+        if rank == 0:
+            _say(f"stock crypten.nn: {config.stock_steps} steps, then the summary")
         with session.stock_protocols():  # stock: CrypTen's protocols and code as shipped
             stock = _stock_steps(session, model, X, sizes, rank, config.stock_steps)
     steps = sum(sizes) // min(model.hparams.batch_size, sum(sizes))
@@ -128,6 +131,10 @@ def _party(mesh, parties: tuple[str, ...], config: BenchConfig) -> dict[str, Any
         "steps_per_epoch": steps,
         "plaintext_seconds": plaintext,
     }
+
+
+def _say(line: str) -> None:
+    print(f"mpc-train: {line}", file=sys.stderr, flush=True)
 
 
 def _per_epoch(by_phase: dict[str, dict[str, float]], epochs: int) -> dict[str, dict]:
