@@ -291,7 +291,6 @@ def arithmetic_program(rank: int) -> dict[str, Any]:
         "mul_tensor": lambda: x * public,
         "mul_int": lambda: x * 3,
         "matmul_public": lambda: x.matmul(public),
-        "neg": lambda: -x,
     }
     products = {  # Beaver products: the triples differ, the opened values may differ by an ulp
         "mul": lambda: x * y,
@@ -373,7 +372,7 @@ def functions_program(rank: int, layout) -> dict[str, Any]:
     log_hit_rounds = session.traffic().rounds - rounds
     onehot_only = SpanMap(type(layout)(tuple(s for s in layout.spans if s.kind == "onehot")))
     rounds = session.traffic().rounds
-    onehot_only.softmax_and_log_hit(logits, target)
+    onehot_only.activate_and_log_hit(logits, target)
     without_tanh_rounds = session.traffic().rounds - rounds
     t = session.crypten.cryptensor(inputs["tanh_in"], src=1)
     rounds = session.traffic().rounds

@@ -245,8 +245,8 @@ def _default_run_epochs() -> int:
 def summarize(
     per_party: dict[str, dict[str, Any]],
     plaintext_seconds: float,
-    steady_epochs: int = 1,
-    run_epochs: int = 300,
+    steady_epochs: int,
+    run_epochs: int,
 ) -> dict[str, Any]:
     """Per-epoch figures of the first party: ours (the median of the last ``steady_epochs``
     epochs), stock, plaintext, ratios; and the mean epoch of a ``run_epochs``-epoch run whose
@@ -327,11 +327,11 @@ def format_table(summary: dict[str, Any]) -> str:
         f"{summary['run_mean_over_plaintext']:.0f}x plaintext"
     )
     cpu = summary["ours_cpu_seconds_per_epoch"]
-    total, cores = sum(cpu.values()), summary["cores"]
+    total, n_cores = sum(cpu.values()), summary["cores"]  # the measuring machine's cores
     lines.append(
         "CPU per epoch (ours): "
         + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in cpu.items())
-        + f"; {total:.1f} s in all, so at least {total / cores:.1f} s on {cores} cores"
+        + f"; {total:.1f} s in all, so at least {total / n_cores:.1f} s on {n_cores} cores"
     )
     return "\n".join(lines)
 

@@ -71,15 +71,10 @@ class SpanMap:
             return self._columns(self._gathered_onehot(raw).softmax(dim=2))
         return self._activations(raw, provider)[1]
 
-    def softmax_and_log_hit(self, raw, target):
-        """The span softmax of ``raw``, and per span the log of the probability it gives the
-        category ``target`` (one-hot, as the one-hot columns) marks: (rows, spans)."""
-        _, probs, log_hit = self.activate_and_log_hit(raw, target)
-        return probs, log_hit
-
     def activate_and_log_hit(self, raw, target=None):
         """``(tanh of the continuous columns, span softmax, log-probability of target)``
         of ``raw``; each None where the layout has no such columns (or no ``target``).
+        ``target`` is one-hot, as the one-hot columns; the log is per span: (rows, spans).
 
         With the dealer, one batched softmax gives all three (the log is
         ``(l_true - max) - log(sum)``, the log of a value in ``[1, widest span]``, 4 rounds,
