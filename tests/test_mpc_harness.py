@@ -272,6 +272,58 @@ def comparison_rounds_program(rank: int) -> dict[str, Any]:
     return out
 
 
+def products_program(rank: int, batched: bool) -> dict[str, Any]:
+    """Independent Beaver products, in one round (``batched``) or one at a time: each
+    party's shares, the revealed values and the rounds the products took."""
+    from smpc_synth.mpc import beaver, session
+
+    crypten = session.crypten
+    x = crypten.cryptensor(torch.linspace(-3, 3, 64).view(8, 8), src=0)
+    y = crypten.cryptensor(torch.linspace(-1, 2, 64).view(8, 8), src=1)
+    w = crypten.cryptensor(torch.linspace(-2, 2, 32).view(8, 4), src=1)
+    positive = x > 0  # a 0/1 factor of scale 1: the product keeps x's encoding
+    items = [("mul", x, y), ("matmul", x, w), ("square", y, None), ("mul", x, positive)]
+
+    def one_at_a_time() -> list:
+        return [x * y, x.matmul(w), y.square(), x * positive]
+
+    before = session.traffic().rounds
+    results = beaver.products(items) if batched else one_at_a_time()
+    rounds = session.traffic().rounds - before
+    return {
+        "rounds": rounds,
+        "shares": [r.share.tolist() for r in results],
+        "values": [r.get_plain_text().tolist() for r in results],
+    }
+
+
+def network_backward_program(rank: int) -> dict[str, Any]:
+    """Rounds of one crypten.nn backward pass with our protocols and with CrypTen's, and
+    the gradients each computed (the data needs no gradient)."""
+    from smpc_synth.mpc import session
+
+    crypten = session.crypten
+    t = op_inputs()
+    x = crypten.cryptensor(t["x"], src=0)
+    target = crypten.cryptensor(t["target"], src=1)
+
+    def run() -> dict[str, Any]:
+        model = crypten.nn.from_pytorch(small_network(), torch.zeros(1, 5)).encrypt(src=0)
+        model.train()
+        loss = crypten.nn.MSELoss()(model(x), target)
+        model.zero_grad()
+        before = session.traffic().rounds
+        loss.backward()
+        rounds = session.traffic().rounds - before
+        grads = [p.grad.get_plain_text().tolist() for p in model.parameters()]
+        return {"rounds": rounds, "grads": grads}
+
+    out = {"ours": run()}
+    with session.stock_protocols():
+        out["stock"] = run()
+    return out
+
+
 def arithmetic_program(rank: int) -> dict[str, Any]:
     """Shares of the copy-free arithmetic ops (ours) and of CrypTen's (stock) on the same
     inputs, and whether updating a result in place changed an input."""
@@ -338,6 +390,7 @@ def functions_inputs() -> dict[str, torch.Tensor]:
     return {
         "max_in": (torch.randn(6, 3, 7, generator=g) * 4).round(decimals=2),
         "recip_in": torch.linspace(1.0, 6.0, 50),
+        "exp_in": torch.linspace(-2.0, 2.0, 81),
         "tanh_in": torch.cat([torch.linspace(-12.0, 12.0, 97), torch.tensor([0.05, -0.03, 200.0])]),
         "logits": torch.randn(30, 12, generator=g) * 3,
         # one-hot rows for the one-hot columns of tests/test_mpc_functions.py's LAYOUT
@@ -381,13 +434,28 @@ def functions_program(rank: int, layout) -> dict[str, Any]:
     rounds = session.traffic().rounds
     crypten_tanh = t.tanh().get_plain_text()
     crypten_tanh_rounds = session.traffic().rounds - rounds - 1
+    e = session.crypten.cryptensor(inputs["exp_in"], src=0)
+    rounds = session.traffic().rounds
+    exp = functions.exp_in_range(e, -2.0, 2.0).get_plain_text()
+    exp_rounds = session.traffic().rounds - rounds - 1
+    rounds = session.traffic().rounds
+    crypten_exp = e.exp().get_plain_text()
+    crypten_exp_rounds = session.traffic().rounds - rounds - 1
+    rounds = session.traffic().rounds
+    reciprocal = functions.reciprocal_in_range(y, 1.0, 6.0).get_plain_text()
+    reciprocal_rounds = session.traffic().rounds - rounds - 1
     return {
+        "reciprocal": reciprocal.tolist(),
+        "reciprocal_rounds": reciprocal_rounds,
+        "exp": exp.tolist(),
+        "exp_rounds": exp_rounds,
+        "crypten_exp": crypten_exp.tolist(),
+        "crypten_exp_rounds": crypten_exp_rounds,
         "tanh": tanh.tolist(),
         "tanh_rounds": tanh_rounds,
         "crypten_tanh": crypten_tanh.tolist(),
         "crypten_tanh_rounds": crypten_tanh_rounds,
         "maxima": [m.tolist() for m in maxima],
-        "reciprocal": functions.reciprocal_in_range(y, 1.0, 6.0).get_plain_text().tolist(),
         "log": functions.log_in_range(y, 1.0, 6.0).get_plain_text().tolist(),
         "softmax": probs.get_plain_text().tolist(),
         "softmax_rounds": softmax_rounds,

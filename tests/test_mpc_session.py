@@ -14,9 +14,13 @@ from test_mpc_harness import (
     comparison_rounds_program,
     dealer_cpu_program,
     loop_program,
+    network_backward_program,
+    op_inputs,
     ops_program,
     plaintext_ops,
+    products_program,
     run_mpc,
+    small_network,
     spawn_event,
     start_mpc,
 )
@@ -173,3 +177,42 @@ def test_party_zero_reads_the_dealers_cpu_clock_between_tuples(tmp_path):
     expected = torch.linspace(-1, 1, 256 * 256).view(256, 256)
     torch.testing.assert_close(torch.tensor(first["product"]), expected, atol=1e-3, rtol=0)
     assert "only party 0" in outcomes[PARTY_NAMES[1]].result["result"]["refused"]
+
+
+def test_independent_products_share_one_round_and_match_one_at_a_time(tmp_path):
+    """Same seed, same triples: the batched products' shares are those of the products one
+    at a time, bit for bit, in one round instead of four."""
+    runs = {}
+    for batched in (False, True):
+        outcomes = run_mpc(tmp_path / str(batched), 2, products_program, seed=SEED, batched=batched)
+        assert_all_ok(outcomes)
+        runs[batched] = {p: outcomes[p].result["result"] for p in PARTY_NAMES[:2]}
+    for party in PARTY_NAMES[:2]:
+        assert runs[True][party]["shares"] == runs[False][party]["shares"], party
+    assert runs[False][PARTY_NAMES[0]]["rounds"] == 4
+    assert runs[True][PARTY_NAMES[0]]["rounds"] == 1
+    x = torch.linspace(-3, 3, 64).view(8, 8)
+    y = torch.linspace(-1, 2, 64).view(8, 8)
+    w = torch.linspace(-2, 2, 32).view(8, 4)
+    expected = [x * y, x @ w, y * y, x * (x > 0)]
+    for got, want in zip(runs[True][PARTY_NAMES[0]]["values"], expected, strict=True):
+        torch.testing.assert_close(torch.tensor(got), want, atol=1e-3, rtol=1e-3)
+
+
+def test_network_backward_skips_unneeded_products_and_batches_the_rest(tmp_path):
+    """A from_pytorch network (Gemm, ReLU, Gemm) and MSE: each layer's input and weight
+    gradients in one round, none for the data, and no product for the gradient of Gemm's
+    public alpha and beta (CrypTen computes all three, and drops them)."""
+    outcomes = run_mpc(tmp_path, 2, network_backward_program, seed=SEED)
+    assert_all_ok(outcomes)
+    result = outcomes[PARTY_NAMES[0]].result["result"]
+    # ours: MSE's square 1, Gemm 1, ReLU 1, Gemm 1 (weights only)
+    # CrypTen's: MSE 1, Gemm 2 + 2 (alpha, beta), ReLU 1, Gemm 2 + 2
+    assert result["ours"]["rounds"] == 4
+    assert result["stock"]["rounds"] == 10
+    t = op_inputs()
+    model = small_network()
+    torch.nn.functional.mse_loss(model(t["x"]), t["target"]).backward()
+    for name in ("ours", "stock"):
+        for got, param in zip(result[name]["grads"], model.parameters(), strict=True):
+            torch.testing.assert_close(torch.tensor(got), param.grad, atol=2e-3, rtol=2e-2)

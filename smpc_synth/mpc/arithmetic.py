@@ -33,6 +33,21 @@ def _wrap(share: torch.Tensor, encoder) -> ArithmeticSharedTensor:
     return result
 
 
+def rescaled_product(
+    x: ArithmeticSharedTensor, y: ArithmeticSharedTensor, share: torch.Tensor
+) -> ArithmeticSharedTensor:
+    """The product's share as a tensor in fixed point, as CrypTen encodes it: truncated once
+    if both factors were scaled; a factor of scale 1 (a 0/1 bit, an integer) keeps the
+    other's encoding."""
+    encoder = x.encoder
+    result = _wrap(share, encoder)
+    if encoder.scale > 1 and y.encoder.scale > 1:
+        return result.div_(encoder.scale)
+    if encoder.scale <= 1:
+        result.encoder = y.encoder
+    return result
+
+
 def _protocol():
     # CrypTen looks its protocol module up by name on every product (cfg.mpc.protocol)
     return crypten_beaver if cfg.mpc.protocol == "beaver" else None
@@ -53,12 +68,7 @@ def make_arithmetic_function(original: Callable) -> Callable:
             protocol = _protocol()
             if protocol is None:
                 return original(self, y, op, inplace, *args, **kwargs)
-            result = _wrap(getattr(protocol, op)(self, y, *args, **kwargs).share, encoder)
-            if encoder.scale > 1 and y.encoder.scale > 1:
-                return result.div_(encoder.scale)
-            if encoder.scale <= 1:
-                result.encoder = y.encoder
-            return result
+            return rescaled_product(self, y, getattr(protocol, op)(self, y, *args, **kwargs).share)
         if not (isinstance(y, int | float) or torch.is_tensor(y)):
             return original(self, y, op, inplace, *args, **kwargs)
         if op in _ADDITIVE:

@@ -5,11 +5,14 @@ CrypTen computes each party's share as ``c + op(e, b) + op(a, d)`` plus ``op(e, 
 party 0: three int64 products (int64 matmul has no BLAS, so these dominate a layer's CPU).
 Every op here is bilinear over Z/2^64, so party 0 folds the public term into one product,
 ``op(e, b + d)``, and the others are unchanged. Same result, bit for bit; one product less.
+
+:func:`products` opens the masked operands of several independent products in one round,
+where CrypTen spends a round on each (a layer's weight and input gradients, a loss's squares).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -17,11 +20,24 @@ from smpc_synth.mpc.compat import import_crypten
 
 crypten = import_crypten()
 from crypten.config import cfg  # noqa: E402
+from crypten.gradients import _inverse_broadcast  # noqa: E402
 from crypten.mpc.primitives import beaver as crypten_beaver  # noqa: E402
 from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor  # noqa: E402
 
+from smpc_synth.mpc.arithmetic import rescaled_product  # noqa: E402
+
 # crypten.mpc.primitives.beaver calls this module-level function for every product
 PROTOCOL_NAME = "__beaver_protocol"
+
+
+def _combine(op: str, a, b, c, epsilon, delta, *args, **kwargs):
+    """Each party's share of ``op(x, y)`` from its triple shares and the opened
+    ``epsilon = x - a``, ``delta = y - b`` (written into ``c``)."""
+    product = getattr(torch, op)
+    b_term = b.share + delta if c.rank == 0 else b.share
+    c.share += product(epsilon, b_term, *args, **kwargs)
+    c.share += product(a.share, delta, *args, **kwargs)
+    return c
 
 
 def make_beaver_protocol(original: Callable) -> Callable:
@@ -35,10 +51,121 @@ def make_beaver_protocol(original: Callable) -> Callable:
         a, b, c = provider.generate_additive_triple(x.size(), y.size(), op, None, *args, **kwargs)
         with crypten_beaver.IgnoreEncodings([a, b, x, y]):
             epsilon, delta = ArithmeticSharedTensor.reveal_batch([x - a, y - b])
-        product = getattr(torch, op)
-        b_term = b.share + delta if c.rank == 0 else b.share
-        c.share += product(epsilon, b_term, *args, **kwargs)
-        c.share += product(a.share, delta, *args, **kwargs)
-        return c
+        return _combine(op, a, b, c, epsilon, delta, *args, **kwargs)
 
     return beaver_protocol
+
+
+def _arithmetic(x) -> bool:
+    return isinstance(x, crypten.mpc.MPCTensor) and x.ptype == crypten.mpc.arithmetic
+
+
+def _batchable(op: str, x, y) -> bool:
+    if op == "square":
+        return _arithmetic(x) and y is None
+    return op in ("mul", "matmul") and _arithmetic(x) and _arithmetic(y)
+
+
+def products(items: Sequence[tuple[str, object, object]]) -> list:
+    """Independent products of MPCTensors with every masked operand opened in one round:
+    ``("mul", x, y)``, ``("matmul", x, y)`` or ``("square", x, None)`` each give
+    ``getattr(x, op)(y)`` (``x.square()``).
+
+    The tuples are asked for in the same order as one product at a time would, so with two
+    parties each share is the same, bit for bit (with more, each truncation draws a tuple of
+    its own, which now comes after all the products'). Anything else (public operands,
+    binary shares, active security, CrypTen's non-Beaver protocols) runs one product at a
+    time.
+    """
+    batchable = (
+        len(items) > 1
+        and not cfg.mpc.active_security
+        and cfg.mpc.protocol == "beaver"
+        and all(_batchable(op, x, y) for op, x, y in items)
+    )
+    if not batchable:
+        return [x.square() if op == "square" else getattr(x, op)(y) for op, x, y in items]
+    provider = crypten.mpc.get_default_provider()
+    tuples, masked = [], []
+    for op, x, y in items:
+        if op == "square":
+            r, r2 = provider.square(x.size())
+            tuples.append((r, r2))
+            masked.append(x.share - r.share)
+        else:
+            a, b, c = provider.generate_additive_triple(x.size(), y.size(), op, None)
+            tuples.append((a, b, c))
+            masked += [x.share - a.share, y.share - b.share]
+    opened = iter(crypten.communicator.get().all_reduce(masked, batched=True))
+    results = []
+    for (op, x, y), held in zip(items, tuples, strict=True):
+        if op == "square":
+            r, r2 = held
+            epsilon = next(opened)
+            share = r2.share + r.share * 2 * epsilon  # CrypTen's r2 + 2 r e (+ e^2 on party 0)
+            if r2.rank == 0:
+                share += epsilon * epsilon
+            y = x
+        else:
+            share = _combine(op, *held, next(opened), next(opened)).share
+        result = x.shallow_copy()
+        result._tensor = rescaled_product(x._tensor, y._tensor, share)
+        results.append(result)
+    return results
+
+
+def _gradients(wanted: dict[str, tuple], input, other) -> tuple:
+    """CrypTen's backward result ``(d input, d other)`` from ``{name: (op, x, y)}``: the
+    shared products in one round, public ones locally, None for a gradient not wanted."""
+    shared = {name: item for name, item in wanted.items() if _batchable(*item)}
+    grads = dict(zip(shared, products(list(shared.values())), strict=True))
+    for name, (op, x, y) in wanted.items():
+        if name not in grads:
+            grads[name] = getattr(x, op)(y)
+    return tuple(
+        _inverse_broadcast(grads[name], saved.size()) if name in grads else None
+        for name, saved in (("input", input), ("other", other))
+    )
+
+
+def _needs_grad(value) -> bool:
+    return isinstance(value, crypten.CrypTensor) and value.requires_grad
+
+
+def make_matmul_backward(original: staticmethod) -> staticmethod:
+    """``backward`` for CrypTen's autograd matmul (``crypten.nn.Linear``): the input and the
+    weight gradients in one round (CrypTen: a round each), and no gradient for an operand
+    that needs none (CrypTen computes the data's too, and drops it)."""
+
+    def backward(ctx, grad_output):
+        input, other = ctx.saved_tensors
+        if input.dim() < 2 or other.dim() < 2 or not _arithmetic(grad_output):
+            return original.__func__(ctx, grad_output)
+        wanted = {}
+        if _needs_grad(input):
+            wanted["input"] = ("matmul", grad_output, other.transpose(-2, -1))
+        if _needs_grad(other):
+            wanted["other"] = ("matmul", input.transpose(-2, -1), grad_output)
+        return _gradients(wanted, input, other)
+
+    return staticmethod(backward)
+
+
+def make_mul_backward(original: staticmethod) -> staticmethod:
+    """``backward`` for CrypTen's autograd elementwise product: both gradients in one round,
+    and none for an operand that needs none. CrypTen multiplies the gradient by the input
+    even when the other factor is public (``crypten.nn.Gemm`` scales by a public alpha and
+    beta), a Beaver product whose result it drops."""
+
+    def backward(ctx, grad_output):
+        input, other = ctx.saved_tensors
+        if not _arithmetic(grad_output):
+            return original.__func__(ctx, grad_output)
+        wanted = {}
+        if _needs_grad(input):
+            wanted["input"] = ("mul", grad_output, other)
+        if _needs_grad(other):
+            wanted["other"] = ("mul", grad_output, input)
+        return _gradients(wanted, input, other)
+
+    return staticmethod(backward)

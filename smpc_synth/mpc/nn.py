@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from smpc_synth.mpc import compare
+from smpc_synth.mpc import beaver, compare
 from smpc_synth.mpc.compat import import_crypten
 from smpc_synth.mpc.session import comparison_provider
 
@@ -109,10 +109,16 @@ class Linear:
         return x.matmul(w.t()) + self.params[self.b]
 
     def backward(self, grad, *, accumulate: bool = True, need_input: bool = True):
+        """Adds the weight gradient (``accumulate``) and returns the input gradient
+        (``need_input``), both products opened in one round."""
+        wanted = [("matmul", grad.t(), self.x)] if accumulate else []
+        if need_input:
+            wanted.append(("matmul", grad, self.params[self.w]))
+        results = beaver.products(wanted)
         if accumulate:
-            self.params.add_grad(self.w, grad.t().matmul(self.x))
+            self.params.add_grad(self.w, results[0])
             self.params.add_grad(self.b, grad.sum(0))
-        return grad.matmul(self.params[self.w]) if need_input else None
+        return results[-1] if need_input else None
 
 
 class LeakyReLU:

@@ -29,7 +29,7 @@ from smpc_synth.train.base import Channel, TrafficStats
 
 crypten = import_crypten()
 import crypten.communicator as crypten_comm  # noqa: E402
-from crypten.gradients import AutogradReLU  # noqa: E402
+from crypten.gradients import AutogradMatMul, AutogradMul, AutogradReLU  # noqa: E402
 from crypten.mpc import MPCTensor  # noqa: E402
 from crypten.mpc.primitives import beaver as crypten_beaver  # noqa: E402
 
@@ -135,6 +135,8 @@ def _start(
         session.install_protocol(AutogradReLU, "forward", lambda _: forward)
         session.install_protocol(AutogradReLU, "backward", lambda _: backward)
         session.install_protocol(crypten_beaver, beaver.PROTOCOL_NAME, beaver.make_beaver_protocol)
+        session.install_protocol(AutogradMatMul, "backward", beaver.make_matmul_backward)
+        session.install_protocol(AutogradMul, "backward", beaver.make_mul_backward)
         arithmetic.install(session)
     else:
         log.warning(

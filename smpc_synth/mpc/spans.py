@@ -5,7 +5,7 @@ are gathered into a padded ``(rows, spans, widest)`` tensor (padding sits far be
 real logit, so its probability is 0), which costs the rounds of a single softmax however
 many spans the table has. With the dealer the continuous units ride in that same call:
 ``tanh(x) = 2 softmax([2x, 0])_0 - 1``, so each one is one more span of width 2, and their
-``tanh`` costs no rounds of its own (19 a step otherwise).
+``tanh`` costs no rounds of its own (16 a step otherwise).
 """
 
 from __future__ import annotations

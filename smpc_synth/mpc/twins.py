@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from smpc_synth.mpc import functions
+from smpc_synth.mpc import beaver, functions
 from smpc_synth.mpc.compat import import_crypten
 from smpc_synth.mpc.nn import Mlp, ParameterVector, named_parameters
 from smpc_synth.mpc.optim import AdamSettings, SharedAdam
@@ -149,7 +149,7 @@ class VaeTwin(Twin):
             t = functions.tanh(r * (1.0 / bound), comparison_provider())
             logvar = t * bound
             eps = torch.randn((n, latent), generator=generator)
-            std = (logvar * 0.5).exp()
+            std = functions.exp_in_range(logvar * 0.5, -bound / 2, bound / 2)  # 3 rounds
             z = mu + std * eps
             raw = self.nets["decoder"].forward(z)
         with self.phase("loss"):
@@ -158,23 +158,36 @@ class VaeTwin(Twin):
             d_cont = d_oh = sq_err = None
             target = batch[:, spans.onehot] if spans.n_spans else None
             c, p, log_hit = spans.activate_and_log_hit(raw, target)
+            # every square the loss and the backward pass need, in one round
+            squares = [("square", v, None) for v in (std, mu, t)]
             if c is not None:
                 err = c - batch[:, spans.continuous]
-                sq_err = err.square()
+                squares += [("square", err, None), ("square", c, None)]
+            var, mu_sq, t_sq, *continuous_squares = beaver.products(squares)
+            # and every product of the gradients' factors, in one more: tanh's derivative
+            # 1 - t^2 goes into the factors of d_logvar here, so the backward pass is left
+            # with one product for it instead of two
+            d_tanh = 1 - t_sq
+            factors = [("mul", std, d_tanh), ("mul", var, d_tanh)]
+            if c is not None:
+                sq_err, c_sq = continuous_squares
                 # public factors folded into one multiplication: smaller products (see optim)
                 recon = (sq_err * (1.0 / (2 * n * sigma.square()))).sum()
-                d_cont = err * (hp.recon_weight / n / sigma.square()) * (1 - c.square())
+                factors.append(("mul", err * (hp.recon_weight / n / sigma.square()), 1 - c_sq))
+            std_d_tanh, var_d_tanh, *continuous_grad = beaver.products(factors)
+            if c is not None:
+                (d_cont,) = continuous_grad
             if p is not None:
                 recon = recon - log_hit.sum() * (1.0 / n)
                 d_oh = (p - target) * (hp.recon_weight / n)
-            var = std.square()
-            kl = (mu.square() + var - logvar - 1).sum() * (0.5 / n)
+            kl = (mu_sq + var - logvar - 1).sum() * (0.5 / n)
             loss = recon * hp.recon_weight + kl * hp.kl_weight
         with self.phase("backward"):
             dz = self.nets["decoder"].backward(spans.assemble(d_cont, d_oh), need_input=True)
             d_mu = dz + mu * (hp.kl_weight / n)
-            d_logvar = (dz * eps) * std * 0.5 + (var - 1) * (0.5 * hp.kl_weight / n)
-            d_r = d_logvar * (1 - t.square())
+            # d_logvar = (dz eps) std / 2 + (var - 1) kl_weight / (2n), times tanh's derivative
+            kl_part = (var_d_tanh - d_tanh) * (0.5 * hp.kl_weight / n)
+            d_r = (dz * eps) * std_d_tanh * 0.5 + kl_part
             self.nets["encoder"].backward(crypten.cat([d_mu, d_r], dim=1))
         self._update("vae")
         if sq_err is not None:
