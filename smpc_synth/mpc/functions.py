@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -74,15 +75,18 @@ def reciprocal_in_range(x, low: float, high: float):
     """
     if not 0 < low <= high:
         raise ValueError(f"need 0 < low <= high, got [{low}, {high}]")
-    newton_steps = reciprocal_iterations(low, high)
-    degree = polynomial_degree("reciprocal", low, high)
-    if degree is not None and polynomial_rounds(degree) < 2 * newton_steps:
-        return _polynomial_in_range(x, "reciprocal", low, high)
+    if _reciprocal_by_polynomial(low, high):
+        return polynomials_in_range(x, ("reciprocal",), low, high)[0]
     slope = 8.0 / (high**2 + 6 * high * low + low**2)
     y = x * -slope + slope * (low + high)
-    for _ in range(newton_steps):
+    for _ in range(reciprocal_iterations(low, high)):
         y = y * (2 - x * y)
     return y
+
+
+def _reciprocal_by_polynomial(low: float, high: float) -> bool:
+    degree = polynomial_degree("reciprocal", low, high)
+    return degree is not None and polynomial_rounds(degree) < 2 * reciprocal_iterations(low, high)
 
 
 def polynomial_rounds(degree: int) -> int:
@@ -148,17 +152,44 @@ def chebyshev_polynomial(function: str, low: float, high: float) -> np.ndarray:
     raise ValueError(f"{function} on [{low}, {high}] needs a polynomial above degree {MAX_DEGREE}")
 
 
-def _polynomial_in_range(x, function: str, low: float, high: float):
-    coefficients = chebyshev_polynomial(function, low, high)  # degree >= 1
+def polynomials_in_range(x, functions: Sequence[str], low: float, high: float) -> list:
+    """Several fitted functions (:func:`chebyshev_polynomial`) of an MPCTensor ``x`` whose
+    every element lies in ``[low, high]``, from one set of powers: the rounds and products of
+    the highest degree alone (each function is then a public combination of the powers)."""
+    fits = [chebyshev_polynomial(function, low, high) for function in functions]
     mid, half = _centre(low, high)
     t = (x - mid) * (1.0 / half)
-    powers = torch.tensor(coefficients[1:], dtype=torch.float32)
-    return t.polynomial(powers) + float(coefficients[0])
+    terms = _powers(t, max(len(fit) for fit in fits) - 1)
+    results = []
+    for fit in fits:
+        coefficients = torch.tensor(fit[1:], dtype=torch.float32)
+        coefficients = coefficients.view(-1, *([1] * t.dim()))
+        results.append((terms[: len(coefficients)] * coefficients).sum(0) + float(fit[0]))
+    return results
+
+
+def _powers(t, degree: int):
+    """``t, t^2, ..., t^degree`` stacked along a new first dimension, as CrypTen's
+    ``polynomial`` computes them: the known powers times the highest, each round."""
+    terms = crypten.stack([t, t.square()]) if degree > 1 else crypten.stack([t])
+    while terms.size(0) < degree:
+        terms = crypten.cat([terms, terms * terms[-1:]])
+    return terms[:degree]
 
 
 def log_in_range(x, low: float, high: float):
     """``log(x)`` for an MPCTensor ``x`` whose every element lies in ``[low, high]``."""
-    return _polynomial_in_range(x, "log", low, high)
+    return polynomials_in_range(x, ("log",), low, high)[0]
+
+
+def reciprocal_and_log_in_range(x, low: float, high: float) -> tuple:
+    """``(1 / x, log(x))`` for an MPCTensor ``x`` in ``[low, high]``: where the reciprocal is
+    a polynomial, the log rides on its powers (a softmax's denominator and the log of it: 4
+    rounds for both on ``[1, 6]``, where they took 4 each)."""
+    if _reciprocal_by_polynomial(low, high):
+        reciprocal, log = polynomials_in_range(x, ("reciprocal", "log"), low, high)
+        return reciprocal, log
+    return reciprocal_in_range(x, low, high), log_in_range(x, low, high)
 
 
 def exp_in_range(x, low: float, high: float):
@@ -166,7 +197,7 @@ def exp_in_range(x, low: float, high: float):
     ``[-2, 2]`` a polynomial of degree 8, 3 rounds and 7 products of x's size, within 4e-5
     of the value. CrypTen's ``(1 + x / 256)^256`` takes 8 rounds and 8 products, and is off
     by ``x^2 / 512`` of the value (0.8% at 2)."""
-    return _polynomial_in_range(x, "exp", low, high)
+    return polynomials_in_range(x, ("exp",), low, high)[0]
 
 
 _FITTED = {  # function -> (numpy function, tolerance, relative?)

@@ -77,8 +77,9 @@ class SpanMap:
         ``target`` is one-hot, as the one-hot columns; the log is per span: (rows, spans).
 
         With the dealer, one batched softmax gives all three (the log is
-        ``(l_true - max) - log(sum)``, the log of a value in ``[1, widest span]``, 4 rounds,
-        not the log of a probability that may be tiny); otherwise CrypTen's functions."""
+        ``(l_true - max) - log(sum)``, the log of a value in ``[1, slots]`` from the powers
+        of the sum that its reciprocal computes, not the log of a probability that may be
+        tiny); otherwise CrypTen's functions."""
         provider = comparison_provider()
         if provider is None:
             tanh = raw[:, self.continuous].tanh() if len(self.continuous) else None
@@ -87,12 +88,12 @@ class SpanMap:
             if probs is not None and target is not None:
                 log_hit = self.span_sums(probs * target).log()
             return tanh, probs, log_hit
-        tanh, probs, shifted, denominator = self._activations(raw, provider)
+        with_log = self.n_spans > 0 and target is not None
+        tanh, probs, shifted, log_denominator = self._activations(raw, provider, with_log)
         log_hit = None
-        if probs is not None and target is not None:
+        if with_log:
             true_logit = self.span_sums(self._columns(shifted) * target)
-            sums = denominator[:, : self.n_spans].reshape(raw.size(0), -1)
-            log_hit = true_logit - functions.log_in_range(sums, 1.0, self.widest)
+            log_hit = true_logit - log_denominator[:, : self.n_spans].reshape(raw.size(0), -1)
         return tanh, probs, log_hit
 
     def _gathered_onehot(self, raw):
@@ -104,11 +105,11 @@ class SpanMap:
         """(rows, spans, slots) -> (rows, one-hot cols): drop the padding."""
         return per_slot.reshape(per_slot.size(0), -1)[:, self.valid]
 
-    def _activations(self, raw, provider):
+    def _activations(self, raw, provider, with_log: bool = False):
         """One batched softmax over the one-hot spans and the continuous columns' [2x, 0]
         spans: tanh (rows, continuous cols) and probabilities (rows, one-hot cols), each
-        None if there are none, the shifted logits ``l - max`` and the denominators
-        (rows, spans, 1), which lie in ``[1, slots]``."""
+        None if there are none, the shifted logits ``l - max`` and, ``with_log``, the log of
+        the denominators (rows, spans, 1), which lie in ``[1, slots]``."""
         logits = raw[:, self.gather]
         if self.keep is not None:  # integer factors on the shares: exact, no truncation
             logits = compare.shares_like(logits, logits.share * self.keep)
@@ -116,11 +117,17 @@ class SpanMap:
         shifted = logits - functions.maximum(logits, provider)
         numerator = shifted.exp()
         denominator = numerator.sum(dim=2, keepdim=True)
-        per_slot = numerator * functions.reciprocal_in_range(denominator, 1.0, self.slots)
-        flat = per_slot.reshape(raw.size(0), -1)
+        log_denominator = None
+        if with_log:
+            reciprocal, log_denominator = functions.reciprocal_and_log_in_range(
+                denominator, 1.0, self.slots
+            )
+        else:
+            reciprocal = functions.reciprocal_in_range(denominator, 1.0, self.slots)
+        flat = (numerator * reciprocal).reshape(raw.size(0), -1)
         probs = flat[:, self.valid] if self.n_spans else None
         tanh = flat[:, self.tanh_slots] * 2 - 1 if len(self.continuous) else None
-        return tanh, probs, shifted, denominator
+        return tanh, probs, shifted, log_denominator
 
     def span_sums(self, values):
         """Per-span sums of one-hot columns: (rows, one-hot cols) -> (rows, spans)."""
