@@ -115,13 +115,10 @@ def products(items: Sequence[tuple[str, object, object]]) -> list:
 
 
 def _gradients(wanted: dict[str, tuple], input, other) -> tuple:
-    """CrypTen's backward result ``(d input, d other)`` from ``{name: (op, x, y)}``: the
-    shared products in one round, public ones locally, None for a gradient not wanted."""
-    shared = {name: item for name, item in wanted.items() if _batchable(*item)}
-    grads = dict(zip(shared, products(list(shared.values())), strict=True))
-    for name, (op, x, y) in wanted.items():
-        if name not in grads:
-            grads[name] = getattr(x, op)(y)
+    """CrypTen's backward result ``(d input, d other)`` from ``{name: (op, x, y)}`` (two
+    shared products in one round; a product by a public factor is local), None for a
+    gradient not wanted."""
+    grads = dict(zip(wanted, products(list(wanted.values())), strict=True))
     return tuple(
         _inverse_broadcast(grads[name], saved.size()) if name in grads else None
         for name, saved in (("input", input), ("other", other))

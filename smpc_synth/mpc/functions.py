@@ -143,9 +143,9 @@ def chebyshev_polynomial(function: str, low: float, high: float) -> np.ndarray:
     mid, half = _centre(low, high)
     nodes = np.cos(np.pi * (np.arange(256) + 0.5) / 256)
     check = np.linspace(-1.0, 1.0, 4001)
+    at_nodes, exact = target(mid + half * nodes), target(mid + half * check)
     for degree in range(1, MAX_DEGREE + 1):
-        fit = chebyshev.chebfit(nodes, target(mid + half * nodes), degree)
-        exact = target(mid + half * check)
+        fit = chebyshev.chebfit(nodes, at_nodes, degree)
         error = chebyshev.chebval(check, fit) - exact
         if np.abs(error / exact if relative else error).max() <= tolerance:
             return chebyshev.cheb2poly(fit)
@@ -187,8 +187,7 @@ def reciprocal_and_log_in_range(x, low: float, high: float) -> tuple:
     a polynomial, the log rides on its powers (a softmax's denominator and the log of it: 4
     rounds for both on ``[1, 6]``, where they took 4 each)."""
     if _reciprocal_by_polynomial(low, high):
-        reciprocal, log = polynomials_in_range(x, ("reciprocal", "log"), low, high)
-        return reciprocal, log
+        return tuple(polynomials_in_range(x, ("reciprocal", "log"), low, high))
     return reciprocal_in_range(x, low, high), log_in_range(x, low, high)
 
 
