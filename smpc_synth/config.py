@@ -42,6 +42,9 @@ class MpcConfig:
     transport: Literal["grpc", "gloo"] = "grpc"
     provider: Literal["dealer", "tfp"] = "dealer"  # tfp lets party 0 see everything
     insecure_dev: bool = False
+    # fixes the dealer's and CrypTen's PRG keys, so a run can be repeated bit for bit (tests,
+    # debugging); anyone who knows it can rebuild every triple, hence insecure_dev only
+    debug_seed: int | None = None
     rendezvous: str | None = None  # gloo only: tcp://HOST:PORT of party 0 (simulate picks one)
 
 
@@ -116,6 +119,11 @@ class RunConfig:
             raise InputError(f"{source}: key 'epochs' must be at least 1")
         if not (self.split == "iid" or self.split.startswith("noniid:")):
             raise InputError(f"{source}: key 'split': use 'iid' or 'noniid:COLUMN'")
+        if self.mpc.debug_seed is not None and not self.mpc.insecure_dev:
+            raise InputError(
+                f"{source}: key 'mpc.debug_seed' needs 'mpc.insecure_dev' = true "
+                "(a known seed gives away every triple)"
+            )
 
 
 def drop_none(value: Any) -> Any:

@@ -67,6 +67,11 @@ def test_targets_line_says_which_step_targets_are_met():
     assert "5.40 MB (<= 8: met)" in line and "21 rounds (<= 25: met)" in line
     assert "0.94x gloo (<= 1.2: met)" in line
     assert "CPU floor on" in line
+    assert "scaled" not in line  # no stock record: nothing to scale by
+    with_stock = mpc_ops.format_targets(
+        [step("grpc+tls", 0.167, None), step("gloo", 0.178, None), step("stock", 1.1, None)]
+    )
+    assert "scaled by stock's 1100 ms here to the issue's 550 ms: 84 ms (met)" in with_stock
     slow_tls = mpc_ops.format_targets([step("grpc+tls", 0.25, None), step("gloo", 0.2, None)])
     assert "1.25x gloo (<= 1.2: MISSED)" in slow_tls and "CPU floor" not in slow_tls
 

@@ -221,6 +221,47 @@ def test_debug_validation_lookup_is_still_there_without_the_fix():
     assert result.stdout.strip() == "validate_attribute"
 
 
+# --- attribute dispatch remembered per name ----------------------------------------------------
+
+
+def _crypten_getattribute():
+    """CrypTen's own dispatch, without the debug-validation wrapper."""
+    from smpc_synth.mpc import compat
+
+    originals = [o for owner, name, _, o in compat._SPEED_PATCHES if name == "__getattribute__"]
+    return next(o for o in originals if o.__code__.co_name != "validate_attribute")
+
+
+def test_remembered_attribute_dispatch_agrees_with_cryptens():
+    ours = crypten.CrypTensor.__dict__["__getattribute__"]
+    theirs = _crypten_getattribute()
+    assert ours is not theirs
+    x = crypten.mpc.MPCTensor.from_shares(torch.arange(4))
+    for requires_grad in (False, True):
+        x.requires_grad = requires_grad
+        for name in ("share", "encoder", "_tensor", "ptype", "requires_grad", "size", "grad_fn"):
+            for _ in range(2):  # the first read classifies the name, the second is remembered
+                got, expected = ours(x, name), theirs(x, name)
+                assert got == expected if callable(got) else got is expected, name
+        for name in ("add", "mul", "neg", "relu", "sum", "__neg__", "copy_"):
+            got, expected = ours(x, name), theirs(x, name)
+            assert getattr(got, "__qualname__", None) == getattr(expected, "__qualname__", 1)
+            if requires_grad and name in ("add", "relu"):  # autograd's wrapper, not the method
+                assert "autograd_forward" in got.__qualname__
+        if requires_grad:  # CrypTen refuses in-place functions under autograd
+            with pytest.raises(RuntimeError, match="in-place"):
+                ours(x, "add_")
+        else:
+            assert ours(x, "add_").__qualname__ == theirs(x, "add_").__qualname__
+    assert crypten.cryptensor  # the metaclass's own dispatch (cat, stack) is untouched
+    assert crypten.cat([x, x]).size() == (8,)
+
+
+def test_cryptens_dispatch_still_works_out_every_read():
+    names = set(_crypten_getattribute().__code__.co_names)
+    assert {"PROTECTED_ATTRIBUTES", "PYTHON_BUILTIN", "get_grad_fn"} <= names
+
+
 # --- config reads through plain sections -------------------------------------------------------
 
 

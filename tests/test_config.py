@@ -29,6 +29,8 @@ def test_equal_configs_share_a_fingerprint_and_any_change_alters_it():
         ({"mpc": {"transprt": "grpc"}}, "mpc.transprt"),
         ({"holdout_fraction": 1.5}, "holdout_fraction"),
         ({"split": "random"}, "split"),
+        ({"mpc": {"debug_seed": 3}}, "mpc.debug_seed"),
+        ({"mpc": {"debug_seed": "3", "insecure_dev": True}}, "mpc.debug_seed"),
     ],
 )
 def test_bad_run_config_names_the_key(raw, named):

@@ -22,6 +22,10 @@ PARITY_TOLERANCE = 0.03
 EPOCHS = {"breast_cancer": 20, "fair": 2}
 VAE_EPOCHS = {"breast_cancer": 80, "fair": 20}
 
+# MPC runs repeat bit for bit with a fixed debug seed (fresh dealer keys move the fixed-point
+# noise, and the VAE's TSTR on breast_cancer by about 0.01 from run to run)
+REPEATABLE = {"insecure_dev": True, "debug_seed": 0}
+
 pytestmark = pytest.mark.slow
 
 
@@ -50,7 +54,7 @@ def _figures(result) -> tuple[float, float]:
 @pytest.mark.parametrize("generator", ["gaussian", "vae", "gan"])
 def test_mpc_matches_plaintext(tmp_path, generator, dataset):
     epochs = {"gaussian": None, "vae": VAE_EPOCHS[dataset]}.get(generator, EPOCHS[dataset])
-    mpc = _run(tmp_path, "mpc", generator, dataset, epochs, "mpc")
+    mpc = _run(tmp_path, "mpc", generator, dataset, epochs, "mpc", mpc=REPEATABLE)
     plain = _run(tmp_path, "plaintext", generator, dataset, epochs, "plain")
     (q_mpc, auc_mpc), (q_plain, auc_plain) = _figures(mpc), _figures(plain)
     print(

@@ -40,9 +40,13 @@ class _Done:
         return True
 
 
-def _reduce(tensors: Sequence[torch.Tensor], op: Any) -> torch.Tensor:
-    result = tensors[0].clone()
-    for tensor in tensors[1:]:
+def _reduce(own: torch.Tensor, received: Sequence[torch.Tensor], op: Any) -> torch.Tensor:
+    """Combine this party's ``own`` tensor with the peers' into the first received one: it
+    was decoded from the wire for this call, so nobody else holds it (both ops commute)."""
+    if not received:
+        return own.clone()
+    result = received[0]
+    for tensor in (own, *received[1:]):
         if op == ReduceOp.SUM:
             result += tensor  # int64 wraps around: arithmetic mod 2^64
         elif op == ReduceOp.BXOR:
@@ -53,6 +57,9 @@ def _reduce(tensors: Sequence[torch.Tensor], op: Any) -> torch.Tensor:
 
 
 def _flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One flat tensor to send (a view when there is one tensor: sending copies anyway)."""
+    if len(tensors) == 1:
+        return tensors[0].reshape(-1)
     return torch.cat([t.reshape(-1) for t in tensors]) if tensors else torch.empty(0)
 
 
@@ -176,7 +183,7 @@ class ChannelCommunicator(Communicator):
             self._send(flat, dst)
             return None
         received = [self._recv(flat, peer) for peer in self._others()]
-        result = _unflatten(_reduce([flat, *received], op), tensors)
+        result = _unflatten(_reduce(flat, received, op), tensors)
         return result if batched else result[0]
 
     @_logging
@@ -184,7 +191,7 @@ class ChannelCommunicator(Communicator):
         tensors = list(input) if batched else [input]
         flat = _flatten(tensors)
         received = self._exchange(flat, self._others())
-        result = _unflatten(_reduce([flat, *received], op), tensors)
+        result = _unflatten(_reduce(flat, received, op), tensors)
         return result if batched else result[0]
 
     @_logging

@@ -43,6 +43,7 @@ class MpcStrategy(Strategy):
             provider=cfg.mpc.provider,
             transport=cfg.mpc.transport,
             insecure_dev=cfg.mpc.insecure_dev,
+            insecure_debug_seed=cfg.mpc.debug_seed,
             timeout=cfg.network.peer_timeout_s,
             rendezvous=cfg.mpc.rendezvous,
         ):
