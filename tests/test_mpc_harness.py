@@ -297,6 +297,31 @@ def products_program(rank: int, batched: bool) -> dict[str, Any]:
     }
 
 
+def rekey_program(rank: int) -> dict[str, Any]:
+    """The same sharing, products and comparison after re-keying to the same labels twice
+    (with something else drawn in between), and after re-keying to other labels: each
+    party's shares, and the revealed values."""
+    from smpc_synth.mpc import session
+
+    crypten = session.crypten
+
+    def work() -> list:
+        x = crypten.cryptensor(torch.linspace(-3, 3, 64).view(8, 8), src=0)
+        y = crypten.cryptensor(torch.linspace(-1, 2, 64).view(8, 8), src=1)
+        return [x, x * y, x.matmul(y), (x - 0.5).relu()]
+
+    runs = {}
+    for name, labels in (("first", (3, 0)), ("again", (3, 0)), ("other", (3, 1))):
+        rekeyed = session.rekey(*labels)
+        results = work()
+        runs[name] = {
+            "rekeyed": rekeyed,
+            "shares": [r.share.tolist() for r in results],
+            "values": [r.get_plain_text().tolist() for r in results],
+        }
+    return runs
+
+
 def network_backward_program(rank: int) -> dict[str, Any]:
     """Rounds of one crypten.nn backward pass with our protocols and with CrypTen's, and
     the gradients each computed (the data needs no gradient)."""

@@ -19,6 +19,7 @@ from test_mpc_harness import (
     ops_program,
     plaintext_ops,
     products_program,
+    rekey_program,
     run_mpc,
     small_network,
     spawn_event,
@@ -164,6 +165,36 @@ def test_copy_free_arithmetic_matches_cryptens_and_leaves_inputs_alone(tmp_path)
             torch.testing.assert_close(
                 torch.tensor(ours[name]), torch.tensor(stock[name]), atol=2**-15, rtol=0
             )
+
+
+def test_rekeying_a_debug_seeded_session_repeats_its_randomness(tmp_path):
+    """``session.rekey`` restarts CrypTen's generators and the dealer's streams from the
+    debug seed: the same labels give the same shares whatever was drawn before, other
+    labels give others; the values are right either way."""
+    outcomes = run_mpc(tmp_path, 2, rekey_program, seed=SEED)
+    assert_all_ok(outcomes)
+    x = torch.linspace(-3, 3, 64).view(8, 8)
+    y = torch.linspace(-1, 2, 64).view(8, 8)
+    expected = [x, x * y, x @ y, torch.relu(x - 0.5)]
+    for party in PARTY_NAMES[:2]:
+        runs = outcomes[party].result["result"]
+        assert all(run["rekeyed"] for run in runs.values())
+        assert runs["first"]["shares"] == runs["again"]["shares"], party
+        assert all(
+            a != b for a, b in zip(runs["first"]["shares"], runs["other"]["shares"], strict=True)
+        ), party
+        for run in runs.values():
+            for got, want in zip(run["values"], expected, strict=True):
+                torch.testing.assert_close(torch.tensor(got), want, atol=2e-2, rtol=1e-3)
+
+
+def test_rekeying_without_a_debug_seed_does_nothing(tmp_path):
+    outcomes = run_mpc(tmp_path, 2, rekey_program)
+    assert_all_ok(outcomes)
+    for party in PARTY_NAMES[:2]:
+        runs = outcomes[party].result["result"]
+        assert not any(run["rekeyed"] for run in runs.values())
+        assert runs["first"]["shares"] != runs["again"]["shares"], party
 
 
 def test_party_zero_reads_the_dealers_cpu_clock_between_tuples(tmp_path):

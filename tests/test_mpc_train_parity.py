@@ -68,10 +68,13 @@ def test_mpc_matches_plaintext(tmp_path, generator, dataset):
 
 
 def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
-    """Stop after epoch 1 of 2 (a run of 1 epoch), resume to 2: same weights as 2 epochs in
-    one go, up to fixed-point noise (the dealer's randomness is fresh in every run)."""
-    whole = _run(tmp_path, "mpc", "vae", "breast_cancer", 2, "whole")
-    _run(tmp_path, "mpc", "vae", "breast_cancer", 1, "resumed")
+    """Stop after epoch 1 of 2 (a run of 1 epoch), resume to 2: the same weights, bit for
+    bit, as 2 epochs in one go. With a debug seed every PRG restarts from keys for the epoch
+    at its first step, so the only state carried over is the checkpoint's: anything it
+    forgot would show here. (With fresh keys, as in real runs, the results differ by the
+    fixed-point noise of different randomness.)"""
+    whole = _run(tmp_path, "mpc", "vae", "breast_cancer", 2, "whole", mpc=REPEATABLE)
+    _run(tmp_path, "mpc", "vae", "breast_cancer", 1, "resumed", mpc=REPEATABLE)
     resumed = simulate(
         2,
         dataset="breast_cancer",
@@ -82,6 +85,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
         out=tmp_path / "resumed",
         resume=True,
         show_progress=False,
+        mpc=REPEATABLE,
     )
     assert resumed.exit_code == 0, resumed.exit_codes
     history = resumed.metrics["parties"]["alice"]["training"]["epochs"]
@@ -89,8 +93,6 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
     a = Synthesizer.load(whole.run_dir / "generator.pt").generator.state_dict()
     b = Synthesizer.load(resumed.run_dir / "generator.pt").generator.state_dict()
     for name, value in a["modules"]["decoder"].items():
-        gap = float((value - b["modules"]["decoder"][name]).abs().mean())
-        assert gap < 2e-3, (name, gap)
-    torch.testing.assert_close(a["buffers"]["sigma"], b["buffers"]["sigma"], atol=5e-3, rtol=0)
-    q_whole, q_resumed = _figures(whole)[0], _figures(resumed)[0]
-    assert abs(q_whole - q_resumed) <= PARITY_TOLERANCE
+        assert torch.equal(value, b["modules"]["decoder"][name]), name
+    assert torch.equal(a["buffers"]["sigma"], b["buffers"]["sigma"])
+    assert _figures(whole) == _figures(resumed)

@@ -79,11 +79,11 @@ def test_inverse_sqrt_converges_cold_and_from_a_warm_start_however_x_grew(mpc, g
     from smpc_synth.mpc.optim import EPS, X_MAX, inverse_sqrt
 
     x = torch.logspace(math.log10(EPS), math.log10(X_MAX), 60)
-    cold = inverse_sqrt(mpc.cryptensor(x))
+    cold, _ = inverse_sqrt(mpc.cryptensor(x))
     # 5% where fixed point can tell, else a few units of its last place (2^-16)
     torch.testing.assert_close(cold.get_plain_text(), x.rsqrt(), atol=LSB * 8, rtol=0.05)
     grown = (x * growth).clamp(max=X_MAX)
-    warm = inverse_sqrt(mpc.cryptensor(grown), cold)
+    warm, _ = inverse_sqrt(mpc.cryptensor(grown), cold)
     torch.testing.assert_close(warm.get_plain_text(), grown.rsqrt(), atol=LSB * 8, rtol=0.05)
 
 
@@ -103,7 +103,7 @@ def test_steady_inverse_sqrt_tracks_x_and_restarts_when_it_jumps(mpc, growth, it
 
     x = torch.logspace(math.log10(EPS), math.log10(X_MAX / 10), 60)
     new = x * growth  # 5x: beyond SAFE_GROWTH, so the careful restarts must take over
-    got = steady_inverse_sqrt(
+    got, _ = steady_inverse_sqrt(
         mpc.cryptensor(new), mpc.cryptensor(x.rsqrt()), mpc.cryptensor(x), iters
     )
     # 2%: x = EPS is 26 units of fixed point, so x itself is only known to 2%
@@ -129,6 +129,49 @@ def test_shared_adam_follows_torch_adam(mpc, steps):
     moved = (plain.detach() - start).abs().max()
     gap = (params.get_plain_text() - plain.detach()).abs().max()
     assert gap < 0.25 * moved, (float(gap), float(moved))
+
+
+def test_adam_root_check_passes_normal_steps_and_flags_a_wrapped_root(mpc):
+    """The sum of x y^2 over Newton's last step (no extra product) is about 1 per element on
+    every normal step; a wrap-around inside the iteration puts it far off, even where the
+    root that comes out looks tame."""
+    from smpc_synth.mpc.optim import AdamSettings, SharedAdam
+
+    g = torch.Generator().manual_seed(4)
+    scales = torch.logspace(-3, 1, 300)
+    shared = SharedAdam(AdamSettings(lr=1e-3), 300)
+    params = mpc.cryptensor(torch.zeros(300))
+    errors = []
+    for _ in range(30):  # the cold start, the warm-up and the steady state
+        params = shared.step(params, mpc.cryptensor(torch.randn(300, generator=g) * scales))
+        errors.append(shared.root_check_error(float(shared.root_check.get_plain_text())))
+    assert max(errors) < 0.2, errors
+    # one element of the previous root wrapped around (a truncation failure: 2^48 units)
+    root = shared.inv_root
+    root.share[7] += 2**48  # world size 1: the only share
+    params = shared.step(params, mpc.cryptensor(torch.randn(300, generator=g) * scales))
+    assert shared.root_check_error(float(shared.root_check.get_plain_text())) > 1e3
+
+
+def test_guard_rolls_back_a_failed_health_check_and_records_no_checks(caplog):
+    from smpc_synth.mpc.guard import CHECK_PREFIX, losses_only
+
+    state = {"value": 0, "fail": True}
+
+    def step(i: int) -> dict[str, float]:
+        state["value"] += 1
+        failed = i == 2 and state.pop("fail", False)
+        return {"loss": 1.0 + i, f"{CHECK_PREFIX}adam": 5e4 if failed else 1e-3}
+
+    guard = WrapGuard()
+    results = guard.run_steps(4, step, lambda: state["value"], lambda v: state.update(value=v))
+    assert guard.rollbacks == 1 and state["value"] == 4
+    assert [losses_only(r) for r in results] == [{"loss": 1.0 + i} for i in range(4)]
+    assert "step 3 looks wrapped around (loss 3, check:adam 5e+04): rolled back to step 2" in (
+        caplog.text
+    )
+    assert guard.is_bad({"loss": 1.0, f"{CHECK_PREFIX}x": float("nan")})
+    assert not guard.is_bad({"loss": 1.0, f"{CHECK_PREFIX}x": 0.9})
 
 
 def test_adam_clamps_a_second_moment_that_drifted_below_zero(mpc):
@@ -167,9 +210,14 @@ def test_twin_step_matches_the_plaintext_step(mpc, generator):
     start = {k: v.clone() for k, v in plain.modules()[released].state_dict().items()}
     shared = mpc.cryptensor(X)
     rng_plain, rng_twin = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    from smpc_synth.mpc.guard import losses_only
+
     for _ in range(3):
         expected = plain.train_step(X, rng_plain)
-        got = twin.step(shared, rng_twin)
+        revealed = twin.step(shared, rng_twin)
+        got = losses_only(revealed)
+        checks = {k: v for k, v in revealed.items() if k not in got}
+        assert len(checks) == len(twin.opts) and max(checks.values()) < 1, checks
         assert set(got) == set(expected)
         for key, value in expected.items():
             assert math.isclose(got[key], value, rel_tol=0.03, abs_tol=0.02), (key, got, expected)

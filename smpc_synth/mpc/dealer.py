@@ -49,6 +49,7 @@ MAX_TUPLE_ELEMENTS = 1 << 26  # one request may not make the dealer allocate mor
 DEALER_IDLE_TIMEOUT_S = 24 * 3600.0
 _DONE = "done"
 _CPU = "cpu"  # a benchmark asks how much CPU time the dealer has used
+_REKEY = "rekey"  # debug-seeded runs only: restart every stream from keys for these labels
 
 
 @functools.lru_cache(maxsize=4096)
@@ -195,6 +196,14 @@ class DealerProvider(TupleProvider):
         self.link.send_obj(self.link.dealer, {"f": _CPU})
         return float(self.link.recv_tensor(self.link.dealer, torch.Size([1]), torch.float64)[0])
 
+    def rekey(self, debug_seed: int, labels: Sequence[int]) -> None:
+        """Restart this party's stream (and, from party 0, every stream at the dealer) from
+        the debug keys for ``labels``: draws after this point no longer depend on what was
+        drawn before it (a resumed run repeats the uninterrupted one)."""
+        if self.party_rank == 0:
+            self.link.send_obj(self.link.dealer, {"f": _REKEY, "labels": list(labels)})
+        self.stream = prg.Stream(dealer_key(debug_seed, self.link.me, *labels))
+
     def done(self) -> None:
         """Tell the dealer this party needs no more tuples."""
         self.settle()
@@ -254,6 +263,18 @@ def _checked_size(value: Any) -> torch.Size:
     return value
 
 
+def _rekeyed(link: Link, parties: Sequence[str], debug_seed: int | None, labels: Any):
+    """The parties' streams restarted for a party 0's re-key request (debug seeds only)."""
+    first = parties[0]
+    if debug_seed is None:
+        link.abort(first)
+        raise PeerError(f"{first} asked to re-key, but this dealer has no debug seed", first)
+    if not isinstance(labels, list) or not all(type(x) is int for x in labels):
+        link.abort(first)
+        raise PeerError(f"{first} sent a bad re-key request: labels {labels!r}", first)
+    return [prg.Stream(dealer_key(debug_seed, party, *labels)) for party in parties]
+
+
 def _checked_kwargs(kwargs: Any) -> dict[str, Any]:
     if not isinstance(kwargs, dict) or not set(kwargs) <= PRODUCT_KWARGS:
         raise ValueError(f"unexpected keyword arguments {kwargs!r}")
@@ -292,10 +313,15 @@ def _serve_one(maker: _TupleMaker, request: Any) -> torch.Tensor:
     raise ValueError(f"unknown request {function!r}")
 
 
+def dealer_key(debug_seed: int, party: str, *labels: int) -> bytes:
+    """The key ``party`` shares with the dealer in a debug-seeded run (tests only)."""
+    return prg.debug_key(debug_seed, "dealer", party, *labels)
+
+
 def send_keys(link: Link, parties: Sequence[str], debug_seed: int | None = None) -> list[bytes]:
     """Give each party its own PRG key, over its own authenticated link."""
     keys = [
-        prg.fresh_key() if debug_seed is None else prg.debug_key(debug_seed, "dealer", party)
+        prg.fresh_key() if debug_seed is None else dealer_key(debug_seed, party)
         for party in parties
     ]
     for party, key in zip(parties, keys):
@@ -333,6 +359,9 @@ def serve_dealer(
             break
         if kind == _CPU:
             link.send_tensor(first, torch.tensor([time.process_time()], dtype=torch.float64))
+            continue
+        if kind == _REKEY:
+            maker.streams = _rekeyed(link, parties, insecure_debug_seed, request.get("labels"))
             continue
         try:
             share = _serve_one(maker, request)

@@ -8,10 +8,16 @@ jumps far above the recent ones, roll back to it and redo both steps (fresh shar
 wrap-around does not recur). The rollback also resets the optimizer's warm start.
 The trainer runs one guard over all epochs, so the step before may belong to the previous
 epoch (with one step per epoch it always does).
+
+A step may also report health checks next to its losses: values under keys that start with
+:data:`CHECK_PREFIX`, scaled so that above 1 means a wrap-around happened somewhere the
+loss may not show it (Adam's inverse square root, see :mod:`smpc_synth.mpc.optim`). A failed
+check rolls back like an exploded loss; checks are not losses, so they are not recorded.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 from collections import deque
@@ -24,6 +30,14 @@ MAX_ABS_LOSS = 1e6  # no loss of ours comes near this unless a value wrapped aro
 JUMP_FACTOR = 50.0  # ... or jumps this far above the median of the recent losses
 WINDOW = 20
 MAX_RETRIES = 3  # consecutive rollbacks before giving up
+CHECK_PREFIX = "check:"
+
+log = logging.getLogger(__name__)
+
+
+def losses_only(values: dict[str, float]) -> dict[str, float]:
+    """A step's losses without its health checks."""
+    return {k: v for k, v in values.items() if not k.startswith(CHECK_PREFIX)}
 
 
 class WrapGuard:
@@ -34,7 +48,10 @@ class WrapGuard:
         self.rollbacks = 0
 
     def is_bad(self, losses: dict[str, float]) -> bool:
-        values = [abs(v) for v in losses.values()]
+        checks = [v for k, v in losses.items() if k.startswith(CHECK_PREFIX)]
+        if any(not v <= 1.0 for v in checks):  # NaN fails too
+            return True
+        values = [abs(v) for v in losses_only(losses).values()]
         if any(not math.isfinite(v) or v > MAX_ABS_LOSS for v in values):
             return True
         if len(self.recent) >= 5:
@@ -43,7 +60,7 @@ class WrapGuard:
         return False
 
     def accept(self, losses: dict[str, float]) -> None:
-        self.recent.append(max((abs(v) for v in losses.values()), default=0.0))
+        self.recent.append(max((abs(v) for v in losses_only(losses).values()), default=0.0))
 
     def run_steps(
         self,
@@ -71,6 +88,13 @@ class WrapGuard:
                         f"MPC training: losses {losses} stayed out of range after "
                         f"{MAX_RETRIES} rollbacks (fixed-point overflow?)"
                     )
+                shown = ", ".join(f"{k} {v:.3g}" for k, v in losses.items())
+                log.warning(
+                    "step %d looks wrapped around (%s): rolled back to step %d to redo it",
+                    i + 1,
+                    shown,
+                    max(i, 1),
+                )
                 i = max(i - 1, 0)
                 restore(points[i])
                 del results[i:]

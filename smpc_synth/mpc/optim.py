@@ -17,6 +17,15 @@ Newton steps finish (a cold start from below every root would take 33).
 Once a new squared gradient weighs little in ``v`` (``c2`` small, i.e. after the first
 dozens of steps), ``v`` moves a few per cent per step and one or two undamped Newton steps
 from the previous root suffice (:func:`steady_inverse_sqrt`).
+
+A wrap-around inside Newton's iteration need not show in the loss: the next iteration
+squares the wrapped value past fixed point's range, and what comes out can be a root a
+million times too large, not one that wrecks the model outright (it happened: a KL jump from
+0.2 to 7 that the guard let through). Newton's last step computes ``s = x y^2`` of its
+input, about 1 for every element; :attr:`SharedAdam.root_check` is its sum, which every
+party reveals with the step's losses. A mean off by more than
+:data:`ROOT_CHECK_TOLERANCE` means a wrap-around (then it is off by 10^4 or more), and the
+guard rolls the step back. It costs no round and no product.
 """
 
 from __future__ import annotations
@@ -60,6 +69,9 @@ SAFE_GROWTH = 1.8  # x below 1.8x its previous value: x * y_prev^2 < 3, Newton c
 # wrecking that parameter (a 3-party VAE run did so after ~200 epochs). Clamping v at 0
 # every 8 steps (one fused ReLU, 4 rounds) keeps the walk within 8 units of EPS's 26.
 V_CLAMP_EVERY = 8
+# |mean of x y^2 - 1| over Newton's last step: a few 1e-3 normally, up to 0.06 when the
+# gradients jump 6-fold (measured), 1e4 or more after a wrap-around
+ROOT_CHECK_TOLERANCE = 0.5
 
 
 @dataclass
@@ -80,8 +92,10 @@ class SharedAdam:
         zeros = torch.zeros(size)
         self.m = crypten.cryptensor(zeros, src=0)
         self.v = crypten.cryptensor(zeros, src=0)
+        self.size = size
         self.inv_root = None  # last 1/sqrt(v_hat + EPS); None: converge from cold
         self.last_x = None  # the v_hat + EPS that inv_root is the root of
+        self.root_check = None  # shared sum of x y^2 over Newton's last step (see above)
         self.t = 0
 
     def step(self, params, grad):
@@ -105,11 +119,16 @@ class SharedAdam:
         x = self.v + EPS
         steady = next((n for weight, n in STEADY_ITERS if c2 <= weight), None)
         if steady is not None and self.inv_root is not None and self.last_x is not None:
-            self.inv_root = steady_inverse_sqrt(x, self.inv_root, self.last_x, steady)
+            self.inv_root, s_last = steady_inverse_sqrt(x, self.inv_root, self.last_x, steady)
         else:
-            self.inv_root = inverse_sqrt(x, self.inv_root)
+            self.inv_root, s_last = inverse_sqrt(x, self.inv_root)
+        self.root_check = s_last.sum()
         self.last_x = x
         return params - (self.m * self.inv_root) * s.lr
+
+    def root_check_error(self, revealed_sum: float) -> float:
+        """The revealed :attr:`root_check` as a health check: above 1 means a wrap-around."""
+        return abs(revealed_sum / self.size - 1) / ROOT_CHECK_TOLERANCE
 
     def reset_root(self) -> None:
         """Forget the warm start (after a rollback): the next step converges from cold."""
@@ -146,7 +165,8 @@ def _ema(average, new, weight: float):
 
 
 def inverse_sqrt(x, warm=None):
-    """``1/sqrt(x)`` for x in [EPS, X_MAX] by Newton's iteration, from ``warm`` if given.
+    """``1/sqrt(x)`` for x in [EPS, X_MAX] by Newton's iteration, from ``warm`` if given,
+    and ``x y^2`` of the last step's input (see :func:`_newton`).
 
     Newton's step for 1/sqrt diverges when it starts above sqrt(3/x), which a warm start
     does where x grew more than ~5x since the last step (a gradient that suddenly appears).
@@ -188,7 +208,8 @@ def bucket_start(x):
 def steady_inverse_sqrt(x, previous_root, previous_x, iters: int):
     """``1/sqrt(x)`` by ``iters`` Newton steps from the previous root, unless some element
     grew more than :data:`SAFE_GROWTH`-fold (only their count is revealed): then
-    :func:`inverse_sqrt`. No multiplication is needed for the check."""
+    :func:`inverse_sqrt`. No multiplication is needed for the check. Returns the root and
+    ``x y^2`` of the last step's input, as :func:`inverse_sqrt`."""
     grown = (x - previous_x * SAFE_GROWTH).gt(0)
     if round(float(grown.sum().get_plain_text())) == 0:
         return _newton(x, previous_root, iters)
@@ -205,6 +226,10 @@ def _unsafe_starts(x, y0):
 
 
 def _newton(x, y, iters: int):
+    """``iters`` Newton steps for ``1/sqrt(x)`` from ``y``; returns the root and ``x y^2``
+    of the last step's input (about 1 where that input was close)."""
+    s = None
     for _ in range(iters):
-        y = y * (3 - (x * y) * y) * 0.5  # x*y first: y^2 alone underflows for large x
-    return y
+        s = (x * y) * y  # x*y first: y^2 alone underflows for large x
+        y = y * (3 - s) * 0.5
+    return y, s

@@ -55,6 +55,7 @@ class MpcSession:
     link: Link | None
     dealer_provider: DealerProvider | None
     stock: bool = False  # inside stock_protocols()
+    debug_seed: int | None = None  # tests only: every PRG key derives from it
     _restore: dict[str, Any] = field(default_factory=dict)
     # (owner, attribute, ours, CrypTen's): our protocols installed over CrypTen's
     _protocols: list[tuple[Any, str, Any, Any]] = field(default_factory=list)
@@ -101,7 +102,16 @@ def start_crypten(
     _check_arguments(channel, provider, transport, insecure_dev, rendezvous, insecure_debug_seed)
     recorder = TrafficRecorder()
     link = None if channel is None else Link(channel, recorder, timeout=timeout, dealer=dealer)
-    session = MpcSession(transport, provider, tuple(parties), rank, recorder, link, None)
+    session = MpcSession(
+        transport,
+        provider,
+        tuple(parties),
+        rank,
+        recorder,
+        link,
+        None,
+        debug_seed=insecure_debug_seed,
+    )
     session._restore = {
         "provider": crypten.cfg.mpc.provider,
         "verbose": crypten.cfg.communicator.verbose,
@@ -194,6 +204,23 @@ def phase(name: str) -> Iterator[None]:
     """Attribute this party's traffic inside the block to phase ``name``."""
     with _require_session().recorder.phase(name):
         yield
+
+
+def rekey(*labels: int) -> bool:
+    """In a debug-seeded session, restart every PRG (CrypTen's and the dealer's streams)
+    from keys derived from the seed and ``labels``, so that what follows draws the same
+    randomness however the session got here (a resumed run repeats the uninterrupted one
+    bit for bit). Every party must call it at the same point. Without a debug seed it does
+    nothing: fresh keys are never re-derived. Returns whether it re-keyed."""
+    session = _require_session()
+    if session.debug_seed is None:
+        return False
+    if session.dealer_provider is not None:
+        session.dealer_provider.rekey(session.debug_seed, labels)
+    _fix_seeds(
+        _derive_seed(session.debug_seed, "rekey", *labels), len(session.parties), session.rank
+    )
+    return True
 
 
 def reset_traffic() -> None:

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from smpc_synth.mpc.compat import import_crypten
-from smpc_synth.mpc.guard import WrapGuard
+from smpc_synth.mpc.guard import WrapGuard, losses_only
 from smpc_synth.mpc.secure_stats import share_from_each
-from smpc_synth.mpc.session import phase, traffic
+from smpc_synth.mpc.session import phase, rekey, traffic
 from smpc_synth.mpc.twins import TWINS, Twin
 
 crypten = import_crypten()
@@ -91,18 +91,24 @@ def train(model, X: np.ndarray, loop: TrainLoop, agree: Callable[[int], int]) ->
         del loop.history[point[3] :]
         twin.reset_optimizer_roots()
 
+    # How often each epoch has started here: a rollback that redoes an epoch's first step
+    # must not re-key to the randomness that wrapped around.
+    starts: dict[int, int] = {}
+
     # One run of the guard over every step of every epoch, so that a wrecked last step of an
     # epoch can still be rolled back from the first step of the next (with one step per
     # epoch, every rollback crosses an epoch boundary).
     def step(g: int) -> dict[str, float]:
         i = g % steps
         if i == 0:
+            starts[epoch_state.epoch] = starts.get(epoch_state.epoch, -1) + 1
+            rekey(epoch_state.epoch, starts[epoch_state.epoch])  # debug-seeded runs only
             epoch_state.start(torch.randperm(n, generator=rng), traffic())
             twin.begin_epoch()
         return twin.step(table[epoch_state.order[i * batch : (i + 1) * batch]], rng)
 
     def accepted(g: int, losses: dict[str, float]) -> None:
-        epoch_state.results.append(losses)
+        epoch_state.results.append(losses_only(losses))
         if g % steps == steps - 1:
             _end_epoch(twin, loop, epoch_state, rng, guard.rollbacks, training_started)
             epoch_state.epoch += 1

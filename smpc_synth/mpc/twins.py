@@ -5,7 +5,9 @@ Each twin starts from the plaintext model's seeded weights, consumes the public 
 generator exactly as the plaintext ``train_step`` does (so the same seed draws the same
 batches and noise), computes the losses of :mod:`smpc_synth.models.losses` and their
 gradients by hand, and reveals only the scalar losses of each step (for the metrics and the
-wrap-around guard). Weights stay shared until :meth:`Twin.reveal_released`.
+wrap-around guard) and, per optimizer, the sum of ``x y^2`` over its inverse square root's
+last Newton step (about the number of parameters by construction: a check, see
+:mod:`.optim`). Weights stay shared until :meth:`Twin.reveal_released`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 
 from smpc_synth.mpc import beaver, functions
 from smpc_synth.mpc.compat import import_crypten
+from smpc_synth.mpc.guard import CHECK_PREFIX
 from smpc_synth.mpc.nn import Mlp, ParameterVector, named_parameters
 from smpc_synth.mpc.optim import AdamSettings, SharedAdam
 from smpc_synth.mpc.session import comparison_provider
@@ -56,6 +59,19 @@ class Twin:
             grad = vector.flat_grad(list(vector.slots))
             vector.flat = self.opts[group].step(vector.flat, grad)
             vector.zero_grad()
+
+    def _reveal(self, **losses) -> dict[str, float]:
+        """Open the step's losses and every optimizer's root check in one round: the losses,
+        and a health check per parameter group for the guard (see :mod:`.optim`)."""
+        groups = [g for g, opt in self.opts.items() if opt.root_check is not None]
+        with self.phase("reveal"):
+            values = _reveal_scalars(*losses.values(), *(self.opts[g].root_check for g in groups))
+        revealed = dict(zip(losses, values))
+        for group, value in zip(groups, values[len(losses) :], strict=True):
+            opt = self.opts[group]
+            revealed[f"{CHECK_PREFIX}adam {group}"] = opt.root_check_error(value)
+            opt.root_check = None
+        return revealed
 
     def begin_epoch(self) -> None:
         """Hook before each epoch."""
@@ -194,9 +210,7 @@ class VaeTwin(Twin):
             sq = sq_err.sum(0)
             self.sq_err = sq if self.sq_err is None else self.sq_err + sq
             self.rows += n
-        with self.phase("reveal"):
-            total, rec, kl_value = _reveal_scalars(loss, recon, kl)
-        return {"loss": total, "reconstruction": rec, "kl": kl_value}
+        return self._reveal(loss=loss, reconstruction=recon, kl=kl)
 
 
 class GanTwin(Twin):
@@ -246,8 +260,7 @@ class GanTwin(Twin):
             d_fake = d_fake + d_moment * hp.moment_weight
         self.nets["generator"].backward(self.activation.backward(d_fake))
         self._update("generator")
-        d_value, g_value = _reveal_scalars(d_loss, g_loss)
-        return {"discriminator": d_value, "generator": g_value}
+        return self._reveal(discriminator=d_loss, generator=g_loss)
 
 
 def _moment_loss_and_grad(fake, real):
