@@ -263,15 +263,12 @@ def _checked_size(value: Any) -> torch.Size:
     return value
 
 
-def _rekeyed(link: Link, parties: Sequence[str], debug_seed: int | None, labels: Any):
-    """The parties' streams restarted for a party 0's re-key request (debug seeds only)."""
-    first = parties[0]
+def _rekeyed(parties: Sequence[str], debug_seed: int | None, labels: Any) -> list[prg.Stream]:
+    """The parties' streams restarted for party 0's re-key request (debug seeds only)."""
     if debug_seed is None:
-        link.abort(first)
-        raise PeerError(f"{first} asked to re-key, but this dealer has no debug seed", first)
+        raise ValueError("asked to re-key, but this dealer has no debug seed")
     if not isinstance(labels, list) or not all(type(x) is int for x in labels):
-        link.abort(first)
-        raise PeerError(f"{first} sent a bad re-key request: labels {labels!r}", first)
+        raise ValueError(f"re-key labels {labels!r}")
     return [prg.Stream(dealer_key(debug_seed, party, *labels)) for party in parties]
 
 
@@ -360,10 +357,10 @@ def serve_dealer(
         if kind == _CPU:
             link.send_tensor(first, torch.tensor([time.process_time()], dtype=torch.float64))
             continue
-        if kind == _REKEY:
-            maker.streams = _rekeyed(link, parties, insecure_debug_seed, request.get("labels"))
-            continue
         try:
+            if kind == _REKEY:
+                maker.streams = _rekeyed(parties, insecure_debug_seed, request.get("labels"))
+                continue
             share = _serve_one(maker, request)
         except (ValueError, TypeError, RuntimeError) as err:
             link.abort(first)
