@@ -14,7 +14,7 @@ from smpc_synth.he.keys import (
     secret_context_bytes,
 )
 from smpc_synth.he.masking import MaskKey
-from smpc_synth.he.packing import UpdateSpec, centered_mod, flatten, unpack
+from smpc_synth.he.packing import UpdateSpec, centered_mod, flatten, split_lanes, unpack
 from smpc_synth.he.params import choose_layout
 
 torch.set_num_threads(1)
@@ -107,7 +107,10 @@ def test_collusion_masked_submission_reveals_nothing_but_sum_is_right(ctx, publi
     # aggregator + bob (holding the secret key and his pair secret with alice) open alice's
     truth, spec = flatten(updates["alice"])
     opened = np.rint(np.concatenate(decrypt_batch(ctx, subs["alice"]))).astype(np.int64)
-    guess = unpack(centered_mod(opened, layout.ring_bits), layout, spec.size)
+    # a uniform ring element often carries past the top lane: the attacker reads the lanes
+    # anyway (unpack refuses that as a malformed sum: 1 of 12 runs of this test did)
+    lanes, _ = split_lanes(centered_mod(opened, layout.ring_bits), layout)
+    guess = lanes.reshape(-1)[: spec.size] * 2.0**-layout.frac_bits
     assert abs(np.corrcoef(guess, truth)[0, 1]) < 0.05
     close = np.abs(guess - truth) < 1000 * layout.max_error
     assert close.mean() < 0.01  # chance level for a uniform guess over the lane range

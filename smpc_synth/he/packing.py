@@ -108,17 +108,24 @@ def pack(values: np.ndarray, layout: FixedPointLayout, slots: int) -> np.ndarray
     return (lanes << shifts).sum(axis=0)
 
 
-def unpack(packed: np.ndarray, layout: FixedPointLayout, n_values: int) -> np.ndarray:
-    """Split summed slot integers into lanes and return the first ``n_values`` as floats."""
+def split_lanes(packed: np.ndarray, layout: FixedPointLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Slot integers as balanced digits, one row per lane, and what is left above the top
+    lane (zero for a well-formed sum)."""
     rest = packed.astype(np.int64)
     digits = []
     for _ in range(layout.lanes):
         digit = centered_mod(rest, layout.lane_bits)
         digits.append(digit)
         rest = (rest - digit) >> np.int64(layout.lane_bits)
+    return np.stack(digits), rest
+
+
+def unpack(packed: np.ndarray, layout: FixedPointLayout, n_values: int) -> np.ndarray:
+    """Split summed slot integers into lanes and return the first ``n_values`` as floats."""
+    digits, rest = split_lanes(packed, layout)
     if rest.any():
         raise SmpcSynthError(
             "decrypted sum overflows its fixed-point lanes: a party used a different layout "
             "or values outside the agreed range"
         )
-    return np.concatenate(digits)[:n_values] * 2.0**-layout.frac_bits
+    return digits.reshape(-1)[:n_values] * 2.0**-layout.frac_bits
