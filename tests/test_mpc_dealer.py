@@ -136,3 +136,57 @@ def test_product_sizes_follow_torch(op, size0, size1):
 def test_matmul_of_mismatched_sizes_is_refused():
     with pytest.raises(ValueError, match="inner sizes"):
         dealer._product_size(torch.Size((3, 4)), torch.Size((5, 2)), "matmul", {})
+
+
+def test_stream_seek_repeats_the_draws_after_any_position():
+    """The dealer rewinds its streams when a request it computed ahead does not come; a
+    position in the middle of an AES block (odd word counts) must rewind as well."""
+    stream = prg.Stream(KEYS[0])
+    stream.ring((3,))  # 24 bytes: the next draw starts half-way through a block
+    mark = stream.tell()
+    first = stream.ring((7,))
+    stream.ring((5,))
+    stream.seek(mark)
+    assert stream.tell() == mark
+    assert torch.equal(stream.ring((7,)), first)
+    stream.seek(0)
+    assert torch.equal(stream.ring((3,)), prg.Stream(KEYS[0]).ring((3,)))
+
+
+def _request(f: str, *args) -> dict:
+    return {"f": f, "args": list(args), "kwargs": {}}
+
+
+def test_lookahead_serves_every_share_as_the_plain_dealer_would():
+    """A loop's requests repeat, with deviations (a guard's rollback, an Adam restart): every
+    share, guessed right or wrong, equals the one computed on request."""
+    size = torch.Size
+    step = [
+        _request("additive", size([6, 4]), size([4, 3]), "matmul"),
+        _request("compare", 18, 2),
+        _request("square", size([5])),
+        _request("additive", size([6, 4]), size([4, 3]), "matmul"),
+        _request("B2A", size([9])),
+    ]
+    deviation = [_request("wraps", size([4])), _request("square", size([5]))]
+    sequence = step * 6 + step[:2] + deviation + step[2:] + step * 6
+    plain = dealer._TupleMaker(KEYS[:2])
+    lookahead = dealer._Lookahead(dealer._TupleMaker(KEYS[:2]), depth=2)
+    for request in sequence:
+        share = lookahead.serve(request)
+        assert torch.equal(share, dealer._serve_one(plain, request))
+        lookahead.work_ahead()
+    assert lookahead.hits > len(sequence) // 2  # the repeats were computed ahead...
+    assert lookahead.misses >= 1  # ...and the deviation rewound the streams
+
+
+def test_lookahead_after_a_rekey_starts_from_the_new_streams():
+    request = _request("square", torch.Size([4]))
+    lookahead = dealer._Lookahead(dealer._TupleMaker(KEYS[:2]), depth=1)
+    for _ in range(3):
+        lookahead.serve(request)
+        lookahead.work_ahead()
+    lookahead.maker.streams = [prg.Stream(key) for key in KEYS[1:3]]
+    lookahead.restart()
+    share = lookahead.serve(request)
+    assert torch.equal(share, dealer._serve_one(dealer._TupleMaker(KEYS[1:3]), request))

@@ -59,10 +59,15 @@ def party_member(
     return {"result": result, "traffic": stats, "communicator": communicator}
 
 
-def dealer_member(mesh, parties: tuple[str, ...], seed: int | None) -> dict[str, int]:
-    from smpc_synth.mpc.dealer import serve_dealer
+def dealer_member(
+    mesh, parties: tuple[str, ...], seed: int | None, lookahead: int | None = None
+) -> dict[str, int]:
+    from smpc_synth.mpc.dealer import LOOKAHEAD_DEPTH, serve_dealer
 
-    return serve_dealer(mesh, parties, timeout=RECV_TIMEOUT_S, insecure_debug_seed=seed)
+    depth = LOOKAHEAD_DEPTH if lookahead is None else lookahead
+    return serve_dealer(
+        mesh, parties, timeout=RECV_TIMEOUT_S, insecure_debug_seed=seed, lookahead=depth
+    )
 
 
 def run_mpc(
@@ -74,6 +79,7 @@ def run_mpc(
     provider: str = "dealer",
     seed: int | None = None,
     timeout: float = 120.0,
+    lookahead: int | None = None,
     **program_kwargs: Any,
 ) -> dict[str, MemberOutcome]:
     """Run ``program`` on ``n_parties`` parties (+ the dealer) and return every outcome."""
@@ -84,6 +90,7 @@ def run_mpc(
         transport=transport,
         provider=provider,
         seed=seed,
+        lookahead=lookahead,
         **program_kwargs,
     )
     return session.wait(timeout)
@@ -97,6 +104,7 @@ def start_mpc(
     transport: str = "grpc",
     provider: str = "dealer",
     seed: int | None = None,
+    lookahead: int | None = None,
     **program_kwargs: Any,
 ):
     parties = PARTY_NAMES[:n_parties]
@@ -114,7 +122,8 @@ def start_mpc(
         name: (party_member, party_args) for name in parties
     }
     if provider == "dealer":
-        members[DEALER] = (dealer_member, {"parties": parties, "seed": seed})
+        dealer_args = {"parties": parties, "seed": seed, "lookahead": lookahead}
+        members[DEALER] = (dealer_member, dealer_args)
     return launch(members, tmp_path, tls=True, network=NETWORK)
 
 
@@ -243,6 +252,20 @@ def loop_program(rank: int, iterations: int, busy=None) -> int:
         if i == 2 and busy is not None:
             busy.set()
     return int(x.get_plain_text().numel())
+
+
+def branching_loop_program(rank: int, iterations: int) -> dict[str, Any]:
+    """A loop whose steps repeat but for one that takes another branch (as a rollback or
+    an optimizer restart does): each party's final shares and the revealed values."""
+    from smpc_synth.mpc.compat import import_crypten
+
+    crypten = import_crypten()
+    x = crypten.cryptensor(torch.linspace(-2, 2, 48 * 48).view(48, 48), src=0)
+    values = []
+    for i in range(iterations):
+        x = x.matmul(x).relu() / 48 if i != iterations // 2 else (x * x - 0.25).relu()
+        values.append(x.sum().get_plain_text().item())
+    return {"shares": x.share.tolist(), "values": values}
 
 
 def comparison_rounds_program(rank: int) -> dict[str, Any]:

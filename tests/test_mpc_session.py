@@ -11,6 +11,7 @@ from test_mpc_harness import (
     SENT_OBJECT,
     arithmetic_program,
     assert_all_ok,
+    branching_loop_program,
     comparison_rounds_program,
     dealer_cpu_program,
     loop_program,
@@ -247,3 +248,28 @@ def test_network_backward_skips_unneeded_products_and_batches_the_rest(tmp_path)
     for name in ("ours", "stock"):
         for got, param in zip(result[name]["grads"], model.parameters(), strict=True):
             torch.testing.assert_close(torch.tensor(got), param.grad, atol=2e-3, rtol=2e-2)
+
+
+def test_dealer_working_ahead_changes_no_share(tmp_path):
+    """The dealer computes the tuples it expects before party 0 asks, and rewinds its
+    streams where the loop branches: every share is what it is without looking ahead."""
+    runs = {
+        depth: run_mpc(
+            tmp_path / str(depth),
+            2,
+            branching_loop_program,
+            seed=SEED,
+            lookahead=depth,
+            iterations=24,
+        )
+        for depth in (0, 2)
+    }
+    for outcomes in runs.values():
+        assert_all_ok(outcomes)
+    for party in PARTY_NAMES[:2]:
+        assert runs[2][party].result["result"] == runs[0][party].result["result"], party
+    plain, ahead = runs[0][DEALER].result, runs[2][DEALER].result
+    assert plain["requests"] == ahead["requests"]
+    assert plain["computed_ahead"] == 0
+    assert ahead["computed_ahead"] > plain["requests"] // 3
+    assert ahead["guessed_wrong"] >= 1  # the branch

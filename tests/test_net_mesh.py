@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
@@ -104,6 +105,20 @@ def test_order_kept_per_sender_and_tag(trio):
     odds = [int(bob.recv("alice", "odd")[0]) for _ in range(25)]
     assert evens == list(range(0, 50, 2))
     assert odds == list(range(1, 50, 2))
+
+
+def test_has_message_tells_whether_recv_would_return_at_once(trio):
+    """The dealer checks for a waiting request before it works ahead (mpc/dealer.py)."""
+    alice, bob = trio["alice"], trio["bob"]
+    assert not bob.has_message("alice", "poll")
+    alice.send("bob", "poll", np.array([7]))
+    deadline = time.monotonic() + 10
+    while not bob.has_message("alice", "poll") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert bob.has_message("alice", "poll")
+    assert not bob.has_message("alice", "other tag") and not bob.has_message("carol", "poll")
+    assert int(bob.recv("alice", "poll")[0]) == 7
+    assert not bob.has_message("alice", "poll")
 
 
 def test_64_mb_tensor_streams(trio):

@@ -131,6 +131,11 @@ class Link:
             self.after_party_recv()
         return payload
 
+    def has_message(self, peer: str) -> bool:
+        """Whether a message from ``peer`` waits (False where the channel cannot tell)."""
+        probe = getattr(self.channel, "has_message", None)
+        return probe is not None and probe(peer, TAG)
+
     def malformed(self, peer: str, what: str) -> PeerError:
         self.abort(peer)
         return PeerError(f"{peer} sent a malformed MPC message: {what}", peer=peer)

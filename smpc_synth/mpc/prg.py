@@ -46,7 +46,24 @@ class Stream:
     def __init__(self, key: bytes) -> None:
         if not isinstance(key, bytes) or len(key) != KEY_BYTES:
             raise ValueError(f"a PRG key is {KEY_BYTES} bytes")
+        self._key = key
+        self._position = 0  # keystream bytes drawn so far
         self._cipher = Cipher(algorithms.AES(key), modes.CTR(bytes(_BLOCK))).encryptor()
+
+    def tell(self) -> int:
+        """How far the stream has been drawn, for :meth:`seek`."""
+        return self._position
+
+    def seek(self, position: int) -> None:
+        """Continue from ``position`` (a :meth:`tell`), as if nothing had been drawn after it.
+
+        Counter mode's block ``k`` is AES of the counter ``k``, so the stream restarts at the
+        block holding ``position`` and drops the bytes before it within that block."""
+        block, offset = divmod(position, _BLOCK)
+        counter = block.to_bytes(_BLOCK, "big")
+        self._cipher = Cipher(algorithms.AES(self._key), modes.CTR(counter)).encryptor()
+        self._cipher.update(bytes(offset))
+        self._position = position
 
     def ring(self, size: torch.Size | tuple[int, ...]) -> torch.Tensor:
         """Uniform elements of Z/2^64 (int64, wrapping) of shape ``size``."""
@@ -58,6 +75,7 @@ class Stream:
             window = buffer[start : start + chunk + _BLOCK]
             written = self._cipher.update_into(_ZEROS[:chunk], window)
             assert written == chunk  # CTR is a stream cipher: no buffering
+        self._position += nbytes
         return out[:nbytes].view(torch.int64).view(size)
 
     def bits(self, size: torch.Size | tuple[int, ...]) -> torch.Tensor:

@@ -105,6 +105,10 @@ class _Inbox:
             self._failure = error
             self._cond.notify_all()
 
+    def has(self, peer: str, tag: str) -> bool:
+        with self._cond:
+            return bool(self._queues.get((peer, tag)))
+
     def get(self, peer: str, tag: str, timeout: float | None) -> tuple[Payload, int] | None:
         """The next message from ``peer`` with ``tag``, or None after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -305,6 +309,11 @@ class PeerMesh:
             for stats in (self._stats, self._phase_stats()):
                 _add(stats, "bytes_received", nbytes)
         return payload
+
+    def has_message(self, peer: str, tag: str) -> bool:
+        """Whether a message from ``peer`` with ``tag`` has arrived and waits for ``recv``."""
+        self._check_peer(peer)
+        return self._inbox.has(peer, tag)
 
     def stats(self) -> TrafficStats:
         """Traffic so far. Bytes are raw payload bytes; a round starts with each send that
