@@ -50,7 +50,7 @@ DEALER_IDLE_TIMEOUT_S = 24 * 3600.0
 _DONE = "done"
 _CPU = "cpu"  # a benchmark asks how much CPU time the dealer has used
 _REKEY = "rekey"  # debug-seeded runs only: restart every stream from keys for these labels
-LOOKAHEAD_DEPTH = 3  # requests the dealer computes before party 0 asks (see _Lookahead)
+LOOKAHEAD_DEPTH = 2  # requests the dealer computes before party 0 asks (see _Lookahead)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -333,7 +333,7 @@ class _Lookahead:
     request (sending both would give party 0 two correlations of the same random words).
     """
 
-    CONTEXT = 12  # a VAE step asks ~80 times for ~30 kinds of tuple; 12 leaves ~2% misses
+    CONTEXT = 12  # a VAE step asks ~80 times for ~30 kinds of tuple; 12 leaves ~1.5% misses
     MAX_LEARNED = 4096  # contexts remembered; a training loop has a few hundred
 
     def __init__(self, maker: _TupleMaker, depth: int) -> None:
