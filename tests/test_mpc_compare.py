@@ -69,7 +69,7 @@ class _Provider:
     def comparison_material(self, layout: compare.Layout):
         free = compare.draw_free(layout, self.stream)
         if self.rank == 0:
-            flat = compare.deal(self.dealer, layout.count, layout.products)
+            flat = compare.deal(self.dealer, layout)
         else:
             flat = compare.draw_correlated(layout, self.stream)
         return free, layout.split(flat)
@@ -83,11 +83,10 @@ def _share(values: torch.Tensor, parties: int, generator: torch.Generator) -> li
     return [values - sum(shares, torch.zeros_like(values)), *shares]
 
 
-def _run(parties: int, x: torch.Tensor, ys: list[torch.Tensor], later_ys: list[torch.Tensor]):
-    """Every party's (sign bit shares, product shares, later product shares)."""
+def _run(parties: int, x: torch.Tensor, times_x: bool, later_ys: list, width: int = 64):
+    """Every party's (sign bit shares, x * b shares or None, later product shares)."""
     generator = torch.Generator().manual_seed(7)
     x_shares = _share(x, parties, generator)
-    y_shares = [_share(y, parties, generator) for y in ys]
     later_shares = [_share(y, parties, generator) for y in later_ys]
     exchange = _Exchange(parties)
     seeds = [101 + 17 * r for r in range(parties)]
@@ -97,15 +96,16 @@ def _run(parties: int, x: torch.Tensor, ys: list[torch.Tensor], later_ys: list[t
     def party(rank: int) -> None:
         try:
             comm = compare._Comm(_ThreadComm(exchange, rank))
-            bits, now = compare.sign_bits(
+            bits, negative = compare.sign_bits(
                 x_shares[rank],
                 _Provider(rank, seeds),
-                [y[rank] for y in y_shares],
+                times_x=times_x,
                 later=len(later_ys),
+                width=width,
                 comm=comm,
             )
             later = [bits.times(y[rank]) for y in later_shares]
-            results[rank] = (bits.arithmetic(), now, later)
+            results[rank] = (bits.arithmetic(), negative, later)
         except BaseException as err:  # surfaced below, with the party's rank
             errors.append((rank, err))
             exchange.barrier.abort()
@@ -127,6 +127,13 @@ def _open(shares: list[torch.Tensor]) -> torch.Tensor:
 EDGES = [0, 1, -1, 2, -2, 2**62, -(2**62), 2**63 - 1, -(2**63), 65536, -65536, 12345, -777]
 
 
+def _edges(width: int) -> torch.Tensor:
+    """Values at and near the ends of the range a ``width``-bit comparison is exact on."""
+    top = 2 ** (width - 1)
+    near = [0, 1, -1, top - 1, -top, top // 2, -top // 2, top - 2, -top + 1, 65536, -65536]
+    return torch.tensor(near, dtype=torch.long)
+
+
 @pytest.mark.parametrize("parties", [2, 3])
 def test_sign_bits_are_exact_for_every_int64(parties):
     g = torch.Generator().manual_seed(parties)
@@ -137,29 +144,57 @@ def test_sign_bits_are_exact_for_every_int64(parties):
             torch.randint(-(2**20), 2**20, (300,), generator=g, dtype=torch.long),
         ]
     )
-    results, exchange = _run(parties, x, [], [])
+    results, exchange = _run(parties, x, False, [])
     bits = _open([r[0] for r in results])
     assert torch.equal(bits, (x < 0).long())
     assert exchange.rounds == 4  # open c, two Beaver levels, open e
 
 
-def test_products_ride_along_and_later_cost_one_round():
+@pytest.mark.parametrize("parties", [2, 3])
+@pytest.mark.parametrize("width", [32, 48])
+def test_narrow_comparisons_are_exact_within_their_range(parties, width):
+    g = torch.Generator().manual_seed(width + parties)
+    top = 2 ** (width - 1)
+    x = torch.cat([_edges(width), torch.randint(-top, top, (500,), generator=g)])
+    results, exchange = _run(parties, x, True, [], width=width)
+    negative = (x < 0).long()
+    assert torch.equal(_open([r[0] for r in results]), negative)
+    assert torch.equal(_open([r[1] for r in results]), x * negative)
+    assert exchange.rounds == 4
+
+
+def test_narrow_comparisons_send_and_deal_less():
+    """Narrower: fewer opened bit rows, and less dealer material, per element."""
+    x = torch.arange(-500, 500, dtype=torch.long)
+    sent = {}
+    for width in (32, 64):
+        _, exchange = _run(2, x, True, [], width=width)
+        sent[width] = exchange.words_sent
+        top = compare.top_level(width)
+        rows = (width // 16) * len(compare.MIDDLE.opened) + len(top.opened) + 1  # + e
+        assert exchange.words_sent == 1000 + rows * compare.words(1000)  # c, then bit rows
+    assert sent[32] < sent[64]
+    material = {w: compare.Layout(64_000, 1, w, True).correlated_size for w in (32, 64)}
+    assert material[32] * 8 / 64_000 == pytest.approx(44.75)  # bytes an element
+    assert material[64] * 8 / 64_000 == pytest.approx(67.0)
+
+
+def test_x_times_its_sign_is_free_and_later_products_cost_one_round():
     g = torch.Generator().manual_seed(3)
     x = torch.randint(-(2**40), 2**40, (1000,), generator=g, dtype=torch.long)
-    y = torch.randint(-(2**40), 2**40, (1000,), generator=g, dtype=torch.long)
     z = torch.randint(-(2**40), 2**40, (1000,), generator=g, dtype=torch.long)
-    results, exchange = _run(2, x, [y], [z])
+    results, exchange = _run(2, x, True, [z])
     negative = (x < 0).long()
-    assert torch.equal(_open([r[1][0] for r in results]), y * negative)
+    assert torch.equal(_open([r[1] for r in results]), x * negative)
     assert torch.equal(_open([r[2][0] for r in results]), z * negative)
     assert exchange.rounds == 5
-    # c, y - a and z - a (a word per element each); 4 x 7 and 6 bit rows, and e (packed)
-    assert exchange.words_sent == 3 * 1000 + (4 * 7 + 6 + 1) * compare.words(1000)
+    # c and z - a (a word per element each); 4 x 7 and 6 bit rows, and e (packed)
+    assert exchange.words_sent == 2 * 1000 + (4 * 7 + 6 + 1) * compare.words(1000)
 
 
 def test_shapes_and_padding_keep_elements_apart():
     x = torch.tensor([[-5, 3, 0], [7, -1, -(2**63)]], dtype=torch.long)
-    results, _ = _run(2, x.reshape(-1), [], [])
+    results, _ = _run(2, x.reshape(-1), False, [])
     assert torch.equal(_open([r[0] for r in results]).view(2, 3), (x < 0).long())
 
 
@@ -172,9 +207,19 @@ def test_bitslice_round_trips():
         assert torch.equal(compare.unslice(sliced[bit], len(values)), expected)
 
 
-def test_too_many_products_are_refused():
+def test_bitslice_of_the_low_half_matches_the_full_one():
+    g = torch.Generator().manual_seed(5)
+    values = torch.randint(-(2**63), 2**63 - 1, (200,), generator=g, dtype=torch.long)
+    low = compare.bitslice(values, rows=32)
+    assert low.shape == (32, compare.words(200))
+    assert torch.equal(low, compare.bitslice(values)[:32])
+
+
+def test_too_many_products_and_odd_widths_are_refused():
     with pytest.raises(ValueError, match="at most"):
-        compare.sign_bits(torch.zeros(3, dtype=torch.long), None, [torch.zeros(3)] * 3)
+        compare.sign_bits(torch.zeros(3, dtype=torch.long), None, times_x=True, later=2)
+    with pytest.raises(ValueError, match="width"):
+        compare.sign_bits(torch.zeros(3, dtype=torch.long), None, width=40)
 
 
 def test_level_plans_match_the_documented_sizes():
@@ -183,3 +228,6 @@ def test_level_plans_match_the_documented_sizes():
     assert compare.TOP.opened == (0, 1, 2, 5, 6, 7)
     assert len(compare.MIDDLE.subsets) == 22
     assert len(compare.TOP.subsets) == 15
+    assert compare.top_level(64) == compare.TOP
+    assert compare.top_level(32).opened == (0, 3)  # G1 ^ P1 G0: one AND
+    assert len(compare.top_level(32).subsets) == 1

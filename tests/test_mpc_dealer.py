@@ -61,6 +61,12 @@ def test_wraps_reconstruct():
         {"f": "square", "args": [torch.Size([-1])]},
         {"f": "generators", "args": []},
         {"f": "binary", "args": [torch.Size([2]), torch.Size([2])], "kwargs": {"stride": 1}},
+        {"f": "compare", "args": [64, 1, 40, 1]},  # a width the tree cannot take
+        {"f": "compare", "args": [64, 2, 64, 1]},  # three products
+        {"f": "compare", "args": [64, 0, 64, 2]},
+        {"f": "compare", "args": [0, 0, 64, 0]},
+        {"f": "compare", "args": [64, 0, 64]},
+        {"f": "compare", "args": [64.0, 0, 64, 0]},
         ["not", "a", "request"],
     ],
 )
@@ -163,7 +169,7 @@ def test_lookahead_serves_every_share_as_the_plain_dealer_would():
     size = torch.Size
     step = [
         _request("additive", size([6, 4]), size([4, 3]), "matmul"),
-        _request("compare", 18, 2),
+        _request("compare", 18, 1, 32, 1),
         _request("square", size([5])),
         _request("additive", size([6, 4]), size([4, 3]), "matmul"),
         _request("B2A", size([9])),

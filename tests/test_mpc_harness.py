@@ -320,6 +320,35 @@ def products_program(rank: int, batched: bool) -> dict[str, Any]:
     }
 
 
+def activation_width_program(rank: int) -> dict[str, Any]:
+    """The MLP twin's LeakyReLU (forward and backward) and CrypTen's relu on the same
+    values, with the dealer bytes party 0 received for each: which comparison width each
+    asked for shows in the size of its material."""
+    from smpc_synth.mpc import session
+    from smpc_synth.mpc.nn import LeakyReLU
+
+    crypten = session.crypten
+    values = torch.linspace(-300, 300, 1000)
+    x = crypten.cryptensor(values, src=0)
+    upstream = crypten.cryptensor(torch.linspace(-1, 1, 1000), src=1)
+
+    def dealer_bytes(name: str) -> float:
+        return session.traffic().by_phase.get(name, {}).get("dealer_bytes_received", 0)
+
+    layer = LeakyReLU(0.2)
+    with session.phase("twin"):
+        out = layer.forward(x)
+        grad = layer.backward(upstream)
+        twin = [out.get_plain_text().tolist(), grad.get_plain_text().tolist()]
+    with session.phase("crypten"):
+        relu = x.relu().get_plain_text().tolist()
+    return {
+        "twin": twin,
+        "relu": relu,
+        "dealer_bytes": {name: dealer_bytes(name) for name in ("twin", "crypten")},
+    }
+
+
 def rekey_program(rank: int) -> dict[str, Any]:
     """The same sharing, products and comparison after re-keying to the same labels twice
     (with something else drawn in between), and after re-keying to other labels: each

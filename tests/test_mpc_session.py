@@ -9,6 +9,7 @@ from test_mpc_harness import (
     PARTY_NAMES,
     SEED,
     SENT_OBJECT,
+    activation_width_program,
     arithmetic_program,
     assert_all_ok,
     branching_loop_program,
@@ -28,6 +29,7 @@ from test_mpc_harness import (
 )
 
 from smpc_synth.errors import InputError
+from smpc_synth.mpc import compare
 from smpc_synth.mpc.session import start_crypten
 
 SURVIVOR_DEADLINE_S = 30.0
@@ -145,7 +147,7 @@ def test_stock_protocols_switch_to_cryptens_protocols_and_back(tmp_path):
         torch.testing.assert_close(got, torch.relu(x), atol=1e-4, rtol=0, msg=name)
         got = torch.tensor(result[name]["matmul"])
         torch.testing.assert_close(got, expected_matmul, atol=1e-2, rtol=0, msg=name)
-    # ours: 4 rounds (the product rides in the last) + the opening; CrypTen's: 8 + 1 + 1
+    # ours: 4 rounds (the product is free) + the opening; CrypTen's: 8 + 1 + 1
     assert result["ours"]["rounds"] == result["after"]["rounds"] == 5
     assert result["stock"]["rounds"] == 10
     assert result["ours"]["beaver"] == result["after"]["beaver"] == "smpc_synth.mpc.beaver"
@@ -166,6 +168,27 @@ def test_copy_free_arithmetic_matches_cryptens_and_leaves_inputs_alone(tmp_path)
             torch.testing.assert_close(
                 torch.tensor(ours[name]), torch.tensor(stock[name]), atol=2**-15, rtol=0
             )
+
+
+def test_activations_compare_32_bits_wide_and_cryptens_relu_64(tmp_path):
+    """The twin's LeakyReLU asks the dealer for 32-bit comparison material (its values lie
+    far inside that range); CrypTen's relu, whose callers assume nothing, for 64 bits."""
+    outcomes = run_mpc(tmp_path, 2, activation_width_program, seed=SEED)
+    assert_all_ok(outcomes)
+    result = outcomes[PARTY_NAMES[0]].result["result"]
+    x = torch.linspace(-300, 300, 1000)
+    upstream = torch.linspace(-1, 1, 1000)
+    out, grad = (torch.tensor(v) for v in result["twin"])
+    # the slope's fixed-point encoding is off by ~1e-5 of the value
+    torch.testing.assert_close(out, torch.nn.functional.leaky_relu(x, 0.2), atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(grad, torch.where(x > 0, 1.0, 0.2) * upstream, atol=1e-3, rtol=0)
+    torch.testing.assert_close(torch.tensor(result["relu"]), torch.relu(x), atol=1e-3, rtol=0)
+    narrow = compare.Layout(1000, later=1, width=compare.ACTIVATION_BITS, times_x=True)
+    full = compare.Layout(1000, later=0, width=64, times_x=True)
+    assert result["dealer_bytes"] == {
+        "twin": 8 * narrow.correlated_size,
+        "crypten": 8 * full.correlated_size,
+    }
 
 
 def test_rekeying_a_debug_seeded_session_repeats_its_randomness(tmp_path):

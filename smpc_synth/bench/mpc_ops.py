@@ -73,20 +73,22 @@ SETUPS = (
 
 
 def theoretical_bytes(op: str, parties: int) -> int:
-    """Payload bytes one party must send for the op's Beaver products alone (dealer triples):
-    each product opens its two masked operands to every other party, 8 bytes per element.
-    A relu's comparison is left out, so relu and the training step are loose lower bounds."""
+    """Payload bytes one party must send for the op's masked openings alone (dealer
+    triples): a Beaver product opens its two masked operands to every other party, 8 bytes
+    per element, and a relu its masked input (its product with the sign can reuse that
+    opening). The comparison's bits are left out, so relu and the training step are loose
+    lower bounds."""
     n, widths = BATCH, MLP_WIDTHS
     if op == "matmul":
         elements = 2 * MATMUL_SIZE * MATMUL_SIZE
     elif op == "relu":
-        elements = 2 * RELU_ELEMENTS  # x * sign(x)
+        elements = RELU_ELEMENTS  # x + r, whose opening also serves x * sign(x)
     elif op == "train_step":
         layers = list(itertools.pairwise(widths))
         forward = sum(n * k + k * m for k, m in layers)
         weight_grads = sum(n * k + n * m for k, m in layers)
         input_grads = sum(n * m + k * m for k, m in layers[1:])
-        relus = 2 * sum(n * m for _, m in layers[:-1])  # forward product; backward reuses it
+        relus = 2 * sum(n * m for _, m in layers[:-1])  # x + r; the backward's gradient
         elements = forward + weight_grads + input_grads + relus
     else:
         raise ValueError(f"unknown op {op!r}")

@@ -2,25 +2,33 @@
 
 CrypTen's ``_ltz`` converts the whole 64-bit share to binary and runs a carry adder over it:
 8 rounds and about 216 bytes sent per element. Here the dealer hands out a random ``r``
-together with XOR shares of its bits (and of products of those bits), so:
+together with XOR shares of its bits (and of products of those bits), so, for a comparison
+``width`` bits wide (``|x| < 2^(width-1)``; at 64 every int64 qualifies):
 
-1. the parties open ``c = x + r`` (8 bytes; uniformly random, so it shows nothing);
-2. ``x < 0`` is bit 63 of ``c - r``, i.e. ``c63 ^ r63 ^ borrow`` where ``borrow`` is
-   ``c mod 2^63 < r mod 2^63`` for public ``c`` and shared bits of ``r``. That comparison
-   is a prefix combination of per-bit (generate, propagate) pairs. The first level of the
-   tree (groups of 4 bits) is a polynomial in ``r``'s bits with public coefficients, so with
-   the dealer's products of ``r``'s bits it costs no communication; the two levels above
-   (16 -> 4 -> 1 groups) each cost one round of a 4-input Beaver product;
-3. the XOR-shared bit ``b`` becomes arithmetic, and is multiplied into tensors, with one more
-   round: ``e = b ^ rho`` is opened for a dealer bit ``rho`` (``b = e + (1 - 2e) rho``),
-   in the same message as ``y - a`` for each product ``y * b`` asked for up front (the
-   dealer supplies ``a * rho``). A later product (a ReLU's backward pass) opens ``y - a``
-   alone: 8 bytes and one round.
+1. the parties open ``c = x + K + r`` with ``K = 2^(width-1)`` (8 bytes; uniformly random,
+   so it shows nothing). ``y = x + K`` lies in ``[0, 2^width)``, and ``x < 0`` is
+   ``y < K``, the complement of bit ``width-1`` of ``y = (c - r) mod 2^width``, i.e. of
+   ``c ^ r ^ borrow`` at that bit, where ``borrow`` is ``c mod 2^(width-1) < r mod
+   2^(width-1)`` for public ``c`` and shared bits of ``r``. That comparison is a prefix
+   combination of per-bit (generate, propagate) pairs. The first level of the tree (groups
+   of 4 bits) is a polynomial in ``r``'s bits with public coefficients, so with the
+   dealer's products of ``r``'s bits it costs no communication; the two levels above
+   (groups of 4, then the ``width / 16`` groups left) each cost one round of a Beaver
+   product of up to 4 inputs;
+2. the XOR-shared bit ``b`` becomes arithmetic, and is multiplied into tensors: ``e = b ^
+   rho`` is opened for a dealer bit ``rho`` (``b = e + (1 - 2e) rho``). ``x * b`` itself
+   (``times_x``: a ReLU, ``|x|``) costs nothing more: ``c - K = x + r`` is already open, so
+   ``-r`` serves as its Beaver mask and the dealer supplies ``r * rho``. A later product
+   ``y * b`` (a ReLU's backward pass) opens ``y - a`` for a fresh ``a``: 8 bytes and one
+   round.
 
-About 12.5 bytes per element are sent for the sign and 8 per product, against CrypTen's 216
-and 16. Everything is exact for every 64-bit value (no range assumption), and the protocol
-works for any number of parties. Bits of 64 elements are packed in one int64 word
-("bit-sliced"), so the binary work is a few hundred word operations per 64 elements.
+About 12.5 bytes per element are sent for the sign at width 64 (8 for ``c``), against
+CrypTen's 216, and 8 per later product. Everything is exact for every value within the
+width: 64 bits for CrypTen's ``_ltz`` and ``relu``, whose callers assume nothing;
+:data:`ACTIVATION_BITS` for activations and logits, which halves the dealer's bit material
+and the binary work. The protocol works for any number of parties. Bits of 64 elements are
+packed in one int64 word ("bit-sliced"), so the binary work is a few hundred word
+operations per 64 elements.
 
 Only used with the dealer provider; CrypTen's own providers keep CrypTen's ``_ltz``.
 """
@@ -42,29 +50,41 @@ crypten = import_crypten()
 from torch.distributed import ReduceOp  # noqa: E402
 
 BITS = 64
+# Activations and logits compared at this width: exact while |x| < 2^31 ring units, i.e.
+# |value| < 2^15 = 32,768 in CrypTen's 16-bit fixed point (a network's pre-activations are
+# a few units; a value that large has already blown the loss up, which the guard catches)
+ACTIVATION_BITS = 32
+WIDTHS = (32, 48, 64)  # a multiple of 16: groups of 4 bits, combined 4 at a time
 GROUP = 4  # positions combined per tree node
-LOW_GROUPS = BITS // GROUP  # 16 groups of r's bits 0..63 (bit 63 is padding: "equal")
-MAX_PRODUCTS = 2  # products y * b prepared with one comparison (a ReLU uses 2)
-
-# Variables of one 4-input combination: generate bits G0..G3 and propagate bits P0..P3
-# (index 3 is the most significant). The combined pair is
-#   G = G3 ^ P3 G2 ^ P3 P2 G1 ^ P3 P2 P1 G0,   P = P3 P2 P1 P0
-# (XOR, not OR: at most one term is 1, the one of the highest differing position).
-G_VARS, P_VARS = (0, 1, 2, 3), (4, 5, 6, 7)
-G_MONOMIALS = ((7, 2), (7, 6, 1), (7, 6, 5, 0))  # plus G3, which is linear
-P_MONOMIAL = (7, 6, 5, 4)
+MAX_PRODUCTS = 2  # products with one comparison's bits (a ReLU uses 2: x * b and its backward)
 
 
 @dataclass(frozen=True)
 class Level:
-    """One Beaver combination level: which variables are opened, which mask products the
-    dealer provides (every subset of two or more variables of a monomial)."""
+    """One Beaver combination level of ``inputs`` (generate, propagate) pairs: which variables
+    are opened, which mask products the dealer provides (every subset of two or more
+    variables of a monomial). Variables: generate bits ``0 .. inputs-1``, propagate bits
+    ``inputs .. 2 inputs-1``, index ``inputs-1`` the most significant. The combined pair is
+    ``G = G_k ^ P_k G_(k-1) ^ P_k P_(k-1) G_(k-2) ^ ...`` (XOR, not OR: at most one term is
+    1, the one of the highest differing position) and ``P = P_k ... P_0``."""
 
+    inputs: int
     with_propagate: bool
 
     @cached_property
+    def g_monomials(self) -> tuple[tuple[int, ...], ...]:
+        """The non-linear terms of ``G`` (its linear term is the top generate bit)."""
+        k = self.inputs
+        # P_(k-1) ... P_(k-j) G_(k-1-j) for j = 1 .. k-1
+        return tuple((*range(2 * k - 1, 2 * k - 1 - j, -1), k - 1 - j) for j in range(1, k))
+
+    @cached_property
+    def p_monomial(self) -> tuple[int, ...]:
+        return tuple(self.inputs + i for i in range(self.inputs - 1, -1, -1))
+
+    @cached_property
     def monomials(self) -> tuple[tuple[int, ...], ...]:
-        return G_MONOMIALS + ((P_MONOMIAL,) if self.with_propagate else ())
+        return self.g_monomials + ((self.p_monomial,) if self.with_propagate else ())
 
     @cached_property
     def opened(self) -> tuple[int, ...]:
@@ -79,9 +99,25 @@ class Level:
         return tuple(sorted(found, key=lambda s: (len(s), sorted(s))))
 
 
-MIDDLE = Level(with_propagate=True)  # 16 -> 4 groups
-TOP = Level(with_propagate=False)  # 4 -> 1 (only the borrow is needed)
+MIDDLE = Level(GROUP, with_propagate=True)  # groups of 4 groups
+TOP = Level(GROUP, with_propagate=False)  # the last 4 groups at width 64 (only the borrow)
 SUBSETS = tuple(range(1, 2**GROUP))  # non-empty subsets of a group's 4 positions, as masks
+
+
+def top_level(width: int) -> Level:
+    """The last level at ``width``: the ``width / 16`` groups the middle level leaves."""
+    return Level(width // (GROUP * GROUP), with_propagate=False)
+
+
+def check_width(width: int) -> int:
+    if width not in WIDTHS:
+        raise ValueError(f"comparison width must be one of {WIDTHS}, got {width!r}")
+    return width
+
+
+def offset(width: int) -> int:
+    """``K = 2^(width-1)`` as an int64 (mod 2^64: -2^63 at width 64)."""
+    return (1 << (width - 1)) if width < BITS else -(1 << (BITS - 1))
 
 
 # --- bit slicing -------------------------------------------------------------------------------
@@ -103,17 +139,25 @@ _TRANSPOSE_MASKS = {
 }
 
 
-def bitslice(values: torch.Tensor) -> torch.Tensor:
+def bitslice(values: torch.Tensor, rows: int = 64) -> torch.Tensor:
     """(n,) int64 -> (64, words(n)) int64: bit j of element i is bit i%64 of word [j, i//64].
+    With ``rows <= 32``, only bits 0..31: (32, words(n)), for half the work.
 
     Each block of 64 elements is a 64x64 bit matrix, transposed by six rounds of masked
-    swaps (Hacker's Delight, 7-3) for all blocks at once.
+    swaps (Hacker's Delight, 7-3) for all blocks at once. After the first round the low and
+    high 32 bits are apart, so the low half alone needs only half of the later rounds.
     """
     n = values.numel()
     blocks = np.zeros((words(n), 64), dtype=np.uint64)
     blocks.reshape(-1)[:n] = values.reshape(-1).numpy().view(np.uint64)
+    if rows <= 32:
+        low, high, j = blocks[:, :32], blocks[:, 32:], np.uint64(32)
+        blocks = low ^ ((((low >> j) ^ high) & np.uint64(_TRANSPOSE_MASKS[32])) << j)
+    size = blocks.shape[1]
     for j, mask in _TRANSPOSE_MASKS.items():
-        pairs = blocks.reshape(-1, 64 // (2 * j), 2, j)
+        if 2 * j > size:
+            continue
+        pairs = blocks.reshape(-1, size // (2 * j), 2, j)
         low, high = pairs[:, :, 0, :], pairs[:, :, 1, :]  # views: updated in place
         swap = ((low >> np.uint64(j)) ^ high) & np.uint64(mask)
         low ^= swap << np.uint64(j)
@@ -136,10 +180,22 @@ def _ones_like(t: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Layout:
-    """Field shapes of one comparison's material for ``count`` elements."""
+    """Field shapes of one comparison's material for ``count`` elements: ``width`` bits wide,
+    with ``x * b`` (``times_x``) and ``later`` products of other tensors with the bits."""
 
     count: int
-    products: int
+    later: int = 0
+    width: int = BITS
+    times_x: bool = False
+
+    def __post_init__(self) -> None:
+        check_width(self.width)
+        if self.later < 0 or self.later + self.times_x > MAX_PRODUCTS:
+            raise ValueError(f"at most {MAX_PRODUCTS} products per comparison")
+
+    @property
+    def low_groups(self) -> int:
+        return self.width // GROUP
 
     @property
     def free(self) -> list[tuple[str, tuple[int, ...]]]:
@@ -147,10 +203,10 @@ class Layout:
         w = words(self.count)
         return [
             ("r", (self.count,)),
-            ("mask_middle", (LOW_GROUPS // GROUP, len(MIDDLE.opened), w)),
-            ("mask_top", (1, len(TOP.opened), w)),
+            ("mask_middle", (self.low_groups // GROUP, len(MIDDLE.opened), w)),
+            ("mask_top", (1, len(top_level(self.width).opened), w)),
             ("rho", (w,)),
-            ("a", (self.products, self.count)),
+            ("a", (self.later, self.count)),
         ]
 
     @property
@@ -158,12 +214,13 @@ class Layout:
         """Fields whose value the dealer fixes: party 0's share comes from the dealer."""
         w = words(self.count)
         return [
-            ("r_bits", (LOW_GROUPS, len(SUBSETS), w)),  # products of r's bits in each group
-            ("r_top", (w,)),  # bit 63 of r
-            ("products_middle", (LOW_GROUPS // GROUP, len(MIDDLE.subsets), w)),
-            ("products_top", (1, len(TOP.subsets), w)),
+            ("r_bits", (self.low_groups, len(SUBSETS), w)),  # products of r's bits per group
+            ("r_top", (w,)),  # bit width-1 of r
+            ("products_middle", (self.low_groups // GROUP, len(MIDDLE.subsets), w)),
+            ("products_top", (1, len(top_level(self.width).subsets), w)),
             ("rho_arith", (self.count,)),
-            ("a_rho", (self.products, self.count)),
+            ("r_rho", (int(self.times_x), self.count)),
+            ("a_rho", (self.later, self.count)),
         ]
 
     @property
@@ -174,6 +231,22 @@ class Layout:
         """Views of the correlated fields in ``flat`` (views: a later fill shows through)."""
         pieces = flat.split([int(np.prod(s)) for _, s in self.correlated])
         return {name: p.view(shape) for (name, shape), p in zip(self.correlated, pieces)}
+
+    def request(self) -> list[int]:
+        """The arguments of the dealer's "compare" request; :meth:`from_request` inverts it."""
+        return [self.count, self.later, self.width, int(self.times_x)]
+
+    @classmethod
+    def from_request(cls, args: list, max_count: int) -> Layout:
+        """The layout party 0 asked for, checked (a ValueError names what is wrong)."""
+        if len(args) != 4 or not all(type(a) is int for a in args):
+            raise ValueError(f"unexpected comparison arguments {args!r}")
+        count, later, width, times_x = args
+        if not 0 < count <= max_count:
+            raise ValueError(f"unexpected comparison size {count!r}")
+        if times_x not in (0, 1):
+            raise ValueError(f"unexpected times_x {times_x!r}")
+        return cls(count, later, width, bool(times_x))
 
 
 def draw_free(layout: Layout, stream: Stream) -> dict[str, torch.Tensor]:
@@ -186,15 +259,21 @@ def draw_correlated(layout: Layout, stream: Stream) -> torch.Tensor:
 
 
 def _and_all(rows: Sequence[torch.Tensor]) -> torch.Tensor:
-    out = rows[0].clone()
-    for row in rows[1:]:
+    """A new tensor: the AND of ``rows`` (callers update it in place)."""
+    if len(rows) == 1:
+        return rows[0].clone()
+    out = rows[0] & rows[1]
+    for row in rows[2:]:
         out &= row
     return out
 
 
 def _xor_all(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    out = tensors[0].clone()
-    for t in tensors[1:]:
+    """A new tensor: the XOR of ``tensors`` (callers update it in place)."""
+    if len(tensors) == 1:
+        return tensors[0].clone()
+    out = tensors[0] ^ tensors[1]
+    for t in tensors[2:]:
         out ^= t
     return out
 
@@ -207,10 +286,9 @@ def _mask_products(masks: torch.Tensor, level: Level) -> torch.Tensor:
     )
 
 
-def deal(streams: Sequence[Stream], count: int, products: int) -> torch.Tensor:
+def deal(streams: Sequence[Stream], layout: Layout) -> torch.Tensor:
     """The dealer: party 0's share of the correlated fields, for parties whose PRG streams
     are ``streams`` (in rank order)."""
-    layout = Layout(count, products)
     free = [draw_free(layout, s) for s in streams]
     others = [layout.split(draw_correlated(layout, s)) for s in streams[1:]]
 
@@ -220,21 +298,23 @@ def deal(streams: Sequence[Stream], count: int, products: int) -> torch.Tensor:
     def xored(name: str) -> torch.Tensor:
         return _xor_all([f[name] for f in free])
 
+    width = layout.width
     r = summed("r")
-    bits = bitslice(r)  # (64, w)
+    bits = bitslice(r, width)[:width]  # (width, w)
     low = bits.clone()
-    low[BITS - 1] = 0  # bit 63 is padding in the low comparison
-    grouped = low.view(LOW_GROUPS, GROUP, -1)
+    low[width - 1] = 0  # the top bit is padding in the low comparison
+    grouped = low.view(layout.low_groups, GROUP, -1)
     r_bits = torch.stack(
         [_and_all([grouped[:, i] for i in range(GROUP) if s >> i & 1]) for s in SUBSETS], dim=1
     )
-    rho = unslice(xored("rho"), count)
+    rho = unslice(xored("rho"), layout.count)
     value = {
         "r_bits": r_bits,
-        "r_top": bits[BITS - 1],
+        "r_top": bits[width - 1],
         "products_middle": _mask_products(xored("mask_middle"), MIDDLE),
-        "products_top": _mask_products(xored("mask_top"), TOP),
+        "products_top": _mask_products(xored("mask_top"), top_level(width)),
         "rho_arith": rho,
+        "r_rho": (r * rho).expand(int(layout.times_x), -1),
         "a_rho": summed("a") * rho,
     }
     binary = {"r_bits", "r_top", "products_middle", "products_top"}
@@ -252,7 +332,7 @@ def deal(streams: Sequence[Stream], count: int, products: int) -> torch.Tensor:
 
 
 class _Comm:
-    """The three kinds of opening the protocol needs, over CrypTen's communicator."""
+    """The two kinds of opening the protocol needs, over CrypTen's communicator."""
 
     def __init__(self, comm=None) -> None:
         self.comm = comm or crypten.communicator.get()
@@ -263,12 +343,6 @@ class _Comm:
 
     def open_sum(self, share: torch.Tensor) -> torch.Tensor:
         return self.comm.all_reduce(share, op=ReduceOp.SUM)
-
-    def open_mixed(self, xor_share: torch.Tensor, sum_share: torch.Tensor):
-        """Open an XOR-shared and an additively shared tensor in one round."""
-        gathered = self.comm.all_gather(torch.cat([xor_share, sum_share]))
-        n = xor_share.numel()
-        return _xor_all([g[:n] for g in gathered]), torch.stack([g[n:] for g in gathered]).sum(0)
 
     def public(self, value: torch.Tensor) -> torch.Tensor:
         """A public value as shares: party 0 holds it, the others zeros (right for XOR and
@@ -284,8 +358,8 @@ def _low_level(c_bits: torch.Tensor, r_bits: torch.Tensor, comm: _Comm):
     coefficients are public words; the dealer's ``r_bits`` holds shares of every product.
     """
     p = ~c_bits
-    p[BITS - 1] = -1  # padding position: equal (r's bit is 0 there too)
-    p = p.view(LOW_GROUPS, GROUP, -1)
+    p[-1] = -1  # the top position is padding: equal (r's bit is 0 there too)
+    p = p.view(-1, GROUP, p.size(-1))
 
     def times_p(poly: dict[int, torch.Tensor], i: int) -> dict[int, torch.Tensor]:
         out: dict[int, torch.Tensor] = {}
@@ -318,9 +392,10 @@ def _low_level(c_bits: torch.Tensor, r_bits: torch.Tensor, comm: _Comm):
 
 
 def _combine(g: torch.Tensor, p: torch.Tensor, level: Level, masks, products, comm: _Comm):
-    """One round: (groups*4, w) pairs -> (groups, w) pairs by 4-input Beaver products."""
-    groups = g.size(0) // GROUP
-    variables = torch.cat([g.view(groups, GROUP, -1), p.view(groups, GROUP, -1)], dim=1)
+    """One round: (groups*k, w) pairs -> (groups, w) pairs by k-input Beaver products."""
+    k = level.inputs
+    groups = g.size(0) // k
+    variables = torch.cat([g.view(groups, k, -1), p.view(groups, k, -1)], dim=1)
     index = {v: i for i, v in enumerate(level.opened)}
     eps = comm.open_xor(variables[:, list(level.opened)] ^ masks)
     subset_index = {s: i for i, s in enumerate(level.subsets)}
@@ -337,8 +412,8 @@ def _combine(g: torch.Tensor, p: torch.Tensor, level: Level, masks, products, co
                 out ^= _and_all([mask, *rest]) if rest else mask
         return out
 
-    g_out = variables[:, 3] ^ _xor_all([monomial(m) for m in G_MONOMIALS])
-    p_out = monomial(P_MONOMIAL) if level.with_propagate else None
+    g_out = variables[:, k - 1] ^ _xor_all([monomial(m) for m in level.g_monomials])
+    p_out = monomial(level.p_monomial) if level.with_propagate else None
     return g_out, p_out
 
 
@@ -371,41 +446,41 @@ class SignBits:
 def sign_bits(
     x_share: torch.Tensor,
     provider,
-    products: Sequence[torch.Tensor] = (),
+    *,
+    times_x: bool = False,
     later: int = 0,
+    width: int = BITS,
     comm: _Comm | None = None,
-):
-    """``[x < 0]`` of the shares ``x_share``, and ``y * [x < 0]`` for each shares ``y`` in
-    ``products`` (these ride in the last round); ``later`` more products can be had from
-    :meth:`SignBits.times` (at most :data:`MAX_PRODUCTS` in all).
+) -> tuple[SignBits, torch.Tensor | None]:
+    """``[x < 0]`` of the shares ``x_share`` (exact while ``|x| < 2^(width-1)``), with
+    ``x * [x < 0]`` if ``times_x`` (no extra round or byte); ``later`` products with other
+    tensors can be had from :meth:`SignBits.times` (at most :data:`MAX_PRODUCTS` in all).
 
-    Returns (SignBits, list of product shares). ``provider`` is the dealer provider.
+    Returns (SignBits, shares of ``x * [x < 0]`` shaped like ``x_share``, or None).
+    ``provider`` is the dealer provider.
     """
-    if len(products) + later > MAX_PRODUCTS:
-        raise ValueError(f"at most {MAX_PRODUCTS} products per comparison")
+    layout = Layout(x_share.numel(), later, width, times_x)
     comm = comm or _Comm()
-    count = x_share.numel()
-    free, own = provider.comparison_material(Layout(count, len(products) + later))
+    free, own = provider.comparison_material(layout)
+    k = offset(width)
+    masked = x_share.reshape(-1) + free["r"]
+    if comm.rank == 0:
+        masked += k
     # party 0's correlated share (``own``) arrives from the dealer while c is in flight
-    c = comm.open_sum(x_share.reshape(-1) + free["r"])
-    c_bits = bitslice(c)
+    c = comm.open_sum(masked)
+    c_bits = bitslice(c, width)[:width]
     g, p = _low_level(c_bits, own["r_bits"], comm)
     g, p = _combine(g, p, MIDDLE, free["mask_middle"], own["products_middle"], comm)
-    g, _ = _combine(g, p, TOP, free["mask_top"], own["products_top"], comm)
-    b = g[0] ^ own["r_top"] ^ comm.public(c_bits[BITS - 1])
-    prepared = [(free["a"][k], own["a_rho"][k]) for k in range(len(products) + later)]
-    now = [prepared.pop(0) for _ in products]
-    if now:
-        deltas = torch.cat([y.reshape(-1) - a for y, (a, _) in zip(products, now)])
-        e_words, opened = comm.open_mixed(b ^ free["rho"], deltas)
-    else:
-        e_words, opened = comm.open_xor(b ^ free["rho"]), None
-    bits = SignBits(unslice(e_words, count), own["rho_arith"], prepared, comm)
-    results = [
-        bits.product(opened[k * count : (k + 1) * count], a, a_rho).view_as(y)
-        for k, (y, (a, a_rho)) in enumerate(zip(products, now))
-    ]
-    return bits, results
+    g, _ = _combine(g, p, top_level(width), free["mask_top"], own["products_top"], comm)
+    b = g[0] ^ own["r_top"] ^ comm.public(~c_bits[width - 1])  # [y < K]: not bit width-1
+    prepared = [(free["a"][i], own["a_rho"][i]) for i in range(later)]
+    e_words = comm.open_xor(b ^ free["rho"])
+    bits = SignBits(unslice(e_words, layout.count), own["rho_arith"], prepared, comm)
+    if not times_x:
+        return bits, None
+    # x = (c - K) - r: the open c - K is x's Beaver difference for the mask a = -r
+    negative = bits.product(c - k, -free["r"], -own["r_rho"][0])
+    return bits, negative.view_as(x_share)
 
 
 # --- CrypTen integration --------------------------------------------------------------------------
@@ -413,7 +488,7 @@ def sign_bits(
 
 def ltz(x, provider):
     """``x < 0`` of an MPCTensor as a 0/1 MPCTensor (CrypTen's ``_ltz`` contract)."""
-    bits, _ = sign_bits(x._tensor.share, provider)
+    bits, _ = sign_bits(x._tensor.share, provider)  # exact for every value
     result = crypten.mpc.MPCTensor.from_shares(bits.arithmetic().view(x.size()), precision=0)
     result.encoder._scale = 1
     return result
@@ -426,11 +501,14 @@ def shares_like(x, share: torch.Tensor):
     return out
 
 
-def relu(x, provider, keep_product: bool = False):
-    """``x * [x >= 0]`` of an MPCTensor as ``x - x * [x < 0]``, the product riding in the
-    comparison's last round (4 rounds in all, no Beaver triple). Returns the result and the
-    sign bits, which keep one prepared product (``keep_product``) for a backward pass."""
-    bits, (negative,) = sign_bits(x.share, provider, [x.share], later=int(keep_product))
+def relu(x, provider, keep_product: bool = False, width: int = BITS):
+    """``x * [x >= 0]`` of an MPCTensor as ``x - x * [x < 0]``, the product free with the
+    comparison (4 rounds in all, no Beaver triple). Returns the result and the sign bits,
+    which keep one prepared product (``keep_product``) for a backward pass. ``width``: see
+    :func:`sign_bits` (CrypTen's ``relu`` and ``_ltz`` keep all 64 bits)."""
+    bits, negative = sign_bits(
+        x.share, provider, times_x=True, later=int(keep_product), width=width
+    )
     return x - shares_like(x, negative), bits
 
 

@@ -185,7 +185,7 @@ class DealerProvider(TupleProvider):
         is the dealer's, filled in by :meth:`settle` when deferred)."""
         free = compare.draw_free(layout, self.stream)
         size = torch.Size((layout.correlated_size,))
-        flat = self._correlated(size, "compare", layout.count, layout.products)
+        flat = self._correlated(size, "compare", *layout.request())
         return free, layout.split(flat)
 
     def dealer_cpu_seconds(self) -> float:
@@ -306,13 +306,9 @@ def _serve_one(maker: _TupleMaker, request: Any) -> torch.Tensor:
         size0, size1 = _checked_size(args[0]), _checked_size(args[1])
         _checked_size(_broadcast(size0, size1))
         return maker.binary(size0, size1)
-    if function == "compare" and len(args) == 2 and not kwargs:
-        count, products = args
-        if not isinstance(count, int) or not 0 < count <= MAX_TUPLE_ELEMENTS // 8:
-            raise ValueError(f"unexpected comparison size {count!r}")
-        if not isinstance(products, int) or not 0 <= products <= compare.MAX_PRODUCTS:
-            raise ValueError(f"unexpected number of products {products!r}")
-        return compare.deal(maker.streams, count, products)
+    if function == "compare" and not kwargs:
+        layout = compare.Layout.from_request(args, MAX_TUPLE_ELEMENTS // 8)
+        return compare.deal(maker.streams, layout)
     if function in ("square", "wraps", "B2A") and len(args) == 1 and not kwargs:
         return getattr(maker, function)(_checked_size(args[0]))
     raise ValueError(f"unknown request {function!r}")

@@ -1,7 +1,7 @@
 """Functions on shared tensors that CrypTen computes in general and we need in a narrow case.
 
 - :func:`maximum` along the last dimension by a tournament of our comparisons, each with its
-  product fused into the last round (4 rounds a level). CrypTen's ``max(dim)`` also builds a
+  product free (4 rounds a level). CrypTen's ``max(dim)`` also builds a
   one-hot argmax and checks ties, which a softmax does not need.
 - :func:`reciprocal_in_range` for values known to lie in ``[low, high]`` (a softmax's
   denominator lies in ``[1, span width]``): a Chebyshev polynomial, or Newton's iteration
@@ -12,8 +12,8 @@
   general log takes three ``exp`` and two Householder steps (32 rounds); and
   :func:`exp_in_range` (3 rounds on ``[-2, 2]``, where CrypTen's exp takes 8).
 - :func:`tanh` as ``sign(x) (2 / (1 + exp(-2|x|)) - 1)``: the reciprocal's argument lies in
-  ``(1, 2]``, where a polynomial of degree 7 (3 rounds) is within 1e-5, and ``|x|`` rides
-  in the sign comparison's last round. 16 rounds against CrypTen's 19 (through its
+  ``(1, 2]``, where a polynomial of degree 7 (3 rounds) is within 1e-5, and ``|x|`` comes
+  with the sign comparison at no cost. 16 rounds against CrypTen's 19 (through its
   sigmoid, with our comparison), at half its error: 1.8e-3 against 3.9e-3, since
   CrypTen's reciprocal starts from a constant 0.75 and stops after 3 Newton steps (0.4%
   off where ``x`` is near 0).
@@ -48,7 +48,8 @@ def maximum(x, provider):
             x = crypten.cat([x, x[..., :1]], dim=-1)
         half = x.size(-1) // 2
         a, b = x[..., :half], x[..., half:]
-        x = b + compare.relu(a - b, provider)[0]  # b + max(a - b, 0) = max(a, b)
+        # b + max(a - b, 0) = max(a, b); logits, so the activations' width
+        x = b + compare.relu(a - b, provider, width=compare.ACTIVATION_BITS)[0]
     return x
 
 
@@ -99,13 +100,15 @@ def tanh(x, provider):
     """``tanh`` of the MPCTensor ``x``: ``sign(x) (2 r - 1)`` with ``r = 1 / (1 + u)``,
     ``u = exp(-2|x|)`` in ``(0, 1]`` (``(1 - u) / (1 + u) = 2 r - 1``, so no product).
 
-    One comparison gives ``[x < 0]``, with ``x [x < 0]`` (hence ``|x|``) in its last round
-    and a product kept for the sign, which costs one more round at the end. ``provider`` is
-    the dealer provider; with None, CrypTen's tanh.
+    One comparison (at :data:`~smpc_synth.mpc.compare.ACTIVATION_BITS`) gives ``[x < 0]``,
+    with ``x [x < 0]`` (hence ``|x|``) and a product kept for the sign, which costs one more
+    round at the end. ``provider`` is the dealer provider; with None, CrypTen's tanh.
     """
     if provider is None:
         return x.tanh()
-    bits, (negative,) = compare.sign_bits(x.share, provider, [x.share], later=1)
+    bits, negative = compare.sign_bits(
+        x.share, provider, times_x=True, later=1, width=compare.ACTIVATION_BITS
+    )
     magnitude = x - compare.shares_like(x, negative * 2)
     # CrypTen's exp, (1 - 2|x| / 256)^256: right while |x| < 256, and within 2e-3 of tanh
     # (its sigmoid's 2^9 halves the approximation error but doubles the quantisation of

@@ -124,9 +124,10 @@ class Linear:
 class LeakyReLU:
     """``x`` where positive, ``slope * x`` elsewhere (ReLU: slope 0).
 
-    With the dealer, one :func:`~smpc_synth.mpc.compare.sign_bits` call gives ``x * [x<0]``
-    in its last round and keeps a product for the backward pass (one round, 8 bytes per
-    element); otherwise CrypTen's comparison, whose bit the backward pass reuses.
+    With the dealer, one :func:`~smpc_synth.mpc.compare.sign_bits` call (at
+    :data:`~smpc_synth.mpc.compare.ACTIVATION_BITS`) gives ``x * [x<0]`` and keeps a product
+    for the backward pass (one round, 8 bytes per element); otherwise CrypTen's comparison,
+    whose bit the backward pass reuses.
     """
 
     def __init__(self, slope: float = 0.0):
@@ -143,7 +144,9 @@ class LeakyReLU:
                 positive = fixed_mask(positive) * (1 - self.slope) + self.slope
             self.factor, self.bits = positive, None
             return x * self.factor
-        self.bits, (negative,) = compare.sign_bits(x.share, provider, [x.share], later=1)
+        self.bits, negative = compare.sign_bits(
+            x.share, provider, times_x=True, later=1, width=compare.ACTIVATION_BITS
+        )
         return x - self._scaled(compare.shares_like(x, negative))
 
     def backward(self, grad, **_):
