@@ -166,6 +166,17 @@ def test_ctrl_c_aborts_the_session_for_every_peer(trio):
         assert info.value.peer == "alice"
 
 
+def test_leaving_on_a_peer_error_passes_on_whom_it_names(trio):
+    """A member that stops on a PeerError (say, a peer left mid-protocol) tells the others
+    whom that error names: a peer that has not noticed the departure itself must not blame
+    the messenger (a 3-party kill test caught the dealer naming bob for alice's death)."""
+    with pytest.raises(PeerError), trio["bob"]:
+        raise PeerError("alice left the session without sending 'mpc'", "alice")
+    with pytest.raises(PeerError, match="bob aborted the session") as info:
+        trio["carol"].recv("bob", "never", timeout=30)
+    assert info.value.peer == "alice"
+
+
 def test_abort_reaches_every_peer(trio):
     trio["alice"].abort("the operator stopped it")
     for name in ("bob", "carol"):

@@ -598,7 +598,10 @@ class PeerMesh:
         if exc_type is KeyboardInterrupt:
             self.abort(f"{self._me} was interrupted (Ctrl-C)")
         elif exc is not None and not self.aborted:
-            self.abort(f"{self._me} stopped on an error: {exc}")
+            # a PeerError names who failed (a peer that left mid-protocol): peers that have
+            # not noticed it yet must hear that name, not ours
+            culprit = exc.peer if isinstance(exc, PeerError) else None
+            self.abort(f"{self._me} stopped on an error: {exc}", culprit)
         self.close()
 
     # --- internals --------------------------------------------------------------------
