@@ -314,7 +314,7 @@ def deal(streams: Sequence[Stream], layout: Layout) -> torch.Tensor:
         "products_middle": _mask_products(xored("mask_middle"), MIDDLE),
         "products_top": _mask_products(xored("mask_top"), top_level(width)),
         "rho_arith": rho,
-        "r_rho": (r * rho).expand(int(layout.times_x), -1),
+        "r_rho": (r * rho).unsqueeze(0) if layout.times_x else r.new_empty(0, layout.count),
         "a_rho": summed("a") * rho,
     }
     binary = {"r_bits", "r_top", "products_middle", "products_top"}
@@ -462,10 +462,10 @@ def sign_bits(
     layout = Layout(x_share.numel(), later, width, times_x)
     comm = comm or _Comm()
     free, own = provider.comparison_material(layout)
-    k = offset(width)
+    bias = offset(width)  # K
     masked = x_share.reshape(-1) + free["r"]
     if comm.rank == 0:
-        masked += k
+        masked += bias
     # party 0's correlated share (``own``) arrives from the dealer while c is in flight
     c = comm.open_sum(masked)
     c_bits = bitslice(c, width)[:width]
@@ -479,7 +479,7 @@ def sign_bits(
     if not times_x:
         return bits, None
     # x = (c - K) - r: the open c - K is x's Beaver difference for the mask a = -r
-    negative = bits.product(c - k, -free["r"], -own["r_rho"][0])
+    negative = bits.product(c - bias, -free["r"], -own["r_rho"][0])
     return bits, negative.view_as(x_share)
 
 

@@ -42,7 +42,9 @@ MAX_DEGREE = 16  # powers up to x^16 cost 4 rounds
 
 
 def maximum(x, provider):
-    """The largest element along the last dimension of the MPCTensor ``x`` (keepdim)."""
+    """The largest element along the last dimension of the MPCTensor ``x`` (keepdim), for
+    logits: the comparisons are :data:`~smpc_synth.mpc.compare.ACTIVATION_BITS` wide, exact
+    while every difference lies within +-32,768."""
     while x.size(-1) > 1:
         if x.size(-1) % 2:  # an odd one out plays itself: the maximum is unchanged
             x = crypten.cat([x, x[..., :1]], dim=-1)
