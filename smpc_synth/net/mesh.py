@@ -20,7 +20,7 @@ import logging
 import re
 import threading
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Iterator
 from concurrent import futures
 from functools import partial
@@ -32,6 +32,7 @@ from smpc_synth.errors import InputError, PeerError
 from smpc_synth.net import codec
 from smpc_synth.net.addresses import is_loopback, split_address
 from smpc_synth.net.limits import Limits
+from smpc_synth.net.mailbox import Inbox, Outbox
 from smpc_synth.net.tap import WireTap
 from smpc_synth.net.tls import (
     MEMBER_METADATA_KEY,
@@ -63,141 +64,6 @@ def _details(error: BaseException) -> str:
     if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
         return f"{error.code().name}: {error.details()}"
     return f"{type(error).__name__}: {error}"
-
-
-class _Inbox:
-    """Messages received from peers, queued by (peer, tag) until ``recv`` takes them."""
-
-    def __init__(self, limit: int):
-        self._limit = limit
-        self._cond = threading.Condition()
-        self._queues: dict[tuple[str, str], deque[tuple[Payload, int]]] = defaultdict(deque)
-        self._buffered: dict[str, int] = defaultdict(int)
-        self._ended: set[str] = set()  # peers that closed their stream to us cleanly
-        self._failure: PeerError | None = None
-
-    def reserve(self, peer: str, nbytes: int) -> None:
-        """Wait until ``nbytes`` more from ``peer`` fit the limit (stalls that peer's stream)."""
-        with self._cond:
-            self._cond.wait_for(
-                lambda: (
-                    self._failure is not None
-                    or self._buffered[peer] == 0
-                    or self._buffered[peer] + nbytes <= self._limit
-                )
-            )
-            if self._failure is not None:
-                raise self._failure
-            self._buffered[peer] += nbytes
-
-    def put(self, peer: str, tag: str, payload: Payload, nbytes: int) -> None:
-        with self._cond:
-            self._queues[peer, tag].append((payload, nbytes))
-            self._cond.notify_all()
-
-    def end(self, peer: str) -> None:
-        with self._cond:
-            self._ended.add(peer)
-            self._cond.notify_all()
-
-    def fail(self, error: PeerError) -> None:
-        with self._cond:
-            self._failure = error
-            self._cond.notify_all()
-
-    def has(self, peer: str, tag: str) -> bool:
-        with self._cond:
-            return bool(self._queues.get((peer, tag)))
-
-    def get(self, peer: str, tag: str, timeout: float | None) -> tuple[Payload, int] | None:
-        """The next message from ``peer`` with ``tag``, or None after ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                if self._failure is not None:
-                    raise self._failure
-                queue = self._queues.get((peer, tag))
-                if queue:
-                    payload, nbytes = queue.popleft()
-                    self._buffered[peer] -= nbytes
-                    self._cond.notify_all()
-                    return payload, nbytes
-                if peer in self._ended:
-                    raise PeerError(f"{peer} left the session without sending {tag!r}", peer)
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
-
-    def wait_ended(self, peers: set[str], timeout: float) -> set[str]:
-        """Wait until every peer in ``peers`` has closed its stream; return those that have not."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._failure is not None or peers <= self._ended, timeout)
-            return peers - self._ended
-
-
-class _Outbox:
-    """Frames waiting to go to one peer; the peer's data stream pulls them in order."""
-
-    def __init__(self, peer: str, limit: int):
-        self._peer = peer
-        self._limit = limit
-        self._cond = threading.Condition()
-        self._frames: deque[codec.WireFrame] = deque()
-        self._queued = 0
-        self._closed: str | None = None  # why nothing more may be sent
-        self._failure: PeerError | None = None
-
-    def put(self, frames: list[codec.WireFrame], nbytes: int, timeout: float) -> None:
-        """Queue one message; wait (up to ``timeout``) while the queue is over its limit."""
-        with self._cond:
-            has_room = self._cond.wait_for(
-                lambda: (
-                    self._failure is not None
-                    or self._closed is not None
-                    or self._queued == 0
-                    or self._queued + nbytes <= self._limit
-                ),
-                timeout,
-            )
-            if self._failure is not None:
-                raise self._failure
-            if self._closed is not None:
-                raise PeerError(f"cannot send to {self._peer}: {self._closed}", self._peer)
-            if not has_room:
-                raise PeerError(
-                    f"{self._peer} has not taken {self._queued} queued bytes in {timeout:g} s",
-                    self._peer,
-                )
-            self._frames.extend(frames)
-            self._queued += nbytes
-            self._cond.notify_all()
-
-    def close(self, why: str) -> None:
-        """Let the stream end once the queued frames are out."""
-        with self._cond:
-            self._closed = self._closed or why
-            self._cond.notify_all()
-
-    def fail(self, error: PeerError) -> None:
-        with self._cond:
-            self._failure = error
-            self._cond.notify_all()
-
-    def __iter__(self) -> Iterator[codec.WireFrame]:
-        # Ends only on close: after a failure the stream must not look like a clean end
-        # to the receiver, so it waits until close() has cancelled the call.
-        while True:
-            with self._cond:
-                self._cond.wait_for(
-                    lambda: (self._frames and self._failure is None) or self._closed is not None
-                )
-                if self._failure is not None or not self._frames:
-                    return
-                frame = self._frames.popleft()
-                self._queued -= frame.payload_bytes
-                self._cond.notify_all()
-            yield frame
 
 
 class PeerMesh:
@@ -237,8 +103,8 @@ class PeerMesh:
         self._control: dict[str, control_pb2_grpc.ControlStub] = {}
         self._streams: dict[str, grpc.Future] = {}
         self._inbound: set[str] = set()  # peers with an open data stream to us
-        self._inbox = _Inbox(self._limits.max_queued_bytes)
-        self._outboxes = {p: _Outbox(p, self._limits.max_queued_bytes) for p in peers}
+        self._inbox = Inbox(self._limits.max_queued_bytes)
+        self._outboxes = {p: Outbox(p, self._limits.max_queued_bytes) for p in peers}
         self._last_heard = dict.fromkeys(peers, time.monotonic())
         self._reached: set[str] = set()  # peers connect() has reached: heartbeats go to these
         self._departed: set[str] = set()
