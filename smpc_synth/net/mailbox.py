@@ -32,42 +32,51 @@ _CLOSED = object()  # this side closed its stream to the peer
 
 
 class _Room:
-    """Bytes buffered against a limit; ``take`` waits for room (one message may always pass)."""
+    """Bytes buffered against a limit; ``take`` waits for room (one message may always pass).
+
+    The counter has a plain lock: taking and giving back room happen for every message,
+    waiting for it almost never, so only a waiter touches the Condition."""
 
     def __init__(self, limit: int, blocked: Callable[[], bool]):
         self._limit = limit
         self._blocked = blocked  # true once waiting makes no sense (failed, closed)
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._freed = threading.Condition(threading.Lock())
         self._used = 0
         self._waiting = 0
 
+    def _try_take(self, nbytes: int) -> bool:
+        with self._lock:
+            if self._used == 0 or self._used + nbytes <= self._limit:
+                self._used += nbytes
+                return True
+            return False
+
     def take(self, nbytes: int, timeout: float | None = None) -> bool:
         """Reserve ``nbytes``; False if no room came within ``timeout`` or ``blocked()``."""
-        with self._cond:
-            self._waiting += 1
+        if self._blocked():
+            return False
+        if self._try_take(nbytes):
+            return True
+        with self._freed:
+            self._waiting += 1  # before the check: give() then notifies
             try:
-                fits = self._cond.wait_for(
-                    lambda: (
-                        self._blocked() or self._used == 0 or self._used + nbytes <= self._limit
-                    ),
-                    timeout,
+                taken = self._freed.wait_for(
+                    lambda: self._blocked() or self._try_take(nbytes), timeout
                 )
             finally:
                 self._waiting -= 1
-            if not fits or self._blocked():
-                return False
-            self._used += nbytes
-            return True
+        return bool(taken) and not self._blocked()  # failed or closed: nothing more goes
 
     def give(self, nbytes: int) -> None:
-        with self._cond:
+        with self._lock:
             self._used -= nbytes
-            if self._waiting:
-                self._cond.notify_all()
+        if self._waiting:
+            self.wake()
 
     def wake(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
+        with self._freed:
+            self._freed.notify_all()
 
     @property
     def used(self) -> int:
