@@ -38,7 +38,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 
 import numpy as np
 import torch
@@ -104,6 +104,7 @@ TOP = Level(GROUP, with_propagate=False)  # the last 4 groups at width 64 (only 
 SUBSETS = tuple(range(1, 2**GROUP))  # non-empty subsets of a group's 4 positions, as masks
 
 
+@cache  # every comparison asks, on both sides: plan each width once
 def top_level(width: int) -> Level:
     """The last level at ``width``: the ``width / 16`` groups the middle level leaves."""
     return Level(width // (GROUP * GROUP), with_propagate=False)
