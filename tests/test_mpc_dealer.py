@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
+from collections import defaultdict
+
 import pytest
 import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from smpc_synth.mpc import dealer, prg
+from smpc_synth.errors import PeerError
+from smpc_synth.mpc import codec, dealer, prg
 from smpc_synth.mpc.compat import import_crypten
+from smpc_synth.mpc.link import Link
+from smpc_synth.mpc.stats import TrafficRecorder
 
 crypten = import_crypten()
 from crypten.common.util import count_wraps  # noqa: E402
@@ -144,28 +153,36 @@ def test_matmul_of_mismatched_sizes_is_refused():
         dealer._product_size(torch.Size((3, 4)), torch.Size((5, 2)), "matmul", {})
 
 
-def test_stream_seek_repeats_the_draws_after_any_position():
-    """The dealer rewinds its streams when a request it computed ahead does not come; a
-    position in the middle of an AES block (odd word counts) must rewind as well."""
-    stream = prg.Stream(KEYS[0])
-    stream.ring((3,))  # 24 bytes: the next draw starts half-way through a block
-    mark = stream.tell()
-    first = stream.ring((7,))
-    stream.ring((5,))
-    stream.seek(mark)
-    assert stream.tell() == mark
-    assert torch.equal(stream.ring((7,)), first)
-    stream.seek(0)
-    assert torch.equal(stream.ring((3,)), prg.Stream(KEYS[0]).ring((3,)))
+def test_each_request_number_and_request_draws_its_own_stream():
+    """A guessed request that is not asked for must not share words with the one that is:
+    the stream starts at a counter derived from (number, request)."""
+    square = codec.encode(_request("square", torch.Size([4])))
+    wraps = codec.encode(_request("wraps", torch.Size([4])))
+    nonces = [prg.request_nonce(n, r) for n, r in ((0, square), (0, wraps), (1, square))]
+    draws = [prg.Stream(KEYS[0], nonce).ring((64,)) for nonce in nonces]
+    assert len({frozenset(d.tolist()) for d in draws}) == 3
+    assert not set(draws[0].tolist()) & set(draws[1].tolist())
+    assert prg.request_nonce(0, square) == nonces[0]  # both sides derive the same
+    assert torch.equal(prg.Stream(KEYS[0]).ring((4,)), prg.Stream(KEYS[0], bytes(16)).ring((4,)))
+
+
+def test_stream_counter_wraps_around_like_aes_ctr():
+    last = (2**128 - 1).to_bytes(16, "big")
+    key = KEYS[0]
+    expected = Cipher(algorithms.AES(key), modes.CTR(last)).encryptor().update(bytes(48))
+    assert prg.Stream(key, last).ring((6,)).numpy().tobytes() == expected
+    first_block = Cipher(algorithms.AES(key), modes.ECB()).encryptor().update(bytes(16))
+    assert expected[16:32] == first_block  # the counter after 2^128 - 1 is 0
 
 
 def _request(f: str, *args) -> dict:
     return {"f": f, "args": list(args), "kwargs": {}}
 
 
-def test_lookahead_serves_every_share_as_the_plain_dealer_would():
-    """A loop's requests repeat, with deviations (a guard's rollback, an Adam restart): every
-    share, guessed right or wrong, equals the one computed on request."""
+def test_lookahead_guesses_every_share_as_the_plain_dealer_would():
+    """A loop's requests repeat, with deviations (a guard's rollback, an Adam restart): each
+    share party 0 takes, sent early on a right guess or on request after a wrong one,
+    equals the one the dealer computes on request for that number."""
     size = torch.Size
     step = [
         _request("additive", size([6, 4]), size([4, 3]), "matmul"),
@@ -178,21 +195,88 @@ def test_lookahead_serves_every_share_as_the_plain_dealer_would():
     sequence = step * 6 + step[:2] + deviation + step[2:] + step * 6
     plain = dealer._TupleMaker(KEYS[:2])
     lookahead = dealer._Lookahead(dealer._TupleMaker(KEYS[:2]), depth=2)
-    for request in sequence:
-        share = lookahead.serve(request)
-        assert torch.equal(share, dealer._serve_one(plain, request))
-        lookahead.work_ahead()
-    assert lookahead.hits > len(sequence) // 2  # the repeats were computed ahead...
-    assert lookahead.misses >= 1  # ...and the deviation rewound the streams
+    sent_early: dict[tuple[int, int], torch.Tensor] = {}
+    for number, request in enumerate(sequence):
+        got_number, tag, share = lookahead.serve(request)
+        nonce = prg.request_nonce(number, codec.encode(request))
+        assert (got_number, tag) == (number, prg.nonce_tag(nonce))
+        taken = share if share is not None else sent_early.pop((number, tag))
+        assert torch.equal(taken, dealer._serve_at(plain, nonce, request))
+        sent_early.update(((n, t), s) for n, t, s in lookahead.work_ahead())
+    assert lookahead.hits > len(sequence) // 2  # the repeats were sent early...
+    assert lookahead.misses >= 1  # ...and the deviation was computed on request
+    assert sent_early  # wrong guesses, never taken
 
 
-def test_lookahead_after_a_rekey_starts_from_the_new_streams():
+def test_lookahead_after_a_rekey_numbers_from_zero_with_the_new_keys():
     request = _request("square", torch.Size([4]))
     lookahead = dealer._Lookahead(dealer._TupleMaker(KEYS[:2]), depth=1)
     for _ in range(3):
         lookahead.serve(request)
-        lookahead.work_ahead()
-    lookahead.maker.streams = [prg.Stream(key) for key in KEYS[1:3]]
+        list(lookahead.work_ahead())
+    lookahead.maker.keys = list(KEYS[1:3])
     lookahead.restart()
-    share = lookahead.serve(request)
-    assert torch.equal(share, dealer._serve_one(dealer._TupleMaker(KEYS[1:3]), request))
+    number, _, share = lookahead.serve(request)
+    nonce = prg.request_nonce(0, codec.encode(request))
+    assert number == 0
+    assert torch.equal(share, dealer._serve_at(dealer._TupleMaker(KEYS[1:3]), nonce, request))
+
+
+def _opened(shares) -> torch.Tensor:
+    return sum(s.share for s in shares)
+
+
+class _ThreadChannel:
+    """Members in one process, on threads: ``recv`` blocks (the dealer serves on a thread)."""
+
+    def __init__(self, me: str, members: tuple[str, ...], boxes: dict) -> None:
+        self.me, self.peers, self._boxes = me, tuple(m for m in members if m != me), boxes
+
+    def send(self, peer: str, tag: str, payload) -> None:
+        self._boxes[self.me, peer].put(payload)
+
+    def recv(self, peer: str, tag: str, timeout: float | None = None):
+        try:
+            return self._boxes[peer, self.me].get(timeout=10)
+        except queue.Empty:
+            raise PeerError(f"{peer} sent nothing", peer) from None
+
+    def has_message(self, peer: str, tag: str) -> bool:
+        return not self._boxes[peer, self.me].empty()
+
+
+def test_parties_take_pushed_shares_and_drop_wrong_guesses_and_stale_ones():
+    """Two providers and a dealer thread: every tuple reconstructs, whether its share came
+    early, after a wrong guess, or after a re-key that voids the guesses in flight."""
+    members = ("alice", "bob", "dealer")
+    boxes = defaultdict(queue.Queue)
+    channels = {m: _ThreadChannel(m, members, boxes) for m in members}
+    served: dict = {}
+
+    def serve() -> None:
+        served.update(dealer.serve_dealer(channels["dealer"], members[:2], insecure_debug_seed=5))
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    links = [Link(channels[m], TrafficRecorder()) for m in members[:2]]
+    providers = [dealer.DealerProvider(link, rank) for rank, link in enumerate(links)]
+    square, triple = ("square", (7,)), ("triple", (3, 5), (5, 2))
+    loop = [square, triple, square, triple, triple]
+    plan = loop * 8 + [triple, square, square] + loop * 4 + ["rekey"] + loop * 6
+    for item in plan:
+        time.sleep(0.01)  # let the dealer push its guesses first
+        if item == "rekey":
+            for provider in providers:
+                provider.rekey(5, [1])
+        elif item[0] == "square":
+            r, r2 = zip(*(p.square(item[1]) for p in providers))
+            assert torch.equal(_opened(r2), _opened(r) * _opened(r))
+        else:
+            a, b, c = zip(*(p.generate_additive_triple(*item[1:], "matmul") for p in providers))
+            assert torch.equal(_opened(c), _opened(a) @ _opened(b))
+    for provider in providers:
+        provider.done()
+    thread.join(10)
+    assert served["requests"] == len(plan) - 1
+    assert served["computed_ahead"] > len(plan) // 3
+    assert served["guessed_wrong"] >= 1

@@ -30,6 +30,7 @@ from test_mpc_harness import (
 
 from smpc_synth.errors import InputError
 from smpc_synth.mpc import compare
+from smpc_synth.mpc.dealer import FRAME_WORDS
 from smpc_synth.mpc.session import start_crypten
 
 SURVIVOR_DEADLINE_S = 30.0
@@ -185,9 +186,10 @@ def test_activations_compare_32_bits_wide_and_cryptens_relu_64(tmp_path):
     torch.testing.assert_close(torch.tensor(result["relu"]), torch.relu(x), atol=1e-3, rtol=0)
     narrow = compare.Layout(1000, later=1, width=compare.ACTIVATION_BITS, times_x=True)
     full = compare.Layout(1000, later=0, width=64, times_x=True)
+    frame = 8 * FRAME_WORDS  # each share comes framed by its request's number
     assert result["dealer_bytes"] == {
-        "twin": 8 * narrow.correlated_size,
-        "crypten": 8 * full.correlated_size,
+        "twin": 8 * narrow.correlated_size + frame,
+        "crypten": 8 * full.correlated_size + frame,
     }
 
 

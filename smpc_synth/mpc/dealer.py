@@ -10,7 +10,9 @@ party 0 alone. So no data party sees a tuple in the clear, and the dealer sees n
 arithmetic is that of CrypTen's ``TTPServer``; the transport and the PRG are ours.
 
 Party 0 asks for each tuple as CrypTen requests it; the dealer only accepts the ops, sizes
-and keyword arguments that CrypTen's protocols use.
+and keyword arguments that CrypTen's protocols use. Tuples are numbered, and each is drawn
+from streams of its own (:func:`~smpc_synth.mpc.prg.request_nonce`), so the dealer can
+send the share of a tuple it expects before party 0 asks for it (:class:`_Lookahead`).
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 
 from smpc_synth.errors import PeerError
-from smpc_synth.mpc import compare, prg
+from smpc_synth.mpc import codec, compare, prg
 from smpc_synth.mpc.compat import import_crypten
 from smpc_synth.mpc.link import Link
 from smpc_synth.mpc.stats import TrafficRecorder
@@ -50,7 +52,9 @@ DEALER_IDLE_TIMEOUT_S = 24 * 3600.0
 _DONE = "done"
 _CPU = "cpu"  # a benchmark asks how much CPU time the dealer has used
 _REKEY = "rekey"  # debug-seeded runs only: restart every stream from keys for these labels
-LOOKAHEAD_DEPTH = 2  # requests the dealer computes before party 0 asks (see _Lookahead)
+LOOKAHEAD_DEPTH = 2  # shares the dealer guesses and sends before party 0 asks (_Lookahead)
+FRAME_WORDS = 3  # int64 words before each share the dealer sends: generation, number, tag
+CPU_NUMBER = -1  # the request number that frames the dealer's CPU clock
 
 
 @functools.lru_cache(maxsize=4096)
@@ -94,6 +98,13 @@ class DealerProvider(TupleProvider):
     """CrypTen tuple provider for a data party: shares from the dealer's key, party 0's
     correlated share from the dealer.
 
+    Every tuple is a numbered request, and each party draws it from its own stream started
+    at :func:`~smpc_synth.mpc.prg.request_nonce` of (number, request): party 0 sends the
+    request to the dealer as the tuple is begun, and the dealer, which may have guessed it
+    and sent the share already (see :class:`_Lookahead`), answers with party 0's share
+    framed by ``[generation, number, tag]``. Party 0 keeps a share sent for a later number
+    until it gets there and drops one made for another request.
+
     With ``deferred`` (our communicator only), party 0 does not wait for the dealer: it gets
     a placeholder, and :meth:`settle` (called by the link each time a party's message has
     arrived) writes the dealer's share into it. Every protocol first opens masked values
@@ -108,12 +119,29 @@ class DealerProvider(TupleProvider):
         self.link = link
         self.party_rank = rank
         self.deferred = deferred
-        self._pending: deque[torch.Tensor] = deque()
+        # (number, tag, placeholder) of shares the dealer still owes
+        self._pending: deque[tuple[int, int, torch.Tensor]] = deque()
+        self._early: dict[int, tuple[int, torch.Tensor]] = {}  # number -> (tag, share)
+        self._number = 0  # of the next request since the last (re)key
+        self._generation = 0  # re-keys so far: shares framed with an older one are stale
+        self._current = (0, 0)  # (number, tag) of the tuple being drawn
         message = link.recv_obj(link.dealer)
         key = message.get("key") if isinstance(message, dict) else None
         if not isinstance(key, bytes) or len(key) != prg.KEY_BYTES:
             raise link.malformed(link.dealer, "expected a PRG key")
+        self.key = key
         self.stream = prg.Stream(key)
+
+    def _begin(self, function: str, *args: Any, **kwargs: Any) -> None:
+        """Number the next tuple and start its stream; party 0 asks the dealer for it."""
+        request = {"f": function, "args": list(args), "kwargs": kwargs}
+        encoded = codec.encode(request)
+        nonce = prg.request_nonce(self._number, encoded)
+        self.stream = prg.Stream(self.key, nonce)
+        self._current = (self._number, prg.nonce_tag(nonce))
+        self._number += 1
+        if self.party_rank == 0:
+            self.link.send_encoded(self.link.dealer, encoded)
 
     def _ring(self, size: torch.Size) -> torch.Tensor:
         return self.stream.ring(size)
@@ -121,59 +149,87 @@ class DealerProvider(TupleProvider):
     def _bit(self, size: torch.Size) -> torch.Tensor:
         return self.stream.bits(size)
 
-    def _correlated(self, size: torch.Size, function: str, *args: Any, **kwargs: Any):
+    def _correlated(self, size: torch.Size) -> torch.Tensor:
         """Party 0: the dealer's share; everyone else: a PRG share (in the dealer's order)."""
         if self.party_rank != 0:
             return self._ring(size)  # a 64-bit binary share is drawn the same way
-        request = {"f": function, "args": list(args), "kwargs": kwargs}
-        self.link.send_obj(self.link.dealer, request)
+        number, tag = self._current
         if not self.deferred:
-            return self.link.recv_tensor(self.link.dealer, torch.Size(size), torch.long)
+            return self._checked(self._take(number, tag), size)
         placeholder = torch.empty(size, dtype=torch.long)  # settle() overwrites it
-        self._pending.append(placeholder)
+        self._pending.append((number, tag, placeholder))
         return placeholder
+
+    def _take(self, number: int, tag: int) -> torch.Tensor:
+        """The dealer's share for request ``number`` tagged ``tag`` (unframed, flat)."""
+        early = self._early.pop(number, None)
+        if early is not None and early[0] == tag:
+            return early[1]
+        while True:
+            message = self.link.recv_tensor(self.link.dealer, dtype=torch.long)
+            if message.dim() != 1 or message.numel() < FRAME_WORDS:
+                raise self.link.malformed(self.link.dealer, "expected a framed share")
+            generation, got, got_tag = message[:FRAME_WORDS].tolist()
+            if generation != self._generation or (got < number and got != CPU_NUMBER):
+                continue  # from before a re-key, or guessed for a request since made
+            if got == number and got_tag == tag:
+                if self._early:  # guesses for numbers now past will not be asked for
+                    self._early = {k: v for k, v in self._early.items() if k > number}
+                return message[FRAME_WORDS:]
+            if got > number:  # sent ahead; a wrong guess for ``number`` is simply dropped
+                self._early[got] = (got_tag, message[FRAME_WORDS:])
+
+    def _checked(self, share: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        if share.numel() != math.prod(size):
+            raise self.link.malformed(
+                self.link.dealer, f"expected a share of {tuple(size)}, got {share.numel()} words"
+            )
+        return share.view(size)
 
     def settle(self) -> None:
         """Write every correction the dealer still owes into its placeholder."""
         while self._pending:
-            placeholder = self._pending.popleft()
-            share = self.link.recv_tensor(self.link.dealer, placeholder.shape, torch.long)
-            placeholder.copy_(share)
+            number, tag, placeholder = self._pending.popleft()
+            placeholder.copy_(self._checked(self._take(number, tag), placeholder.shape))
 
     def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
         """Generate multiplicative triples of given sizes"""
         size0, size1 = torch.Size(size0), torch.Size(size1)
+        self._begin("additive", size0, size1, op, *args, **kwargs)
         a, b = self._ring(size0), self._ring(size1)
-        c_size = _product_size(size0, size1, op, kwargs)
-        c = self._correlated(c_size, "additive", size0, size1, op, *args, **kwargs)
+        c = self._correlated(_product_size(size0, size1, op, kwargs))
         return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in (a, b, c))
 
     def square(self, size, device=None):
         """Generate square double of given size"""
         size = torch.Size(size)
+        self._begin("square", size)
         r = self._ring(size)
-        r2 = self._correlated(size, "square", size)
+        r2 = self._correlated(size)
         return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in (r, r2))
 
     def generate_binary_triple(self, size0, size1, device=None):
         """Generate xor triples of given size"""
         size0, size1 = torch.Size(size0), torch.Size(size1)
+        self._begin("binary", size0, size1)
         a, b = self._ring(size0), self._ring(size1)
-        c = self._correlated(_broadcast(size0, size1), "binary", size0, size1)
+        c = self._correlated(_broadcast(size0, size1))
         return tuple(BinarySharedTensor.from_shares(t) for t in (a, b, c))
 
     def wrap_rng(self, size, device=None):
         """Generate random shared tensor of given size and sharing of its wraps"""
         size = torch.Size(size)
+        self._begin("wraps", size)
         r = self._ring(size)
-        theta_r = self._correlated(size, "wraps", size)
+        theta_r = self._correlated(size)
         return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in (r, theta_r))
 
     def B2A_rng(self, size, device=None):
         """Generate random bit tensor as arithmetic and binary shared tensors"""
         size = torch.Size(size)
+        self._begin("B2A", size)
         r_bit = self._bit(size)
-        r_arith = self._correlated(size, "B2A", size)
+        r_arith = self._correlated(size)
         return (
             ArithmeticSharedTensor.from_shares(r_arith, precision=0),
             BinarySharedTensor.from_shares(r_bit),
@@ -183,9 +239,9 @@ class DealerProvider(TupleProvider):
         """This party's material for one secure comparison (:mod:`smpc_synth.mpc.compare`):
         its free fields from its own stream, and its share of the correlated ones (party 0's
         is the dealer's, filled in by :meth:`settle` when deferred)."""
+        self._begin("compare", *layout.request())
         free = compare.draw_free(layout, self.stream)
-        size = torch.Size((layout.correlated_size,))
-        flat = self._correlated(size, "compare", *layout.request())
+        flat = self._correlated(torch.Size((layout.correlated_size,)))
         return free, layout.split(flat)
 
     def dealer_cpu_seconds(self) -> float:
@@ -195,15 +251,21 @@ class DealerProvider(TupleProvider):
             raise RuntimeError("only party 0 talks to the dealer")
         self.settle()
         self.link.send_obj(self.link.dealer, {"f": _CPU})
-        return float(self.link.recv_tensor(self.link.dealer, torch.Size([1]), torch.float64)[0])
+        return float(self._take(CPU_NUMBER, 0).view(torch.float64)[0])
 
     def rekey(self, debug_seed: int, labels: Sequence[int]) -> None:
         """Restart this party's stream (and, from party 0, every stream at the dealer) from
-        the debug keys for ``labels``: draws after this point no longer depend on what was
-        drawn before it (a resumed run repeats the uninterrupted one)."""
+        the debug keys for ``labels``, and the request numbers from 0: draws after this
+        point no longer depend on what was drawn before it (a resumed run repeats the
+        uninterrupted one)."""
+        self.settle()
         if self.party_rank == 0:
             self.link.send_obj(self.link.dealer, {"f": _REKEY, "labels": list(labels)})
-        self.stream = prg.Stream(dealer_key(debug_seed, self.link.me, *labels))
+        self.key = dealer_key(debug_seed, self.link.me, *labels)
+        self.stream = prg.Stream(self.key)
+        self._number = 0
+        self._generation += 1
+        self._early.clear()
 
     def done(self) -> None:
         """Tell the dealer this party needs no more tuples."""
@@ -217,14 +279,12 @@ class _TupleMaker:
     correlated value."""
 
     def __init__(self, keys: Sequence[bytes]) -> None:
+        self.keys = list(keys)
         self.streams = [prg.Stream(key) for key in keys]
 
-    def tell(self) -> list[int]:
-        return [stream.tell() for stream in self.streams]
-
-    def seek(self, positions: Sequence[int]) -> None:
-        for stream, position in zip(self.streams, positions, strict=True):
-            stream.seek(position)
+    def begin(self, nonce: bytes) -> None:
+        """Start every party's stream for one request (see :func:`prg.request_nonce`)."""
+        self.streams = [prg.Stream(key, nonce) for key in self.keys]
 
     def _sum(self, size: torch.Size, skip_first: bool = False) -> torch.Tensor:
         """The sum of the parties' ring shares (int64 wraps: mod 2^64)."""
@@ -271,13 +331,13 @@ def _checked_size(value: Any) -> torch.Size:
     return value
 
 
-def _rekeyed(parties: Sequence[str], debug_seed: int | None, labels: Any) -> list[prg.Stream]:
-    """The parties' streams restarted for party 0's re-key request (debug seeds only)."""
+def _rekeyed(parties: Sequence[str], debug_seed: int | None, labels: Any) -> list[bytes]:
+    """The parties' keys for party 0's re-key request (debug seeds only)."""
     if debug_seed is None:
         raise ValueError("asked to re-key, but this dealer has no debug seed")
     if not isinstance(labels, list) or not all(type(x) is int for x in labels):
         raise ValueError(f"re-key labels {labels!r}")
-    return [prg.Stream(dealer_key(debug_seed, party, *labels)) for party in parties]
+    return [dealer_key(debug_seed, party, *labels) for party in parties]
 
 
 def _checked_kwargs(kwargs: Any) -> dict[str, Any]:
@@ -315,18 +375,20 @@ def _serve_one(maker: _TupleMaker, request: Any) -> torch.Tensor:
 
 
 class _Lookahead:
-    """Serves requests through a :class:`_TupleMaker`, working ahead on the ones it expects.
+    """Serves party 0's numbered requests, guessing the next ones and sending them early.
 
-    A training loop asks for the same tuples in the same order every step, so after party
-    0's request the dealer, instead of idling until the next one, computes the request that
-    followed the same :data:`CONTEXT` requests last time (up to ``depth`` ahead). When the
-    next request is the one expected, its share is ready; when it is not, the streams are
-    rewound to where the first guess started and the request is served as usual.
+    A training loop asks for the same tuples in the same order every step, so the dealer
+    guesses the request that followed the same :data:`CONTEXT` requests last time, computes
+    its share and sends it before party 0 asks (up to ``depth`` requests ahead): party 0
+    finds it waiting instead of waiting for it. When party 0's request is the one guessed,
+    nothing more is sent; when it is not, its share is computed and sent, and the guesses
+    after it are dropped.
 
-    Either way every share is the one the dealer would have computed without looking ahead,
-    bit for bit, and only shares of requests party 0 made are ever sent: a guessed share
-    that is not asked for is dropped, and its stream positions are drawn again for the real
-    request (sending both would give party 0 two correlations of the same random words).
+    A share is a function of its request number, the request and the keys only (each
+    (number, request) has its own streams), so a guessed share is the one the dealer would
+    have computed on request, bit for bit. A wrong guess is a tuple that nobody uses, drawn
+    from streams that no other request uses: party 0 gets nothing it could combine with
+    the tuples it does use.
     """
 
     CONTEXT = 12  # a VAE step asks ~80 times for ~30 kinds of tuple; 12 leaves ~1.5% misses
@@ -335,62 +397,79 @@ class _Lookahead:
     def __init__(self, maker: _TupleMaker, depth: int) -> None:
         self.maker = maker
         self.depth = depth
-        self._ids: dict[str, int] = {}  # signature -> small int, for cheap context keys
-        self._requests: list[Any] = []  # by id
+        self.number = 0  # of party 0's next request
+        self._ids: dict[bytes, int] = {}  # encoded request -> small int, for cheap contexts
+        self._requests: list[tuple[Any, bytes]] = []  # by id: (request, its encoding)
         self._successor: dict[tuple[int, ...], int] = {}
         self._recent: deque[int] = deque([-1] * self.CONTEXT, maxlen=self.CONTEXT)
-        # (id, share, stream positions before it) of requests computed ahead
-        self._ahead: deque[tuple[int, torch.Tensor, list[int]]] = deque()
+        self._ahead: deque[int] = deque()  # ids guessed for numbers self.number, +1, ...
         self.hits = self.misses = 0
 
-    def serve(self, request: Any) -> torch.Tensor:
-        """Party 0's share for ``request`` (validated as :func:`_serve_one` does)."""
-        known = self._ids.get(_signature(request))
-        if self._ahead and self._ahead[0][0] == known:
-            share = self._ahead.popleft()[1]
-            self.hits += 1
-        else:
-            if self._ahead:
+    def serve(self, request: Any) -> tuple[int, int, torch.Tensor | None]:
+        """``(number, tag, share)`` for party 0's next request (validated as
+        :func:`_serve_one` does); share None if it was guessed and sent already."""
+        encoded = codec.encode(request)
+        known = self._ids.get(encoded)
+        nonce = prg.request_nonce(self.number, encoded)
+        share = None
+        guessed = self._ahead.popleft() if self._ahead else None
+        if guessed is None or guessed != known:
+            if guessed is not None:
                 self.misses += 1
-                self.maker.seek(self._ahead[0][2])
-                self._ahead.clear()
-            share = _serve_one(self.maker, request)
-        self._learn(request, known)
-        return share
+                self._ahead.clear()  # guessed on a path the loop did not take
+            share = _serve_at(self.maker, nonce, request)
+        else:
+            self.hits += 1
+        self._learn(request, encoded, known)
+        self.number += 1
+        return self.number - 1, prg.nonce_tag(nonce), share
 
-    def work_ahead(self, asked: Callable[[], bool] = lambda: False) -> None:
-        """Compute the expected next requests, up to ``depth`` of them, stopping as soon as
-        ``asked()``: a request that has come is served first."""
-        context = [*self._recent, *(ident for ident, _, _ in self._ahead)][-self.CONTEXT :]
+    def work_ahead(
+        self, asked: Callable[[], bool] = lambda: False
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Guess the next requests, up to ``depth`` ahead, and yield ``(number, tag, share)``
+        of each as it is computed; stop as soon as ``asked()``: a request that has come is
+        served first."""
+        context = [*self._recent, *self._ahead][-self.CONTEXT :]
         while len(self._ahead) < self.depth and not asked():
             expected = self._successor.get(tuple(context))
             if expected is None:
                 return
-            positions = self.maker.tell()
-            share = _serve_one(self.maker, self._requests[expected])
-            self._ahead.append((expected, share, positions))
+            number = self.number + len(self._ahead)
+            request, encoded = self._requests[expected]
+            nonce = prg.request_nonce(number, encoded)
+            share = _serve_at(self.maker, nonce, request)
+            self._ahead.append(expected)
             context = [*context[1:], expected]
+            yield number, prg.nonce_tag(nonce), share
 
     def restart(self) -> None:
-        """The streams were replaced (a re-key): drop the work done ahead. The re-key stays
-        in the context, so what follows it is learned too."""
+        """The keys were replaced (a re-key): numbers start again at 0 and the guesses sent
+        are void. The re-key stays in the context, so what follows it is learned too."""
         self._ahead.clear()
+        self.number = 0
         self._recent.append(-2)
 
-    def _learn(self, request: Any, known: int | None) -> None:
+    def _learn(self, request: Any, encoded: bytes, known: int | None) -> None:
         if known is None:  # a validated request (serve() served it) of a new kind
-            known = self._ids[_signature(request)] = len(self._requests)
-            self._requests.append(request)
+            known = self._ids[encoded] = len(self._requests)
+            self._requests.append((request, encoded))
         if len(self._successor) >= self.MAX_LEARNED:
             self._successor.clear()
         self._successor[tuple(self._recent)] = known
         self._recent.append(known)
 
 
-def _signature(request: Any) -> str:
-    # requests come through the safe codec (dicts, lists, sizes, numbers, strings), whose
-    # reprs differ wherever the requests do
-    return repr(request)
+def _serve_at(maker: _TupleMaker, nonce: bytes, request: Any) -> torch.Tensor:
+    """Party 0's share for ``request`` drawn from the streams that start at ``nonce``."""
+    maker.begin(nonce)
+    return _serve_one(maker, request)
+
+
+def _framed(generation: int, number: int, tag: int, share: torch.Tensor) -> torch.Tensor:
+    """A share as sent: ``[generation, number, tag]`` then its words."""
+    head = torch.tensor([generation, number, tag], dtype=torch.long)
+    return torch.cat([head, share.reshape(-1).view(torch.long)])
 
 
 def dealer_key(debug_seed: int, party: str, *labels: int) -> bytes:
@@ -422,11 +501,11 @@ def serve_dealer(
     Party 0 may also ask for the dealer's CPU time so far (benchmarks charge it per op).
 
     ``timeout`` bounds each wait for a party's next message (None: the channel's default).
-    ``lookahead`` is how many expected requests the dealer computes before they come
-    (:class:`_Lookahead`; 0: none).
+    ``lookahead`` is how many expected requests the dealer computes and sends before they
+    come (:class:`_Lookahead`; 0: none).
 
     Returns how many requests were served (``requests``), how many of them had been
-    computed ahead (``computed_ahead``) and how many guesses were wrong
+    guessed and sent ahead (``computed_ahead``) and how many guesses were wrong
     (``guessed_wrong``). Raises :class:`PeerError` naming a party that vanishes, times out,
     is reported failed by another party, or sends a bad request.
     ``insecure_debug_seed`` fixes the keys so tests can compare transports bit for bit.
@@ -437,27 +516,31 @@ def serve_dealer(
     maker = _TupleMaker(send_keys(link, parties, insecure_debug_seed))
     ahead = _Lookahead(maker, lookahead)
     first = parties[0]
-    served = 0
+    served = generation = 0
     while True:
         request = link.recv_obj(first)
         kind = request.get("f") if isinstance(request, dict) else None
         if kind == _DONE:
             break
         if kind == _CPU:
-            link.send_tensor(first, torch.tensor([time.process_time()], dtype=torch.float64))
+            clock = torch.tensor([time.process_time()], dtype=torch.float64)
+            link.send_tensor(first, _framed(generation, CPU_NUMBER, 0, clock))
             continue
         try:
             if kind == _REKEY:
-                maker.streams = _rekeyed(parties, insecure_debug_seed, request.get("labels"))
+                maker.keys = _rekeyed(parties, insecure_debug_seed, request.get("labels"))
                 ahead.restart()
+                generation += 1
                 continue
-            share = ahead.serve(request)
+            number, tag, share = ahead.serve(request)
         except (ValueError, TypeError, RuntimeError) as err:
             link.abort(first)
             raise PeerError(f"{first} sent a bad tuple request: {err}", peer=first) from err
-        link.send_tensor(first, share)
+        if share is not None:
+            link.send_tensor(first, _framed(generation, number, tag, share))
         served += 1
-        ahead.work_ahead(asked=lambda: link.has_message(first))
+        for number, tag, share in ahead.work_ahead(asked=lambda: link.has_message(first)):
+            link.send_tensor(first, _framed(generation, number, tag, share))
     for party in parties[1:]:
         message = link.recv_obj(party)
         if not (isinstance(message, dict) and message.get("f") == _DONE):

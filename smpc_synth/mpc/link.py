@@ -80,7 +80,11 @@ class Link:
         return tensor
 
     def send_obj(self, peer: str, obj: Any) -> None:
-        data = _OBJECT + codec.encode(obj)
+        self.send_encoded(peer, codec.encode(obj))
+
+    def send_encoded(self, peer: str, encoded: bytes) -> None:
+        """Send an object already encoded by :func:`smpc_synth.mpc.codec.encode`."""
+        data = _OBJECT + encoded
         self._send(peer, data, len(data))
 
     def recv_obj(self, peer: str) -> Any:

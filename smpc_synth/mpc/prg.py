@@ -24,6 +24,7 @@ _BLOCK = 16  # AES block; update_into wants this much slack
 # 500k words), so draws read one shared run of zeros, a chunk at a time.
 _ZERO_CHUNK = 1 << 20
 _ZEROS = memoryview(bytes(_ZERO_CHUNK))
+_COUNTERS = 1 << (8 * _BLOCK)  # CTR's counter block wraps modulo 2^128
 
 
 def fresh_key() -> bytes:
@@ -36,19 +37,36 @@ def debug_key(base: int, *labels: object) -> bytes:
     return hashlib.sha256(repr((base, *labels)).encode()).digest()[:KEY_BYTES]
 
 
+def request_nonce(index: int, request: bytes) -> bytes:
+    """The first counter block of the stream for tuple request number ``index`` whose
+    encoding is ``request``: each (index, request) starts at its own random point among the
+    2^128 counters, so a different request at the same index draws independent words (a
+    tuple draws far fewer than 2^64 blocks: overlaps are out of reach)."""
+    return hashlib.blake2b(index.to_bytes(8, "big") + request, digest_size=_BLOCK).digest()
+
+
+def nonce_tag(nonce: bytes) -> int:
+    """A signed 64-bit label of a :func:`request_nonce`, to name the request on the wire."""
+    return int.from_bytes(nonce[:8], "big", signed=True)
+
+
 class Stream:
     """A deterministic stream of uniformly random int64 words from a 128-bit key.
 
     Draws are consumed in call order: two holders of the key stay in step as long as they
-    make the same calls with the same sizes.
+    make the same calls with the same sizes. ``nonce`` is the first counter block (see
+    :func:`request_nonce`).
     """
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, nonce: bytes = bytes(_BLOCK)) -> None:
         if not isinstance(key, bytes) or len(key) != KEY_BYTES:
             raise ValueError(f"a PRG key is {KEY_BYTES} bytes")
+        if not isinstance(nonce, bytes) or len(nonce) != _BLOCK:
+            raise ValueError(f"a PRG nonce is {_BLOCK} bytes")
         self._key = key
+        self._first = int.from_bytes(nonce, "big")
         self._position = 0  # keystream bytes drawn so far
-        self._cipher = Cipher(algorithms.AES(key), modes.CTR(bytes(_BLOCK))).encryptor()
+        self._cipher = Cipher(algorithms.AES(key), modes.CTR(nonce)).encryptor()
 
     def tell(self) -> int:
         """How far the stream has been drawn, for :meth:`seek`."""
@@ -60,7 +78,7 @@ class Stream:
         Counter mode's block ``k`` is AES of the counter ``k``, so the stream restarts at the
         block holding ``position`` and drops the bytes before it within that block."""
         block, offset = divmod(position, _BLOCK)
-        counter = block.to_bytes(_BLOCK, "big")
+        counter = ((self._first + block) % _COUNTERS).to_bytes(_BLOCK, "big")
         self._cipher = Cipher(algorithms.AES(self._key), modes.CTR(counter)).encryptor()
         self._cipher.update(bytes(offset))
         self._position = position
