@@ -76,6 +76,12 @@ def test_wraps_reconstruct():
         {"f": "compare", "args": [0, 0, 64, 0]},
         {"f": "compare", "args": [64, 0, 64]},
         {"f": "compare", "args": [64.0, 0, 64, 0]},
+        {"f": "kept", "args": [torch.Size([2, 3, 4]), torch.Size([4, 2])]},  # not matrices
+        {"f": "kept", "args": [torch.Size([2, 3]), torch.Size([4, 2])]},
+        {"f": "backward", "args": [1, 1, 1]},  # no kept triple one request back
+        {"f": "backward", "args": [0, 1, 1]},
+        {"f": "backward", "args": [1, 0, 0]},
+        {"f": "backward", "args": [1, 2, 1]},
         ["not", "a", "request"],
     ],
 )
@@ -83,6 +89,38 @@ def test_bad_requests_are_refused(request_):
     maker = dealer._TupleMaker(KEYS[:2])
     with pytest.raises((ValueError, TypeError, RuntimeError)):
         dealer._serve_one(maker, request_)
+
+
+def test_a_backward_request_reuses_its_kept_triples_masks():
+    """``d^T a`` and ``d b^T`` for the masks of the kept triple named, and a fresh ``d``
+    drawn as every party's own share."""
+    maker = dealer._TupleMaker(KEYS[:2])
+    kept = {"f": "kept", "args": [torch.Size([5, 3]), torch.Size([3, 2])]}
+    backward = {"f": "backward", "args": [2, 1, 1]}
+    dealer._serve_at(maker, prg.request_nonce(7, b"k"), kept, 7)
+    maker.keep(7, maker.last_kept)
+    a, b = (
+        sum(pair)
+        for pair in zip(
+            *(
+                (_ring(s, (5, 3)), _ring(s, (3, 2)))
+                for s in _streams(KEYS[:2], prg.request_nonce(7, b"k"))
+            )
+        )
+    )
+    nonce = prg.request_nonce(9, b"b")
+    share0 = dealer._serve_at(maker, nonce, backward, 9)
+    own = [(_ring(s, (5, 2)), _ring(s, (6 + 15,))) for s in _streams(KEYS[:2], nonce)]
+    d = own[0][0] + own[1][0]
+    flat = share0 + own[1][1]
+    assert torch.equal(flat[:6].view(2, 3), d.t() @ a)
+    assert torch.equal(flat[6:].view(5, 3), d @ b.t())
+    with pytest.raises(ValueError, match="no kept triple"):
+        dealer._serve_at(maker, nonce, {"f": "backward", "args": [1, 1, 0]}, 9)
+
+
+def _streams(keys, nonce) -> list[prg.Stream]:
+    return [prg.Stream(key, nonce) for key in keys]
 
 
 def test_fresh_keys_differ_and_debug_keys_repeat():
@@ -201,7 +239,7 @@ def test_lookahead_guesses_every_share_as_the_plain_dealer_would():
         nonce = prg.request_nonce(number, codec.encode(request))
         assert (got_number, tag) == (number, prg.nonce_tag(nonce))
         taken = share if share is not None else sent_early.pop((number, tag))
-        assert torch.equal(taken, dealer._serve_at(plain, nonce, request))
+        assert torch.equal(taken, dealer._serve_at(plain, nonce, request, number))
         sent_early.update(((n, t), s) for n, t, s in lookahead.work_ahead())
     assert lookahead.hits > len(sequence) // 2  # the repeats were sent early...
     assert lookahead.misses >= 1  # ...and the deviation was computed on request
@@ -219,7 +257,7 @@ def test_lookahead_after_a_rekey_numbers_from_zero_with_the_new_keys():
     number, _, share = lookahead.serve(request)
     nonce = prg.request_nonce(0, codec.encode(request))
     assert number == 0
-    assert torch.equal(share, dealer._serve_at(dealer._TupleMaker(KEYS[1:3]), nonce, request))
+    assert torch.equal(share, dealer._serve_at(dealer._TupleMaker(KEYS[1:3]), nonce, request, 0))
 
 
 def _opened(shares) -> torch.Tensor:

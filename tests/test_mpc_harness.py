@@ -349,6 +349,36 @@ def activation_width_program(rank: int) -> dict[str, Any]:
     }
 
 
+def mlp_twin_program(rank: int) -> dict[str, Any]:
+    """The MLP twin's forward and backward pass (weight and input gradients) on a batch
+    party 1 holds, with the bytes each party sent in the backward pass."""
+    from smpc_synth.models.nets import mlp
+    from smpc_synth.mpc import session
+    from smpc_synth.mpc.nn import Mlp, ParameterVector, named_parameters
+
+    crypten = session.crypten
+    torch.manual_seed(0)
+    net = mlp(6, (16, 8), 3, "leaky_relu")
+    x = crypten.cryptensor(torch.randn(32, 6), src=1)
+    upstream = crypten.cryptensor(torch.randn(32, 3) * 0.1, src=1)
+    params = ParameterVector(named_parameters({"net": net}))
+    twin = Mlp(net, params, "net")
+    out = twin.forward(x)
+    with session.phase("backward"):
+        d_input = twin.backward(upstream, need_input=True)
+    grads = {
+        n: params.grads[n].get_plain_text().reshape(s.shape).tolist()
+        for n, s in params.slots.items()
+    }
+    sent = session.traffic().by_phase["backward"]["bytes_sent"]
+    return {
+        "out": out.get_plain_text().tolist(),
+        "grads": grads,
+        "d_input": d_input.get_plain_text().tolist(),
+        "backward_bytes": sent,
+    }
+
+
 def rekey_program(rank: int) -> dict[str, Any]:
     """The same sharing, products and comparison after re-keying to the same labels twice
     (with something else drawn in between), and after re-keying to other labels: each

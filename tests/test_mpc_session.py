@@ -16,6 +16,7 @@ from test_mpc_harness import (
     comparison_rounds_program,
     dealer_cpu_program,
     loop_program,
+    mlp_twin_program,
     network_backward_program,
     op_inputs,
     ops_program,
@@ -29,6 +30,7 @@ from test_mpc_harness import (
 )
 
 from smpc_synth.errors import InputError
+from smpc_synth.models.nets import mlp
 from smpc_synth.mpc import compare
 from smpc_synth.mpc.dealer import FRAME_WORDS
 from smpc_synth.mpc.session import start_crypten
@@ -191,6 +193,29 @@ def test_activations_compare_32_bits_wide_and_cryptens_relu_64(tmp_path):
         "twin": 8 * narrow.correlated_size + frame,
         "crypten": 8 * full.correlated_size + frame,
     }
+
+
+def test_twin_layers_reuse_their_forward_masks_in_the_backward_pass(tmp_path):
+    """Over gRPC with the dealer, the MLP twin's gradients match torch, and its backward
+    pass opens only each layer's output gradient (and the LeakyReLUs' products): the
+    dealer kept the forward pass's masks of x and W."""
+    outcomes = run_mpc(tmp_path, 2, mlp_twin_program, seed=SEED)
+    assert_all_ok(outcomes)
+    result = outcomes[PARTY_NAMES[0]].result["result"]
+    torch.manual_seed(0)
+    net = mlp(6, (16, 8), 3, "leaky_relu")
+    x, upstream = torch.randn(32, 6, requires_grad=True), torch.randn(32, 3) * 0.1
+    out = net(x)
+    (out * upstream).sum().backward()
+    torch.testing.assert_close(torch.tensor(result["out"]), out.detach(), atol=5e-3, rtol=0)
+    torch.testing.assert_close(torch.tensor(result["d_input"]), x.grad, atol=5e-3, rtol=0.02)
+    for name, got in result["grads"].items():
+        expected = dict(net.named_parameters())[name.split(".", 1)[1]].grad
+        torch.testing.assert_close(torch.tensor(got), expected, atol=5e-3, rtol=0.02, msg=name)
+    # one opening of each layer's output gradient (32 x 3, 32 x 8, 32 x 16) and one of the
+    # two LeakyReLUs' inputs to their kept products (32 x 8, 32 x 16), 8 bytes a word
+    opened = 32 * (3 + 8 + 16) + 32 * (8 + 16)
+    assert result["backward_bytes"] == 8 * opened
 
 
 def test_rekeying_a_debug_seeded_session_repeats_its_randomness(tmp_path):

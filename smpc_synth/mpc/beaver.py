@@ -13,6 +13,8 @@ where CrypTen spends a round on each (a layer's weight and input gradients, a lo
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -112,6 +114,69 @@ def products(items: Sequence[tuple[str, object, object]]) -> list:
         result._tensor = rescaled_product(x._tensor, y._tensor, share)
         results.append(result)
     return results
+
+
+@dataclass
+class KeptProduct:
+    """What a product ``x @ y`` of matrices keeps for its backward pass: the dealer's
+    request number for its triple, this party's shares of the masks ``a``, ``b`` and the
+    opened ``e = x - a``, ``f = y - b``."""
+
+    number: int
+    a: torch.Tensor
+    b: torch.Tensor
+    e: torch.Tensor
+    f: torch.Tensor
+    x: Any
+    y: Any
+
+
+def kept_matmul(x, y, provider) -> tuple[Any, KeptProduct]:
+    """``x @ y`` of 2-D MPCTensors by a Beaver triple whose masks the dealer keeps, so that
+    :func:`kept_matmul_backward` opens only the output gradient.
+
+    CrypTen's backward pass of a product computes ``g y^T`` and ``x^T g`` with two fresh
+    triples, opening ``g`` twice, ``x`` and ``y`` again: a linear layer's backward pass
+    sends ``2 n out + n in + in out`` words. Reusing ``a`` and ``b`` (each still masks one
+    value only: x and y are the same tensors) leaves ``n out``."""
+    a, b, c, number = provider.kept_matmul_triple(x.size(), y.size())
+    e, f = crypten.communicator.get().all_reduce([x.share - a, y.share - b], batched=True)
+    first = crypten.communicator.get().get_rank() == 0
+    share = c + e.matmul(b + f if first else b) + a.matmul(f)
+    result = x.shallow_copy()
+    result._tensor = rescaled_product(x._tensor, y._tensor, share)
+    return result, KeptProduct(number, a, b, e, f, x, y)
+
+
+def kept_matmul_backward(kept: KeptProduct, grad, provider, *, weight: bool, input: bool):
+    """``(g^T x if weight, g y^T if input)`` for the output gradient ``g`` of the kept
+    product ``x @ y``, each None where not asked: one round, opening ``h = g - d`` only.
+
+    With ``x = a + e``, ``y = b + f``, ``g = d + h``: ``g^T x = d^T a + d^T e + h^T x``
+    and ``g y^T = d b^T + d f^T + h y^T``; the dealer supplies ``d^T a`` and ``d b^T``,
+    and party 0 alone adds the public ``e`` and ``f`` into ``a`` and ``b``."""
+    d, dt_a, d_bt = provider.backward_material(
+        kept.number, kept.a.size(), kept.b.size(), weight, input
+    )
+    comm = crypten.communicator.get()
+    h = comm.all_reduce(grad.share - d)
+    first = comm.get_rank() == 0
+    results = []
+    if weight:  # (g^T x)^T = x^T g, as (out, in) like the weight it is the gradient of
+        share = dt_a + d.t().matmul(kept.e) + h.t().matmul(kept.a + kept.e if first else kept.a)
+        out = grad.shallow_copy()
+        out._tensor = rescaled_product(grad._tensor, kept.x._tensor, share)
+        results.append(out)
+    else:
+        results.append(None)
+    if input:
+        share = d_bt + d.matmul(kept.f.t()) + h.matmul((kept.b + kept.f if first else kept.b).t())
+        out = grad.shallow_copy()
+        out._tensor = rescaled_product(grad._tensor, kept.y._tensor, share)
+        results.append(out)
+    else:
+        results.append(None)
+    return tuple(results)
 
 
 def _gradients(wanted: dict[str, tuple], input, other) -> tuple:

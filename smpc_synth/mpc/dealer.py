@@ -21,7 +21,7 @@ import functools
 import logging
 import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -52,6 +52,7 @@ DEALER_IDLE_TIMEOUT_S = 24 * 3600.0
 _DONE = "done"
 _CPU = "cpu"  # a benchmark asks how much CPU time the dealer has used
 _REKEY = "rekey"  # debug-seeded runs only: restart every stream from keys for these labels
+MAX_KEPT = 64  # kept triples the dealer remembers (a training step makes one per layer)
 LOOKAHEAD_DEPTH = 2  # shares the dealer guesses and sends before party 0 asks (_Lookahead)
 FRAME_WORDS = 3  # int64 words before each share the dealer sends: generation, number, tag
 CPU_NUMBER = -1  # the request number that frames the dealer's CPU clock
@@ -235,6 +236,32 @@ class DealerProvider(TupleProvider):
             BinarySharedTensor.from_shares(r_bit),
         )
 
+    def kept_matmul_triple(self, size0: torch.Size, size1: torch.Size):
+        """Shares ``(a, b, c = a @ b)`` for a product of matrices, and the request number
+        that names it: the dealer keeps ``a`` and ``b`` for :meth:`backward_material`."""
+        size0, size1 = torch.Size(size0), torch.Size(size1)
+        self._begin("kept", size0, size1)
+        a, b = self._ring(size0), self._ring(size1)
+        c = self._correlated(_matmul_size(size0, size1))
+        return a, b, c, self._current[0]
+
+    def backward_material(
+        self, number: int, size0: torch.Size, size1: torch.Size, weight: bool, input: bool
+    ):
+        """For the kept triple ``number`` of ``x`` (``size0``, mask ``a``) times ``y``
+        (``size1``, mask ``b``): a fresh mask ``d`` for the output gradient ``g`` and shares
+        of ``d^T a`` (if ``weight``: for ``g^T x``) and ``d b^T`` (if ``input``: for
+        ``g y^T``), the second ``None`` where not asked."""
+        self._begin("backward", self._number - number, int(weight), int(input))
+        rows, inner, cols = size0[0], size0[1], size1[1]
+        d = self._ring(torch.Size((rows, cols)))
+        sizes = [(cols, inner)] * weight + [(rows, inner)] * input
+        flat = self._correlated(torch.Size((sum(r * c for r, c in sizes),)))
+        pieces = iter(
+            p.view(shape) for p, shape in zip(flat.split([r * c for r, c in sizes]), sizes)
+        )
+        return d, next(pieces) if weight else None, next(pieces) if input else None
+
     def comparison_material(self, layout: compare.Layout):
         """This party's material for one secure comparison (:mod:`smpc_synth.mpc.compare`):
         its free fields from its own stream, and its share of the correlated ones (party 0's
@@ -281,10 +308,22 @@ class _TupleMaker:
     def __init__(self, keys: Sequence[bytes]) -> None:
         self.keys = list(keys)
         self.streams = [prg.Stream(key) for key in keys]
+        self.number = 0  # of the request being served
+        # masks (A, B) of served "kept" triples by request number, oldest first
+        self.kept: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.last_kept: tuple[torch.Tensor, torch.Tensor] | None = None  # the one just made
 
-    def begin(self, nonce: bytes) -> None:
-        """Start every party's stream for one request (see :func:`prg.request_nonce`)."""
+    def begin(self, nonce: bytes, number: int = 0) -> None:
+        """Start every party's stream for request ``number`` (see :func:`prg.request_nonce`)."""
         self.streams = [prg.Stream(key, nonce) for key in self.keys]
+        self.number = number
+        self.last_kept = None
+
+    def keep(self, number: int, masks: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Remember the masks of the kept triple that request ``number`` was (served)."""
+        self.kept[number] = masks
+        while len(self.kept) > MAX_KEPT:
+            self.kept.popitem(last=False)
 
     def _sum(self, size: torch.Size, skip_first: bool = False) -> torch.Tensor:
         """The sum of the parties' ring shares (int64 wraps: mod 2^64)."""
@@ -305,6 +344,27 @@ class _TupleMaker:
         a, b = self._sum(size0), self._sum(size1)
         c = getattr(torch, op)(a, b, **kwargs)
         return c.sub_(self._sum(c.size(), skip_first=True))
+
+    def kept_matmul(self, size0: torch.Size, size1: torch.Size) -> torch.Tensor:
+        """A matmul triple whose masks ``A``, ``B`` a later :meth:`backward` reuses."""
+        a, b = self._sum(size0), self._sum(size1)
+        c = a.matmul(b)
+        self.last_kept = (a, b)
+        return c.sub_(self._sum(c.size(), skip_first=True))
+
+    def backward(self, distance: int, weight: bool, input: bool) -> torch.Tensor:
+        """For the product ``x y`` of the kept triple ``distance`` requests back (masks
+        ``A`` of x, ``B`` of y) and a fresh mask ``D`` of its output gradient g: the
+        correlations that give ``g^T x`` (``D^T A``, if ``weight``) and ``g y^T`` (``D
+        B^T``, if ``input``) with only ``g - D`` opened."""
+        masks = self.kept.get(self.number - distance)
+        if masks is None:
+            raise ValueError(f"no kept triple {distance} requests back")
+        a, b = masks
+        d = self._sum(torch.Size((a.size(0), b.size(1))))
+        parts = ([d.t().matmul(a)] if weight else []) + ([d.matmul(b.t())] if input else [])
+        flat = torch.cat([p.reshape(-1) for p in parts])
+        return flat.sub_(self._sum(flat.size(), skip_first=True))
 
     def square(self, size: torch.Size) -> torch.Tensor:
         r = self._sum(size)
@@ -362,6 +422,19 @@ def _serve_one(maker: _TupleMaker, request: Any) -> torch.Tensor:
         size0, size1 = _checked_size(args[0]), _checked_size(args[1])
         _checked_size(_product_size(size0, size1, args[2], kwargs))
         return maker.additive(size0, size1, args[2], **kwargs)
+    if function == "kept" and len(args) == 2 and not kwargs:
+        size0, size1 = _checked_size(args[0]), _checked_size(args[1])
+        if len(size0) != 2 or len(size1) != 2:
+            raise ValueError(f"a kept triple is a product of matrices, got {args!r}")
+        _checked_size(_matmul_size(size0, size1))
+        return maker.kept_matmul(size0, size1)
+    if function == "backward" and len(args) == 3 and not kwargs:
+        distance, weight, input = args
+        if type(distance) is not int or distance < 1 or {weight, input} - {0, 1}:
+            raise ValueError(f"unexpected backward arguments {args!r}")
+        if not (weight or input):
+            raise ValueError("a backward request asks for no gradient")
+        return maker.backward(distance, bool(weight), bool(input))
     if function == "binary" and len(args) == 2 and not kwargs:
         size0, size1 = _checked_size(args[0]), _checked_size(args[1])
         _checked_size(_broadcast(size0, size1))
@@ -402,7 +475,8 @@ class _Lookahead:
         self._requests: list[tuple[Any, bytes]] = []  # by id: (request, its encoding)
         self._successor: dict[tuple[int, ...], int] = {}
         self._recent: deque[int] = deque([-1] * self.CONTEXT, maxlen=self.CONTEXT)
-        self._ahead: deque[int] = deque()  # ids guessed for numbers self.number, +1, ...
+        # (id, kept masks or None) guessed for numbers self.number, +1, ...
+        self._ahead: deque[tuple[int, Any]] = deque()
         self.hits = self.misses = 0
 
     def serve(self, request: Any) -> tuple[int, int, torch.Tensor | None]:
@@ -412,14 +486,17 @@ class _Lookahead:
         known = self._ids.get(encoded)
         nonce = prg.request_nonce(self.number, encoded)
         share = None
-        guessed = self._ahead.popleft() if self._ahead else None
+        guessed, kept = self._ahead.popleft() if self._ahead else (None, None)
         if guessed is None or guessed != known:
             if guessed is not None:
                 self.misses += 1
                 self._ahead.clear()  # guessed on a path the loop did not take
-            share = _serve_at(self.maker, nonce, request)
+            share = _serve_at(self.maker, nonce, request, self.number)
+            kept = self.maker.last_kept
         else:
             self.hits += 1
+        if kept is not None:  # only requests made are remembered: a backward pass's
+            self.maker.keep(self.number, kept)  # share depends on nothing guessed
         self._learn(request, encoded, known)
         self.number += 1
         return self.number - 1, prg.nonce_tag(nonce), share
@@ -430,16 +507,18 @@ class _Lookahead:
         """Guess the next requests, up to ``depth`` ahead, and yield ``(number, tag, share)``
         of each as it is computed; stop as soon as ``asked()``: a request that has come is
         served first."""
-        context = [*self._recent, *self._ahead][-self.CONTEXT :]
+        context = [*self._recent, *(ident for ident, _ in self._ahead)][-self.CONTEXT :]
         while len(self._ahead) < self.depth and not asked():
             expected = self._successor.get(tuple(context))
             if expected is None:
                 return
             number = self.number + len(self._ahead)
             request, encoded = self._requests[expected]
+            if request["f"] == "backward" and number - request["args"][0] >= self.number:
+                return  # its triple is itself a guess: wait until it has been asked for
             nonce = prg.request_nonce(number, encoded)
-            share = _serve_at(self.maker, nonce, request)
-            self._ahead.append(expected)
+            share = _serve_at(self.maker, nonce, request, number)
+            self._ahead.append((expected, self.maker.last_kept))
             context = [*context[1:], expected]
             yield number, prg.nonce_tag(nonce), share
 
@@ -448,6 +527,7 @@ class _Lookahead:
         are void. The re-key stays in the context, so what follows it is learned too."""
         self._ahead.clear()
         self.number = 0
+        self.maker.kept.clear()
         self._recent.append(-2)
 
     def _learn(self, request: Any, encoded: bytes, known: int | None) -> None:
@@ -460,9 +540,10 @@ class _Lookahead:
         self._recent.append(known)
 
 
-def _serve_at(maker: _TupleMaker, nonce: bytes, request: Any) -> torch.Tensor:
-    """Party 0's share for ``request`` drawn from the streams that start at ``nonce``."""
-    maker.begin(nonce)
+def _serve_at(maker: _TupleMaker, nonce: bytes, request: Any, number: int) -> torch.Tensor:
+    """Party 0's share for request ``number``, drawn from the streams that start at
+    ``nonce``."""
+    maker.begin(nonce, number)
     return _serve_one(maker, request)
 
 

@@ -102,15 +102,30 @@ class Linear:
         self.params, self.w, self.b = params, f"{prefix}.weight", f"{prefix}.bias"
 
     def forward(self, x):
-        self.x = x
+        self.x, self.kept = x, None
         w = self.params[self.w]
         if isinstance(x, torch.Tensor):  # public input (noise): a local product, no round
             return w.matmul(x.t()).t() + self.params[self.b]
+        provider = comparison_provider()
+        if provider is not None and x.dim() == 2:  # the dealer keeps the masks
+            out, self.kept = beaver.kept_matmul(x, w.t(), provider)
+            return out + self.params[self.b]
         return x.matmul(w.t()) + self.params[self.b]
 
     def backward(self, grad, *, accumulate: bool = True, need_input: bool = True):
         """Adds the weight gradient (``accumulate``) and returns the input gradient
-        (``need_input``), both products opened in one round."""
+        (``need_input``), both in one round; with the forward pass's masks kept, only
+        ``grad`` is opened (see :func:`~smpc_synth.mpc.beaver.kept_matmul`)."""
+        if not (accumulate or need_input):
+            return None
+        if self.kept is not None:
+            d_weight, d_input = beaver.kept_matmul_backward(
+                self.kept, grad, comparison_provider(), weight=accumulate, input=need_input
+            )
+            if accumulate:
+                self.params.add_grad(self.w, d_weight)
+                self.params.add_grad(self.b, grad.sum(0))
+            return d_input
         wanted = [("matmul", grad.t(), self.x)] if accumulate else []
         if need_input:
             wanted.append(("matmul", grad, self.params[self.w]))
