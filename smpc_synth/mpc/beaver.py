@@ -110,9 +110,7 @@ def products(items: Sequence[tuple[str, object, object]]) -> list:
             y = x
         else:
             share = _combine(op, *held, next(opened), next(opened)).share
-        result = x.shallow_copy()
-        result._tensor = rescaled_product(x._tensor, y._tensor, share)
-        results.append(result)
+        results.append(_product_like(x, y, share))
     return results
 
 
@@ -140,12 +138,10 @@ def kept_matmul(x, y, provider) -> tuple[Any, KeptProduct]:
     sends ``2 n out + n in + in out`` words. Reusing ``a`` and ``b`` (each still masks one
     value only: x and y are the same tensors) leaves ``n out``."""
     a, b, c, number = provider.kept_matmul_triple(x.size(), y.size())
-    e, f = crypten.communicator.get().all_reduce([x.share - a, y.share - b], batched=True)
-    first = crypten.communicator.get().get_rank() == 0
-    share = c + e.matmul(b + f if first else b) + a.matmul(f)
-    result = x.shallow_copy()
-    result._tensor = rescaled_product(x._tensor, y._tensor, share)
-    return result, KeptProduct(number, a, b, e, f, x, y)
+    comm = crypten.communicator.get()
+    e, f = comm.all_reduce([x.share - a, y.share - b], batched=True)
+    share = c + e.matmul(b + f if comm.get_rank() == 0 else b) + a.matmul(f)
+    return _product_like(x, y, share), KeptProduct(number, a, b, e, f, x, y)
 
 
 def kept_matmul_backward(kept: KeptProduct, grad, provider, *, weight: bool, input: bool):
@@ -161,22 +157,22 @@ def kept_matmul_backward(kept: KeptProduct, grad, provider, *, weight: bool, inp
     comm = crypten.communicator.get()
     h = comm.all_reduce(grad.share - d)
     first = comm.get_rank() == 0
-    results = []
-    if weight:  # (g^T x)^T = x^T g, as (out, in) like the weight it is the gradient of
+    d_weight = d_input = None
+    if weight:  # g^T x, (out, in) like the weight it is the gradient of
         share = dt_a + d.t().matmul(kept.e) + h.t().matmul(kept.a + kept.e if first else kept.a)
-        out = grad.shallow_copy()
-        out._tensor = rescaled_product(grad._tensor, kept.x._tensor, share)
-        results.append(out)
-    else:
-        results.append(None)
+        d_weight = _product_like(grad, kept.x, share)
     if input:
         share = d_bt + d.matmul(kept.f.t()) + h.matmul((kept.b + kept.f if first else kept.b).t())
-        out = grad.shallow_copy()
-        out._tensor = rescaled_product(grad._tensor, kept.y._tensor, share)
-        results.append(out)
-    else:
-        results.append(None)
-    return tuple(results)
+        d_input = _product_like(grad, kept.y, share)
+    return d_weight, d_input
+
+
+def _product_like(x, y, share: torch.Tensor):
+    """An MPCTensor like ``x`` holding ``share`` of a product of ``x`` and ``y``, rescaled
+    as CrypTen's product would be."""
+    result = x.shallow_copy()
+    result._tensor = rescaled_product(x._tensor, y._tensor, share)
+    return result
 
 
 def _gradients(wanted: dict[str, tuple], input, other) -> tuple:

@@ -122,18 +122,16 @@ class Linear:
             d_weight, d_input = beaver.kept_matmul_backward(
                 self.kept, grad, comparison_provider(), weight=accumulate, input=need_input
             )
-            if accumulate:
-                self.params.add_grad(self.w, d_weight)
-                self.params.add_grad(self.b, grad.sum(0))
-            return d_input
-        wanted = [("matmul", grad.t(), self.x)] if accumulate else []
-        if need_input:
-            wanted.append(("matmul", grad, self.params[self.w]))
-        results = beaver.products(wanted)
+        else:
+            wanted = [("matmul", grad.t(), self.x)] if accumulate else []
+            if need_input:
+                wanted.append(("matmul", grad, self.params[self.w]))
+            results = beaver.products(wanted)
+            d_weight, d_input = results[0], results[-1] if need_input else None
         if accumulate:
-            self.params.add_grad(self.w, results[0])
+            self.params.add_grad(self.w, d_weight)
             self.params.add_grad(self.b, grad.sum(0))
-        return results[-1] if need_input else None
+        return d_input
 
 
 class LeakyReLU:
