@@ -2,7 +2,7 @@
 
 For ``z = op(x, y)`` with a triple ``c = op(a, b)`` and opened ``e = x - a``, ``d = y - b``,
 CrypTen computes each party's share as ``c + op(e, b) + op(a, d)`` plus ``op(e, d)`` on
-party 0: three int64 products (int64 matmul has no BLAS, so these dominate a layer's CPU).
+party 0: three int64 products (their matmuls dominate a layer's CPU; :mod:`ring`).
 Every op here is bilinear over Z/2^64, so party 0 folds the public term into one product,
 ``op(e, b + d)``, and the others are unchanged. Same result, bit for bit; one product less.
 
@@ -26,6 +26,7 @@ from crypten.gradients import _inverse_broadcast  # noqa: E402
 from crypten.mpc.primitives import beaver as crypten_beaver  # noqa: E402
 from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor  # noqa: E402
 
+from smpc_synth.mpc import ring  # noqa: E402
 from smpc_synth.mpc.arithmetic import rescaled_product  # noqa: E402
 
 # crypten.mpc.primitives.beaver calls this module-level function for every product
@@ -35,10 +36,9 @@ PROTOCOL_NAME = "__beaver_protocol"
 def _combine(op: str, a, b, c, epsilon, delta, *args, **kwargs):
     """Each party's share of ``op(x, y)`` from its triple shares and the opened
     ``epsilon = x - a``, ``delta = y - b`` (written into ``c``)."""
-    product = getattr(torch, op)
     b_term = b.share + delta if c.rank == 0 else b.share
-    c.share += product(epsilon, b_term, *args, **kwargs)
-    c.share += product(a.share, delta, *args, **kwargs)
+    c.share += ring.product(op, epsilon, b_term, *args, **kwargs)
+    c.share += ring.product(op, a.share, delta, *args, **kwargs)
     return c
 
 
@@ -140,7 +140,7 @@ def kept_matmul(x, y, provider) -> tuple[Any, KeptProduct]:
     a, b, c, number = provider.kept_matmul_triple(x.size(), y.size())
     comm = crypten.communicator.get()
     e, f = comm.all_reduce([x.share - a, y.share - b], batched=True)
-    share = c + e.matmul(b + f if comm.get_rank() == 0 else b) + a.matmul(f)
+    share = c + ring.matmul(e, b + f if comm.get_rank() == 0 else b) + ring.matmul(a, f)
     return _product_like(x, y, share), KeptProduct(number, a, b, e, f, x, y)
 
 
@@ -159,10 +159,12 @@ def kept_matmul_backward(kept: KeptProduct, grad, provider, *, weight: bool, inp
     first = comm.get_rank() == 0
     d_weight = d_input = None
     if weight:  # g^T x, (out, in) like the weight it is the gradient of
-        share = dt_a + d.t().matmul(kept.e) + h.t().matmul(kept.a + kept.e if first else kept.a)
+        x_term = kept.a + kept.e if first else kept.a
+        share = dt_a + ring.matmul(d.t(), kept.e) + ring.matmul(h.t(), x_term)
         d_weight = _product_like(grad, kept.x, share)
     if input:
-        share = d_bt + d.matmul(kept.f.t()) + h.matmul((kept.b + kept.f if first else kept.b).t())
+        y_term = kept.b + kept.f if first else kept.b
+        share = d_bt + ring.matmul(d, kept.f.t()) + ring.matmul(h, y_term.t())
         d_input = _product_like(grad, kept.y, share)
     return d_weight, d_input
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from smpc_synth.errors import PeerError
-from smpc_synth.mpc import codec, compare, prg
+from smpc_synth.mpc import codec, compare, prg, ring
 from smpc_synth.mpc.compat import import_crypten
 from smpc_synth.mpc.link import Link
 from smpc_synth.mpc.stats import TrafficRecorder
@@ -342,13 +342,13 @@ class _TupleMaker:
 
     def additive(self, size0, size1, op: str, **kwargs) -> torch.Tensor:
         a, b = self._sum(size0), self._sum(size1)
-        c = getattr(torch, op)(a, b, **kwargs)
+        c = ring.product(op, a, b, **kwargs)
         return c.sub_(self._sum(c.size(), skip_first=True))
 
     def kept_matmul(self, size0: torch.Size, size1: torch.Size) -> torch.Tensor:
         """A matmul triple whose masks ``A``, ``B`` a later :meth:`backward` reuses."""
         a, b = self._sum(size0), self._sum(size1)
-        c = a.matmul(b)
+        c = ring.matmul(a, b)
         self.last_kept = (a, b)
         return c.sub_(self._sum(c.size(), skip_first=True))
 
@@ -362,7 +362,9 @@ class _TupleMaker:
             raise ValueError(f"no kept triple {distance} requests back")
         a, b = masks
         d = self._sum(torch.Size((a.size(0), b.size(1))))
-        parts = ([d.t().matmul(a)] if weight else []) + ([d.matmul(b.t())] if input else [])
+        parts = ([ring.matmul(d.t(), a)] if weight else []) + (
+            [ring.matmul(d, b.t())] if input else []
+        )
         flat = torch.cat([p.reshape(-1) for p in parts])
         return flat.sub_(self._sum(flat.size(), skip_first=True))
 
