@@ -88,7 +88,10 @@ def limbs_are_faster() -> bool:
 def matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``torch.matmul(x, y)`` of int64 tensors mod 2^64 (same shapes, same bits), by
     whichever way is faster here."""
-    if x.dim() == 0 or y.dim() == 0 or x.numel() * y.size(-1) < MIN_WORK:
+    if x.dim() == 0 or y.dim() == 0:
+        return torch.matmul(x, y)
+    multiply_adds = x.numel() * (y.size(-1) if y.dim() >= 2 else 1)
+    if multiply_adds < MIN_WORK:
         return torch.matmul(x, y)
     return limb_matmul(x, y) if limbs_are_faster() else torch.matmul(x, y)
 
