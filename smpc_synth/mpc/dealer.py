@@ -362,9 +362,11 @@ class _TupleMaker:
             raise ValueError(f"no kept triple {distance} requests back")
         a, b = masks
         d = self._sum(torch.Size((a.size(0), b.size(1))))
-        parts = ([ring.matmul(d.t(), a)] if weight else []) + (
-            [ring.matmul(d, b.t())] if input else []
-        )
+        parts = []
+        if weight:
+            parts.append(ring.matmul(d.t(), a))
+        if input:
+            parts.append(ring.matmul(d, b.t()))
         flat = torch.cat([p.reshape(-1) for p in parts])
         return flat.sub_(self._sum(flat.size(), skip_first=True))
 

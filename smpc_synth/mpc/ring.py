@@ -1,20 +1,20 @@
 """Exact products in Z/2^64, the ring of CrypTen's shares, at float64 BLAS speed.
 
-torch has no BLAS kernel for int64 matmul. Its own loop ran at 3.5-4.5 GMAC/s on the host
-of earlier sessions, but runs at 0.4 GMAC/s on an AVX2 host without AVX-512 (no 64-bit
-vector multiply), where it made 57% of a party's CPU and 47% of the dealer's in a VAE
-epoch; float64 GEMM runs at 7-12 GMAC/s on the same core.
+torch has no BLAS kernel for int64 matmul. Its own loop ran at 3.5-4.5 GMAC/s on one host,
+but runs at 0.4 GMAC/s on an AVX2 host without AVX-512 (no 64-bit vector multiply), where
+it made 57% of a party's CPU and 47% of the dealer's in a VAE epoch; float64 GEMM runs at
+7-12 GMAC/s on the same core.
 
 :func:`limb_matmul` splits each operand into three balanced limbs,
 ``x = x0 + x1 2^22 + x2 2^44`` with ``|x0|, |x1| <= 2^21`` and ``|x2| <= 2^19``, each exact
-in float64. Products of limbs
-whose weights reach ``2^64`` vanish mod 2^64, which leaves six float64 GEMMs, summed by
-weight ``2^0, 2^22, 2^44``. Every term of a weight's sum is at most ``2^42`` in size and a
-weight has at most two such full terms (``x0 y1 + x1 y0``; ``x0 y2 + x2 y0`` add ``2^41``
-together), so every partial sum stays below ``2^53`` while the inner dimension is at most
-:data:`MAX_INNER`: float64 holds it exactly, whatever order BLAS adds in. Longer inner
-dimensions are cut into chunks. The result equals torch's int64 product bit for bit, so
-:func:`matmul` picks whichever of the two this process measured faster (once, in ~50 ms).
+in float64. Products of limbs whose weights reach ``2^64`` vanish mod 2^64, which leaves
+six float64 GEMMs, summed by weight ``2^0, 2^22, 2^44``. Every term of a weight's sum is
+at most ``2^42`` in size and a weight has at most two such full terms (``x0 y1 + x1 y0``;
+``x0 y2 + x2 y0`` add ``2^41`` together), so every partial sum stays below ``2^53`` while
+the inner dimension is at most :data:`MAX_INNER`: float64 holds it exactly, whatever order
+BLAS adds in. Longer inner dimensions are cut into chunks. The result equals torch's int64
+product bit for bit, so :func:`matmul` picks whichever of the two this process measured
+faster (once, in ~50 ms).
 """
 
 from __future__ import annotations
