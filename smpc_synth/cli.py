@@ -1,4 +1,4 @@
-"""The ``smpc-synth`` command: a thin layer over the Python API (DESIGN.md §3).
+"""The ``smpc-synth`` command: a thin layer over the Python API.
 
 Exit codes: 0 success, 2 bad input or config (the message names the file, column, row or
 key), 3 release refused by the quality gate, 1 anything else (the message names the party).

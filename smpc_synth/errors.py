@@ -1,4 +1,4 @@
-"""Errors that reach the user, each with the exit code DESIGN.md §3 promises.
+"""Errors that reach the user, each with the exit code docs/design.md §3 promises.
 
 Raise these with a message a user can act on: name the file, column, row or key
 (:class:`InputError`), or the party or peer at fault (:class:`PeerError`). The CLI prints

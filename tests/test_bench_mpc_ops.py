@@ -51,7 +51,7 @@ def test_theory_is_the_beaver_bound_of_the_matmul():
     assert mpc_ops.theoretical_bytes("matmul", 3) == 2 * mpc_ops.theoretical_bytes("matmul", 2)
 
 
-def test_targets_line_says_which_step_targets_are_met():
+def test_ratios_line_compares_the_step_within_one_run():
     def step(transport: str, seconds: float, cpu: float | None) -> dict:
         record = _party_record("alice", seconds, {"alice": cpu or 0.0}, 5.4e6)
         return {
@@ -62,18 +62,17 @@ def test_targets_line_says_which_step_targets_are_met():
             "cpu_seconds": cpu,
         }
 
-    line = mpc_ops.format_targets([step("grpc+tls", 0.167, 0.248), step("gloo", 0.178, None)])
-    assert "167 ms (<= 120: MISSED)" in line
-    assert "5.40 MB (<= 8: met)" in line and "21 rounds (<= 25: met)" in line
-    assert "0.94x gloo (<= 1.2: met)" in line
+    line = mpc_ops.format_ratios([step("grpc+tls", 0.167, 0.248), step("gloo", 0.178, None)])
+    assert "167 ms, 5.40 MB, 21 rounds" in line
+    assert "0.94x the time over gloo" in line
     assert "CPU floor on" in line
-    assert "scaled" not in line  # no stock record: nothing to scale by
-    with_stock = mpc_ops.format_targets(
+    assert "stock" not in line  # no stock record: no ratio to it
+    with_stock = mpc_ops.format_ratios(
         [step("grpc+tls", 0.167, None), step("gloo", 0.178, None), step("stock", 1.1, None)]
     )
-    assert "scaled by stock's 1100 ms here to the issue's 550 ms: 84 ms (met)" in with_stock
-    slow_tls = mpc_ops.format_targets([step("grpc+tls", 0.25, None), step("gloo", 0.2, None)])
-    assert "1.25x gloo (<= 1.2: MISSED)" in slow_tls and "CPU floor" not in slow_tls
+    assert "stock CrypTen takes 6.6x the time, 1.0x the rounds, 1.0x the bytes" in with_stock
+    slow_tls = mpc_ops.format_ratios([step("grpc+tls", 0.25, None), step("gloo", 0.2, None)])
+    assert "1.25x the time over gloo" in slow_tls and "CPU floor" not in slow_tls
 
 
 def test_member_cpu_laps_count_only_the_time_since_the_last_lap():

@@ -186,7 +186,7 @@ def plaintext_ops() -> dict[str, torch.Tensor]:
 
 
 def ops_program(rank: int) -> dict[str, list]:
-    """Every op the issue lists, on shares from parties 0 and 1, revealed to all."""
+    """Every op the harness covers, on shares from parties 0 and 1, revealed to all."""
     from smpc_synth.mpc.compat import import_crypten
 
     crypten = import_crypten()

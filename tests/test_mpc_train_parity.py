@@ -2,7 +2,7 @@
 same architecture and hyperparameters, few epochs), and ``--resume`` of a stopped run.
 
 Every run is a real session (processes, gRPC + TLS, dealer). The gan figures are printed,
-not asserted (the issue asks for them to be reported).
+not asserted (they are reported).
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ Every generation gets the same training budget: the same number of row visits (s
 number of optimiser steps) as generation 1, however large its training set. Each
 generation's sample is evaluated against the *real* training rows and holdout, and every
 indicator is also reported relative to generation 1, since an under-trained generator
-already looks collapsed there (ANCHORS.md). Training is a pluggable :data:`Trainer`:
-plaintext fits in-process; the secure modes run a whole simulated session per generation.
+already looks collapsed there. Training is a pluggable :data:`Trainer`: plaintext fits
+in-process; the secure modes run a whole simulated session per generation.
 
 Writes ``collapse.jsonl`` (one line per mode, generator, regime and generation),
 ``collapse.md`` and ``collapse_MODE_GENERATOR.png``.

@@ -48,7 +48,7 @@ MEMBER_TIMEOUT_S = 3600.0
 
 @dataclass
 class BenchConfig:
-    """What to measure (defaults: the issue's benchmark)."""
+    """What to measure (defaults: the published benchmark)."""
 
     rows: int = ROWS
     epochs: int = 8  # of ours: Adam's warm-up takes ~50 steps (5 epochs)

@@ -73,7 +73,7 @@ def with_ratios(records: list[dict[str, Any]]) -> pd.DataFrame:
 def modelled_seconds(seconds, rounds, nbytes, profile: NetworkProfile) -> float | None:
     """Loopback time plus what ``profile`` adds: a round trip per round, bytes at its rate.
 
-    The lower-bound model of ANCHORS.md (bytes / bandwidth + rounds x latency + compute),
+    The lower-bound model (bytes / bandwidth + rounds x latency + compute),
     used where links cannot be emulated; marked * in the tables.
     """
     try:

@@ -1,7 +1,7 @@
 """Every size, deadline and retry bound of the network layer, in one place.
 
 Values a run may change come from :class:`smpc_synth.config.NetworkConfig`; the rest are
-fixed here. Nothing on the network is unbounded (DESIGN.md §5).
+fixed here. Nothing on the network is unbounded (docs/design.md §5).
 """
 
 from __future__ import annotations

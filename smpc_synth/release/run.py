@@ -1,7 +1,7 @@
 """The end of a run: gate the synthetic table, publish or withhold it, write metrics and manifest.
 
 One call for the launcher and for ``smpc-synth train``, so every run directory is finished
-the same way (DESIGN.md §3): the synthetic table is produced under :data:`PENDING_NAME`,
+the same way (docs/design.md §3): the synthetic table is produced under :data:`PENDING_NAME`,
 evaluated, and only renamed to ``synthetic.csv`` if the gate lets it through (or an explicit
 override does). ``metrics.json`` gains the gate's decision; ``manifest.json`` hashes every
 file of the run and is signed with each signer's certificate key. The caller raises the

@@ -1,6 +1,6 @@
 """One session member's life: check inputs, connect, agree, do its role, write outputs.
 
-Order matters (DESIGN.md §5): every input is validated before any network traffic; all
+Order matters (docs/design.md §5): every input is validated before any network traffic; all
 members agree on the session and on one hash of (config, schema, version) before any work;
 a member that dies or hangs stops everyone within the configured timeout.
 """

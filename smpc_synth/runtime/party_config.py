@@ -71,7 +71,7 @@ class PartyConfig:
         return self.tls_ca is not None
 
     def require_loopback_or_flag(self) -> None:
-        """Plain TCP only on loopback, or with ``allow_insecure`` (DESIGN.md §4)."""
+        """Plain TCP only on loopback, or with ``allow_insecure`` (docs/design.md §4)."""
         if self.uses_tls or self.allow_insecure:
             return
         for where, address in [("party.listen", self.listen)] + [
