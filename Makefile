@@ -8,7 +8,7 @@ TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP := $(BIN)/python -m pip
 
-.PHONY: help install demo test test-all lint format protos clean
+.PHONY: help install demo test test-all lint format protos docs clean
 
 help:
 	@echo "make install   create $(VENV) and install smpc-synth with its dev tools"
@@ -17,6 +17,7 @@ help:
 	@echo "make test-all  also run the slow tests (-m slow)"
 	@echo "make lint      ruff check + format check"
 	@echo "make protos    regenerate the gRPC stubs from protos/"
+	@echo "make docs      regenerate docs/configuration.md's reference from the config schema"
 
 install: $(VENV)/.installed
 
@@ -48,6 +49,9 @@ format: install
 
 protos: install
 	$(BIN)/python scripts/gen_protos.py
+
+docs: install
+	$(BIN)/python -m smpc_synth.config_reference --write
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
