@@ -8,7 +8,7 @@ TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP := $(BIN)/python -m pip
 
-.PHONY: help install demo test test-all lint format protos results clean
+.PHONY: help install demo test test-all lint format protos docs clean
 
 help:
 	@echo "make install   create $(VENV) and install smpc-synth with its dev tools"
@@ -17,7 +17,7 @@ help:
 	@echo "make test-all  also run the slow tests (-m slow)"
 	@echo "make lint      ruff check + format check"
 	@echo "make protos    regenerate the gRPC stubs from protos/"
-	@echo "make results   regenerate docs/results.md from the benchmark snapshots"
+	@echo "make docs      regenerate the generated docs: configuration reference, results"
 
 install: $(VENV)/.installed
 
@@ -50,7 +50,8 @@ format: install
 protos: install
 	$(BIN)/python scripts/gen_protos.py
 
-results: install
+docs: install
+	$(BIN)/python -m smpc_synth.config_reference --write
 	$(BIN)/python benchmarks/render_results.py
 
 clean:

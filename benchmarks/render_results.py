@@ -1,7 +1,7 @@
 """Write ``docs/results.md`` from the committed benchmark snapshots in ``benchmarks/results/``.
 
 Every figure in that page comes from a snapshot file, so prose and numbers cannot drift:
-rerun a suite, then ``make results`` (or ``python benchmarks/render_results.py``). A test
+rerun a suite, then ``make docs`` (or ``python benchmarks/render_results.py``). A test
 checks that the committed page is what this script writes. A section whose snapshot is
 absent is left out.
 
@@ -28,7 +28,7 @@ HEADER = """\
 
 What the cryptography costs, measured by the benchmark suites (`benchmarks/README.md` lists
 the command behind each table). This page is generated from the snapshots committed in
-`benchmarks/results/` by `make results`; do not edit it by hand. Times are for the machine
+`benchmarks/results/` by `make docs`; do not edit it by hand. Times are for the machine
 that took each snapshot (2 shared cores, loopback): compare ratios measured in the same run,
 not absolute seconds across runs.
 """
@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     stale = [p for p, text in pages.items() if not p.is_file() or p.read_text() != text]
     if args.check:
         for path in stale:
-            print(f"{path} is stale: run `make results`")
+            print(f"{path} is stale: run `make docs`")
         return 1 if stale else 0
     for path in stale:
         path.write_text(pages[path])

@@ -19,6 +19,16 @@ def test_equal_configs_share_a_fingerprint_and_any_change_alters_it():
     assert a.fingerprint() != c.fingerprint()
 
 
+def test_an_integer_in_a_float_key_hashes_as_the_float():
+    """One member writes clip_norm = 2, another 2.0: the same config, the same handshake hash."""
+    as_int = RunConfig.from_dict({"federated": {"clip_norm": 2}, "network": {"peer_timeout_s": 9}})
+    as_float = RunConfig.from_dict(
+        {"federated": {"clip_norm": 2.0}, "network": {"peer_timeout_s": 9.0}}
+    )
+    assert as_int.fingerprint() == as_float.fingerprint()
+    assert isinstance(as_int.federated.clip_norm, float)
+
+
 @pytest.mark.parametrize(
     ("raw", "named"),
     [
@@ -31,6 +41,38 @@ def test_equal_configs_share_a_fingerprint_and_any_change_alters_it():
         ({"split": "random"}, "split"),
         ({"mpc": {"debug_seed": 3}}, "mpc.debug_seed"),
         ({"mpc": {"debug_seed": "3", "insecure_dev": True}}, "mpc.debug_seed"),
+        # values that used to pass the config and fail later, after connecting, or never
+        ({"generator": "nosuch"}, "key 'generator': unknown generator 'nosuch'"),
+        ({"generator_params": {"ridge": "x"}}, "key 'generator_params'"),
+        ({"generator": "vae", "generator_params": {"layers": 3}}, "unknown parameter 'layers'"),
+        ({"mpc": {"provider": "tfp"}}, "key 'mpc.provider': 'tfp'"),
+        ({"federated": {"dp": True}}, "key 'federated.dp': needs"),
+        ({"mode": "mpc", "federated": {"dp": True, "noise_multiplier": 1.0}}, "federated.dp"),
+        ({"mode": "federated", "federated": {"target_epsilon": 1.0}}, "target_epsilon"),
+        ({"network": {"peer_timeout_s": -5}}, "key 'network.peer_timeout_s': must be > 0"),
+        ({"network": {"connect_timeout_s": 1e9}}, "network.connect_timeout_s"),
+        ({"network": {"call_deadline_s": 0}}, "network.call_deadline_s"),
+        ({"network": {"heartbeat_interval_s": 0}}, "heartbeat_interval_s': must be > 0"),
+        ({"network": {"heartbeat_interval_s": 40}}, "must be below 'peer_timeout_s'"),
+        ({"network": {"max_message_bytes": -1}}, "network.max_message_bytes': must be >="),
+        ({"network": {"max_message_bytes": 2**40}}, "network.max_message_bytes"),
+        ({"federated": {"clip_norm": -1.0}}, "key 'federated.clip_norm': must be > 0"),
+        ({"federated": {"delta": 5}}, "key 'federated.delta': must be < 1"),
+        ({"federated": {"update_bound": 0}}, "federated.update_bound"),
+        ({"federated": {"local_epochs": 0}}, "federated.local_epochs"),
+        ({"federated": {"he": "paillier"}}, "federated.he"),
+        ({"output_parties": ["alice", "alice"]}, "output_parties"),
+        ({"output_parties": ["Alice Smith"]}, "output_parties[0]"),
+        ({"gate": {"min_quality_score": 1.5}}, "key 'gate.min_quality_score': must be <= 1"),
+        ({"gate": {"max_exact_copy_rate": -0.1}}, "gate.max_exact_copy_rate"),
+        ({"gate": {"min_dcr_ratio": float("nan")}}, "gate.min_dcr_ratio"),
+        ({"gate": {"enabled": 1}}, "key 'gate.enabled': must be true or false"),
+        ({"seed": -1}, "key 'seed'"),
+        ({"seed": 2**40}, "key 'seed'"),
+        ({"epochs": 0}, "key 'epochs'"),
+        ({"epochs": 2.0}, "key 'epochs': must be a whole number"),
+        ({"sample_rows": 0}, "key 'sample_rows'"),
+        ({"network": 5}, "key 'network' must be a table"),
     ],
 )
 def test_bad_run_config_names_the_key(raw, named):
@@ -86,6 +128,25 @@ def test_party_config_resolves_paths_ranks_and_services(tmp_path):
         (lambda t: t + "[tls]\nca = 'nope.pem'\ncert = 'a.pem'\nkey = 'a.key'\n", "tls.ca"),
         (lambda t: t.replace("127.0.0.1:50052", "10.1.2.3:50052"), "peers.bob.address"),
         (lambda t: t.replace("[party]", "[party\n"), "not valid TOML"),
+        (lambda t: t + "output_parties = ['carol']\n", "key 'run.output_parties[0]': 'carol'"),
+        (lambda t: t + "output_parties = ['dealer']\n", "run.output_parties[0]"),
+        (lambda t: t.replace('role = "dealer"', 'role = "data"'), "role 'dealer'"),
+        (lambda t: t.replace('mode = "mpc"', 'mode = "federated"'), "role 'aggregator'"),
+        (lambda t: t + "[run.network]\nheartbeat_interval_s = 0\n", "run.network.heartbeat"),
+        (lambda t: t.replace("127.0.0.1:50052", "127.0.0.1:99999"), "peers[0].address"),
+        (lambda t: t.replace("127.0.0.1:50052", "no-port"), "peers[0].address"),
+        (lambda t: t.replace('name = "bob"', 'name = "Bob!"'), "peers[0].name"),
+        (lambda t: t.replace('schema = "schema.toml"', "schema = 3"), "party.schema"),
+        (lambda t: t.replace("[[peers]]", "peers = 3\n[[peerz]]", 1), "peerz"),
+        (
+            lambda t: (
+                t.replace('mode = "mpc"', 'mode = "federated"').replace(
+                    'role = "dealer"', 'role = "aggregator"'
+                )
+                + "[run.federated]\nupdate_bound = 1e30\n"
+            ),
+            "run.federated.update_bound",
+        ),
     ],
 )
 def test_bad_party_config_names_file_and_key(tmp_path, edit, named):

@@ -11,14 +11,81 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from smpc_synth.config import RunConfig
+from annotated_types import MinLen
+from pydantic import AfterValidator, Field
+from pydantic import dataclasses as pydantic_dataclasses
+
+from smpc_synth.config import ADDRESS, SECTION_RULES, MemberName, RunConfig, build_section, doc
 from smpc_synth.errors import InputError
 from smpc_synth.net.addresses import is_loopback as _is_loopback_host
+from smpc_synth.net.addresses import split_address
 
-Role = Literal["data", "dealer", "aggregator"]
 ROLES: tuple[str, ...] = ("data", "dealer", "aggregator")
+Role = Literal[ROLES]
+SERVICE_ROLES: tuple[str, ...] = ("dealer", "aggregator")
+
+
+def _host_port(address: str) -> str:
+    try:
+        split_address(address, "a member")
+    except InputError:
+        raise ValueError(f"port out of range in {address!r}") from None
+    return address
+
+
+Address = Annotated[str, Field(pattern=ADDRESS), AfterValidator(_host_port)]
+PathText = Annotated[str, MinLen(1)]
+
+
+# -- the file's tables, as validated -------------------------------------------------------
+
+
+@pydantic_dataclasses.dataclass(config=SECTION_RULES)
+class PartyTable:
+    """``[party]``: who this member is and where its files are."""
+
+    name: Annotated[MemberName, doc("this member's name (as in its certificate)")]
+    listen: Annotated[Address, doc("`host:port` this member listens on")]
+    schema: Annotated[
+        PathText, doc("the public schema; every member's hash of it is checked at the handshake")
+    ]
+    role: Annotated[Role, doc("what this member does")] = "data"
+    session: Annotated[str, Field(min_length=1), doc("session id every member shares")] = "default"
+    out: Annotated[PathText | None, doc("output folder; unset = `out/NAME`")] = None
+    data: Annotated[PathText | None, doc("this party's table (data parties only)")] = None
+    allow_insecure: Annotated[
+        bool, doc("plain TCP off loopback without a `[tls]` table; the log repeats it")
+    ] = False
+    release: Annotated[
+        bool,
+        doc(
+            "gate and sign its own outputs; `simulate` sets it false because the launcher does "
+            "it against the holdout"
+        ),
+    ] = True
+
+
+@pydantic_dataclasses.dataclass(config=SECTION_RULES)
+class TlsTable:
+    """``[tls]``: this member's certificates (from ``smpc-synth certs``)."""
+
+    ca: Annotated[PathText, doc("the session CA certificate (`ca.pem`)")]
+    cert: Annotated[PathText, doc("this member's certificate")]
+    key: Annotated[PathText, doc("this member's private key (keep it private: mode 0600)")]
+
+
+@pydantic_dataclasses.dataclass(config=SECTION_RULES)
+class PeerEntry:
+    """``[[peers]]``: one per other member."""
+
+    name: Annotated[MemberName, doc("the member's name (as in its certificate)")]
+    address: Annotated[Address, doc("`host:port` where it listens")]
+    role: Annotated[Role, doc("what that member does")] = "data"
+
+
+PARTY_FILE_TABLES: dict[str, type] = {"party": PartyTable, "tls": TlsTable, "peers": PeerEntry}
 
 
 @dataclass(frozen=True)
@@ -61,10 +128,13 @@ class PartyConfig:
 
     def service(self, role: Role) -> str | None:
         """The name of the member with ``role`` (dealer or aggregator), if any."""
-        for member in self.peers:
-            if member.role == role:
-                return member.name
-        return self.name if self.role == role else None
+        holders = self.members_of(role)
+        return holders[0] if holders else None
+
+    def members_of(self, role: Role) -> list[str]:
+        """Every member (this one included) with ``role``, in file order."""
+        names = [self.name] if self.role == role else []
+        return names + [m.name for m in self.peers if m.role == role]
 
     @property
     def uses_tls(self) -> bool:
@@ -98,115 +168,124 @@ def load_party_config(path: str | Path, role: Role | None = None) -> PartyConfig
     if not path.is_file():
         raise InputError(f"{source}: file not found")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{source}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise InputError(f"{source}: cannot read the file ({exc.strerror})") from None
     return party_config_from_dict(raw, base=path.parent, source=source, role=role)
 
 
 def party_config_from_dict(
     raw: dict[str, Any], base: Path, source: str, role: Role | None = None
 ) -> PartyConfig:
-    known = {"party", "tls", "peers", "run"}
+    """Validate every table, then the session as a whole, before any file or socket is used."""
+    known = {*PARTY_FILE_TABLES, "run"}
     for key in raw:
         if key not in known:
             raise InputError(f"{source}: unknown table '{key}' (known: {', '.join(sorted(known))})")
-    party = _table(raw, "party", source)
-    name = _required(party, "name", source, "party")
-    my_role = party.get("role", role or "data")
-    if role is not None and my_role != role:
+    if not isinstance(raw.get("party"), dict):
+        raise InputError(f"{source}: missing table [party]")
+    party_raw = dict(raw["party"])
+    if role is not None:
+        party_raw.setdefault("role", role)
+    party: PartyTable = build_section(PartyTable, party_raw, source, "party.")
+    if role is not None and party.role != role:
         raise InputError(
-            f"{source}: key 'party.role' is {my_role!r} but this command runs a {role!r}"
+            f"{source}: key 'party.role' is {party.role!r} but this command runs a {role!r}"
         )
-    if my_role not in ROLES:
-        raise InputError(f"{source}: key 'party.role' must be one of {ROLES}, got {my_role!r}")
-    allowed = {
-        "name",
-        "role",
-        "listen",
-        "data",
-        "schema",
-        "out",
-        "session",
-        "allow_insecure",
-        "release",
-    }
-    _no_unknown(party, allowed, source, "party")
-
-    def path_of(key: str, table: dict[str, Any]) -> Path | None:
-        value = table.get(key)
-        return None if value is None else (base / value).resolve()
-
-    tls = raw.get("tls")
-    tls_paths: dict[str, Path | None] = {"ca": None, "cert": None, "key": None}
-    if tls is not None:
-        _no_unknown(tls, set(tls_paths), source, "tls")
-        for key in tls_paths:
-            _required(tls, key, source, "tls")
-            tls_paths[key] = path_of(key, tls)
-            if not tls_paths[key].is_file():
-                raise InputError(f"{source}: key 'tls.{key}': file {tls_paths[key]} not found")
-
-    peers = []
-    for i, entry in enumerate(raw.get("peers", [])):
-        where = f"peers[{i}]"
-        _no_unknown(entry, {"name", "address", "role"}, source, where)
-        peer_role = entry.get("role", "data")
-        if peer_role not in ROLES:
-            raise InputError(f"{source}: key '{where}.role' must be one of {ROLES}")
-        peers.append(
-            Member(
-                _required(entry, "name", source, where),
-                _required(entry, "address", source, where),
-                peer_role,
-            )
-        )
-    names = [name] + [p.name for p in peers]
+    tls = None if raw.get("tls") is None else build_section(TlsTable, raw["tls"], source, "tls.")
+    peers_raw = raw.get("peers", [])
+    if not isinstance(peers_raw, list):
+        raise InputError(f"{source}: key 'peers' must be a list of [[peers]] tables")
+    peers = [
+        build_section(PeerEntry, entry, source, f"peers[{i}].") for i, entry in enumerate(peers_raw)
+    ]
+    names = [party.name] + [p.name for p in peers]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise InputError(f"{source}: member name {duplicates[0]!r} appears twice")
+    run = RunConfig.from_dict(raw.get("run", {}), source=source, prefix="run.")
 
+    def path_of(value: str | None) -> Path | None:
+        return None if value is None else (base / value).resolve()
+
+    tls_paths: dict[str, Path | None] = dict.fromkeys(("ca", "cert", "key"))
+    if tls is not None:
+        for key in tls_paths:
+            tls_paths[key] = path = path_of(getattr(tls, key))
+            if not path.is_file():
+                raise InputError(f"{source}: key 'tls.{key}': file {path} not found")
     cfg = PartyConfig(
-        name=name,
-        role=my_role,
-        listen=_required(party, "listen", source, "party"),
-        session=party.get("session", "default"),
-        out=path_of("out", party) or (base / "out" / name).resolve(),
-        run=RunConfig.from_dict(raw.get("run", {}), source=f"{source} [run]"),
-        peers=peers,
-        data=path_of("data", party),
-        schema=path_of("schema", party),
+        name=party.name,
+        role=party.role,
+        listen=party.listen,
+        session=party.session,
+        out=path_of(party.out) or (base / "out" / party.name).resolve(),
+        run=run,
+        peers=[Member(p.name, p.address, p.role) for p in peers],
+        data=path_of(party.data),
+        schema=path_of(party.schema),
         tls_ca=tls_paths["ca"],
         tls_cert=tls_paths["cert"],
         tls_key=tls_paths["key"],
-        allow_insecure=bool(party.get("allow_insecure", False)),
-        release=bool(party.get("release", True)),
+        allow_insecure=party.allow_insecure,
+        release=party.release,
         source=source,
     )
-    if cfg.schema is None:  # its hash is part of the handshake, on every member
-        raise InputError(f"{source}: missing key 'party.schema'")
-    if my_role == "data" and cfg.data is None:
+    if party.role == "data" and cfg.data is None:
         raise InputError(f"{source}: key 'party.data' is required for a data party")
+    if party.role != "data" and cfg.data is not None:
+        raise InputError(f"{source}: key 'party.data': a {party.role} holds no data; remove it")
+    check_session(
+        run, cfg.data_parties, {r: n for r in SERVICE_ROLES if (n := cfg.members_of(r))}, source
+    )
     cfg.require_loopback_or_flag()
     return cfg
 
 
-def _table(raw: dict[str, Any], key: str, source: str) -> dict[str, Any]:
-    value = raw.get(key)
-    if not isinstance(value, dict):
-        raise InputError(f"{source}: missing table [{key}]")
-    return value
+def check_session(
+    run: RunConfig, data_parties: tuple[str, ...], services: dict[str, list[str]], source: str
+) -> None:
+    """What the run asks of the session's members: checked before anyone connects.
 
-
-def _required(table: dict[str, Any], key: str, source: str, where: str) -> Any:
-    if key not in table or table[key] in ("", None):
-        raise InputError(f"{source}: missing key '{where}.{key}'")
-    return table[key]
-
-
-def _no_unknown(table: dict[str, Any], allowed: set[str], source: str, where: str) -> None:
-    for key in table:
-        if key not in allowed:
+    ``services`` maps ``dealer`` / ``aggregator`` to the members with that role.
+    """
+    count = len(data_parties)
+    if run.mode == "mpc" and count < 2:
+        raise InputError(
+            f"{source}: key 'run.mode': 'mpc' needs at least 2 data parties, the session has "
+            f"{count}"
+        )
+    needed = []
+    if run.mode == "mpc" and run.mpc.provider == "dealer":
+        needed.append(("dealer", "key 'run.mpc.provider': 'dealer'"))
+    if run.mode == "federated":
+        needed.append(("aggregator", "key 'run.mode': 'federated'"))
+    for service, why in needed:
+        holders = services.get(service, [])
+        if len(holders) != 1:
             raise InputError(
-                f"{source}: unknown key '{where}.{key}' (known: {', '.join(sorted(allowed))})"
+                f"{source}: {why} needs exactly one member with role {service!r}, the session "
+                f"has {len(holders)}" + (f" ({', '.join(holders)})" if holders else "")
             )
+    for i, name in enumerate(run.output_parties):
+        if name not in data_parties:
+            raise InputError(
+                f"{source}: key 'run.output_parties[{i}]': {name!r} is not a data party of this "
+                f"session ({', '.join(data_parties)})"
+            )
+    if run.mode == "federated" and run.federated.he == "ckks" and not run.federated.dp:
+        from smpc_synth.he.params import choose_layout
+
+        try:
+            choose_layout(
+                run.federated.update_bound,
+                count,
+                max_error=run.federated.max_error,
+                masked=run.federated.masking,
+            )
+        except InputError as exc:
+            raise InputError(
+                f"{source}: keys 'run.federated.update_bound' / 'run.federated.max_error': {exc}"
+            ) from None
