@@ -21,13 +21,15 @@ help:
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile scripts/crypten_wheel.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
-	# CrypTen 0.4.1's metadata requires the dead `sklearn` package: install it without
-	# dependencies; its real dependencies are listed in pyproject.toml.
-	$(PIP) install --no-deps crypten==0.4.1
 	$(PIP) install -e '.[dev]'
+	# CrypTen 0.4.1's published metadata asks for packages it never imports here (the dead
+	# `sklearn`, torchvision, tensorboard, future), which pip reports as red resolver errors.
+	# Install last, without dependencies (its real ones are in pyproject.toml), a copy of the
+	# wheel whose metadata leaves those four out: `pip check` stays clean.
+	$(PIP) install --no-deps "$$($(BIN)/python scripts/crypten_wheel.py $(VENV)/wheels)"
 	touch $@
 
 demo: install
