@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 if TYPE_CHECKING:
+    import pandas as pd
+
     from smpc_synth.data import Schema
     from smpc_synth.models import Synthesizer
     from smpc_synth.runtime.simulate import SimulationResult
@@ -22,19 +24,48 @@ def train(
     seed: int = 0,
     params: dict[str, Any] | None = None,
     source: str = "data",
+    progress: bool | Callable[[dict[str, Any]], None] | None = None,
 ) -> Synthesizer:
-    """Fit a generator on one table in the clear (plaintext mode) and return it."""
+    """Fit a generator on one table in the clear (plaintext mode) and return it.
+
+    ``progress``: None (default) shows a bar with ETA when stderr is a terminal and stays
+    quiet otherwise; True also prints a plain line now and then when it is not; False is
+    quiet; a callable receives each epoch event instead.
+    """
     import torch
 
     from smpc_synth.data import infer_schema, validate
-    from smpc_synth.models import Synthesizer
+    from smpc_synth.models import Synthesizer, check_epochs_apply, planned_epochs
+    from smpc_synth.runtime.progress import ProgressView, RunProgress, epoch_reporter
 
+    check_epochs_apply(generator, epochs, "train(): epochs")
+    total = planned_epochs(generator, epochs, params)
     torch.set_num_threads(1)
     schema = schema or infer_schema(data)
     frame = validate(data, schema, source=source)
-    return Synthesizer.fit(
-        frame, schema, generator=generator, epochs=epochs, seed=seed, params=params
-    )
+    if callable(progress):
+        view: Any = nullcontext(progress)
+    else:
+        mode = {True: "auto", None: "bar" if _stderr_is_terminal() else "off", False: "off"}
+        view = ProgressView(RunProgress(f"plaintext · {generator}", total), mode[progress])
+    with view as report:
+        return Synthesizer.fit(
+            frame,
+            schema,
+            generator=generator,
+            epochs=epochs,
+            seed=seed,
+            params=params,
+            on_epoch=epoch_reporter(report, total),
+        )
+
+
+def _stderr_is_terminal() -> bool:
+    import sys
+
+    from smpc_synth.runtime.progress import is_terminal
+
+    return is_terminal(sys.stderr)
 
 
 def sample(model: Synthesizer | str | Path, n: int, *, seed: int = 0) -> pd.DataFrame:

@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smpc-synth",
         description="Jointly train synthetic-data generators without sharing rows.",
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"smpc-synth {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs and tracebacks")
@@ -57,96 +58,246 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "simulate", _cmd_simulate, "run a whole session on this machine")
     p.add_argument("--parties", type=int, default=3, help="number of data parties (1-8)")
-    p.add_argument("--mode", choices=("mpc", "federated", "plaintext"), default="mpc")
-    p.add_argument("--generator", default="gaussian", help="gaussian | vae | gan")
+    p.add_argument(
+        "--mode", choices=_MODES, metavar="MODE", default="mpc", help="one of %(choices)s"
+    )
+    p.add_argument(
+        "--generator",
+        choices=_GENERATORS,
+        metavar="GENERATOR",
+        default="gaussian",
+        help="one of %(choices)s",
+    )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--dataset", help="a built-in data set (default: fair)")
+    src.add_argument(
+        "--dataset",
+        choices=_DATASETS,
+        metavar="NAME",
+        help="a built-in data set: %(choices)s (default: fair, unless --data is given)",
+    )
     src.add_argument("--data", type=Path, help="a CSV or Parquet file to split among parties")
-    p.add_argument("--schema", type=Path, help="public schema (default: inferred)")
-    p.add_argument("--split", default="iid", help="iid | noniid:COLUMN")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--holdout-fraction", type=float, default=0.2)
-    p.add_argument("--target", help="column for utility (TSTR) evaluation")
+    p.add_argument("--schema", type=Path, help="public schema (default: inferred from the data)")
+    p.add_argument("--split", default="iid", help="how rows are shared: iid | noniid:COLUMN")
+    _add_epochs(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and of training")
+    p.add_argument(
+        "--holdout-fraction", type=float, default=0.2, help="rows kept out for evaluation"
+    )
+    _add_target(p)
     p.add_argument("--out", type=Path, help="run directory (default: runs/simulate-TIME)")
     p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
     p.add_argument("--he", choices=("ckks", "none"), default="ckks", help="federated: encryption")
     p.add_argument("--dp", action="store_true", help="federated: differential privacy")
-    p.add_argument("--target-epsilon", type=float, help="federated + --dp: privacy budget")
+    p.add_argument(
+        "--target-epsilon",
+        type=float,
+        help="federated + --dp: the privacy budget epsilon (no default: --dp needs it)",
+    )
     p.add_argument("--transport", choices=("grpc", "gloo"), default="grpc", help="mpc transport")
     p.add_argument(
         "--insecure-dev",
         action="store_true",
         help="mpc: allow CrypTen's trusted-first-party provider (party 0 sees everything)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     _add_override_gate(p)
 
     for role in ("party", "dealer", "aggregator"):
         p = _add(sub, role, _cmd_member, f"run one {role} of a session from its config file")
-        p.add_argument("--config", type=Path, required=True)
-        p.add_argument("--resume", action="store_true")
+        p.add_argument("--config", type=Path, required=True, help="this member's TOML file")
+        p.add_argument("--resume", action="store_true", help="continue from its checkpoints")
+        p.add_argument(
+            "--quiet", action="store_true", help="no progress bar; log warnings and errors only"
+        )
         p.set_defaults(role=None if role == "party" else role)
         if role == "party":
             _add_override_gate(p)
 
+    p = _add(sub, "split", _cmd_split, "write one CSV per party from a table, for a local test")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--dataset",
+        choices=_DATASETS,
+        metavar="NAME",
+        help="a built-in data set: %(choices)s (default: fair, unless --data is given)",
+    )
+    src.add_argument("--data", type=Path, help="a CSV or Parquet file to split")
+    p.add_argument("--schema", type=Path, help="public schema (default: inferred from the data)")
+    p.add_argument("--parties", type=int, default=3, help="number of data parties (1-8)")
+    p.add_argument("--split", default="iid", help="how rows are shared: iid | noniid:COLUMN")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split")
+    p.add_argument(
+        "--holdout-fraction", type=float, default=0.2, help="rows written to holdout.csv instead"
+    )
+    _add_target(p)
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder for NAME.csv per party, holdout.csv and schema.toml (existing files are "
+        "never overwritten)",
+    )
+
     p = _add(sub, "certs", _cmd_certs, "create a CA and one certificate per member")
     p.add_argument("--names", required=True, help="comma-separated member names")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder for ca.pem, NAME.pem, NAME.key")
 
     p = _add(sub, "schema", None, "draft or check the public schema")
     schema_sub = p.add_subparsers(dest="schema_command", required=True, metavar="ACTION")
     q = _add(schema_sub, "infer", _cmd_schema_infer, "draft a schema from a table")
-    q.add_argument("file", type=Path)
-    q.add_argument("-o", "--out", type=Path, required=True)
-    q.add_argument("--target", help="the column models predict (kept categorical if discrete)")
+    q.add_argument("file", type=Path, help="a CSV or Parquet file")
+    q.add_argument("-o", "--out", type=Path, required=True, help="the schema TOML to write")
+    q.add_argument(
+        "--target",
+        help="the column models predict, kept categorical if discrete (default: none)",
+    )
 
     p = _add(sub, "train", _cmd_train, "train a generator on one table in the clear")
-    p.add_argument("--mode", choices=("plaintext",), default="plaintext")
+    p.add_argument("--mode", choices=("plaintext",), default="plaintext", help="only plaintext")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", type=Path)
-    src.add_argument("--dataset")
-    p.add_argument("--schema", type=Path)
-    p.add_argument("--generator", default="gaussian")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--holdout-fraction", type=float, default=0.2)
-    p.add_argument("--target")
-    p.add_argument("--out", type=Path, required=True)
+    src.add_argument("--data", type=Path, help="a CSV or Parquet file")
+    src.add_argument(
+        "--dataset", choices=_DATASETS, metavar="NAME", help="a built-in data set: %(choices)s"
+    )
+    p.add_argument("--schema", type=Path, help="public schema (default: inferred from the data)")
+    p.add_argument(
+        "--generator",
+        choices=_GENERATORS,
+        metavar="GENERATOR",
+        default="gaussian",
+        help="one of %(choices)s",
+    )
+    _add_epochs(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the holdout and of training")
+    p.add_argument(
+        "--holdout-fraction", type=float, default=0.2, help="rows kept out for evaluation"
+    )
+    _add_target(p)
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     _add_override_gate(p)
 
     p = _add(sub, "sample", _cmd_sample, "draw synthetic rows from generator.pt")
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("-n", "--rows", type=int, required=True)
-    p.add_argument("-o", "--out", type=Path, required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", type=Path, required=True, help="a generator.pt file")
+    p.add_argument("-n", "--rows", type=int, required=True, help="how many rows")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the CSV to write")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same rows")
 
     p = _add(sub, "evaluate", _cmd_evaluate, "score synthetic data against real data")
-    p.add_argument("--real", type=Path, required=True)
-    p.add_argument("--synthetic", type=Path, required=True)
-    p.add_argument("--holdout", type=Path)
-    p.add_argument("--target")
-    p.add_argument("--schema", type=Path)
-    p.add_argument("-o", "--out", type=Path, help="write the report as JSON")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--real", type=Path, required=True, help="the rows the generator learnt from")
+    p.add_argument("--synthetic", type=Path, required=True, help="the synthetic rows")
+    p.add_argument(
+        "--holdout", type=Path, help="real rows not trained on (default: none; no TSTR, no DCR)"
+    )
+    _add_target(p)
+    p.add_argument("--schema", type=Path, help="public schema (default: inferred from --real)")
+    p.add_argument("-o", "--out", type=Path, help="write the report as JSON (default: print only)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation models")
 
     p = _add(sub, "verify", _cmd_verify, "check the hashes and signatures of a run's manifest")
     p.add_argument("manifest", type=Path, help="DIR/manifest.json or the run directory")
-    p.add_argument("--ca", type=Path, help="pin the session CA (ca.pem) as the trust anchor")
+    p.add_argument(
+        "--ca",
+        type=Path,
+        help="pin the session CA (ca.pem) as the trust anchor (default: the embedded one)",
+    )
 
     p = _add(sub, "bench", _cmd_bench, "run a benchmark suite")
-    p.add_argument("suite", choices=BENCH_SUITES)
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--config", type=Path, help="paper: the grid file")
+    p.add_argument("suite", choices=BENCH_SUITES, help="which suite")
+    p.add_argument(
+        "--out", type=Path, default=None, help="results folder (default: benchmarks/results/SUITE)"
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="quick, paper: a grid file (default: quick's built-in grid; paper needs one)",
+    )
     p.add_argument("--full", action="store_true", help="he-agg: include the 1e7-parameter cases")
     return parser
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds '(default: X)' to every option that has a default worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.required
+            or any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS))
+            or not action.option_strings
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
+
+class _Choices:
+    """Choices read from their registry only when argparse needs them (a help text, a value
+    to check), so that light commands such as ``certs`` never import torch or pandas."""
+
+    def __init__(self, load: Callable[[], Sequence[str]]):
+        self._load = load
+        self._values: tuple[str, ...] | None = None
+
+    def _get(self) -> tuple[str, ...]:
+        if self._values is None:
+            self._values = tuple(self._load())
+        return self._values
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._get()
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+def _generators() -> Sequence[str]:
+    from smpc_synth.models import available_generators
+
+    return available_generators()
+
+
+def _datasets() -> Sequence[str]:
+    from smpc_synth.data.datasets import list_builtin
+
+    return list_builtin()
+
+
+def _modes() -> Sequence[str]:
+    from smpc_synth.config import MODES
+
+    return MODES
+
+
+_GENERATORS = _Choices(_generators)
+_DATASETS = _Choices(_datasets)
+_MODES = _Choices(_modes)
+
+
 def _add(sub, name: str, handler: Callable | None, help_text: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help_text, description=help_text)
+    p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
     if handler is not None:
         p.set_defaults(handler=handler)
     return p
+
+
+def _add_epochs(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="training epochs of vae or gan (default: the generator's own); refused for "
+        "gaussian, which is fitted in one closed-form pass",
+    )
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--target",
+        help="column for utility (TSTR) evaluation (default: a built-in data set's own)",
+    )
 
 
 def _add_override_gate(p: argparse.ArgumentParser) -> None:
@@ -171,8 +322,11 @@ def _configure_logging(verbose: bool) -> None:
 def _cmd_simulate(args) -> int:
     from smpc_synth.config import RunConfig, drop_none
     from smpc_synth.eval import format_report
+    from smpc_synth.models import check_epochs_apply
     from smpc_synth.release import enforce
     from smpc_synth.runtime.simulate import simulate
+
+    check_epochs_apply(args.generator, args.epochs, "--epochs")
 
     raw = {
         "mode": args.mode,
@@ -204,7 +358,8 @@ def _cmd_simulate(args) -> int:
     if result.gate is not None:
         print(result.gate.describe())
     status = "finished" if result.exit_code == 0 else f"failed (exit code {result.exit_code})"
-    print(f"run {status}: {result.run_dir}")
+    ran = f"{cfg.mode} mode, generator {cfg.generator}, data {result.metrics.get('data')}"
+    print(f"run {status} ({ran}): {result.run_dir}")
     if result.exit_code == 0 and result.gate is not None:
         enforce(result.gate)
     return result.exit_code
@@ -215,14 +370,50 @@ def _cmd_member(args) -> int:
     from smpc_synth.runtime.party_config import load_party_config
 
     cfg = load_party_config(args.config, role=args.role)
-    logging.getLogger().handlers[0].setFormatter(
+    root = logging.getLogger()
+    root.handlers[0].setFormatter(
         logging.Formatter(
             f"%(asctime)s %(levelname)-7s [{cfg.name}] %(name)s: %(message)s", datefmt="%H:%M:%S"
         )
     )
+    if args.quiet and not args.verbose:
+        root.setLevel(logging.WARNING)
     override = getattr(args, "override_gate", False)
-    result = run_member(cfg, resume=args.resume, override_gate=override)
+    result = run_member(
+        cfg, resume=args.resume, override_gate=override, show_progress=not args.quiet
+    )
     log.info("%s done in %.1f s", cfg.name, result.get("wall_seconds", 0.0))
+    return 0
+
+
+def _cmd_split(args) -> int:
+    from smpc_synth.config import RunConfig, drop_none
+    from smpc_synth.runtime.simulate import split_table
+
+    raw = {
+        "seed": args.seed,
+        "holdout_fraction": args.holdout_fraction,
+        "split": args.split,
+        "target": args.target,
+    }
+    cfg = RunConfig.from_dict(drop_none(raw), source="command line")
+    table = split_table(
+        args.parties, dataset=args.dataset, data=args.data, schema=args.schema, config=cfg
+    )
+    files = {args.out / f"{name}.csv": share for name, share in zip(table.names, table.shares)}
+    files[args.out / "holdout.csv"] = table.holdout
+    existing = [str(path) for path in [*files, args.out / "schema.toml"] if path.exists()]
+    if existing:
+        raise InputError(f"{existing[0]} already exists; choose another --out or remove it")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path, frame in files.items():
+        frame.to_csv(path, index=False)
+    table.schema.save(args.out / "schema.toml")
+    print(f"split {table.source} ({len(table.train)} training rows) into {args.out}:")
+    for name, share in zip(table.names, table.shares):
+        print(f"  {name}.csv: {len(share)} rows (give it to {name} only)")
+    print(f"  holdout.csv: {len(table.holdout)} rows no party trains on (for evaluate)")
+    print(f"  schema.toml: the public schema every member loads (target: {cfg.target})")
     return 0
 
 
@@ -266,8 +457,11 @@ def _cmd_train(args) -> int:
         validate,
     )
     from smpc_synth.eval import format_report
+    from smpc_synth.models import check_epochs_apply, planned_epochs
     from smpc_synth.release import PENDING_NAME, enforce, release_run
+    from smpc_synth.runtime.progress import ProgressView, RunProgress
 
+    check_epochs_apply(args.generator, args.epochs, "--epochs")
     given = Schema.load(args.schema) if args.schema else None
     if args.data is not None:
         frame, target, source = read_table(args.data, given), args.target, str(args.data)
@@ -282,14 +476,23 @@ def _cmd_train(args) -> int:
     fit_rows, holdout = holdout_split(
         frame, args.holdout_fraction, args.seed, stratify=target if discrete else None
     )
-    model = train(
-        fit_rows,
-        generator=args.generator,
-        schema=schema,
-        epochs=args.epochs,
-        seed=args.seed,
-        source=source,
+    title = f"plaintext · {args.generator} · {Path(source).name}"
+    total = planned_epochs(args.generator, args.epochs, None)
+    print(
+        f"train: plaintext mode, generator {args.generator}, data {source} "
+        f"({len(fit_rows)} training rows, {len(holdout)} held out) -> {args.out}",
+        flush=True,
     )
+    with ProgressView(RunProgress(title, total), "off" if args.quiet else "auto") as view:
+        model = train(
+            fit_rows,
+            generator=args.generator,
+            schema=schema,
+            epochs=args.epochs,
+            seed=args.seed,
+            source=source,
+            progress=view,
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     model.save(args.out / "generator.pt")
     candidate = args.out / PENDING_NAME
@@ -311,6 +514,7 @@ def _cmd_train(args) -> int:
         "mode": "plaintext",
         "generator": args.generator,
         "source": source,
+        "progress": view.progress.summary(),
         "evaluation": report,
     }
     decision = release_run(
@@ -370,10 +574,12 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from smpc_synth.bench import run_suite
+    from smpc_synth.bench import describe_results, run_suite
 
     out = args.out or Path("benchmarks/results") / args.suite
-    return run_suite(args.suite, out, config=args.config, full=args.full)
+    code = run_suite(args.suite, out, config=args.config, full=args.full)
+    print(describe_results(args.suite, out, code))
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,21 +25,39 @@ def test_the_reference_lists_every_key_of_every_table():
     assert all(f"`[run.{name}]`" in text for name in nested)
 
 
-def test_example_party_configs_load(tmp_path):
-    """parties/*.toml parse with certificates and data files in place."""
+def test_the_local_party_configs_load_and_agree(tmp_path):
+    """parties/local/*/*.toml parse (with certificates and data files in place) and each
+    setup shares one [run], distinct ports and consistent peers."""
     import shutil
 
     from smpc_synth.net import write_certificates
     from smpc_synth.runtime.party_config import load_party_config
 
     repo = Path(__file__).resolve().parent.parent
-    for src in (repo / "parties").glob("*.toml"):
-        shutil.copy(src, tmp_path / src.name)
-    write_certificates(["alice", "bob", "carol", "dealer"], tmp_path / "certs")
-    loaded = [load_party_config(p) for p in sorted(tmp_path.glob("*.toml"))]
-    assert {c.name for c in loaded} == {"alice", "bob", "carol", "dealer"}
-    assert len({c.run.fingerprint() for c in loaded}) == 1  # the same [run] everywhere
-    assert all(c.data_parties == ("alice", "bob", "carol") for c in loaded)
+    shutil.copytree(repo / "parties" / "local", tmp_path / "local", ignore=_generated)
+    write_certificates(["alice", "bob", "dealer", "aggregator"], tmp_path / "local" / "certs")
+    data = tmp_path / "local" / "data"
+    data.mkdir()
+    for name in ("alice", "bob"):
+        (data / f"{name}.csv").write_text("x\n1\n")
+    (data / "schema.toml").write_text("")
+    services = {"mpc": "dealer", "federated": "aggregator"}
+    for setup, service in services.items():
+        loaded = [load_party_config(p) for p in sorted((tmp_path / "local" / setup).glob("*.toml"))]
+        assert {c.name for c in loaded} == {"alice", "bob", service}
+        assert len({c.run.fingerprint() for c in loaded}) == 1  # the same [run] everywhere
+        assert {c.run.mode for c in loaded} == {setup}
+        assert all(c.data_parties == ("alice", "bob") for c in loaded)
+        listen = {c.name: c.listen for c in loaded}
+        assert len(set(listen.values())) == 3  # one port each
+        for c in loaded:
+            assert {m.name: m.address for m in c.peers} == {
+                n: a for n, a in listen.items() if n != c.name
+            }
+
+
+def _generated(folder, names):
+    return [n for n in names if n in {"data", "certs", "out"}]
 
 
 def test_results_page_and_readme_headline_match_the_snapshots():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,14 +52,29 @@ def test_three_party_plaintext_simulation_from_the_command_line(cli, tmp_path):
         "3",
         "--mode",
         "plaintext",
+        "--generator",
+        "vae",
         "--dataset",
         "breast_cancer",
         "--epochs",
-        "2",
+        "3",
+        "--override-gate",  # three epochs make a weak model; the gate is tested elsewhere
         "--out",
         out,
     )
     assert result.code == 0, result.output
+    # it says what runs, shows one run-wide progress in human units, and records it
+    text = result.output
+    assert "simulate: plaintext mode, generator vae, data built-in:breast_cancer" in text
+    assert "run finished (plaintext mode, generator vae, data built-in:breast_cancer)" in text
+    progress_lines = [line for line in text.splitlines() if re.search(r"epoch \d/3", line)]
+    assert 1 <= len(progress_lines) <= 3, text  # not one line per party per epoch
+    assert "@@progress" not in text
+    assert not re.search(r"\b\d{4,}\.\d+\b", "\n".join(progress_lines)), progress_lines
+    progress = json.loads((out / "metrics.json").read_text())["progress"]
+    assert progress["epochs_done"] == progress["epochs_total"] == 3
+    assert [h["epoch"] for h in progress["history"]] == [1, 2, 3]
+    assert progress["bytes_sent"] > 0  # bob and carol sent their rows to alice
     synthetic = pd.read_csv(out / "synthetic.csv")
     holdout = pd.read_csv(out / "holdout.csv")
     assert list(synthetic.columns) == list(holdout.columns)
@@ -77,14 +93,19 @@ def test_mismatched_run_configs_stop_every_party_naming_the_difference(tmp_path)
     session = prepare_session(2, dataset="breast_cancer", out=tmp_path / "run", mode="plaintext")
     bob = next(m for m in session.members if m.name == "bob")
     doc = tomllib.loads(bob.config_path.read_text())
-    doc["run"]["epochs"] = 7
+    doc["run"]["seed"] = 7
+    doc["run"]["federated"] = {"clip_norm": 2.5}
     bob.config_path.write_text(tomli_w.dumps(doc))
     procs = {m.name: _start(m.config_path) for m in session.members}
     results = _finish(procs, timeout=60)
     for name, (code, err) in results.items():
         assert code == 1, (name, err)
-        assert "config" in err, (name, err)
-    assert "bob" in results["alice"][1] and "alice" in results["bob"][1]
+    # each side names the keys that differ, with both values; nothing else
+    alice, bob_err = results["alice"][1], results["bob"][1]
+    assert "config key 'seed' (0 here, 7 at bob)" in alice, alice
+    assert "config key 'federated.clip_norm' (1.0 here, 2.5 at bob)" in alice, alice
+    assert "config key 'seed' (7 here, 0 at alice)" in bob_err, bob_err
+    assert "config key 'mode'" not in alice and "schema" not in alice
 
 
 def test_a_killed_party_stops_the_others_within_the_timeout_naming_it(tmp_path):

@@ -121,6 +121,13 @@ def run_grid(spec: GridSpec, out: Path, runner: Runner | None = None) -> list[di
                 sink.write(json.dumps(record, default=str) + "\n")
             records.append(record)
             progress.advance(task)
+            if record["exit_code"] != 0:
+                log.error(
+                    "%s failed (exit code %s): logs in %s",
+                    run_key(run),
+                    record["exit_code"],
+                    Path(record["run_dir"]) / "logs",
+                )
     write_summaries(records, out)
     return records
 
@@ -139,8 +146,10 @@ def _read_ledger(path: Path) -> list[dict[str, Any]]:
 
 
 def _one_run(run, spec: GridSpec, out: Path, runner: Runner, environment) -> dict[str, Any]:
+    from smpc_synth.models import trains_in_epochs
+
     options = _merge(dict(spec.options), MODE_OPTIONS[run["mode"]])
-    if spec.epochs is not None:
+    if spec.epochs is not None and trains_in_epochs(run["generator"]):
         options["epochs"] = spec.epochs
     run_dir = out / "runs" / run_key(run).replace("|", "_").replace("+", "-")
     result = runner(

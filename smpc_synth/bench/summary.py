@@ -5,14 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from smpc_synth.bench.netem import PROFILES, NetworkProfile, netem_unavailable_reason
+from smpc_synth.runtime.progress import loss_terms
 
-TIMING_KEYS = ("epoch", "seconds", "epoch_seconds")  # in an epoch record, but not losses
 GROUP = ["mode", "generator", "dataset", "parties"]
 # column -> (header, format); the order is the order of the tables
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -156,9 +157,9 @@ def write_summaries(records: list[dict[str, Any]], out: Path) -> pd.DataFrame:
         return frame
     summary = summarise(frame)
     summary.to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text(to_markdown(summary) + _network_note())
+    plots = write_plots(frame, records, out)
+    (out / "summary.md").write_text(to_markdown(summary) + _network_note() + _plots_note(plots))
     (out / "summary.tex").write_text(to_latex(summary))
-    write_plots(frame, records, out)
     return summary
 
 
@@ -174,59 +175,186 @@ def _network_note() -> str:
     )
 
 
-def write_plots(frame: pd.DataFrame, records: list[dict[str, Any]], out: Path) -> None:
+def _plots_note(plots: dict[str, str | None]) -> str:
+    drawn = [f"{name}.png" for name, why in plots.items() if why is None]
+    lines = ["", "Plots: " + (", ".join(drawn) if drawn else "none") + "."]
+    lines += [f"{name}.png not drawn: {why}." for name, why in plots.items() if why is not None]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Series:
+    """One labelled series of a plot: a line, a set of scatter points, or one bar."""
+
+    label: str
+    x: list[Any]
+    y: list[float]
+    panel: str = ""  # plots with one panel per generator name it here
+
+
+@dataclass
+class PlotData:
+    """What one plot shows; ``kind`` is "scatter", "line" or "bar"."""
+
+    kind: str
+    series: list[Series]
+    xlabel: str
+    ylabel: str
+
+    @property
+    def points(self) -> int:
+        return sum(len(s.y) for s in self.series)
+
+
+def plot_data(frame: pd.DataFrame, records: list[dict[str, Any]]) -> dict[str, PlotData]:
+    """The data behind each plot. Every series is one (mode, generator[, data set]) cell,
+    never an average across generators; a line has at least two points (with a single
+    party count, traffic is drawn as bars, and a cell seen at one party count only is left
+    to the tables); loss curves show loss terms only."""
+    label = _labeller(frame)
+    quality = []
+    for key, group in frame.groupby(["mode", "generator", "dataset"], sort=False):
+        pairs = [
+            (float(t), float(q))
+            for t, q in zip(group["time_ratio"], group["quality_score"])
+            if _number(t) and _number(q)
+        ]
+        if pairs:
+            quality.append(Series(label(*key), [p[0] for p in pairs], [p[1] for p in pairs]))
+    traffic = []
+    for key, group in frame.groupby(["mode", "generator", "dataset"], sort=False):
+        means = (
+            pd.to_numeric(group["bytes_per_party"], errors="coerce")
+            .groupby(group["parties"])
+            .mean()
+        )
+        means = means.dropna()
+        if len(means):
+            traffic.append(Series(label(*key), list(means.index), list(means.values)))
+    several = frame["parties"].nunique() > 1
+    if several:  # a line per cell that ran at two party counts or more
+        traffic = [s for s in traffic if len(s.y) >= 2]
+    else:  # one party count: a bar per cell, not a line of one point
+        traffic = [Series(s.label, [s.label], s.y) for s in traffic]
+    return {
+        "quality_vs_time": PlotData(
+            "scatter", quality, "training time (× plaintext, log scale)", "quality (SDMetrics)"
+        ),
+        "bytes_vs_parties": PlotData(
+            "line" if several else "bar",
+            traffic,
+            "parties" if several else f"{int(frame['parties'].iloc[0])} parties",
+            "MB sent per party",
+        ),
+        "loss_curves": PlotData("line", _loss_series(records, label), "epoch", "training loss"),
+    }
+
+
+def _labeller(frame: pd.DataFrame):
+    datasets = frame["dataset"].nunique() > 1
+
+    def label(mode: str, generator: str, dataset: str) -> str:
+        return f"{mode} · {generator}" + (f" · {dataset}" if datasets else "")
+
+    return label
+
+
+def _number(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _loss_series(records: list[dict[str, Any]], label) -> list[Series]:
+    """The first successful run's curve of each (mode, generator, data set): its first
+    loss term per epoch, where it has two epochs or more."""
+    series: dict[tuple, Series] = {}
+    for record in records:
+        run = record["run"]
+        key = (run["mode"], run["generator"], run["dataset"])
+        curve = record.get("metrics", {}).get("loss_curve") or []
+        if record.get("exit_code") != 0 or key in series or len(curve) < 2:
+            continue
+        terms = loss_terms(curve[0])
+        if not terms:
+            continue
+        term = next(iter(terms))
+        points = [(e["epoch"], e[term]) for e in curve if _number(e.get(term))]
+        if len(points) >= 2:
+            series[key] = Series(
+                f"{label(*key)} ({term})",
+                [p[0] for p in points],
+                [float(p[1]) for p in points],
+                panel=run["generator"],
+            )
+    return list(series.values())
+
+
+def write_plots(
+    frame: pd.DataFrame, records: list[dict[str, Any]], out: Path
+) -> dict[str, str | None]:
+    """Draw each plot that has something to show; returns plot name -> None if drawn, else
+    why not."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with _figure(plt, out / "quality_vs_time.png", "Quality vs time cost") as ax:
-        for mode, group in frame.groupby("mode", sort=False):
-            ax.scatter(group["time_ratio"], group["quality_score"], label=mode)
+    titles = {
+        "quality_vs_time": "Quality vs time cost",
+        "bytes_vs_parties": "Traffic per party",
+        "loss_curves": "Loss per epoch",
+    }
+    result: dict[str, str | None] = {}
+    for name, data in plot_data(frame, records).items():
+        if data.kind == "line" and not data.series:
+            result[name] = "no series has two points or more"
+            continue
+        if data.points < 2:
+            result[name] = "fewer than two points to compare"
+            continue
+        panels = sorted({s.panel for s in data.series})
+        with _figure(plt, out / f"{name}.png", titles[name], len(panels)) as axes:
+            for ax, panel in zip(axes, panels):
+                _draw(ax, data, [s for s in data.series if s.panel == panel])
+                if panel:
+                    ax.set_title(f"{titles[name]}: {panel}")
+        result[name] = None
+    return result
+
+
+def _draw(ax, data: PlotData, series: list[Series]) -> None:
+    if data.kind == "scatter":
+        for s in series:
+            ax.scatter(s.x, s.y, label=s.label)
         ax.set_xscale("log")
-        ax.set_xlabel("training time (× plaintext, log scale)")
-        ax.set_ylabel("quality score (SDMetrics)")
-
-    with _figure(plt, out / "bytes_vs_parties.png", "Traffic per party") as ax:
-        for mode, group in frame.groupby("mode", sort=False):
-            means = group.groupby("parties")["bytes_per_party"].mean()
-            ax.plot(means.index, means.values, marker="o", label=mode)
-        ax.set_xlabel("parties")
-        ax.set_ylabel("MB sent per party")
+    elif data.kind == "bar":
+        ax.bar([s.label for s in series], [s.y[0] for s in series])
+        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
         ax.set_yscale("symlog")
-
-    with _figure(plt, out / "loss_curves.png", "Loss per epoch") as ax:
-        _loss_curves(ax, records)
-
-
-def _loss_curves(ax, records: list[dict[str, Any]]) -> None:
-    """The first run's loss curve of each mode (its first loss term)."""
-    shown = set()
-    for record in records:
-        curve = record.get("metrics", {}).get("loss_curve") or []
-        mode = record["run"]["mode"]
-        if not curve or mode in shown:
-            continue
-        loss_key = next((k for k in curve[0] if k not in TIMING_KEYS), None)
-        if loss_key is None:
-            continue
-        ax.plot(
-            [e["epoch"] for e in curve], [e[loss_key] for e in curve], label=f"{mode} ({loss_key})"
-        )
-        shown.add(mode)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss")
+    else:
+        for s in series:
+            ax.plot(s.x, s.y, marker="o", label=s.label)
+        if any(max(s.y) > 100 * max(min(s.y), 1e-9) for s in series if s.y):
+            ax.set_yscale("symlog")
+    ax.set_xlabel(data.xlabel)
+    ax.set_ylabel(data.ylabel)
 
 
 @contextmanager
-def _figure(plt, path: Path, title: str) -> Iterator[Any]:
-    """One small titled plot, with a legend if anything was labelled, saved to ``path``."""
-    fig, ax = plt.subplots(figsize=(5, 4))
+def _figure(plt, path: Path, title: str, panels: int = 1) -> Iterator[Any]:
+    """Small titled plots side by side, each with a legend if anything was labelled, saved
+    to ``path``; yields the list of axes."""
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), squeeze=False)
+    axes = list(axes[0])
     try:
-        yield ax
-        ax.set_title(title)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+        for ax in axes:
+            ax.set_title(title)
+        yield axes
+        for ax in axes:
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
     finally:

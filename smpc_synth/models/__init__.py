@@ -3,7 +3,14 @@
 from smpc_synth.models.base import Generator, NeuralGenerator, NeuralParams
 from smpc_synth.models.gan import GANGenerator, GANParams
 from smpc_synth.models.gaussian import GaussianGenerator, GaussianParams, sufficient_stats
-from smpc_synth.models.registry import available_generators, get_generator, register
+from smpc_synth.models.registry import (
+    available_generators,
+    check_epochs_apply,
+    get_generator,
+    planned_epochs,
+    register,
+    trains_in_epochs,
+)
 from smpc_synth.models.synthesizer import GENERATOR_FILE, Synthesizer
 from smpc_synth.models.vae import VAEGenerator, VAEParams
 
@@ -20,7 +27,10 @@ __all__ = [
     "VAEGenerator",
     "VAEParams",
     "available_generators",
+    "check_epochs_apply",
     "get_generator",
+    "planned_epochs",
     "register",
     "sufficient_stats",
+    "trains_in_epochs",
 ]

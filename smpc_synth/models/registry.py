@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any, TypeVar
 
 from smpc_synth.errors import InputError
-from smpc_synth.models.base import Generator
+from smpc_synth.models.base import Generator, parse_hparams
 
 G = TypeVar("G", bound=type[Generator])
 
@@ -32,3 +34,31 @@ def get_generator(name: str) -> type[Generator]:
 
 def available_generators() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
+
+
+def trains_in_epochs(name: str) -> bool:
+    """Whether ``epochs`` applies to generator ``name`` (closed-form fits take one pass)."""
+    return any(f.name == "epochs" for f in fields(get_generator(name).Params))
+
+
+def check_epochs_apply(name: str, epochs: int | None, where: str) -> None:
+    """Refuse an epoch count for a generator that cannot honour it (InputError, exit 2).
+
+    ``where`` names the setting as the user gave it, e.g. ``"--epochs"``.
+    """
+    if epochs is not None and not trains_in_epochs(name):
+        neural = [g for g in available_generators() if trains_in_epochs(g)]
+        raise InputError(
+            f"{where} = {epochs} does not apply to generator {name!r}: it is fitted in one "
+            f"closed-form pass, not in epochs; drop it or choose one of {', '.join(neural)}"
+        )
+
+
+def planned_epochs(name: str, epochs: int | None, params: Mapping[str, Any] | None = None) -> int:
+    """How many epochs a fit of ``name`` runs: ``epochs``, else its parameters' default."""
+    if not trains_in_epochs(name):
+        return 1
+    if epochs is not None:
+        return epochs
+    cls = get_generator(name)
+    return parse_hparams(cls.Params, dict(params or {}), f"generator '{name}'").epochs

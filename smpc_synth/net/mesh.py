@@ -718,17 +718,21 @@ def _differences(mine: session_pb2.Hello, theirs: session_pb2.Hello, peer: str) 
     pairs = {"session id": (mine.session_id, theirs.session_id)}
     for key in sorted(set(mine.fingerprints) | set(theirs.fingerprints)):
         pairs[key] = (mine.fingerprints.get(key), theirs.fingerprints.get(key))
-    return [
+    differing = [
         f"{item} ({_short(a)} here, {_short(b)} at {peer})"
         for item, (a, b) in pairs.items()
         if a != b
     ]
+    shown = 10  # a wholly different config would otherwise fill the screen
+    if len(differing) > shown:
+        differing[shown:] = [f"and {len(differing) - shown} more"]
+    return differing
 
 
 def _short(value: str | None) -> str:
     if value is None:
         return "missing"
-    return repr(value if len(value) <= 16 else value[:12] + "...")
+    return value if len(value) <= 40 else value[:12] + "..."
 
 
 def _add(stats: TrafficStats | dict[str, float], key: str, amount: float) -> None:

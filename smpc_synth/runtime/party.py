@@ -7,6 +7,7 @@ a member that dies or hangs stops everyone within the configured timeout.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import resource
@@ -19,6 +20,8 @@ from typing import Any
 import torch
 
 from smpc_synth import __version__
+from smpc_synth.config import RunConfig
+from smpc_synth.data.schema import Schema
 from smpc_synth.errors import PeerError
 from smpc_synth.release.run import PENDING_NAME
 from smpc_synth.runtime.checkpoints import DirectoryCheckpoints
@@ -28,20 +31,53 @@ from smpc_synth.runtime.progress import ProgressEmitter
 log = logging.getLogger(__name__)
 
 
-def session_fingerprints(cfg: PartyConfig, schema_fingerprint: str) -> dict[str, str]:
-    """What every member must agree on at the handshake."""
-    return {
-        "config": cfg.run.fingerprint(),
-        "schema": schema_fingerprint,
-        "version": __version__,
-        "members": ",".join(sorted([cfg.name] + [m.name for m in cfg.peers])),
+# What a member's progress says once the session is agreed, by role.
+STAGES = {"data": "training", "dealer": "serving Beaver triples", "aggregator": "aggregating"}
+
+
+def session_fingerprints(cfg: PartyConfig, schema: Schema) -> dict[str, str]:
+    """What every member must agree on at the handshake, item by item, so that a mismatch
+    names the config key or schema column that differs: each ``[run]`` key with its value
+    (the run config is the same public text on every member), a hash per schema column and
+    of the column order, the package version and the member names. Never any data."""
+    items = {
+        f"config key '{key}'": json.dumps(value, sort_keys=True)
+        for key, value in config_items(cfg.run).items()
     }
+    rest = schema.to_dict()
+    columns = rest.pop("columns")
+    items["schema column order"] = _digest([c["name"] for c in columns])
+    items.update({f"schema column '{c['name']}'": _digest(c) for c in columns})
+    items["schema target and version"] = _digest(rest)
+    items["version"] = __version__
+    items["members"] = ",".join(sorted([cfg.name] + [m.name for m in cfg.peers]))
+    return items
+
+
+def config_items(run: RunConfig) -> dict[str, Any]:
+    """Every setting of ``run`` by its dotted key (``federated.clip_norm``); free-form
+    tables such as ``generator_params`` stay one item."""
+    flat: dict[str, Any] = {}
+    for key, value in run.to_dict().items():
+        if isinstance(value, dict) and not isinstance(getattr(run, key, None), dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def _digest(value: Any) -> str:
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def run_member(
-    cfg: PartyConfig, resume: bool = False, override_gate: bool = False
+    cfg: PartyConfig, resume: bool = False, override_gate: bool = False, show_progress: bool = True
 ) -> dict[str, Any]:
     """Run this member to completion; raises SmpcSynthError subclasses on failure.
+
+    ``show_progress``: a bar on a terminal (plain lines now and then elsewhere); the events
+    go to a launcher instead when it asked for them (see :mod:`smpc_synth.runtime.progress`).
 
     A data party that receives the generator also gates its synthetic table (against its
     own rows), publishes or withholds it, and signs the manifest with its own key, unless
@@ -61,24 +97,32 @@ def run_member(
         allow_insecure=cfg.allow_insecure,
     )
     started = time.perf_counter()
-    with _abort_on_signals(mesh, cfg.name):
+    emitter = ProgressEmitter(
+        cfg.name, f"{cfg.name}: {cfg.run.mode} · {cfg.run.generator}", show=show_progress
+    )
+    progress = _stop_when_aborted(mesh, emitter)
+    with _abort_on_signals(mesh, cfg.name), emitter:
         mesh.start()
         try:
+            progress({"event": "stage", "stage": "connecting to peers"})
             mesh.connect()
-            mesh.handshake(cfg.session, session_fingerprints(cfg, schema.fingerprint()))
+            mesh.handshake(cfg.session, session_fingerprints(cfg, schema))
             log.info("session %r agreed with %s", cfg.session, ", ".join(m.name for m in cfg.peers))
+            progress({"event": "stage", "stage": STAGES[cfg.role]})
             if cfg.role == "data":
-                result = _run_data_party(cfg, schema, frame, mesh, resume)
+                result = _run_data_party(cfg, schema, frame, mesh, resume, progress)
             elif cfg.role == "dealer":
                 result = _run_dealer(cfg, mesh)
             else:
                 result = _run_aggregator(cfg, mesh)
+            emitter({"event": "stage", "stage": "finished", "sent_bytes": mesh.stats().bytes_sent})
         except BaseException as exc:
             culprit = getattr(exc, "peer", None)
             mesh.abort(f"{cfg.name} stopped: {exc}", culprit=culprit or cfg.name)
             raise
         finally:
             mesh.close()
+    result["progress"] = emitter.progress.summary()
     result["wall_seconds"] = time.perf_counter() - started
     result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -98,6 +142,7 @@ def _release(cfg: PartyConfig, schema, frame, candidate: Path, metrics, override
     from smpc_synth.eval import evaluate
     from smpc_synth.release import enforce, release_run
 
+    log.info("evaluating the synthetic table against %s's own rows, then gating it", cfg.name)
     report = evaluate(
         frame, pd.read_csv(candidate), target=cfg.run.target, schema=schema, seed=cfg.run.seed
     )
@@ -133,7 +178,9 @@ def _load_inputs(cfg: PartyConfig):
     return schema, frame
 
 
-def _run_data_party(cfg: PartyConfig, schema, frame, mesh, resume: bool) -> dict[str, Any]:
+def _run_data_party(
+    cfg: PartyConfig, schema, frame, mesh, resume: bool, progress
+) -> dict[str, Any]:
     from smpc_synth.train import PartyContext, get_strategy
 
     ctx = PartyContext(
@@ -145,7 +192,7 @@ def _run_data_party(cfg: PartyConfig, schema, frame, mesh, resume: bool) -> dict
         data=frame,
         channel=mesh,
         checkpoints=DirectoryCheckpoints(cfg.out / "checkpoints"),
-        progress=_stop_when_aborted(mesh, ProgressEmitter(cfg.name)),
+        progress=progress,
         services={r: n for r in ("dealer", "aggregator") if (n := cfg.service(r))},
         output_parties=tuple(cfg.run.output_parties),
         resume=resume,
@@ -174,12 +221,13 @@ def _run_data_party(cfg: PartyConfig, schema, frame, mesh, resume: bool) -> dict
 
 def _stop_when_aborted(mesh, emit: ProgressEmitter):
     """Progress events double as cancellation points: a long local computation (an epoch)
-    learns that the session was aborted at its next event and stops, naming the culprit."""
+    learns that the session was aborted at its next event and stops, naming the culprit.
+    Each event also carries the bytes this member has sent so far."""
 
     def progress(event: dict[str, Any]) -> None:
         if mesh.aborted:
             raise mesh.failure or PeerError("the session was aborted")
-        emit(event)
+        emit({**event, "sent_bytes": mesh.stats().bytes_sent})
 
     return progress
 

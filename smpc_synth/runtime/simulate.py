@@ -29,7 +29,12 @@ from smpc_synth.config import RunConfig
 from smpc_synth.errors import InputError
 from smpc_synth.release.manifest import MANIFEST_NAME
 from smpc_synth.release.run import PENDING_NAME, SYNTHETIC_NAME
-from smpc_synth.runtime.progress import describe, parse_progress
+from smpc_synth.runtime.progress import (
+    EVENTS_ENV,
+    ProgressView,
+    RunProgress,
+    parse_progress,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,32 @@ class Session:
     holdout: pd.DataFrame
     schema: Any
     split: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # where the rows came from: "built-in:NAME" or the file given
+
+    def describe(self) -> str:
+        """One line saying what runs: mode, generator, data, members, epochs, directory."""
+        from smpc_synth.models import planned_epochs, trains_in_epochs
+
+        cfg = self.config
+        data = sum(m.role == "data" for m in self.members)
+        services = [m.role for m in self.members if m.role != "data"]
+        who = f"{data} data parties" + "".join(f" + {r}" for r in services)
+        if trains_in_epochs(cfg.generator):
+            epochs = planned_epochs(cfg.generator, cfg.epochs, cfg.generator_params)
+            length = f"{epochs} epochs"
+        else:
+            length = "one closed-form pass"
+        return (
+            f"simulate: {cfg.mode} mode, generator {cfg.generator}, data {self.source} "
+            f"({len(self.train)} training rows, {len(self.holdout)} held out); {who}; "
+            f"{length}; run directory {self.run_dir}"
+        )
+
+    @property
+    def title(self) -> str:
+        """``'mpc · vae · fair'``: what the progress bar is about."""
+        data = self.source.removeprefix("built-in:")
+        return f"{self.config.mode} · {self.config.generator} · {Path(data).name}"
 
 
 def simulate(
@@ -87,11 +118,20 @@ def simulate(
     ``options`` are those of :func:`prepare_session` (dataset or data, schema, out, config,
     resume) and :class:`RunConfig` fields (mode, generator, epochs, seed, split, ...).
     """
+    from smpc_synth.models import planned_epochs
+
     session = prepare_session(parties, **options)
+    cfg = session.config
+    if show_progress:
+        print(session.describe(), flush=True)
+    progress = RunProgress(
+        session.title, planned_epochs(cfg.generator, cfg.epochs, cfg.generator_params)
+    )
     started = time.perf_counter()
     resume = bool(options.get("resume", False))
-    codes = _run_members(session.members, session.run_dir, resume, session.config, show_progress)
-    return _gather(session, codes, time.perf_counter() - started, override_gate)
+    with ProgressView(progress, "auto" if show_progress else "off") as view:
+        codes = _run_members(session.members, session.run_dir, resume, cfg, view)
+    return _gather(session, codes, time.perf_counter() - started, override_gate, progress)
 
 
 def prepare_session(
@@ -109,28 +149,64 @@ def prepare_session(
 
     Everything a user can get wrong is checked here, before any process starts.
     """
-    from smpc_synth.data import holdout_split, split_parties
+    from smpc_synth.models import check_epochs_apply
 
     cfg = config or RunConfig.from_dict(run_options, source="simulate options")
-    if not 1 <= parties <= MAX_PARTIES:
-        raise InputError(f"--parties must be between 1 and {MAX_PARTIES}, got {parties}")
+    check_epochs_apply(cfg.generator, cfg.epochs, "simulate(): epochs")
     if cfg.mode == "mpc" and parties < 2:
         raise InputError("--mode mpc needs at least 2 parties")
-    frame, table_schema, target, source = _load_table(dataset, data, schema, cfg)
-    if cfg.target is None and target is not None:
-        cfg.target = target
+    table = split_table(parties, dataset=dataset, data=data, schema=schema, config=cfg)
     if cfg.mode == "mpc" and cfg.mpc.transport == "gloo" and cfg.mpc.rendezvous is None:
         from smpc_synth.net import free_ports
 
         cfg.mpc.rendezvous = f"tcp://127.0.0.1:{free_ports(1)[0]}"
     run_dir = Path(out or f"runs/simulate-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     _prepare_run_dir(run_dir, resume)
+    members = _write_session(run_dir, cfg, table.schema, table.shares, table.holdout, table.source)
+    split = describe_split(cfg.split, table.names, table.shares)
+    return Session(
+        run_dir, cfg, members, table.train, table.holdout, table.schema, split, table.source
+    )
+
+
+@dataclass
+class SplitTable:
+    """A table shared among named parties, with a holdout no party trains on."""
+
+    names: list[str]
+    shares: list[pd.DataFrame]
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+    schema: Any
+    source: str  # "built-in:NAME" or the file given
+
+
+def split_table(
+    parties: int,
+    *,
+    dataset: str | None = None,
+    data: str | Path | None = None,
+    schema: str | Path | None = None,
+    config: RunConfig | None = None,
+) -> SplitTable:
+    """Load and validate a table, keep a holdout, and share the rest among ``parties``.
+
+    Uses ``config``'s seed, split, holdout fraction and target; a built-in data set's own
+    target fills in ``config.target`` when it is unset.
+    """
+    from smpc_synth.data import holdout_split, split_parties
+
+    cfg = config or RunConfig()
+    if not 1 <= parties <= MAX_PARTIES:
+        raise InputError(f"--parties must be between 1 and {MAX_PARTIES}, got {parties}")
+    frame, table_schema, target, source = _load_table(dataset, data, schema, cfg)
+    if cfg.target is None and target is not None:
+        cfg.target = target
     stratify = cfg.target if _is_discrete(table_schema, cfg.target) else None
     train, holdout = holdout_split(frame, cfg.holdout_fraction, cfg.seed, stratify=stratify)
     shares = split_parties(train, parties, how=cfg.split, seed=cfg.seed)
-    members = _write_session(run_dir, cfg, table_schema, shares, holdout, source)
-    split = describe_split(cfg.split, [m.name for m in members if m.role == "data"], shares)
-    return Session(run_dir, cfg, members, train, holdout, table_schema, split)
+    names = list(PARTY_NAMES[:parties])
+    return SplitTable(names, shares, train, holdout, table_schema, source)
 
 
 def describe_split(how: str, names: list[str], shares: list[pd.DataFrame]) -> dict[str, Any]:
@@ -264,10 +340,16 @@ def _write_session(run_dir: Path, cfg: RunConfig, schema, shares, holdout, sourc
     return members
 
 
-def _run_members(members, run_dir: Path, resume: bool, cfg: RunConfig, show: bool) -> dict:
+def _run_members(members, run_dir: Path, resume: bool, cfg: RunConfig, view) -> dict:
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        **{EVENTS_ENV: "json"},  # members report to this launcher, which shows one bar
+    )
     readers = []
     for member in members:
         cmd = [
@@ -290,7 +372,7 @@ def _run_members(members, run_dir: Path, resume: bool, cfg: RunConfig, show: boo
             start_new_session=True,  # Ctrl-C reaches the launcher, which stops members itself
         )
         reader = threading.Thread(
-            target=_pump, args=(member, logs / f"{member.name}.log", show), daemon=True
+            target=_pump, args=(member, logs / f"{member.name}.log", view), daemon=True
         )
         reader.start()
         readers.append(reader)
@@ -307,16 +389,16 @@ def _run_members(members, run_dir: Path, resume: bool, cfg: RunConfig, show: boo
     return codes
 
 
-def _pump(member: _Member, log_path: Path, show: bool) -> None:
-    """Copy a member's output to its log file; show its progress events on the console."""
+def _pump(member: _Member, log_path: Path, view: ProgressView) -> None:
+    """Copy a member's output to its log file; hand its progress events to the view."""
     with open(log_path, "w") as sink:
         for line in member.process.stdout:
             event = parse_progress(line)
             if event is None:
                 sink.write(line)
                 sink.flush()
-            elif show:
-                print(describe(event), flush=True)
+            else:
+                view(event)
 
 
 def _wait_all(members, grace: float) -> dict[str, int]:
@@ -337,7 +419,11 @@ def _wait_all(members, grace: float) -> dict[str, int]:
 
 
 def _gather(
-    session: Session, codes: dict[str, int], wall: float, override_gate: bool
+    session: Session,
+    codes: dict[str, int],
+    wall: float,
+    override_gate: bool,
+    progress: RunProgress,
 ) -> SimulationResult:
     """Collect every member's metrics; evaluate against the holdout; gate, publish, sign."""
     from smpc_synth.eval import evaluate
@@ -354,6 +440,8 @@ def _gather(
         "run": cfg.to_dict(),
         "exit_codes": codes,
         "wall_seconds": wall,
+        "data": session.source,
+        "progress": progress.summary(),
         "parties": party_metrics,
         "split": session.split,
     }

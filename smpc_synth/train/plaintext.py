@@ -62,16 +62,17 @@ class PlaintextStrategy(Strategy):
 
 def fit_centrally(frame: pd.DataFrame, ctx: PartyContext):
     """Train one synthesizer on ``frame`` and report an event per epoch."""
-    from smpc_synth.models import Synthesizer
+    from smpc_synth.models import Synthesizer, planned_epochs
 
     cfg = ctx.config
     history: list[dict] = []
     started = time.perf_counter()
+    total = planned_epochs(cfg.generator, cfg.epochs, cfg.generator_params)
 
     def on_epoch(epoch: int, losses: dict[str, float]) -> None:
         record = {"epoch": epoch + 1, "seconds": time.perf_counter() - started, **losses}
         history.append(record)
-        ctx.progress({"event": "epoch", **record})
+        ctx.progress({"event": "epoch", "epochs": total, **record})
 
     synthesizer = Synthesizer.fit(
         frame,
