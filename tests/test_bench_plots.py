@@ -142,3 +142,18 @@ def test_a_grid_of_one_party_count_and_one_epoch_draws_no_misleading_plot(tmp_pa
     assert "| mode | generator |" in text  # the summary table itself
     assert f"results in {tmp_path.resolve()}" in text and "summary.csv" in text
     assert "finished with failures (exit code 1)" in describe_results("quick", tmp_path, 1)
+
+
+@pytest.mark.slow  # a real (small) grid: one simulated plaintext session
+def test_bench_prints_its_summary_and_where_the_results_are(cli, tmp_path):
+    grid = tmp_path / "tiny.toml"
+    grid.write_text(
+        'modes = ["plaintext"]\ngenerators = ["gaussian"]\ndatasets = ["breast_cancer"]\n'
+        "parties = [2]\n"
+    )
+    out = tmp_path / "results"
+    result = cli("bench", "quick", "--config", grid, "--out", out, timeout=1200)
+    assert result.code == 0, result.output
+    assert "Summary of quick" in result.stdout and "| mode | generator |" in result.stdout
+    assert f"bench quick finished; results in {out.resolve()}" in result.stdout
+    assert "summary.csv" in result.stdout

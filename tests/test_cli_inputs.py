@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -112,9 +114,18 @@ def test_schema_infer_then_train_sample_evaluate_round_trip(cli, tmp_path, table
         out,
         "--target",
         "city",
+        "--generator",
+        "vae",
+        "--epochs",
+        "3",
         "--override-gate",
     )
     assert result.code == 0, result.output
+    # train says what it does and shows its progress (plain lines: not a terminal)
+    assert "train: plaintext mode, generator vae, data " in result.stdout
+    assert "epoch 3/3" in result.stderr, result.stderr
+    progress = json.loads((out / "metrics.json").read_text())["progress"]
+    assert progress["epochs_done"] == progress["epochs_total"] == 3
     synthetic = tmp_path / "more.csv"
     assert cli("sample", "--model", out / "generator.pt", "-n", "25", "-o", synthetic).code == 0
     sampled = pd.read_csv(synthetic)

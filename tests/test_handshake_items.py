@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from hypothesis import given, settings
-from hypothesis import strategies as st
+import pytest
 
 from smpc_synth.config import RunConfig
 from smpc_synth.data import infer_schema
+from smpc_synth.errors import InputError
 from smpc_synth.net.mesh import _differences
 from smpc_synth.net.v1 import session_pb2
 from smpc_synth.runtime.party import config_items, session_fingerprints
@@ -45,36 +46,76 @@ def _hello(cfg: PartyConfig, schema) -> session_pb2.Hello:
     return session_pb2.Hello(session_id="s", fingerprints=session_fingerprints(cfg, schema))
 
 
-def _set(run: RunConfig, dotted: str, value) -> RunConfig:
-    *tables, key = dotted.split(".")
-    target = run
-    for table in tables:
-        target = getattr(target, table)
-    setattr(target, key, value)
-    return run
-
-
-def _other_value(value):
+def _candidates(value):
+    """Values to try in place of ``value``, of its kind."""
     if isinstance(value, bool):
-        return not value
-    if isinstance(value, int | float):
-        return value + 3
+        return [not value]
+    if isinstance(value, int):
+        return [value + 1, value * 2, max(value - 1, 0)]
+    if isinstance(value, float):
+        return [value / 2, value * 2, value + 1]
     if isinstance(value, str):
-        return value + "x"
+        return ["federated", "mpc", "none", "gloo", "tfp", "noniid:age", "vae", value + "x"]
     if isinstance(value, list):
-        return [*value, "carol"]
+        return [["alice"]]
     if isinstance(value, dict):
-        return {**value, "hidden": [8]}
-    return 5  # None: any value differs
+        return [{"ridge": 0.5}]
+    return [5, 0.5, "age", "tcp://127.0.0.1:5"]  # None
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.sampled_from(FLAT_KEYS))
-def test_exactly_the_changed_config_key_is_named_with_both_values(key):
+# Starting points: the defaults, and configs where coupled keys (DP settings, debug-only
+# MPC settings) may change one at a time.
+BASES = [
+    {},
+    {"mode": "federated", "federated": {"dp": True, "target_epsilon": 8.0}},
+    {"mode": "federated", "federated": {"dp": True, "noise_multiplier": 1.0}},
+    {"mode": "mpc", "mpc": {"insecure_dev": True, "provider": "tfp"}},
+    {"mode": "mpc", "mpc": {"insecure_dev": True}},
+]
+
+
+def _changed(key: str) -> tuple[RunConfig, RunConfig] | None:
+    """Two valid run configs that differ in ``key`` alone."""
+    *tables, last = key.split(".")
+    for base in BASES:
+        mine = RunConfig.from_dict(base)
+        for value in _candidates(config_items(mine)[key]):
+            raw = json.loads(json.dumps(base))
+            table = raw
+            for name in tables:
+                table = table.setdefault(name, {})
+            table[last] = value
+            try:
+                theirs = RunConfig.from_dict(raw)
+            except InputError:
+                continue
+            if config_items(theirs)[key] != config_items(mine)[key]:
+                return mine, theirs
+    return None
+
+
+def test_dp_and_its_budget_are_named_together():
+    """federated.dp cannot change alone (DP needs a budget): both keys are named."""
+    plain = RunConfig.from_dict({"mode": "federated"})
+    private = RunConfig.from_dict(
+        {"mode": "federated", "federated": {"dp": True, "target_epsilon": 8.0}}
+    )
     schema = _schema()
-    mine = RunConfig()
-    default = config_items(mine)[key]
-    theirs = _set(RunConfig(), key, _other_value(default))
+    found = _differences(
+        _hello(_member("alice", plain), schema), _hello(_member("bob", private), schema), "bob"
+    )
+    assert found == [
+        "config key 'federated.dp' (false here, true at bob)",
+        "config key 'federated.target_epsilon' (unset here, 8.0 at bob)",
+    ]
+
+
+@pytest.mark.parametrize("key", [k for k in FLAT_KEYS if k != "federated.dp"])
+def test_exactly_the_changed_config_key_is_named_with_both_values(key):
+    pair = _changed(key)
+    assert pair is not None, f"no valid pair of configs differs in {key} alone"
+    mine, theirs = pair
+    schema = _schema()
     found = _differences(
         _hello(_member("alice", mine), schema), _hello(_member("bob", theirs), schema), "bob"
     )

@@ -6,6 +6,7 @@ from smpc_synth.models.gaussian import GaussianGenerator, GaussianParams, suffic
 from smpc_synth.models.registry import (
     available_generators,
     check_epochs_apply,
+    epochs_problem,
     get_generator,
     planned_epochs,
     register,
@@ -28,6 +29,7 @@ __all__ = [
     "VAEParams",
     "available_generators",
     "check_epochs_apply",
+    "epochs_problem",
     "get_generator",
     "planned_epochs",
     "register",

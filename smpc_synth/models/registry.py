@@ -41,17 +41,25 @@ def trains_in_epochs(name: str) -> bool:
     return any(f.name == "epochs" for f in fields(get_generator(name).Params))
 
 
+def epochs_problem(name: str, epochs: int | None) -> str | None:
+    """Why ``epochs`` cannot be honoured by generator ``name``, or None if it can."""
+    if epochs is None or trains_in_epochs(name):
+        return None
+    neural = [g for g in available_generators() if trains_in_epochs(g)]
+    return (
+        f"{epochs} does not apply to generator {name!r}: it is fitted in one closed-form "
+        f"pass, not in epochs; drop it or choose one of {', '.join(neural)}"
+    )
+
+
 def check_epochs_apply(name: str, epochs: int | None, where: str) -> None:
     """Refuse an epoch count for a generator that cannot honour it (InputError, exit 2).
 
     ``where`` names the setting as the user gave it, e.g. ``"--epochs"``.
     """
-    if epochs is not None and not trains_in_epochs(name):
-        neural = [g for g in available_generators() if trains_in_epochs(g)]
-        raise InputError(
-            f"{where} = {epochs} does not apply to generator {name!r}: it is fitted in one "
-            f"closed-form pass, not in epochs; drop it or choose one of {', '.join(neural)}"
-        )
+    problem = epochs_problem(name, epochs)
+    if problem:
+        raise InputError(f"{where} = {problem}")
 
 
 def planned_epochs(name: str, epochs: int | None, params: Mapping[str, Any] | None = None) -> int:

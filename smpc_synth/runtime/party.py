@@ -41,7 +41,7 @@ def session_fingerprints(cfg: PartyConfig, schema: Schema) -> dict[str, str]:
     (the run config is the same public text on every member), a hash per schema column and
     of the column order, the package version and the member names. Never any data."""
     items = {
-        f"config key '{key}'": json.dumps(value, sort_keys=True)
+        f"config key '{key}'": "unset" if value is None else json.dumps(value, sort_keys=True)
         for key, value in config_items(cfg.run).items()
     }
     rest = schema.to_dict()

@@ -251,6 +251,9 @@ def check_session(
 
     ``services`` maps ``dealer`` / ``aggregator`` to the members with that role.
     """
+    from smpc_synth.models import check_epochs_apply
+
+    check_epochs_apply(run.generator, run.epochs, f"{source}: key 'run.epochs'")
     count = len(data_parties)
     if run.mode == "mpc" and count < 2:
         raise InputError(
