@@ -33,7 +33,7 @@ TIME_KEYS = frozenset({"seconds", "epoch_seconds", "elapsed"})
 META_KEYS = frozenset({"party", "event", "stage", "message"})
 
 ViewMode = Literal["auto", "bar", "lines", "off"]
-BAR_TERMS = 2  # loss terms a bar has room for; plain lines show them all
+BAR_TERMS = 1  # loss terms a bar has room for; plain lines show them all
 
 
 def loss_terms(event: dict[str, Any]) -> dict[str, float]:
@@ -248,7 +248,7 @@ class ProgressView:
 
         self._bar = Progress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(bar_width=20),
+            BarColumn(bar_width=12),
             TextColumn("epoch"),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -262,14 +262,16 @@ class ProgressView:
             self.progress.title, total=self.progress.total, status=self.progress.status(BAR_TERMS)
         )
         self._bar.start()
-        # Log lines go above the bar instead of through it.
-        for handler in logging.getLogger().handlers:
-            if type(handler) is logging.StreamHandler and handler.stream in (
-                sys.__stderr__,
-                self.stream,
-            ):
-                self._handlers.append((handler, handler.stream))
-                handler.setStream(self._bar.console.file)
+        # While the bar is drawn, rich routes sys.stderr through itself: log lines then go
+        # above the bar instead of through it.
+        if sys.stderr is not self.stream and sys.stderr is not sys.__stderr__:
+            for handler in logging.getLogger().handlers:
+                if type(handler) is logging.StreamHandler and handler.stream in (
+                    sys.__stderr__,
+                    self.stream,
+                ):
+                    self._handlers.append((handler, handler.stream))
+                    handler.setStream(sys.stderr)
 
     def _refresh_bar(self) -> None:
         self._bar.update(
