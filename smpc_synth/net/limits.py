@@ -13,6 +13,16 @@ from smpc_synth.config import NetworkConfig
 MIB = 1024 * 1024
 # Headroom for the frame's tag, header and protobuf framing on top of its data slice.
 FRAME_OVERHEAD_BYTES = 64 * 1024
+# A message's tag names its protocol step ("mpc", "fed/bound"); longer ones are refused.
+MAX_TAG_BYTES = 256
+# Dimensions of one array on the wire (numpy's own limit is 64).
+MAX_DIMS = 32
+# What a queued message costs besides its payload and tag (queue entry, tuple, bookkeeping,
+# the queue of a tag not seen before): counted against the inbox bound, so that a flood of
+# empty messages is bounded as surely as one of large ones.
+MESSAGE_OVERHEAD_BYTES = 1024
+# One object sent by CrypTen's ``*_obj`` calls (sizes, small tensors): encoded size bound.
+MAX_OBJECT_BYTES = 64 * MIB
 
 
 @dataclass(frozen=True)
