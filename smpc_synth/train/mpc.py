@@ -46,6 +46,7 @@ class MpcStrategy(Strategy):
             insecure_debug_seed=cfg.mpc.debug_seed,
             timeout=cfg.network.peer_timeout_s,
             rendezvous=cfg.mpc.rendezvous,
+            allow_insecure=cfg.network.allow_insecure,
         ):
             with phase("encoder stats"):
                 encoder, sizes = _fit_encoder(ctx)
