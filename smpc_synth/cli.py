@@ -201,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="pin the session CA (ca.pem) as the trust anchor (default: the embedded one)",
     )
+    p.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="accept a manifest without signatures (smpc-synth train writes one); "
+        "hashes are still checked, origin is not",
+    )
 
     p = _add(sub, "bench", _cmd_bench, "run a benchmark suite")
     p.add_argument("suite", choices=BENCH_SUITES, help="which suite")
@@ -528,7 +534,7 @@ def _cmd_train(args) -> int:
     )
     print(format_report(report))
     print(decision.describe())
-    written = "generator.pt, metrics.json, manifest.json"
+    written = "generator.pt, metrics.json, manifest.json (unsigned: verify --allow-unsigned)"
     print(f"wrote {args.out}: {written}" + (", synthetic.csv" if decision.released else ""))
     enforce(decision)
     return 0
@@ -537,7 +543,7 @@ def _cmd_train(args) -> int:
 def _cmd_verify(args) -> int:
     from smpc_synth.release import verify_main
 
-    return verify_main(args.manifest, ca=args.ca)
+    return verify_main(args.manifest, ca=args.ca, allow_unsigned=args.allow_unsigned)
 
 
 def _cmd_sample(args) -> int:

@@ -143,9 +143,11 @@ def test_verify_passes_a_fresh_run_and_names_a_tampered_file(cli, tmp_path):
     out = tmp_path / "model"
     result = cli("train", "--dataset", "wine", "--out", out, "--override-gate")
     assert result.code == 0, result.output
-    assert cli("verify", out / "manifest.json").code == 0
+    unsigned = cli("verify", out / "manifest.json")  # train has no certificates to sign with
+    assert unsigned.code == 1 and "--allow-unsigned" in unsigned.output
+    assert cli("verify", out / "manifest.json", "--allow-unsigned").code == 0
     data = (out / "synthetic.csv").read_bytes()
     (out / "synthetic.csv").write_bytes(data[:-2] + bytes([data[-2] ^ 1]) + data[-1:])
-    result = cli("verify", out)
+    result = cli("verify", out, "--allow-unsigned")
     assert result.code == 1
     assert "synthetic.csv" in result.output
