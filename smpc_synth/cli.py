@@ -547,11 +547,18 @@ def _cmd_verify(args) -> int:
 
 
 def _cmd_sample(args) -> int:
-    from smpc_synth.api import sample
+    from smpc_synth.models import Synthesizer
 
     if args.rows < 1:
         raise InputError(f"-n/--rows must be at least 1, got {args.rows}")
-    frame = sample(args.model, args.rows, seed=args.seed)
+    model = Synthesizer.load(args.model)
+    if args.rows > model.max_sample_rows:
+        raise InputError(
+            f"-n/--rows: {args.rows:,} rows exceed the limit of {model.max_sample_rows:,} "
+            f"for {args.model} ({len(model.schema.columns)} columns); write several files "
+            "with different --seed"
+        )
+    frame = model.sample(args.rows, seed=args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out, index=False)
     print(f"wrote {len(frame)} rows to {args.out}")
