@@ -214,6 +214,7 @@ def _ed25519_member(out: Path, name: str) -> tuple[Path, Path, Path]:
     paths = out / "ca.pem", out / f"{name}.pem", out / f"{name}.key"
     paths[0].write_bytes(issue(ca_name, ca_key.public_key(), True).public_bytes(_PEM))
     paths[1].write_bytes(issue(member, key.public_key(), False).public_bytes(_PEM))
+    paths[2].touch(mode=0o600)
     paths[2].write_bytes(
         key.private_bytes(_PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -145,10 +146,21 @@ def test_federated_simulation_with_ckks_and_masking(tmp_path):
         mode="federated",
         generator="vae",
         epochs=2,
+        output_parties=["alice"],
         show_progress=False,
         override_gate=True,  # two rounds make a weak model; the gate is tested elsewhere
     )
     assert result.exit_code == 0, result.exit_codes
+    # FedAvg shows every party the model; only an output party keeps it, and privately
+    folders = tmp_path / "fed" / "parties"
+    kept = folders / "alice" / "checkpoints" / "federated.pt"
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert stat.S_IMODE(kept.parent.stat().st_mode) == 0o700
+    for name in ("bob", "carol"):
+        assert not (folders / name / "checkpoints" / "federated.pt").exists(), name
+        assert not (folders / name / "generator.pt").exists(), name
+        log = (tmp_path / "fed" / "logs" / f"{name}.log").read_text()
+        assert "is not an output party" in log, name
     parties = result.metrics["parties"]
     assert parties["aggregator"]["role"] == "aggregator" and parties["aggregator"]["rounds"] >= 3
     for name in ("alice", "bob", "carol"):

@@ -164,7 +164,7 @@ def _load_private_key(path: Path):
     from smpc_synth.net.tls import TlsFiles
 
     try:
-        return serialization.load_pem_private_key(TlsFiles.read_file(path), password=None)
+        return serialization.load_pem_private_key(TlsFiles.read_key(path), password=None)
     except (ValueError, TypeError) as exc:
         raise InputError(f"{path}: not an unencrypted PEM private key ({exc})") from None
 
