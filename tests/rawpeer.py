@@ -5,14 +5,32 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 
 import grpc
 
+from smpc_synth.config import NetworkConfig
+from smpc_synth.net import PeerMesh, free_ports
+from smpc_synth.net.mailbox import Inbox
 from smpc_synth.net.tls import MEMBER_METADATA_KEY, TlsFiles, channel_credentials, channel_options
 from smpc_synth.net.v1 import data_pb2
 from smpc_synth.net.v1 import tensor_pb2 as pb
 
 STREAM_METHOD = "/smpc_synth.v1.DataPlane/Stream"
+NETWORK = NetworkConfig(peer_timeout_s=30.0, connect_timeout_s=10.0, call_deadline_s=5.0)
+
+
+def receiver_mesh(certs, inbox_limit: int | None = None) -> PeerMesh:
+    """alice, listening with TLS; bob is her only peer (to be played by a RawPeer).
+    ``inbox_limit`` shrinks her inbox bound (and so the largest message she accepts)."""
+    port_alice, port_bob = free_ports(2)
+    peers = {"bob": f"127.0.0.1:{port_bob}"}
+    alice = PeerMesh("alice", f"127.0.0.1:{port_alice}", peers, certs["alice"], NETWORK)
+    if inbox_limit is not None:
+        alice._limits = replace(alice._limits, max_queued_bytes=inbox_limit)
+        alice._inbox = Inbox(inbox_limit)
+    alice.start()
+    return alice
 
 
 def frame(

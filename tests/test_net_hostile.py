@@ -6,43 +6,22 @@ from __future__ import annotations
 
 import time
 import tracemalloc
-from dataclasses import replace
 
 import grpc
 import numpy as np
 import pytest
-from rawpeer import RawPeer, TracebackCounter, frame
+from rawpeer import RawPeer, TracebackCounter, frame, receiver_mesh
 
-from smpc_synth.config import NetworkConfig
 from smpc_synth.errors import PeerError
-from smpc_synth.net import PeerMesh, free_ports, write_certificates
+from smpc_synth.net import PeerMesh, write_certificates
 from smpc_synth.net.limits import MAX_TAG_BYTES, MESSAGE_OVERHEAD_BYTES
 from smpc_synth.net.mailbox import Inbox
 from smpc_synth.net.v1 import tensor_pb2 as pb
-
-NETWORK = NetworkConfig(peer_timeout_s=30.0, connect_timeout_s=10.0, call_deadline_s=5.0)
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     return write_certificates(["alice", "bob"], tmp_path_factory.mktemp("certs"))
-
-
-def _receiver(certs, inbox_limit: int | None = None) -> PeerMesh:
-    """alice, listening; bob is her only peer (played by a RawPeer)."""
-    port_alice, port_bob = free_ports(2)
-    alice = PeerMesh(
-        "alice",
-        f"127.0.0.1:{port_alice}",
-        {"bob": f"127.0.0.1:{port_bob}"},
-        certs["alice"],
-        NETWORK,
-    )
-    if inbox_limit is not None:
-        alice._limits = replace(alice._limits, max_queued_bytes=inbox_limit)
-        alice._inbox = Inbox(inbox_limit)
-    alice.start()
-    return alice
 
 
 def _refusal(alice: PeerMesh) -> PeerError:
@@ -68,7 +47,7 @@ def _refusal(alice: PeerMesh) -> PeerError:
     ],
 )
 def test_malformed_frame_refused_naming_the_sender_without_a_traceback(certs, wire, why):
-    alice = _receiver(certs)
+    alice = receiver_mesh(certs)
     bob = RawPeer("bob", "alice", alice.address, certs["bob"])
     try:
         with TracebackCounter() as tracebacks:
@@ -85,7 +64,7 @@ def test_malformed_frame_refused_naming_the_sender_without_a_traceback(certs, wi
 
 def test_valid_frames_from_a_raw_peer_are_delivered(certs):
     """The hostile harness speaks the real protocol: a well-formed frame gets through."""
-    alice = _receiver(certs)
+    alice = receiver_mesh(certs)
     bob = RawPeer("bob", "alice", alice.address, certs["bob"])
     try:
         data = np.arange(3, dtype=np.int64).tobytes()
@@ -101,7 +80,7 @@ def test_flood_of_empty_messages_with_long_tags_stays_within_the_inbox_bound(cer
     """Empty messages used to count for nothing: a peer could queue any number of them,
     each holding its tag (a party grew by 1.4 GiB past its 1 GiB bound)."""
     limit = 2 << 20
-    alice = _receiver(certs, inbox_limit=limit)
+    alice = receiver_mesh(certs, inbox_limit=limit)
     bob = RawPeer("bob", "alice", alice.address, certs["bob"])
     count = 40_000
     tag_bytes = MAX_TAG_BYTES
@@ -153,3 +132,16 @@ def _wait_until_stalled(alice: PeerMesh, call: grpc.Future, quiet_s: float = 1.5
             last, since = queued, time.monotonic()
         time.sleep(0.1)
     raise AssertionError("the flood neither finished nor stalled in 120 s")
+
+
+def test_stream_ending_inside_a_message_is_refused_naming_the_sender(certs):
+    alice = receiver_mesh(certs)
+    bob = RawPeer("bob", "alice", alice.address, certs["bob"])
+    try:
+        first_half = frame("cut", dtype="int64", shape=[4], nbytes=32, data=b"\0" * 16, last=False)
+        bob.send([first_half])  # 16 of 32 announced bytes, then a clean end of stream
+        error = _refusal(alice)
+        assert error.peer == "bob" and "stream ended inside message 'cut'" in str(error)
+    finally:
+        bob.close()
+        alice.close()

@@ -245,6 +245,11 @@ class Assembler:
         self._raw = None if is_bytes else np.empty(header.nbytes, np.uint8)
         self._parts = []
 
+    @property
+    def pending(self) -> str | None:
+        """The tag of a message begun but not finished, if any."""
+        return None if self._header is None else self._tag
+
     def feed(self, frame: InFrame) -> Message | None:
         """Take one frame; return the message it completes, if any. Whatever is wrong with
         the frame raises :class:`CodecError` (never another exception)."""

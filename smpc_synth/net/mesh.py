@@ -697,6 +697,8 @@ class _Servicer(
                 if message is not None:
                     mesh._inbox.put(peer, *message)
                     messages, total = messages + 1, total + message.nbytes
+            if assembler.pending is not None:
+                raise codec.CodecError(f"stream ended inside message {assembler.pending!r}")
         except codec.CodecError as exc:
             reason = f"{peer} sent a malformed message: {exc}"
             mesh.abort(reason, peer)

@@ -297,6 +297,10 @@ def _key_of(location: tuple[str | int, ...]) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in location).lstrip(".")
 
 
+def _no_constant(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
+
+
 def load_manifest(path: str | Path) -> dict[str, Any]:
     """The manifest at ``path``; InputError if it is missing, unreadable or not a manifest,
     or if any field lacks the shape :func:`build_manifest` writes (naming the key)."""
@@ -304,7 +308,7 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
     try:
         if path.stat().st_size > MAX_MANIFEST_BYTES:
             raise InputError(f"{path}: larger than {MAX_MANIFEST_BYTES} bytes: not a manifest")
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(), parse_constant=_no_constant)
     except OSError as exc:
         raise InputError(f"cannot read manifest {path}: {exc.strerror}") from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
