@@ -160,7 +160,10 @@ class MpcConfig:
     ] = None
     rendezvous: Annotated[
         Annotated[str, Field(pattern=RENDEZVOUS)] | None,
-        doc("`gloo` only: `tcp://HOST:PORT` where party 0 opens CrypTen's rendezvous"),
+        doc(
+            "`gloo` only: `tcp://HOST:PORT` where party 0 opens CrypTen's rendezvous; a loopback "
+            "address unless `network.allow_insecure` (gloo is plain TCP)"
+        ),
     ] = None
 
     @model_validator(mode="after")
@@ -200,7 +203,11 @@ class NetworkConfig:
         doc("largest message on the wire"),
     ] = 64 * 1024 * 1024
     allow_insecure: Annotated[
-        bool, doc("(run level) plain TCP off loopback; prefer the member's own flag")
+        bool,
+        doc(
+            "(run level) plain TCP off loopback, for the mesh and for gloo's rendezvous; the log "
+            "repeats it; for the mesh, prefer the member's own flag"
+        ),
     ] = False
 
     @model_validator(mode="after")
