@@ -165,6 +165,11 @@ schema = "schema.toml"
 name = "bob"
 address = "127.0.0.1:7002"
 
+[[peers]]
+name = "dealer"
+address = "127.0.0.1:7003"
+role = "dealer"
+
 [run]
 mode = "mpc"
 

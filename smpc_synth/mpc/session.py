@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import torch
 
+from smpc_synth.config import PROVIDERS, TRANSPORTS
 from smpc_synth.errors import InputError
 from smpc_synth.mpc import arithmetic, beaver, compare, compat, prg
 from smpc_synth.mpc.communicator import ChannelCommunicator, GlooCommunicator
@@ -28,7 +29,7 @@ from smpc_synth.mpc.compat import import_crypten
 from smpc_synth.mpc.dealer import DealerProvider
 from smpc_synth.mpc.link import DEALER, Link
 from smpc_synth.mpc.stats import TrafficRecorder
-from smpc_synth.mpc.transport import TRANSPORTS, check_gloo, insecure_warning, rendezvous_address
+from smpc_synth.mpc.transport import check_gloo, insecure_warning, rendezvous_address
 from smpc_synth.train.base import Channel, TrafficStats
 
 crypten = import_crypten()
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 
 Transport = Literal["grpc", "gloo"]
 Provider = Literal["dealer", "tfp"]
-PROVIDERS: tuple[str, ...] = ("dealer", "tfp")
 _CRYPTEN_PROVIDER_NAME = {"dealer": DealerProvider.NAME, "tfp": "TFP"}
 _PATCHED_COMM_FUNCTIONS = ("get", "is_initialized", "uninit")
 

@@ -1,4 +1,4 @@
-"""CrypTen's transports and where each may run; light to import (no CrypTen, no torch).
+"""Where each CrypTen transport may run; light to import (no CrypTen, no torch).
 
 ``grpc`` carries every message over the session's mesh (mutual TLS off loopback). ``gloo``
 is torch.distributed over plain TCP: neither encrypted nor authenticated, so its rendezvous
@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 from smpc_synth.errors import InputError
 from smpc_synth.net.addresses import is_loopback
 
-TRANSPORTS: tuple[str, ...] = ("grpc", "gloo")
 RENDEZVOUS_KEY = "mpc.rendezvous"
 
 
