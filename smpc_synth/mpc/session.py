@@ -166,6 +166,7 @@ def _start(
     if session.transport == "grpc":
         _install_channel_communicator(session, link)
     else:
+        session._restore["env.GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME")
         _init_gloo(session.parties, session.rank, rendezvous)
     if debug_seed is not None:
         _fix_seeds(debug_seed, len(session.parties), session.rank)
@@ -377,6 +378,12 @@ def _teardown() -> None:
         elif crypten_comm.is_initialized():
             crypten.uninit()
     finally:
+        if "env.GLOO_SOCKET_IFNAME" in session._restore:  # _init_gloo may have pinned it
+            interface = session._restore["env.GLOO_SOCKET_IFNAME"]
+            if interface is None:
+                os.environ.pop("GLOO_SOCKET_IFNAME", None)
+            else:
+                os.environ["GLOO_SOCKET_IFNAME"] = interface
         session.use_protocols(False)
         _providers().pop(DealerProvider.NAME, None)
         crypten.cfg.mpc.provider = session._restore["provider"]
