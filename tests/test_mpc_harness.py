@@ -23,6 +23,10 @@ NETWORK = NetworkConfig(
     heartbeat_interval_s=0.5, peer_timeout_s=10.0, connect_timeout_s=30.0, call_deadline_s=10.0
 )
 RECV_TIMEOUT_S = 20.0
+# long sessions on a busy machine: a member may go without CPU for many seconds
+PATIENT_NETWORK = NetworkConfig(
+    heartbeat_interval_s=1.0, peer_timeout_s=120.0, connect_timeout_s=120.0, call_deadline_s=60.0
+)
 SEED = 20240611
 
 
@@ -38,6 +42,7 @@ def party_member(
     provider: str,
     seed: int | None,
     rendezvous: str | None,
+    recv_timeout: float = RECV_TIMEOUT_S,
 ) -> dict[str, Any]:
     from smpc_synth.mpc.session import crypten, crypten_session, traffic
 
@@ -49,7 +54,7 @@ def party_member(
         provider,
         transport,
         insecure_dev=seed is not None or provider == "tfp",
-        timeout=RECV_TIMEOUT_S,
+        timeout=recv_timeout,
         rendezvous=rendezvous,
         insecure_debug_seed=seed,
     ):
@@ -60,13 +65,17 @@ def party_member(
 
 
 def dealer_member(
-    mesh, parties: tuple[str, ...], seed: int | None, lookahead: int | None = None
+    mesh,
+    parties: tuple[str, ...],
+    seed: int | None,
+    lookahead: int | None = None,
+    recv_timeout: float = RECV_TIMEOUT_S,
 ) -> dict[str, int]:
     from smpc_synth.mpc.dealer import LOOKAHEAD_DEPTH, serve_dealer
 
     depth = LOOKAHEAD_DEPTH if lookahead is None else lookahead
     return serve_dealer(
-        mesh, parties, timeout=RECV_TIMEOUT_S, insecure_debug_seed=seed, lookahead=depth
+        mesh, parties, timeout=recv_timeout, insecure_debug_seed=seed, lookahead=depth
     )
 
 
@@ -80,6 +89,7 @@ def run_mpc(
     seed: int | None = None,
     timeout: float = 120.0,
     lookahead: int | None = None,
+    network: NetworkConfig = NETWORK,
     **program_kwargs: Any,
 ) -> dict[str, MemberOutcome]:
     """Run ``program`` on ``n_parties`` parties (+ the dealer) and return every outcome."""
@@ -91,6 +101,7 @@ def run_mpc(
         provider=provider,
         seed=seed,
         lookahead=lookahead,
+        network=network,
         **program_kwargs,
     )
     return session.wait(timeout)
@@ -105,6 +116,7 @@ def start_mpc(
     provider: str = "dealer",
     seed: int | None = None,
     lookahead: int | None = None,
+    network: NetworkConfig = NETWORK,
     **program_kwargs: Any,
 ):
     parties = PARTY_NAMES[:n_parties]
@@ -117,14 +129,20 @@ def start_mpc(
         "provider": provider,
         "seed": seed,
         "rendezvous": rendezvous,
+        "recv_timeout": max(RECV_TIMEOUT_S, network.peer_timeout_s),
     }
     members: dict[str, tuple[Any, dict[str, Any]]] = {
         name: (party_member, party_args) for name in parties
     }
     if provider == "dealer":
-        dealer_args = {"parties": parties, "seed": seed, "lookahead": lookahead}
+        dealer_args = {
+            "parties": parties,
+            "seed": seed,
+            "lookahead": lookahead,
+            "recv_timeout": max(RECV_TIMEOUT_S, network.peer_timeout_s),
+        }
         members[DEALER] = (dealer_member, dealer_args)
-    return launch(members, tmp_path, tls=True, network=NETWORK)
+    return launch(members, tmp_path, tls=True, network=network)
 
 
 def spawn_event():
@@ -587,3 +605,105 @@ def activations_program(rank: int, layout) -> dict[str, Any]:
         "probs": probs.get_plain_text().tolist(),
         "log_hit": log_hit.get_plain_text().tolist(),
     }
+
+
+# --- training on generated tables (tests/test_mpc_any_table.py) ---------------------------------
+
+
+class MemoryCheckpoints:
+    """The trainer checkpoints every epoch; these tests keep them in memory."""
+
+    def __init__(self) -> None:
+        self.saved: dict[str, Any] = {}
+
+    def save(self, key: str, state: dict[str, Any]) -> None:
+        self.saved[key] = state
+
+    def load(self, key: str) -> dict[str, Any] | None:
+        return self.saved.get(key)
+
+
+def case_table(case: dict[str, Any]):
+    """``(frame, schema, fitted encoder, encoded rows)`` of a generated-table case:
+    ``{"columns": [ColumnShape], "rows", "seed", "generator", "params", "epochs"}``."""
+    import numpy as np
+
+    from smpc_synth.data import TableEncoder, infer_schema, validate
+    from smpc_synth.data.generated import table_from_columns
+    from smpc_synth.models import get_generator
+
+    frame = table_from_columns(case["columns"], case["rows"], case["seed"])
+    schema = infer_schema(frame)
+    frame = validate(frame, schema, source=f"case {case['seed']}")
+    numeric = get_generator(case["generator"]).numeric_encoding
+    encoder = TableEncoder(schema, numeric=numeric).fit(frame)
+    return frame, schema, encoder, np.ascontiguousarray(encoder.transform(frame))
+
+
+def table_cases_program(rank: int, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each case: the losses of one twin step against the plaintext step on the same
+    batch and weights, then ``epochs`` epochs through the trainer (rows split between the
+    parties in order) with the losses of every step it took, and the released weights."""
+    from smpc_synth.models import get_generator
+    from smpc_synth.mpc import session, trainer
+    from smpc_synth.mpc.guard import losses_only
+
+    crypten = session.crypten
+    world = crypten.communicator.get().get_world_size()
+    out = []
+    for case in cases:
+        _, _, encoder, X = case_table(case)
+        generator = get_generator(case["generator"])
+        model = generator(encoder.layout, **case["params"])
+        model.initialize(case["seed"])
+        twin = trainer.make_twin(model)
+        batch = torch.as_tensor(X[: min(model.hparams.batch_size, len(X))])
+        rng = torch.Generator().manual_seed(case["seed"])
+        first = losses_only(twin.step(crypten.cryptensor(batch, src=0), rng))
+
+        steps: list[dict[str, float]] = []
+        base = trainer.TWINS[model.name]
+
+        class Recording(base):
+            record = steps
+
+            def step(self, batch, generator):
+                losses = super().step(batch, generator)
+                self.record.append(losses_only(losses))
+                return losses
+
+        n = len(X)
+        sizes = [n * (r + 1) // world - n * r // world for r in range(world)]
+        start = sum(sizes[:rank])
+        loop = trainer.TrainLoop(
+            rank, sizes, case["seed"], case["epochs"], MemoryCheckpoints(), lambda _e: None
+        )
+        trainer.TWINS[model.name] = Recording
+        try:
+            trained = generator(encoder.layout, **case["params"])
+            twin = trainer.train(trained, X[start : start + sizes[rank]], loop, lambda f: f)
+        finally:
+            trainer.TWINS[model.name] = base
+        twin.reveal_released(0)
+        released = _as_lists(trained.state_dict()) if rank == 0 else None
+        out.append({"first": first, "steps": steps, "history": loop.history, "state": released})
+    return out
+
+
+def _as_lists(value: Any) -> Any:
+    """Tensors as nested lists (a member's torch tensors would be shared with the test
+    process through file descriptors that vanish when the member exits)."""
+    if isinstance(value, torch.Tensor):
+        return {"tensor": value.tolist()}
+    if isinstance(value, dict):
+        return {k: _as_lists(v) for k, v in value.items()}
+    return value
+
+
+def as_tensors(value: Any) -> Any:
+    """The inverse of :func:`_as_lists`."""
+    if isinstance(value, dict):
+        if set(value) == {"tensor"}:
+            return torch.tensor(value["tensor"])
+        return {k: as_tensors(v) for k, v in value.items()}
+    return value

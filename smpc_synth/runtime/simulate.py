@@ -117,6 +117,10 @@ def prepare_session(
     if cfg.mode == "mpc" and parties < 2:
         raise InputError("--mode mpc needs at least 2 parties")
     frame, table_schema, target, source = _load_table(dataset, data, schema, cfg)
+    if cfg.mode == "mpc":
+        from smpc_synth.mpc.limits import check_mpc_inputs
+
+        check_mpc_inputs(table_schema, cfg.generator, cfg.generator_params, str(schema or source))
     if cfg.target is None and target is not None:
         cfg.target = target
     if cfg.mode == "mpc" and cfg.mpc.transport == "gloo" and cfg.mpc.rendezvous is None:
