@@ -6,6 +6,7 @@ Members run as spawned processes over the real gRPC PeerMesh with TLS
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 from dataclasses import asdict
 from pathlib import Path
@@ -707,3 +708,83 @@ def as_tensors(value: Any) -> Any:
             return torch.tensor(value["tensor"])
         return {k: as_tensors(v) for k, v in value.items()}
     return value
+
+
+def approximation_inputs() -> dict[str, torch.Tensor]:
+    """Points covering each approximation's whole declared range (see
+    tests/test_mpc_functions.py and docs/mpc-protocols.md)."""
+    from smpc_synth.mpc.limits import MAX_CATEGORIES, MAX_LOGVAR_BOUND
+    from smpc_synth.mpc.optim import EPS, X_MAX
+
+    g = torch.Generator().manual_seed(23)
+    half = MAX_LOGVAR_BOUND / 2
+    return {
+        "narrow": torch.linspace(1.0, 7.0, 601),
+        "wide": torch.logspace(0.0, math.log10(MAX_CATEGORIES), 2001),
+        "exp_default": torch.linspace(-2.0, 2.0, 401),
+        "exp_widest": torch.linspace(-half, half, 801),
+        "inv_sqrt": torch.logspace(math.log10(EPS), math.log10(X_MAX), 601),
+        "tanh": torch.cat([torch.linspace(-12.0, 12.0, 961), torch.linspace(-250.0, 250.0, 101)]),
+        "sigmoid": torch.cat(
+            [torch.linspace(-16.0, 16.0, 641), torch.linspace(-250.0, 250.0, 101)]
+        ),
+        "logits": torch.randn(64, APPROXIMATION_LAYOUT.width, generator=g) * 4,
+    }
+
+
+APPROXIMATION_WIDTHS = (2, 7, 8, 41, 200)
+
+
+def _approximation_layout():
+    from smpc_synth.data.layout import Layout, Span
+
+    spans, start = [Span("x", 0, 1, "continuous")], 1
+    for i, width in enumerate(APPROXIMATION_WIDTHS):
+        spans.append(Span(f"c{i}", start, width, "onehot"))
+        start += width
+    return Layout(tuple(spans))
+
+
+APPROXIMATION_LAYOUT = _approximation_layout()
+
+
+def approximation_targets() -> list[int]:
+    """The true category of every row, per span (its first), among the one-hot columns."""
+    starts, start = [], 0
+    for width in APPROXIMATION_WIDTHS:
+        starts.append(start)
+        start += width
+    return starts
+
+
+def approximations_program(rank: int) -> dict[str, Any]:
+    """Each approximation on its inputs (:func:`approximation_inputs`), with the dealer."""
+    from smpc_synth.mpc import functions, session
+    from smpc_synth.mpc.limits import MAX_CATEGORIES, MAX_LOGVAR_BOUND
+    from smpc_synth.mpc.optim import inverse_sqrt
+    from smpc_synth.mpc.spans import SpanMap
+
+    crypten = session.crypten
+    provider = session.comparison_provider()
+    inputs = approximation_inputs()
+    x = {name: crypten.cryptensor(value, src=0) for name, value in inputs.items()}
+    out: dict[str, Any] = {}
+    for name, high in (("narrow", 7.0), ("wide", float(MAX_CATEGORIES))):
+        recip, log = functions.reciprocal_and_log_in_range(x[name], 1.0, high, provider)
+        out[f"{name}_reciprocal"], out[f"{name}_log"] = recip, log
+    half = MAX_LOGVAR_BOUND / 2
+    out["exp_default"] = functions.exp_in_range(x["exp_default"], -2.0, 2.0)
+    out["exp_widest"] = functions.exp_in_range(x["exp_widest"], -half, half)
+    out["inv_sqrt"] = inverse_sqrt(x["inv_sqrt"])[0]
+    out["tanh"] = functions.tanh(x["tanh"], provider)
+    out["sigmoid"], out["log_sigmoid"], out["log_1m_sigmoid"] = functions.sigmoid_and_logs(
+        x["sigmoid"], provider
+    )
+    spans = SpanMap(APPROXIMATION_LAYOUT)
+    logits = x["logits"]
+    target = torch.zeros(logits.size(0), len(spans.onehot))
+    target[:, approximation_targets()] = 1.0
+    out["span_tanh"], out["span_probs"], out["span_log_hit"] = spans.activate_and_log_hit(
+        logits, crypten.cryptensor(target, src=1)
+    )
+    return {name: value.get_plain_text().tolist() for name, value in out.items()}

@@ -40,6 +40,8 @@ EXP_TOLERANCE = 1e-4  # largest relative error of exp_in_range's polynomial
 RECIPROCAL_TOLERANCE = 1e-5  # ... and of reciprocal_in_range's (fixed point: 1.5e-5 absolute)
 MAX_DEGREE = 16  # powers up to x^16 cost 4 rounds
 MAX_SQUARINGS = 8  # exp_in_range: exp(x / 2^s)^(2^s)
+EXP_BUDGET = 1e-3  # exp_in_range's estimated relative error, fixed point's included
+LSB = 1.0 / crypten.encoder.FixedPointEncoder().scale  # fixed point's unit: 2^-16
 # Range reduction to [1, 2] (split_powers_of_two): the mantissa may stray this far outside,
 # as fixed point's errors move x across a power of two (CrypTen's exp(0) is 1 +- 0.4%)
 REDUCED_SLACK = 0.01
@@ -406,17 +408,37 @@ def _below(x, provider) -> torch.Tensor:
 def exp_squarings(low: float, high: float) -> int:
     """Squarings that :func:`exp_in_range` takes on ``[low, high]``: ``exp(x) =
     exp(x / 2^s)^(2^s)`` on a range ``2^s`` times narrower, where the polynomial must be
-    ``2^s`` times closer (each squaring doubles a relative error); the fewest rounds."""
+    ``2^s`` times closer (each squaring doubles a relative error); the fewest rounds whose
+    error estimate (:func:`exp_error`) is within :data:`EXP_BUDGET` of the value."""
     best = None
     for s in range(MAX_SQUARINGS + 1):
-        degree = polynomial_degree("exp", low / 2**s, high / 2**s, EXP_TOLERANCE / 2**s)
-        if degree is not None:
-            rounds = polynomial_rounds(degree) + s
+        fit = _exp_fit(low, high, s)
+        if fit is not None and exp_error(low, s, fit) <= EXP_BUDGET:
+            rounds = polynomial_rounds(len(fit) - 1) + s
             if best is None or rounds < best[0]:
                 best = (rounds, s)
     if best is None:
         raise ValueError(f"exp on [{low}, {high}] is beyond {MAX_SQUARINGS} squarings")
     return best[1]
+
+
+def _exp_fit(low: float, high: float, s: int) -> np.ndarray | None:
+    try:
+        return chebyshev_polynomial("exp", low / 2**s, high / 2**s, EXP_TOLERANCE / 2**s)
+    except ValueError:
+        return None
+
+
+def exp_error(low: float, s: int, fit: np.ndarray) -> float:
+    """Estimated worst relative error of :func:`exp_in_range` with ``s`` squarings: the
+    fit's own, and fixed point's: each power's truncation (a unit of 2^-16) times its
+    coefficient, adding up as independent errors do, relative to the smallest value
+    ``exp(low / 2^s)``; doubled by each squaring. Wide ranges cancel large terms (on
+    [-4, 4] terms up to 11 sum to e^-4), which is why they take squarings. Measured
+    against float64 over the whole range: 4.7e-4 on [-2, 2] (estimate 4.8e-4), 1.7e-2 on
+    [-4, 4] without squaring (estimate 1.8e-2)."""
+    rounding = LSB * (1 + float(np.sqrt((fit**2).sum()))) / math.exp(low / 2**s)
+    return EXP_TOLERANCE + 2**s * rounding
 
 
 def exp_in_range(x, low: float, high: float):
