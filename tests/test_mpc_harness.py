@@ -26,7 +26,7 @@ NETWORK = NetworkConfig(
 RECV_TIMEOUT_S = 20.0
 # long sessions on a busy machine: a member may go without CPU for many seconds
 PATIENT_NETWORK = NetworkConfig(
-    heartbeat_interval_s=1.0, peer_timeout_s=120.0, connect_timeout_s=120.0, call_deadline_s=60.0
+    heartbeat_interval_s=1.0, peer_timeout_s=600.0, connect_timeout_s=300.0, call_deadline_s=60.0
 )
 SEED = 20240611
 
@@ -531,14 +531,23 @@ def functions_inputs() -> dict[str, torch.Tensor]:
 
 
 def functions_program(rank: int, layout) -> dict[str, Any]:
-    """maximum over every width 1..7, reciprocal_in_range, and the span softmax."""
+    """segment_maximum over every width 1..7, reciprocal_in_range, and the span softmax."""
     from smpc_synth.mpc import functions, session
     from smpc_synth.mpc.spans import SpanMap
 
     inputs = functions_inputs()
     provider = session.comparison_provider()
     x = session.crypten.cryptensor(inputs["max_in"], src=0)
-    maxima = [functions.maximum(x[..., :w], provider).get_plain_text() for w in range(1, 8)]
+    maxima = [
+        functions.segment_maximum(x[..., :w].reshape(-1, w), [w], provider)
+        .get_plain_text()
+        .view(*x.shape[:-1], 1)
+        for w in range(1, 8)
+    ]
+    # every width at once, side by side: one tournament of 3 levels
+    ragged = functions.segment_maximum(
+        x.reshape(-1, 7)[:, :5].repeat(1, 3), [1, 2, 3, 4, 5], provider
+    )
     y = session.crypten.cryptensor(inputs["recip_in"], src=1)
     spans = SpanMap(layout)
     logits = session.crypten.cryptensor(inputs["logits"], src=0)
@@ -582,6 +591,7 @@ def functions_program(rank: int, layout) -> dict[str, Any]:
         "crypten_tanh": crypten_tanh.tolist(),
         "crypten_tanh_rounds": crypten_tanh_rounds,
         "maxima": [m.tolist() for m in maxima],
+        "ragged_maxima": ragged.get_plain_text().tolist(),
         "log": functions.log_in_range(y, 1.0, 6.0).get_plain_text().tolist(),
         "softmax": probs.get_plain_text().tolist(),
         "softmax_rounds": softmax_rounds,
@@ -641,10 +651,12 @@ def case_table(case: dict[str, Any]):
     return frame, schema, encoder, np.ascontiguousarray(encoder.transform(frame))
 
 
-def table_cases_program(rank: int, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For each case: the losses of one twin step against the plaintext step on the same
-    batch and weights, then ``epochs`` epochs through the trainer (rows split between the
-    parties in order) with the losses of every step it took, and the released weights."""
+def table_cases_program(rank: int, cases: list[dict[str, Any]], tables: list) -> list[dict]:
+    """For each case and its ``(layout, encoded rows)`` (:func:`case_table`, computed once
+    by the caller): the losses of one twin step on the first batch (to compare with the
+    plaintext step on the same batch and weights), then ``epochs`` epochs through the
+    trainer (rows split between the parties in order) with the losses of every step it
+    took, and the released weights."""
     from smpc_synth.models import get_generator
     from smpc_synth.mpc import session, trainer
     from smpc_synth.mpc.guard import losses_only
@@ -652,10 +664,9 @@ def table_cases_program(rank: int, cases: list[dict[str, Any]]) -> list[dict[str
     crypten = session.crypten
     world = crypten.communicator.get().get_world_size()
     out = []
-    for case in cases:
-        _, _, encoder, X = case_table(case)
+    for case, (layout, X) in zip(cases, tables, strict=True):
         generator = get_generator(case["generator"])
-        model = generator(encoder.layout, **case["params"])
+        model = generator(layout, **case["params"])
         model.initialize(case["seed"])
         twin = trainer.make_twin(model)
         batch = torch.as_tensor(X[: min(model.hparams.batch_size, len(X))])
@@ -681,7 +692,7 @@ def table_cases_program(rank: int, cases: list[dict[str, Any]]) -> list[dict[str
         )
         trainer.TWINS[model.name] = Recording
         try:
-            trained = generator(encoder.layout, **case["params"])
+            trained = generator(layout, **case["params"])
             twin = trainer.train(trained, X[start : start + sizes[rank]], loop, lambda f: f)
         finally:
             trainer.TWINS[model.name] = base

@@ -1,22 +1,26 @@
 """Functions on shared tensors that CrypTen computes in general and we need in a narrow case.
 
-- :func:`maximum` along the last dimension by a tournament of our comparisons, each with its
-  product free (4 rounds a level). CrypTen's ``max(dim)`` also builds a
-  one-hot argmax and checks ties, which a softmax does not need.
-- :func:`reciprocal_in_range` for values known to lie in ``[low, high]`` (a softmax's
-  denominator lies in ``[1, span width]``): a Chebyshev polynomial, or Newton's iteration
-  from the best linear guess where that takes fewer rounds; no ``exp`` for the guess and
-  only the work the range needs. CrypTen's general reciprocal spends an ``exp`` and 10
-  iterations.
-- :func:`log_in_range`, likewise: a Chebyshev polynomial (3-4 rounds) where CrypTen's
-  general log takes three ``exp`` and two Householder steps (32 rounds); and
-  :func:`exp_in_range` (3 rounds on ``[-2, 2]``, where CrypTen's exp takes 8).
-- :func:`tanh` as ``sign(x) (2 / (1 + exp(-2|x|)) - 1)``: the reciprocal's argument lies in
-  ``(1, 2]``, where a polynomial of degree 7 (3 rounds) is within 1e-5, and ``|x|`` comes
-  with the sign comparison at no cost. 16 rounds against CrypTen's 19 (through its
-  sigmoid, with our comparison), at half its error: 1.8e-3 against 3.9e-3, since
-  CrypTen's reciprocal starts from a constant 0.75 and stops after 3 Newton steps (0.4%
-  off where ``x`` is near 0).
+Every approximation here is told the range of its input by its caller, which takes it from
+the layout, the schema or the generator's hyperparameters, and where one polynomial of at
+most :data:`MAX_DEGREE` would not cover that range, the range is reduced first (by powers
+of two, by squarings) rather than the degree raised. The worst error of each over its whole
+range is measured in MPC against float64 (``tests/test_mpc_functions.py``) and stated in
+``docs/mpc-protocols.md``.
+
+- :func:`segment_maximum` of segments of any widths side by side, by one tournament of our
+  comparisons (their product free: 4 rounds a level). CrypTen's ``max(dim)`` also builds
+  a one-hot argmax and checks ties, which a softmax does not need.
+- :func:`reciprocal_and_log_in_range` for values known to lie in ``[low, high]`` (a
+  softmax's denominators lie in ``[1, span width]``): on narrow ranges a Chebyshev
+  polynomial for both, from one set of powers; on wide ones ``x = 2^k m`` with ``m`` in
+  ``[1, 2]`` from one batched comparison (:func:`split_powers_of_two`). CrypTen's general
+  reciprocal spends an ``exp`` and 10 Newton steps, its log three ``exp`` and two
+  Householder steps (32 rounds).
+- :func:`exp_in_range`: a polynomial, squared where the range is wide (3 rounds on
+  ``[-2, 2]``, where CrypTen's exp takes 8).
+- :func:`tanh` as ``sign(x) (2 / (1 + exp(-2|x|)) - 1)`` and :func:`sigmoid_and_logs` of
+  logits, each from one comparison that gives ``|x|`` at no cost, with a reciprocal (and a
+  log) on ``(1, 2]``: 16 rounds each.
 """
 
 from __future__ import annotations
@@ -34,10 +38,9 @@ from smpc_synth.mpc.compat import import_crypten
 
 crypten = import_crypten()
 
-RESOLUTION_BITS = 18  # Newton stops once its relative error is below 2^-18 (16-bit fixed point)
-LOG_TOLERANCE = 1e-4  # largest error of log_in_range's polynomial (fixed point adds ~4e-5)
+LOG_TOLERANCE = 1e-4  # largest error of a log's polynomial (fixed point adds ~4e-5)
 EXP_TOLERANCE = 1e-4  # largest relative error of exp_in_range's polynomial
-RECIPROCAL_TOLERANCE = 1e-5  # ... and of reciprocal_in_range's (fixed point: 1.5e-5 absolute)
+RECIPROCAL_TOLERANCE = 1e-5  # ... and of the reciprocal's (fixed point: 1.5e-5 absolute)
 MAX_DEGREE = 16  # powers up to x^16 cost 4 rounds
 MAX_SQUARINGS = 8  # exp_in_range: exp(x / 2^s)^(2^s)
 EXP_BUDGET = 1e-3  # exp_in_range's estimated relative error, fixed point's included
@@ -47,20 +50,6 @@ LSB = 1.0 / crypten.encoder.FixedPointEncoder().scale  # fixed point's unit: 2^-
 REDUCED_SLACK = 0.01
 REDUCED_LOW, REDUCED_HIGH = 1 - REDUCED_SLACK, 2 * (1 + REDUCED_SLACK)
 MAX_POWERS = 15  # 2^-j exact in 16-bit fixed point; x - 2^j within the comparison width
-
-
-def maximum(x, provider):
-    """The largest element along the last dimension of the MPCTensor ``x`` (keepdim), for
-    logits: the comparisons are :data:`~smpc_synth.mpc.compare.ACTIVATION_BITS` wide, exact
-    while every difference lies within +-32,768."""
-    while x.size(-1) > 1:
-        if x.size(-1) % 2:  # an odd one out plays itself: the maximum is unchanged
-            x = crypten.cat([x, x[..., :1]], dim=-1)
-        half = x.size(-1) // 2
-        a, b = x[..., :half], x[..., half:]
-        # b + max(a - b, 0) = max(a, b); logits, so the activations' width
-        x = b + compare.relu(a - b, provider, width=compare.ACTIVATION_BITS)[0]
-    return x
 
 
 @functools.lru_cache(maxsize=64)
@@ -119,43 +108,6 @@ def _with_share(x, share: torch.Tensor):
     return out
 
 
-def reciprocal_iterations(low: float, high: float) -> int:
-    """Newton steps that take the linear guess of :func:`reciprocal_in_range` to
-    :data:`RESOLUTION_BITS` bits of relative precision."""
-    ratio = high / low
-    error = 1 - 8 * ratio / (ratio**2 + 6 * ratio + 1)  # the guess's worst relative error
-    if error <= 2.0**-RESOLUTION_BITS:
-        return 0
-    return math.ceil(math.log2(RESOLUTION_BITS * math.log(2) / -math.log(error)))
-
-
-def reciprocal_in_range(x, low: float, high: float):
-    """``1 / x`` for an MPCTensor ``x`` whose every element lies in ``[low, high]``.
-
-    Newton's iteration ``y (2 - x y)`` squares the relative error in 2 rounds a step, from
-    the guess ``y0 = b (low + high) - b x`` with ``b = 8 / (high^2 + 6 high low + low^2)``,
-    the linear function whose worst relative error ``1 - x y0`` over the range is smallest.
-    Where a Chebyshev polynomial within :data:`RECIPROCAL_TOLERANCE` takes fewer rounds
-    (its powers: 3 rounds on ``[1, 2]`` against Newton's 6, 4 on ``[1, 6]`` against 8), that
-    instead. Its fixed-point error does not shrink as Newton's does, but the polynomial's
-    own is below fixed point's resolution there.
-    """
-    if not 0 < low <= high:
-        raise ValueError(f"need 0 < low <= high, got [{low}, {high}]")
-    if _reciprocal_by_polynomial(low, high):
-        return polynomials_in_range(x, ("reciprocal",), low, high)[0]
-    slope = 8.0 / (high**2 + 6 * high * low + low**2)
-    y = x * -slope + slope * (low + high)
-    for _ in range(reciprocal_iterations(low, high)):
-        y = y * (2 - x * y)
-    return y
-
-
-def _reciprocal_by_polynomial(low: float, high: float) -> bool:
-    degree = polynomial_degree("reciprocal", low, high)
-    return degree is not None and polynomial_rounds(degree) < 2 * reciprocal_iterations(low, high)
-
-
 def polynomial_rounds(degree: int) -> int:
     """Rounds to compute the powers ``x^2 .. x^degree`` (CrypTen's ``polynomial`` doubles
     the known powers each round)."""
@@ -180,7 +132,7 @@ def tanh(x, provider):
     # (its sigmoid's 2^9 halves the approximation error but doubles the quantisation of
     # 2|x| / 2^k, which dominates near 0: 3.9e-3 there)
     u = (magnitude * -2).exp()
-    unsigned = reciprocal_in_range(u + 1, 1.0, 2.0) * 2 - 1
+    unsigned = polynomials_in_range(u + 1, ("reciprocal",), 1.0, 2.0)[0] * 2 - 1
     return unsigned - compare.shares_like(unsigned, bits.times(unsigned.share) * 2)
 
 
@@ -280,15 +232,6 @@ def _powers(t, degree: int):
     return terms[:degree]
 
 
-def log_in_range(x, low: float, high: float, provider=None):
-    """``log(x)`` for an MPCTensor ``x`` whose every element lies in ``[low, high]``: a
-    polynomial where one of at most :data:`MAX_DEGREE` fits, else by range reduction (see
-    :func:`reciprocal_and_log_in_range`)."""
-    if by_polynomial(("log",), low, high):
-        return polynomials_in_range(x, ("log",), low, high)[0]
-    return _reduced(x, low, high, provider, reciprocal=False)[1]
-
-
 def by_polynomial(names: Sequence[str], low: float, high: float) -> bool:
     """Whether every function of ``names`` has a Chebyshev fit of at most
     :data:`MAX_DEGREE` on ``[low, high]`` (else the range is reduced first)."""
@@ -313,7 +256,7 @@ def reciprocal_and_log_in_range(
     comparison, 1 for ``m`` (and the numerator times ``2^-k``), 3 for the powers of ``m``
     and 1 for the last product, whatever the width. ``provider``: the dealer's (else
     CrypTen's comparison)."""
-    bound = float(torch.as_tensor(high).max())
+    bound = _checked(low, high)
     names = ("reciprocal", "log") if log else ("reciprocal",)
     if by_polynomial(names, low, bound):
         reciprocal, *logs = polynomials_in_range(x, names, low, bound)
@@ -322,41 +265,61 @@ def reciprocal_and_log_in_range(
     return _reduced(x, low, high, provider, numerator=numerator, index=index, log=log)
 
 
+def reciprocal_in_range(x, low: float, high, provider=None):
+    """``1 / x`` for an MPCTensor ``x`` in ``[low, high]`` (see
+    :func:`reciprocal_and_log_in_range`)."""
+    return reciprocal_and_log_in_range(x, low, high, provider, log=False)[0]
+
+
+def log_in_range(x, low: float, high, provider=None):
+    """``log(x)`` for an MPCTensor ``x`` in ``[low, high]``: a polynomial where one of at
+    most :data:`MAX_DEGREE` fits, else by range reduction (see
+    :func:`reciprocal_and_log_in_range`)."""
+    bound = _checked(low, high)
+    if by_polynomial(("log",), low, bound):
+        return polynomials_in_range(x, ("log",), low, bound)[0]
+    return _reduced(x, low, high, provider, reciprocal=False)[1]
+
+
+def _checked(low: float, high) -> float:
+    """The largest of the bounds ``high`` (a float or a tensor), checked against ``low``."""
+    bound = float(torch.as_tensor(high).max())
+    if not 0 < low <= float(torch.as_tensor(high).min()):
+        raise ValueError(f"need 0 < low <= high, got [{low}, {bound}]")
+    return bound
+
+
 def _reduced(
     x, low: float, high, provider, *, numerator=None, index=None, log=True, reciprocal=True
 ):
     """:func:`reciprocal_and_log_in_range` by range reduction (see there)."""
-    scaled = x if low == 1 else x * (1.0 / low)
-    bounds = torch.as_tensor(high).reshape(-1)
-    powers = torch.as_tensor([powers_needed(float(h) / low) for h in bounds])
-    if powers.numel() == 1:
-        powers = powers.expand(x.size(-1))
-    split = split_powers_of_two(scaled, powers, provider)
-    if split is None:  # every element within [1, 2] already
-        mantissa, k, inverse = scaled, None, None
-        if numerator is not None:
-            numerator = numerator * (1.0 / low) if low != 1 else numerator
-    else:
+    scaled = x * (1.0 / low) if low != 1 else x
+    powers = torch.as_tensor(
+        [powers_needed(float(h) / low) for h in torch.as_tensor(high).reshape(-1)]
+    )
+    split = split_powers_of_two(scaled, powers.expand(x.size(-1)), provider)
+    mantissa, k, inverse = scaled, None, None
+    if split is not None:
         k, inverse = split
         wanted = [("mul", scaled, inverse)]
-        if numerator is not None and reciprocal:
+        if reciprocal and numerator is not None:  # 2^-k goes into the numerator instead
             wanted.append(("mul", numerator, inverse[..., index]))
         mantissa, *scaled_numerator = beaver.products(wanted)
-        if numerator is not None:
-            numerator = scaled_numerator[0] * (1.0 / low) if low != 1 else scaled_numerator[0]
+        if scaled_numerator:
+            numerator, inverse = scaled_numerator[0], None
     names = (("reciprocal",) if reciprocal else ()) + (("log",) if log else ())
     fitted = dict(zip(names, polynomials_in_range(mantissa, names, REDUCED_LOW, REDUCED_HIGH)))
     q = logarithm = None
     if reciprocal:
+        q = fitted["reciprocal"]
         if numerator is not None:
-            q = numerator * fitted["reciprocal"][..., index]
-        else:
-            q = fitted["reciprocal"] if inverse is None else fitted["reciprocal"] * inverse
-            q = q * (1.0 / low) if low != 1 else q
+            q = numerator * q[..., index]
+        elif inverse is not None:
+            q = q * inverse
+        q = q * (1.0 / low) if low != 1 else q
     if log:
-        logarithm = fitted["log"] + math.log(low) if low != 1 else fitted["log"]
-        if k is not None:
-            logarithm = logarithm + k * math.log(2)
+        logarithm = fitted["log"] if k is None else fitted["log"] + k * math.log(2)
+        logarithm = logarithm + math.log(low) if low != 1 else logarithm
     return q, logarithm
 
 
