@@ -140,6 +140,9 @@ def _check_cases(tmp_path, cases: list[dict], timeout: float = SESSION_TIMEOUT_S
         cases=cases,
         tables=tables,
     )
+    for name, outcome in outcomes.items():
+        if not outcome.ok:
+            print(f"{name} failed: {outcome.error_type}: {outcome.error}")
     assert_all_ok(outcomes)
     results = outcomes[PARTY_NAMES[0]].result["result"]
     for case, mpc in zip(cases, results, strict=True):

@@ -5,8 +5,12 @@ there are, and there is no gradient clipping (CrypTen's ``update_parameters`` cl
 default, which squares, compares and multiplies every parameter: 60 of its 91 rounds).
 
 Fixed point has 16 fractional bits, too coarse for squared gradients (1e-3 squared is below
-one unit), so the moments are kept for gradients scaled by the public ``GRAD_SCALE``; Adam is
-invariant to that scale except for ``eps``, which is therefore interpreted in scaled units.
+one unit), so the moments are kept for gradients scaled by a public power of two
+(:data:`GRAD_SCALE` to begin with); Adam is invariant to that scale except for ``eps``,
+which is therefore interpreted in scaled units. The inverse square root covers ``x`` in
+``[EPS, X_MAX]``: gradients of 6e-4 to 99 at scale 32. A table whose gradients are larger
+(wide layouts, many columns) fails a root check (below), and the optimizer then keeps its
+moments at a lower scale (:meth:`SharedAdam.shrink_scale`), until its gradients fit.
 Two-party truncation fails (wraps around) with a probability proportional to the magnitude of
 a product, about value / 2^31 per element, so every product here is kept small: moments
 are updated as ``avg + c * (new - avg)`` and Newton multiplies ``x * y`` before ``y``.
