@@ -12,7 +12,7 @@ TRUE_TOKENS = frozenset({"true", "1", "1.0"})
 FALSE_TOKENS = frozenset({"false", "0", "0.0"})
 
 # Schema inference
-MAX_CATEGORIES = 50  # a text column with more distinct values is refused as free text / ids
+MAX_CATEGORIES = 200  # a text column with more distinct values is refused as free text / ids
 
 # Encoding
 NumericMode = Literal["mode", "standard", "quantile"]

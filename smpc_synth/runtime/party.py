@@ -171,6 +171,10 @@ def _load_inputs(cfg: PartyConfig):
     from smpc_synth.data import Schema, read_table, validate
 
     schema = Schema.load(cfg.schema)
+    if cfg.run.mode == "mpc":
+        from smpc_synth.mpc.limits import check_mpc_inputs
+
+        check_mpc_inputs(schema, cfg.run.generator, cfg.run.generator_params, str(cfg.schema))
     if cfg.role != "data":
         return schema, None
     frame = validate(read_table(cfg.data, schema), schema, source=str(cfg.data))

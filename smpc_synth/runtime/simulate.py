@@ -156,6 +156,12 @@ def prepare_session(
     if cfg.mode == "mpc" and parties < 2:
         raise InputError("--mode mpc needs at least 2 parties")
     table = split_table(parties, dataset=dataset, data=data, schema=schema, config=cfg)
+    if cfg.mode == "mpc":
+        from smpc_synth.mpc.limits import check_mpc_inputs
+
+        check_mpc_inputs(
+            table.schema, cfg.generator, cfg.generator_params, str(schema or table.source)
+        )
     if cfg.mode == "mpc" and cfg.mpc.transport == "gloo" and cfg.mpc.rendezvous is None:
         from smpc_synth.net import free_ports
 
