@@ -21,8 +21,8 @@ from smpc_synth.data.defaults import (
     MISSING_TOKENS,
     TRUE_TOKENS,
 )
-from smpc_synth.data.io import CSV_SUFFIXES
-from smpc_synth.data.schema import ColumnSpec, Schema
+from smpc_synth.data.rows import row_label
+from smpc_synth.data.schema import ColumnSpec, Schema, parse_numbers
 from smpc_synth.errors import InputError
 
 
@@ -102,22 +102,31 @@ def _numeric(column: pd.Series, spec: ColumnSpec) -> Coerced:
     if pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column):
         numbers = column.astype(float)
         empty = numbers.isna()
+        shown = column.astype(object).map(str)  # the exact value, even beyond a float's digits
+        from_text = False
     else:
         text, empty = _text(column)
         empty |= text.str.lower().isin(MISSING_TOKENS)
-        numbers = pd.to_numeric(text.where(~empty), errors="coerce").astype(float)
+        numbers = parse_numbers(text.where(~empty))
         not_number = numbers.isna() & ~empty
         bad[not_number] = [f"{_show(t)} is not a number" for t in text[not_number]]
+        shown, from_text = text, True
     finite = np.isfinite(numbers)
     outside = finite & ((numbers < spec.min) | (numbers > spec.max))
     bounds = f"[{spec.min}, {spec.max}]"
-    bad[outside] = [f"{float(v)} is outside the schema bounds {bounds}" for v in numbers[outside]]
+    bad[outside] = [f"{v} is outside the schema bounds {bounds}" for v in shown[outside]]
     if spec.kind == "integer":
         fraction = finite & (numbers != np.round(numbers))
-        bad[fraction] = [f"{float(v)} is not a whole number" for v in numbers[fraction]]
-    bad[numbers.notna() & ~finite] = "infinite value"
+        bad[fraction] = [f"{v} is not a whole number" for v in shown[fraction]]
+    infinite = numbers.notna() & ~finite
+    if from_text:  # text like '1e999' reads as infinity too
+        bad[infinite] = [
+            f"{_show(v)} is infinite or beyond a float's range" for v in shown[infinite]
+        ]
+    else:
+        bad[infinite] = "infinite value"
     bad[empty] = "empty cell"
-    if spec.kind == "integer":
+    if spec.kind == "integer":  # schema bounds lie within +-2**53: every kept value is exact
         return numbers.where(bad == "", 0).round().astype("int64"), bad
     return numbers.where(bad == "", 0.0), bad
 
@@ -155,13 +164,11 @@ _COERCE: dict[str, Callable[[pd.Series, ColumnSpec], Coerced]] = {
 
 
 def _describe(problems: list[_Problem], counts: dict[str, int], source: str) -> str:
-    is_csv = source.lower().endswith(CSV_SUFFIXES)
     total = sum(counts.values())
     shown = sorted(problems, key=lambda p: p.position)[:MAX_REPORTED_PROBLEMS]
     lines = [f"{source}: {total} bad cell(s) in column(s) {_quoted(list(counts))}:"]
     for p in shown:
-        where = f"row {p.position + 1}" + (f" (line {p.position + 2})" if is_csv else "")
-        lines.append(f"  column '{p.column}', {where}: {p.message}")
+        lines.append(f"  column '{p.column}', {row_label(p.position, source)}: {p.message}")
     if total > len(shown):
         lines.append(f"  ... and {total - len(shown)} more")
     return "\n".join(lines)
