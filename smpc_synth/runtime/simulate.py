@@ -27,8 +27,8 @@ import tomli_w
 
 from smpc_synth.config import RunConfig
 from smpc_synth.errors import InputError
-from smpc_synth.release.manifest import MANIFEST_NAME
-from smpc_synth.release.run import PENDING_NAME, SYNTHETIC_NAME
+from smpc_synth.release.run import PENDING_NAME
+from smpc_synth.runtime.outdir import check_output_dir, claim_output_dir
 from smpc_synth.runtime.progress import describe, parse_progress
 
 log = logging.getLogger(__name__)
@@ -110,25 +110,32 @@ def prepare_session(
     Everything a user can get wrong is checked here, before any process starts.
     """
     from smpc_synth.data import holdout_split, split_parties
+    from smpc_synth.runtime.party_config import check_session
 
     cfg = config or RunConfig.from_dict(run_options, source="simulate options")
     if not 1 <= parties <= MAX_PARTIES:
         raise InputError(f"--parties must be between 1 and {MAX_PARTIES}, got {parties}")
     if cfg.mode == "mpc" and parties < 2:
         raise InputError("--mode mpc needs at least 2 parties")
+    roles = _roles(parties, cfg)
+    services = {r: [n for n, role in roles.items() if role == r] for r in ("dealer", "aggregator")}
+    data_parties = tuple(n for n, role in roles.items() if role == "data")
+    check_session(cfg, data_parties, services, source="simulate")
+    run_dir = Path(out).resolve() if out else _default_run_dir()
+    if not resume:
+        check_output_dir(run_dir, "--out", resume_hint=True)
     frame, table_schema, target, source = _load_table(dataset, data, schema, cfg)
     if cfg.target is None and target is not None:
         cfg.target = target
+    stratify = cfg.target if _is_discrete(table_schema, cfg.target) else None
+    train, holdout = holdout_split(frame, cfg.holdout_fraction, cfg.seed, stratify=stratify)
+    shares = split_parties(train, parties, how=cfg.split, seed=cfg.seed)
+    _prepare_run_dir(run_dir, resume)
     if cfg.mode == "mpc" and cfg.mpc.transport == "gloo" and cfg.mpc.rendezvous is None:
         from smpc_synth.net import free_ports
 
         cfg.mpc.rendezvous = f"tcp://127.0.0.1:{free_ports(1)[0]}"
-    run_dir = Path(out or f"runs/simulate-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    _prepare_run_dir(run_dir, resume)
-    stratify = cfg.target if _is_discrete(table_schema, cfg.target) else None
-    train, holdout = holdout_split(frame, cfg.holdout_fraction, cfg.seed, stratify=stratify)
-    shares = split_parties(train, parties, how=cfg.split, seed=cfg.seed)
-    members = _write_session(run_dir, cfg, table_schema, shares, holdout, source)
+    members = _write_session(run_dir, cfg, table_schema, shares, holdout, source, roles)
     split = describe_split(cfg.split, [m.name for m in members if m.role == "data"], shares)
     return Session(run_dir, cfg, members, train, holdout, table_schema, split)
 
@@ -163,7 +170,7 @@ def _load_table(dataset, data, schema_path, cfg: RunConfig):
         frame = read_table(data, given)
         source = str(data)
         target = cfg.target
-        table_schema = given or infer_schema(frame, target=target)
+        table_schema = given or infer_schema(frame, target=target, source=source)
         if given is None:
             log.warning("no --schema given: inferred one from %s (review it for real use)", data)
     else:
@@ -188,31 +195,45 @@ def _is_discrete(schema, column: str | None) -> bool:
     return schema.column(column).kind in ("categorical", "boolean")
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
-    if resume:
-        if not (run_dir / "session.json").is_file():
-            raise InputError(f"{run_dir}: nothing to resume (no session.json)")
-        return
-    stale_files = ("generator.pt", SYNTHETIC_NAME, PENDING_NAME, "metrics.json", MANIFEST_NAME)
-    for stale in ("parties", "logs", "certs", "session.json", *stale_files):
-        target = run_dir / stale
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _write_session(run_dir: Path, cfg: RunConfig, schema, shares, holdout, source) -> list[_Member]:
-    """Data files, schema, certificates and one config per member."""
-    from smpc_synth.net import free_ports, write_certificates
-
-    names = list(PARTY_NAMES[: len(shares)])
-    roles = dict.fromkeys(names, "data")
+def _roles(parties: int, cfg: RunConfig) -> dict[str, str]:
+    """Member name -> role: the data parties, plus the dealer or aggregator the mode needs."""
+    roles = dict.fromkeys(PARTY_NAMES[:parties], "data")
     if cfg.mode == "mpc" and cfg.mpc.provider == "dealer":
         roles["dealer"] = "dealer"
     if cfg.mode == "federated":
         roles["aggregator"] = "aggregator"
+    return roles
+
+
+def _default_run_dir() -> Path:
+    """``runs/simulate-TIME``, with a suffix if a run started in the same second."""
+    base = Path(f"runs/simulate-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    """A new or empty folder; with ``resume``, the one a stopped run left.
+
+    Nothing already in the folder is deleted or overwritten: an earlier run's certificates
+    (and CA key), logs and outputs stay as they are, so a non-empty ``--out`` is refused.
+    """
+    if resume:
+        if not (run_dir / "session.json").is_file():
+            raise InputError(f"{run_dir}: nothing to resume (no session.json)")
+        return
+    claim_output_dir(run_dir, "--out", resume_hint=True)
+
+
+def _write_session(
+    run_dir: Path, cfg: RunConfig, schema, shares, holdout, source, roles: dict[str, str]
+) -> list[_Member]:
+    """Data files, schema, certificates and one config per member."""
+    from smpc_synth.net import free_ports, write_certificates
+
     session_file = run_dir / "session.json"
     if session_file.is_file():  # resume: same ports, same certificates
         session = json.loads(session_file.read_text())
@@ -309,7 +330,7 @@ def _run_members(members, run_dir: Path, resume: bool, cfg: RunConfig, show: boo
 
 def _pump(member: _Member, log_path: Path, show: bool) -> None:
     """Copy a member's output to its log file; show its progress events on the console."""
-    with open(log_path, "w") as sink:
+    with open(log_path, "a") as sink:  # a resumed run keeps the stopped run's log
         for line in member.process.stdout:
             event = parse_progress(line)
             if event is None:
