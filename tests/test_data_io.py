@@ -58,6 +58,8 @@ def _write(path, content: bytes):
         ("blank.csv", b"\n\n", "empty"),
         ("latin.csv", "a,b\ncaf\u00e9,1\n".encode("latin-1"), "UTF-8"),
         ("ragged.csv", b"a,b\n1,2\n3,4,5\n", "not a readable CSV"),
+        # pandas would take the first column as the index and shift every value silently
+        ("ragged_first.csv", b"a,b\n1,2,3\n4,5\n", "line 2 has more fields"),
         ("dupes.csv", b"a,b,a\n1,2,3\n", "more than once"),
         ("junk.parquet", b"this is not parquet at all", "not a readable parquet"),
         ("table.xlsx", b"PK\x03\x04", "unknown table format"),

@@ -58,7 +58,7 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: the file is empty (no header line)") from None
     except (pd.errors.ParserError, csv.Error) as exc:
-        raise InputError(f"{path}: not a readable CSV file ({exc})") from None
+        raise InputError(f"{path}: not a readable CSV file ({str(exc).strip()})") from None
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable {fmt} file ({exc})") from None
     return df.reset_index(drop=True)
@@ -84,6 +84,11 @@ def _read_csv(path: Path, schema: Schema | None) -> pd.DataFrame:
         skip_blank_lines=False,
         encoding=ENCODING,
     )
+    if not isinstance(df.index, pd.RangeIndex):  # pandas took the first column as the index
+        raise InputError(
+            f"{path}: line 2 has more fields than the {len(names)} of the header line "
+            "(a missing header name, or an unquoted separator in a cell?)"
+        )
     blank = df.isna().all(axis=1).to_numpy()
     end = len(df)
     while end > 0 and blank[end - 1]:
