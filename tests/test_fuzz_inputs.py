@@ -517,14 +517,22 @@ def _csv_cases(root: Path, broken: list[Broken]) -> list[Case]:
         party = folder / "party.toml"
         party.write_text(tomli_w.dumps(_party_toml(data, table_schema)), encoding="utf-8")
         named = [str(data), *b.named]
-        out = str(folder / "out")
+        out = str(folder / "out")  # one folder each command, so a stray one names its culprit
         cases += [
             Case(
                 f"train {b.label}",
-                ["train", "--data", str(data), "--schema", str(table_schema), "--out", out],
+                [
+                    "train",
+                    "--data",
+                    str(data),
+                    "--schema",
+                    str(table_schema),
+                    "--out",
+                    out + "-train",
+                ],
                 2,
                 named,
-                [out],
+                [out + "-train"],
             ),
             Case(
                 f"simulate {b.label}",
@@ -539,12 +547,12 @@ def _csv_cases(root: Path, broken: list[Broken]) -> list[Case]:
                     "--mode",
                     "plaintext",
                     "--out",
-                    out,
+                    out + "-simulate",
                     "--quiet",
                 ],
                 2,
                 named,
-                [out],
+                [out + "-simulate"],
             ),
             Case(
                 f"party {b.label}",
