@@ -31,3 +31,12 @@ def claim_output_dir(path: Path, flag: str = "--out", resume_hint: bool = False)
     except OSError as exc:
         raise InputError(f"{path}: cannot create the folder ({exc.strerror})") from None
     return path
+
+
+def fresh_path(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``, ... : the first that does not exist yet."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate

@@ -28,7 +28,7 @@ import tomli_w
 from smpc_synth.config import RunConfig
 from smpc_synth.errors import InputError
 from smpc_synth.release.run import PENDING_NAME
-from smpc_synth.runtime.outdir import check_output_dir, claim_output_dir
+from smpc_synth.runtime.outdir import check_output_dir, claim_output_dir, fresh_path
 from smpc_synth.runtime.progress import describe, parse_progress
 
 log = logging.getLogger(__name__)
@@ -207,12 +207,7 @@ def _roles(parties: int, cfg: RunConfig) -> dict[str, str]:
 
 def _default_run_dir() -> Path:
     """``runs/simulate-TIME``, with a suffix if a run started in the same second."""
-    base = Path(f"runs/simulate-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
+    return fresh_path(Path(f"runs/simulate-{time.strftime('%Y%m%d-%H%M%S')}").resolve())
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
