@@ -303,3 +303,11 @@ def test_a_bad_party_config_is_refused_before_any_peer_hears_from_it(tmp_path, c
                 listener.accept()
     finally:
         listener.close()
+
+
+def test_every_mode_has_a_training_strategy():
+    """The config's list of modes and the strategies that train them are the same set."""
+    from smpc_synth.config import MODES
+    from smpc_synth.train import STRATEGIES
+
+    assert set(STRATEGIES) == set(MODES)

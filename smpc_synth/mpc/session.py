@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 
+from smpc_synth.config import PROVIDERS, TRANSPORTS
 from smpc_synth.errors import InputError
 from smpc_synth.mpc import arithmetic, beaver, compare, compat, prg
 from smpc_synth.mpc.communicator import ChannelCommunicator, GlooCommunicator
@@ -35,10 +36,8 @@ from crypten.mpc.primitives import beaver as crypten_beaver  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-Transport = Literal["grpc", "gloo"]
-Provider = Literal["dealer", "tfp"]
-TRANSPORTS: tuple[str, ...] = ("grpc", "gloo")
-PROVIDERS: tuple[str, ...] = ("dealer", "tfp")
+Transport = Literal[TRANSPORTS]
+Provider = Literal[PROVIDERS]
 _CRYPTEN_PROVIDER_NAME = {"dealer": DealerProvider.NAME, "tfp": "TFP"}
 _PATCHED_COMM_FUNCTIONS = ("get", "is_initialized", "uninit")
 
