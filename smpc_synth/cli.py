@@ -185,6 +185,7 @@ def _cmd_simulate(args) -> int:
     if args.insecure_dev:
         raw["mpc"]["provider"] = "tfp"
     cfg = RunConfig.from_dict(drop_none(raw), source="command line")
+    # the heavy imports only once the settings are known to be good: a refusal is quick
     from smpc_synth.eval import format_report
     from smpc_synth.release import enforce
     from smpc_synth.runtime.simulate import simulate
