@@ -217,7 +217,7 @@ def test_infer_names_the_text_cells_of_a_numeric_column():
 
 
 def test_infer_on_an_empty_table_names_the_source():
-    with pytest.raises(InputError, match="people.csv"):
+    with pytest.raises(InputError, match=r"people\.csv"):
         infer_schema(pd.DataFrame({"a": []}), source="people.csv")
 
 
