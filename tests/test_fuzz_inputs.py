@@ -49,6 +49,7 @@ NAME = st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True)
 WORD = st.text(alphabet="abcdefghijklmnopqrstuvwxyzæøåéü", min_size=1, max_size=8).filter(
     lambda w: w not in {"na", "nan", "null", "none", "true", "false"}
 )
+KINDS = ("integer", "numeric", "categorical", "boolean")
 INT_RANGE = (-1000, 1000)
 FLOAT_RANGE = (-1e6, 1e6)
 
@@ -93,7 +94,9 @@ def cells(draw, kind: str, categories: list[str] | None) -> str:
 
 
 @st.composite
-def tables(draw, wide: bool = False, rows: tuple[int, int] = (12, 40)) -> Table:
+def tables(
+    draw, wide: bool = False, rows: tuple[int, int] = (12, 40), first_kind: str | None = None
+) -> Table:
     n_rows = draw(st.integers(*rows))
     if wide:  # many integer columns, filled from a seeded generator (drawing each is slow)
         n_cols = draw(st.integers(300, 1500))
@@ -102,13 +105,9 @@ def tables(draw, wide: bool = False, rows: tuple[int, int] = (12, 40)) -> Table:
         return Table([f"c{i}" for i in range(n_cols)], ["integer"] * n_cols, body)
     n_cols = draw(st.integers(2, 6))
     names = draw(st.lists(NAME, min_size=n_cols, max_size=n_cols, unique=True))
-    kinds = draw(
-        st.lists(
-            st.sampled_from(["integer", "numeric", "categorical", "boolean"]),
-            min_size=n_cols,
-            max_size=n_cols,
-        )
-    )
+    kinds = draw(st.lists(st.sampled_from(KINDS), min_size=n_cols, max_size=n_cols))
+    if first_kind is not None:
+        kinds[0] = first_kind
     categories = {
         n: draw(st.lists(WORD, min_size=2, max_size=5, unique=True))
         for n, k in zip(names, kinds)
@@ -165,37 +164,37 @@ class Broken:
     infer_fails: bool = False  # `schema infer` refuses it (else it must succeed)
 
 
+# Every way a CSV is broken; "cell" and "bom" once per column kind. Each is drawn equally
+# often, so a small run still meets every one.
+CSV_WAYS: list[tuple[str, str | None]] = [
+    *(("cell", k) for k in KINDS),
+    *(("bom", k) for k in KINDS),
+    *((how, None) for how in ("huge_cell", "ragged", "dupe", "delimiter", "header_only")),
+    *((how, None) for how in ("empty", "latin1", "missing", "extra", "few_rows", "bytes")),
+]
+
+
 @st.composite
-def broken_csvs(draw, wide: bool = False) -> Broken:
-    table = draw(tables(wide=wide))
+def broken_csvs(draw, how: str, kind: str | None = None, wide: bool = False) -> Broken:
+    if how == "huge_cell":
+        kind = "categorical"
+    table = draw(tables(wide=wide, first_kind=None if wide else kind))
     schema = table.schema()
-    how = draw(
-        st.sampled_from(
-            [
-                *("cell", "cell", "cell", "bom", "huge_cell", "ragged", "dupe", "delimiter"),
-                *("header_only", "empty", "latin1", "missing", "extra", "few_rows", "bytes"),
-            ]
-        )
-        if not wide
-        else st.just("cell")
-    )
-    if how == "huge_cell" and not table.categories:
-        how = "cell"
     if how in ("cell", "bom", "huge_cell"):
+        kind = kind or table.kinds[0]
+        col = draw(st.sampled_from([i for i, k in enumerate(table.kinds) if k == kind]))
         if how == "huge_cell":  # a 2 MB cell: refused as an unknown category, shown cut short
-            col = table.names.index(draw(st.sampled_from(sorted(table.categories))))
             value, bare = "x" * 2_000_000, False
         else:
-            col = draw(st.integers(0, len(table.names) - 1))
-            value, bare = draw(st.sampled_from(BAD_CELLS[table.kinds[col]]))
-        if table.kinds[col] == "categorical" and value in table.categories[table.names[col]]:
+            value, bare = draw(st.sampled_from(BAD_CELLS[kind]))
+        if kind == "categorical" and value in table.categories[table.names[col]]:
             value += "-not-a-category"
         row = draw(st.integers(0, len(table.rows) - 1))
         table.rows[row][col] = value
         big = value.lstrip("-").isdigit() and abs(int(value)) >= 2**53
         data = (codecs.BOM_UTF8 if how == "bom" else b"") + table.csv().encode()
         named = [f"'{table.names[col]}'", f"row {row + 1} (line {row + 2})"]
-        label = f"{how}:{table.kinds[col]}:{value[:20]!r}"
+        label = f"{how}:{kind}:{value[:20]!r}"
         return Broken(label, data, named, bare, schema, infer_fails=big)
     if how == "ragged":
         row = draw(st.integers(0, len(table.rows) - 1))
@@ -335,11 +334,12 @@ class BrokenConfig:
 
 
 @st.composite
-def broken_configs(draw, base: dict[str, Any]) -> BrokenConfig:
+def broken_configs(draw, base: dict[str, Any], how: str, leaf: int = 0) -> BrokenConfig:
+    """``how``: "value" (key ``LEAVES[leaf]`` gets a bad value), "unknown" (a key no table
+    has), "table" (an unknown table) or "toml" (broken syntax)."""
     doc = json.loads(json.dumps(base))
-    how = draw(st.sampled_from(["value", "value", "value", "unknown", "table", "toml"]))
     if how == "value":
-        path, prop = draw(st.sampled_from(LEAVES))
+        path, prop = LEAVES[leaf]
         if path[0] == "tls":
             doc["tls"] = {"ca": "ca.pem", "cert": "me.pem", "key": "me.key"}
         value = draw(bad_values(prop))
@@ -373,20 +373,27 @@ class BrokenSchema:
     named: list[str]
 
 
+SCHEMA_WAYS = {  # way -> the kind of the table's first column it needs
+    **dict.fromkeys(("kind", "kind_type", "unknown_key", "missing_kind", "target"), None),
+    **dict.fromkeys(("version", "toml", "categories_on_number", "bounds_on_category"), None),
+    **dict.fromkeys(("min_above_max", "int_bound", "span", "nonfinite", "fraction"), "numeric"),
+    **dict.fromkeys(("no_categories", "dup_categories", "number_categories"), "categorical"),
+}
+
+
 @st.composite
-def broken_schemas(draw, table: Table) -> BrokenSchema:
+def broken_schemas(draw, how: str) -> tuple[Table, BrokenSchema]:
+    table = draw(tables(first_kind=SCHEMA_WAYS[how]))
+    return table, draw(_broken_schema(table, how))
+
+
+@st.composite
+def _broken_schema(draw, table: Table, how: str) -> BrokenSchema:
     doc = table.schema()
     columns = doc["columns"]
     i = draw(st.integers(0, len(columns) - 1))
     col = columns[i]
     numeric = [c for c in columns if c["kind"] in ("integer", "numeric")]
-    choices = ["kind", "kind_type", "unknown_key", "missing_kind", "target", "version", "toml"]
-    choices += ["categories_on_number", "bounds_on_category"]
-    if numeric:
-        choices += ["min_above_max", "int_bound", "span", "nonfinite", "fraction"]
-    if table.categories:
-        choices += ["no_categories", "dup_categories", "number_categories"]
-    how = draw(st.sampled_from(choices))
     named = [f"'{col['name']}'"]
     if how == "kind":
         col["kind"] = draw(st.sampled_from(["text", "float", "Integer", ""]))
@@ -653,13 +660,22 @@ def _run_worker(root: Path, cases: list[Case]) -> list[dict[str, Any]]:
     return json.loads(results_path.read_text()), cpu
 
 
-def _fuzz(tmp_path: Path, n_csv: int, n_wide: int, n_config: int, n_schema: int, label: str):
-    broken = _draw(broken_csvs(), n_csv) + _draw(broken_csvs(wide=True), n_wide)
+def _fuzz(tmp_path: Path, per_way: int, n_wide: int, label: str):
+    """``per_way`` inputs for every way of breaking a CSV, a schema and each config key."""
+    broken = [b for how, kind in CSV_WAYS for b in _draw(broken_csvs(how, kind), per_way)]
+    broken += _draw(broken_csvs("cell", "integer", wide=True), n_wide)
     config_table = _draw(tables(), 1)[0]
     base = _party_toml(Path("@DATA@"), Path("@SCHEMA@"))
     base["party"]["out"] = "party-out"
-    configs = _draw(broken_configs(base), n_config)
-    schemas = _draw(tables().flatmap(lambda t: st.tuples(st.just(t), broken_schemas(t))), n_schema)
+    configs = [
+        c
+        for leaf in range(len(LEAVES))
+        for c in _draw(broken_configs(base, "value", leaf), per_way)
+    ]
+    configs += [
+        c for how in ("unknown", "table", "toml") for c in _draw(broken_configs(base, how), per_way)
+    ]
+    schemas = [pair for how in SCHEMA_WAYS for pair in _draw(broken_schemas(how), per_way)]
     cases = (
         _csv_cases(tmp_path, broken)
         + _config_cases(tmp_path, config_table, configs)
@@ -701,10 +717,10 @@ def _fuzz(tmp_path: Path, n_csv: int, n_wide: int, n_config: int, n_schema: int,
 
 
 def test_fuzz_inputs_quick(tmp_path):
-    _fuzz(tmp_path, n_csv=60, n_wide=2, n_config=80, n_schema=30, label="quick")
+    _fuzz(tmp_path, per_way=2, n_wide=2, label="quick")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_fuzz_inputs_large(tmp_path):
-    _fuzz(tmp_path, n_csv=600, n_wide=10, n_config=800, n_schema=300, label="large")
+    _fuzz(tmp_path, per_way=20, n_wide=10, label="large")
