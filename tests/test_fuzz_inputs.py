@@ -39,7 +39,7 @@ from smpc_synth.runtime.party_config import PARTY_FILE_TABLES
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "fuzz_cli_worker.py"
-MEMORY_GROWTH_BOUND_MIB = 512  # peak RSS over the RSS after the first case
+MEMORY_GROWTH_BOUND_MIB = 512  # peak RSS over the worker's RSS once its imports are done
 
 
 # -- generated inputs ---------------------------------------------------------------------
@@ -287,36 +287,30 @@ def bad_values(draw, prop: dict[str, Any]) -> Any:
     if numeric and draw(st.booleans()):
         o = numeric[0]
         integer = o["type"] == "integer"
-        bounds = [
-            k for k in ("exclusiveMinimum", "minimum", "exclusiveMaximum", "maximum") if k in o
-        ]
-        if bounds:
-            key = draw(st.sampled_from(bounds))
-            bound, below, inclusive = (
-                o[key],
-                "Minimum" in key or key == "minimum",
-                key
-                in (
-                    "minimum",
-                    "maximum",
-                ),
-            )
-            if integer:  # just past the bound, or far past it (TOML integers are 64-bit)
-                edge = (bound - 1 if below else bound + 1) if inclusive else bound
-                values = st.integers(-(2**63), edge) if below else st.integers(edge, 2**63 - 1)
-            else:
-                values = st.floats(
-                    max_value=bound if below else None,
-                    min_value=None if below else bound,
-                    exclude_max=below and inclusive,
-                    exclude_min=not below and inclusive,
-                    allow_nan=False,
-                )
-            return draw(values)
+        beyond = [_past(o[key], key, integer) for key in _BOUNDS if key in o]
+        beyond = [s for s in beyond if s is not None]
+        if beyond:
+            return draw(st.one_of(beyond))
         if not integer:
             return draw(st.sampled_from([float("inf"), float("-inf"), float("nan")]))
     wrong = sorted(set(TOML_TYPES) - _types(prop))
     return draw(TOML_TYPES[draw(st.sampled_from(wrong))])
+
+
+_BOUNDS = ("exclusiveMinimum", "minimum", "exclusiveMaximum", "maximum")
+TOML_INT = (-(2**63), 2**63 - 1)
+
+
+def _past(bound: float, key: str, integer: bool):
+    """Values on the wrong side of one JSON-schema bound; None if TOML cannot write any."""
+    below, inclusive = "inimum" in key, key in ("minimum", "maximum")
+    if integer:
+        edge = (bound - 1 if below else bound + 1) if inclusive else bound
+        low, high = (TOML_INT[0], edge) if below else (edge, TOML_INT[1])
+        return st.integers(low, high) if low <= high else None
+    if below:
+        return st.floats(max_value=bound, exclude_max=inclusive, allow_nan=False)
+    return st.floats(min_value=bound, exclude_min=inclusive, allow_nan=False)
 
 
 def _set(doc: dict[str, Any], path: tuple, value: Any) -> None:
@@ -657,7 +651,8 @@ def _run_worker(root: Path, cases: list[Case]) -> list[dict[str, Any]]:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return json.loads(results_path.read_text()), cpu
+    report = json.loads(results_path.read_text())
+    return report["cases"], report["baseline_rss_mib"], cpu
 
 
 def _fuzz(tmp_path: Path, per_way: int, n_wide: int, label: str):
@@ -681,7 +676,7 @@ def _fuzz(tmp_path: Path, per_way: int, n_wide: int, label: str):
         + _config_cases(tmp_path, config_table, configs)
         + _schema_cases(tmp_path, schemas)
     )
-    results, cpu_seconds = _run_worker(tmp_path, cases)
+    results, warm, cpu_seconds = _run_worker(tmp_path, cases)
     assert len(results) == len(cases)
     tracebacks, wrong_code, unnamed, created, failures = 0, 0, 0, 0, []
     for case, result in zip(cases, results):
@@ -702,15 +697,14 @@ def _fuzz(tmp_path: Path, per_way: int, n_wide: int, label: str):
             problems.append(f"created {left}")
         if problems:
             failures.append(f"{case.id}: {'; '.join(problems)}\n  {result['stderr'][-600:]}")
-    warm = results[0]["peak_rss_mib"]
     peak = max(r["peak_rss_mib"] for r in results)
     print(
         f"\nfuzz ({label}): {len(cases)} inputs tried through the command line "
         f"({len(broken)} CSV files, {len(schemas)} schemas, {len(configs)} configs); "
         f"tracebacks {tracebacks}, wrong exit codes {wrong_code}, culprit not named "
         f"{unnamed}, outputs created {created}; peak memory {peak:.0f} MiB "
-        f"({peak - warm:+.0f} MiB after the first case); worker CPU {cpu_seconds:.1f} s, "
-        f"slowest case {max(r['seconds'] for r in results):.2f} s"
+        f"({peak - warm:+.0f} MiB over the worker after its imports); "
+        f"worker CPU {cpu_seconds:.1f} s, slowest case {max(r['seconds'] for r in results):.2f} s"
     )
     assert not failures, f"{len(failures)} failing case(s):\n" + "\n".join(failures[:15])
     assert peak - warm < MEMORY_GROWTH_BOUND_MIB
