@@ -98,37 +98,46 @@ def _text(column: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 
 def _numeric(column: pd.Series, spec: ColumnSpec) -> Coerced:
-    bad = pd.Series("", index=column.index, dtype=object)
+    # numpy on whole columns, messages only for the bad cells: a wide table stays quick
     if pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column):
-        numbers = column.astype(float)
-        empty = numbers.isna()
-        shown = column.astype(object).map(str)  # the exact value, even beyond a float's digits
-        from_text = False
+        values = column.to_numpy(dtype=float, na_value=np.nan)
+        empty = np.isnan(values)
+        text = None
     else:
-        text, empty = _text(column)
-        empty |= text.str.lower().isin(MISSING_TOKENS)
-        numbers = parse_numbers(text.where(~empty))
-        not_number = numbers.isna() & ~empty
-        bad[not_number] = [f"{_show(t)} is not a number" for t in text[not_number]]
-        shown, from_text = text, True
-    finite = np.isfinite(numbers)
-    outside = finite & ((numbers < spec.min) | (numbers > spec.max))
+        text, blank = _text(column)
+        empty = (blank | text.str.lower().isin(MISSING_TOKENS)).to_numpy()
+        values = parse_numbers(text.where(~empty)).to_numpy(dtype=float)
+    bad = np.full(len(values), "", dtype=object)
+
+    def shown(p: int) -> str:  # the cell as written, even beyond a float's digits
+        return text.iat[p] if text is not None else str(column.iat[p])
+
+    def mark(mask: np.ndarray, message) -> None:
+        for p in np.flatnonzero(mask):
+            bad[p] = message(p)
+
+    finite = np.isfinite(values)
+    if text is not None:
+        mark(np.isnan(values) & ~empty, lambda p: f"{_show(shown(p))} is not a number")
+    with np.errstate(invalid="ignore"):
+        outside = finite & ((values < spec.min) | (values > spec.max))
+        fraction = finite & (values != np.round(values)) if spec.kind == "integer" else None
     bounds = f"[{spec.min}, {spec.max}]"
-    bad[outside] = [f"{v} is outside the schema bounds {bounds}" for v in shown[outside]]
-    if spec.kind == "integer":
-        fraction = finite & (numbers != np.round(numbers))
-        bad[fraction] = [f"{v} is not a whole number" for v in shown[fraction]]
-    infinite = numbers.notna() & ~finite
-    if from_text:  # text like '1e999' reads as infinity too
-        bad[infinite] = [
-            f"{_show(v)} is infinite or beyond a float's range" for v in shown[infinite]
-        ]
+    mark(outside, lambda p: f"{shown(p)} is outside the schema bounds {bounds}")
+    if fraction is not None:
+        mark(fraction, lambda p: f"{shown(p)} is not a whole number")
+    infinite = ~np.isnan(values) & ~finite
+    if text is not None:  # text like '1e999' reads as infinity too
+        mark(infinite, lambda p: f"{_show(shown(p))} is infinite or beyond a float's range")
     else:
-        bad[infinite] = "infinite value"
-    bad[empty] = "empty cell"
+        mark(infinite, lambda p: "infinite value")
+    mark(empty, lambda p: "empty cell")
+    good = bad == ""
     if spec.kind == "integer":  # schema bounds lie within +-2**53: every kept value is exact
-        return numbers.where(bad == "", 0).round().astype("int64"), bad
-    return numbers.where(bad == "", 0.0), bad
+        typed = pd.Series(np.where(good, np.round(values), 0).astype("int64"))
+    else:
+        typed = pd.Series(np.where(good, values, 0.0))
+    return typed, pd.Series(bad, index=column.index)
 
 
 def _categorical(column: pd.Series, spec: ColumnSpec) -> Coerced:
