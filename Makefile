@@ -33,7 +33,7 @@ $(VENV)/.installed: pyproject.toml Makefile scripts/crypten_wheel.py
 	touch $@
 
 demo: install
-	$(BIN)/smpc-synth simulate --out runs/demo
+	$(BIN)/smpc-synth simulate  # a new runs/simulate-TIME folder each time
 
 test: install
 	$(BIN)/python -m pytest

@@ -327,10 +327,7 @@ def _configure_logging(verbose: bool) -> None:
 
 def _cmd_simulate(args) -> int:
     from smpc_synth.config import RunConfig, drop_none
-    from smpc_synth.eval import format_report
     from smpc_synth.models import check_epochs_apply
-    from smpc_synth.release import enforce
-    from smpc_synth.runtime.simulate import simulate
 
     check_epochs_apply(args.generator, args.epochs, "--epochs")
 
@@ -348,6 +345,11 @@ def _cmd_simulate(args) -> int:
     if args.insecure_dev:
         raw["mpc"]["provider"] = "tfp"
     cfg = RunConfig.from_dict(drop_none(raw), source="command line")
+    # the heavy imports only once the settings are known to be good: a refusal is quick
+    from smpc_synth.eval import format_report
+    from smpc_synth.release import enforce
+    from smpc_synth.runtime.simulate import simulate
+
     result = simulate(
         args.parties,
         dataset=args.dataset,
@@ -440,7 +442,7 @@ def _cmd_schema_infer(args) -> int:
     from smpc_synth.data import infer_schema, read_table
 
     frame = read_table(args.file)
-    schema = infer_schema(frame, target=args.target)
+    schema = infer_schema(frame, target=args.target, source=str(args.file))
     schema.save(args.out)
     print(
         f"wrote {args.out} ({len(schema.columns)} columns); review bounds and categories: "
@@ -453,7 +455,7 @@ def _cmd_train(args) -> int:
     import tomli_w
 
     from smpc_synth.api import evaluate, train
-    from smpc_synth.config import RunConfig
+    from smpc_synth.config import RunConfig, drop_none
     from smpc_synth.data import (
         Schema,
         holdout_split,
@@ -465,16 +467,30 @@ def _cmd_train(args) -> int:
     from smpc_synth.eval import format_report
     from smpc_synth.models import check_epochs_apply, planned_epochs
     from smpc_synth.release import PENDING_NAME, enforce, release_run
+    from smpc_synth.runtime.outdir import check_output_dir, claim_output_dir
     from smpc_synth.runtime.progress import ProgressView, RunProgress
 
     check_epochs_apply(args.generator, args.epochs, "--epochs")
+    config = RunConfig.from_dict(
+        drop_none(
+            {
+                "generator": args.generator,
+                "epochs": args.epochs,
+                "seed": args.seed,
+                "holdout_fraction": args.holdout_fraction,
+                "target": args.target,
+            }
+        ),
+        source="command line",
+    )
+    check_output_dir(args.out)  # before the work, not after it
     given = Schema.load(args.schema) if args.schema else None
     if args.data is not None:
         frame, target, source = read_table(args.data, given), args.target, str(args.data)
     else:
         builtin = load_builtin(args.dataset)
         frame, target, source = builtin.frame, args.target or builtin.target, args.dataset
-    schema = given or infer_schema(frame, target=target)
+    schema = given or infer_schema(frame, target=target, source=source)
     if target is not None and target not in frame.columns:
         raise InputError(f"{source}: --target column {target!r} not found")
     frame = validate(frame, schema, source=source)  # before the split: row numbers stay true
@@ -499,19 +515,13 @@ def _cmd_train(args) -> int:
             source=source,
             progress=view,
         )
-    args.out.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(args.out)
     model.save(args.out / "generator.pt")
     candidate = args.out / PENDING_NAME
     synthetic = model.sample(len(fit_rows), seed=args.seed)
     synthetic.to_csv(candidate, index=False)
     schema.save(args.out / "schema.toml")
-    config = RunConfig(
-        generator=args.generator,
-        epochs=args.epochs,
-        seed=args.seed,
-        holdout_fraction=args.holdout_fraction,
-        target=target,
-    )
+    config.target = target
     (args.out / "config.toml").write_text(tomli_w.dumps(config.to_toml_dict()))
     report = evaluate(
         fit_rows, synthetic, holdout=holdout, target=target, schema=schema, seed=args.seed

@@ -446,7 +446,9 @@ def _plain(error: dict[str, Any], cls: type | None) -> str:
         return _TYPE_WORDS[kind]
     for bound, word in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
         if bound in ctx:
-            return f"must be {word} {ctx[bound]}"
+            value = ctx[bound]
+            shown = int(value) if isinstance(value, float) and value.is_integer() else value
+            return f"must be {word} {shown}"
     if kind == "literal_error":
         return f"must be one of {ctx['expected']}"
     if kind == "string_pattern_mismatch":

@@ -20,6 +20,7 @@ from typing import Any
 from smpc_synth.bench.environment import describe_environment
 from smpc_synth.bench.summary import write_summaries
 from smpc_synth.errors import InputError
+from smpc_synth.runtime.outdir import fresh_path
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,8 @@ def _one_run(run, spec: GridSpec, out: Path, runner: Runner, environment) -> dic
     options = _merge(dict(spec.options), MODE_OPTIONS[run["mode"]])
     if spec.epochs is not None and trains_in_epochs(run["generator"]):
         options["epochs"] = spec.epochs
-    run_dir = out / "runs" / run_key(run).replace("|", "_").replace("+", "-")
+    # an attempt interrupted before it reached the ledger keeps its folder; this one is new
+    run_dir = fresh_path(out / "runs" / run_key(run).replace("|", "_").replace("+", "-"))
     result = runner(
         run["parties"],
         dataset=run["dataset"],

@@ -41,8 +41,8 @@ from crypten.mpc.primitives import beaver as crypten_beaver  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-Transport = Literal["grpc", "gloo"]
-Provider = Literal["dealer", "tfp"]
+Transport = Literal[TRANSPORTS]
+Provider = Literal[PROVIDERS]
 _CRYPTEN_PROVIDER_NAME = {"dealer": DealerProvider.NAME, "tfp": "TFP"}
 _PATCHED_COMM_FUNCTIONS = ("get", "is_initialized", "uninit")
 

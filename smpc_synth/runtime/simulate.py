@@ -29,6 +29,7 @@ from smpc_synth.config import RunConfig
 from smpc_synth.errors import InputError
 from smpc_synth.release.manifest import MANIFEST_NAME
 from smpc_synth.release.run import PENDING_NAME, SYNTHETIC_NAME
+from smpc_synth.runtime.outdir import check_output_dir, claim_output_dir, fresh_path
 from smpc_synth.runtime.progress import (
     EVENTS_ENV,
     ProgressView,
@@ -150,11 +151,21 @@ def prepare_session(
     Everything a user can get wrong is checked here, before any process starts.
     """
     from smpc_synth.models import check_epochs_apply
+    from smpc_synth.runtime.party_config import check_session
 
     cfg = config or RunConfig.from_dict(run_options, source="simulate options")
     check_epochs_apply(cfg.generator, cfg.epochs, "simulate(): epochs")
     if cfg.mode == "mpc" and parties < 2:
         raise InputError("--mode mpc needs at least 2 parties")
+    if not 1 <= parties <= MAX_PARTIES:
+        raise InputError(f"--parties must be between 1 and {MAX_PARTIES}, got {parties}")
+    roles = _roles(parties, cfg)
+    services = {r: [n for n, role in roles.items() if role == r] for r in ("dealer", "aggregator")}
+    data_parties = tuple(n for n, role in roles.items() if role == "data")
+    check_session(cfg, data_parties, services, source="simulate")
+    run_dir = Path(out).resolve() if out else _default_run_dir()
+    if not resume:
+        check_output_dir(run_dir, "--out", resume_hint=True)
     table = split_table(parties, dataset=dataset, data=data, schema=schema, config=cfg)
     if cfg.mode == "mpc":
         from smpc_synth.mpc.limits import check_mpc_inputs
@@ -162,13 +173,14 @@ def prepare_session(
         check_mpc_inputs(
             table.schema, cfg.generator, cfg.generator_params, str(schema or table.source)
         )
+    _prepare_run_dir(run_dir, resume)
     if cfg.mode == "mpc" and cfg.mpc.transport == "gloo" and cfg.mpc.rendezvous is None:
         from smpc_synth.net import free_ports
 
         cfg.mpc.rendezvous = f"tcp://127.0.0.1:{free_ports(1)[0]}"
-    run_dir = Path(out or f"runs/simulate-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    _prepare_run_dir(run_dir, resume)
-    members = _write_session(run_dir, cfg, table.schema, table.shares, table.holdout, table.source)
+    members = _write_session(
+        run_dir, cfg, table.schema, table.shares, table.holdout, table.source, roles
+    )
     split = describe_split(cfg.split, table.names, table.shares)
     return Session(
         run_dir, cfg, members, table.train, table.holdout, table.schema, split, table.source
@@ -245,7 +257,7 @@ def _load_table(dataset, data, schema_path, cfg: RunConfig):
         frame = read_table(data, given)
         source = str(data)
         target = cfg.target
-        table_schema = given or infer_schema(frame, target=target)
+        table_schema = given or infer_schema(frame, target=target, source=source)
         if given is None:
             log.warning("no --schema given: inferred one from %s (review it for real use)", data)
     else:
@@ -270,31 +282,40 @@ def _is_discrete(schema, column: str | None) -> bool:
     return schema.column(column).kind in ("categorical", "boolean")
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
-    if resume:
-        if not (run_dir / "session.json").is_file():
-            raise InputError(f"{run_dir}: nothing to resume (no session.json)")
-        return
-    stale_files = ("generator.pt", SYNTHETIC_NAME, PENDING_NAME, "metrics.json", MANIFEST_NAME)
-    for stale in ("parties", "logs", "certs", "session.json", *stale_files):
-        target = run_dir / stale
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _write_session(run_dir: Path, cfg: RunConfig, schema, shares, holdout, source) -> list[_Member]:
-    """Data files, schema, certificates and one config per member."""
-    from smpc_synth.net import free_ports, write_certificates
-
-    names = list(PARTY_NAMES[: len(shares)])
-    roles = dict.fromkeys(names, "data")
+def _roles(parties: int, cfg: RunConfig) -> dict[str, str]:
+    """Member name -> role: the data parties, plus the dealer or aggregator the mode needs."""
+    roles = dict.fromkeys(PARTY_NAMES[:parties], "data")
     if cfg.mode == "mpc" and cfg.mpc.provider == "dealer":
         roles["dealer"] = "dealer"
     if cfg.mode == "federated":
         roles["aggregator"] = "aggregator"
+    return roles
+
+
+def _default_run_dir() -> Path:
+    """``runs/simulate-TIME``, with a suffix if a run started in the same second."""
+    return fresh_path(Path(f"runs/simulate-{time.strftime('%Y%m%d-%H%M%S')}").resolve())
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    """A new or empty folder; with ``resume``, the one a stopped run left.
+
+    Nothing already in the folder is deleted or overwritten: an earlier run's certificates
+    (and CA key), logs and outputs stay as they are, so a non-empty ``--out`` is refused.
+    """
+    if resume:
+        if not (run_dir / "session.json").is_file():
+            raise InputError(f"{run_dir}: nothing to resume (no session.json)")
+        return
+    claim_output_dir(run_dir, "--out", resume_hint=True)
+
+
+def _write_session(
+    run_dir: Path, cfg: RunConfig, schema, shares, holdout, source, roles: dict[str, str]
+) -> list[_Member]:
+    """Data files, schema, certificates and one config per member."""
+    from smpc_synth.net import free_ports, write_certificates
+
     session_file = run_dir / "session.json"
     if session_file.is_file():  # resume: same ports, same certificates
         session = json.loads(session_file.read_text())
@@ -397,7 +418,7 @@ def _run_members(members, run_dir: Path, resume: bool, cfg: RunConfig, view) -> 
 
 def _pump(member: _Member, log_path: Path, view: ProgressView) -> None:
     """Copy a member's output to its log file; hand its progress events to the view."""
-    with open(log_path, "w") as sink:
+    with open(log_path, "a") as sink:  # a resumed run keeps the stopped run's log
         for line in member.process.stdout:
             event = parse_progress(line)
             if event is None:
