@@ -27,8 +27,7 @@ import tomli_w
 
 from smpc_synth.config import RunConfig
 from smpc_synth.errors import InputError
-from smpc_synth.release.manifest import MANIFEST_NAME
-from smpc_synth.release.run import PENDING_NAME, SYNTHETIC_NAME
+from smpc_synth.release.run import PENDING_NAME
 from smpc_synth.runtime.outdir import check_output_dir, claim_output_dir, fresh_path
 from smpc_synth.runtime.progress import (
     EVENTS_ENV,
