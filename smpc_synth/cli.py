@@ -329,8 +329,6 @@ def _cmd_simulate(args) -> int:
     from smpc_synth.config import RunConfig, drop_none
     from smpc_synth.models import check_epochs_apply
 
-    check_epochs_apply(args.generator, args.epochs, "--epochs")
-
     raw = {
         "mode": args.mode,
         "generator": args.generator,
@@ -345,6 +343,7 @@ def _cmd_simulate(args) -> int:
     if args.insecure_dev:
         raw["mpc"]["provider"] = "tfp"
     cfg = RunConfig.from_dict(drop_none(raw), source="command line")
+    check_epochs_apply(args.generator, args.epochs, "--epochs")
     # the heavy imports only once the settings are known to be good: a refusal is quick
     from smpc_synth.eval import format_report
     from smpc_synth.release import enforce
@@ -470,7 +469,6 @@ def _cmd_train(args) -> int:
     from smpc_synth.runtime.outdir import check_output_dir, claim_output_dir
     from smpc_synth.runtime.progress import ProgressView, RunProgress
 
-    check_epochs_apply(args.generator, args.epochs, "--epochs")
     config = RunConfig.from_dict(
         drop_none(
             {
@@ -483,6 +481,7 @@ def _cmd_train(args) -> int:
         ),
         source="command line",
     )
+    check_epochs_apply(args.generator, args.epochs, "--epochs")
     check_output_dir(args.out)  # before the work, not after it
     given = Schema.load(args.schema) if args.schema else None
     if args.data is not None:

@@ -97,6 +97,9 @@ def test_bad_option_values_name_the_option(cli, tmp_path):
     assert result.code == 2 and "split" in result.stderr
     result = cli("simulate", "--dataset", "nosuch", "--out", tmp_path / "r")
     assert result.code == 2 and "nosuch" in result.stderr and "breast_cancer" in result.stderr
+    result = cli("simulate", "--generator", "nosuch", "--out", tmp_path / "r")
+    assert result.code == 2 and "--generator" in result.stderr and "'nosuch'" in result.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_schema_infer_then_train_sample_evaluate_round_trip(cli, tmp_path, table):
@@ -190,13 +193,12 @@ def test_train_refuses_a_non_empty_out_before_training(cli, tmp_path, table):
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
-        (["--generator", "nosuch"], "key 'generator': unknown generator 'nosuch'"),
         (["--mode", "federated", "--dp", "--target-epsilon", "-1"], "federated.target_epsilon"),
         (["--mode", "mpc", "--dp", "--target-epsilon", "1"], "federated.dp"),
         (["--mode", "federated", "--dp"], "key 'federated.dp': needs"),
         (["--seed", "-3"], "key 'seed'"),
         (["--holdout-fraction", "1"], "key 'holdout_fraction'"),
-        (["--epochs", "0"], "key 'epochs'"),
+        (["--generator", "vae", "--epochs", "0"], "key 'epochs'"),
     ],
 )
 def test_simulate_refuses_bad_settings_before_writing_anything(capsys, tmp_path, flags, named):
@@ -217,13 +219,15 @@ def test_train_refuses_bad_settings_before_reading_data(capsys, tmp_path):
             "--data",
             str(tmp_path / "absent.csv"),
             "--generator",
-            "nosuch",
+            "vae",
+            "--epochs",
+            "0",
             "--out",
             str(out),
         ]
     )
     stderr = capsys.readouterr().err
-    assert code == 2 and "unknown generator 'nosuch'" in stderr, stderr
+    assert code == 2 and "key 'epochs'" in stderr and "absent.csv" not in stderr, stderr
     assert not out.exists()
 
 
