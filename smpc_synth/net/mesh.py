@@ -61,6 +61,9 @@ _REFUSED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 _TLS_FAILURE = re.compile(r"(?i)tls handshake|ssl_error|certificate_verify|hostname verification")
 _NO_PHASE = ""
 _POLL_S = 0.1  # how often a wait on a gRPC call checks whether the session was aborted
+# The last message of a stream that ends as agreed. A stream that stops without it broke
+# off, whatever gRPC says: a killed sender's stream can look half-closed to the receiver.
+_END_TAG = "mesh/end"
 
 
 def _details(error: BaseException) -> str:
@@ -143,6 +146,8 @@ class PeerMesh:
     def send(self, peer: str, tag: str, payload: Payload) -> None:
         """Queue ``payload`` for ``peer``; returns without waiting for the receiver."""
         self._check_peer(peer)
+        if tag == _END_TAG:
+            raise ValueError(f"tag {_END_TAG!r} is reserved")
         self._raise_if_failed()
         self._require_connected("send")
         frames = codec.encode(tag, payload, self._limits.chunk_bytes)
@@ -485,7 +490,10 @@ class PeerMesh:
         deadline = time.monotonic() + wait
         if self._streams and not self.aborted:
             self._state = "closing"
+            end = codec.encode(_END_TAG, b"", self._limits.chunk_bytes)
             for box in self._outboxes.values():
+                with contextlib.suppress(PeerError):  # aborted meanwhile: seen below
+                    box.put(end, 0, self._limits.peer_timeout_s)
                 box.close(f"{self._me} has closed its side of the session")
             for peer, call in self._streams.items():
                 try:
@@ -777,15 +785,24 @@ class _Servicer(
             mesh._limits.max_queued_bytes, reserve=partial(mesh._inbox.reserve, peer)
         )
         messages = total = 0
+        ended = False
         try:
             for wire in request_iterator:
                 mesh._heard(peer)
                 if mesh._tap.enabled:
                     mesh._tap.record(peer, wire)
                 message = assembler.feed(codec.parse_frame(wire))
-                if message is not None:
-                    mesh._inbox.put(peer, *message)
-                    messages, total = messages + 1, total + message.nbytes
+                if message is None:
+                    continue
+                if ended:
+                    raise codec.CodecError(
+                        f"a message after the end of the stream ({message.tag!r})"
+                    )
+                if message.tag == _END_TAG:
+                    ended = True
+                    continue
+                mesh._inbox.put(peer, *message)
+                messages, total = messages + 1, total + message.nbytes
         except codec.CodecError as exc:
             reason = f"{peer} sent a malformed message: {exc}"
             mesh.abort(reason, peer)
@@ -795,7 +812,7 @@ class _Servicer(
         except grpc.RpcError:  # the caller went away without closing the stream
             mesh._lost(peer, f"the connection from {peer} broke")
             return data_pb2.StreamSummary()
-        if not context.is_active():  # no clean end: the caller's process or link is gone
+        if not ended:  # the caller's process or its connection is gone
             mesh._lost(peer, f"the connection from {peer} broke")
             return data_pb2.StreamSummary()
         mesh._departed.add(peer)
