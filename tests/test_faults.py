@@ -153,6 +153,7 @@ ROLES = {  # (mode, role) -> the member that fails
 ACTIONS = {"kill": "kill -9", "stop": "SIGSTOP"}
 MATRIX_PARTIES = "3"
 MATRIX_EPOCHS = "2"  # the first epoch ends in "training", the second in "release"
+MATRIX_ROWS = 150  # a small table: the cells time faults, not training
 CELLS = [
     pytest.param(mode, role, phase, action, id=f"{mode}-{role.replace(' ', '-')}-{phase}-{action}")
     for (mode, role) in ROLES
@@ -175,26 +176,27 @@ def matrix(request):
 
 def format_matrix(results: dict[tuple[str, str, str, str], float | None]) -> list[str]:
     """Seconds from the fault until the last survivor exited, per cell ('--': failed)."""
-    columns = [(phase, action) for phase in PHASES for action in ACTIONS]
-    width = 9
-    head = f"{'':<24}" + "".join(f"{p[:width]:>{width}}" for p, _ in columns)
-    sub = f"{'':<24}" + "".join(f"{ACTIONS[a]:>{width}}" for _, a in columns)
+    width = 16
     lines = [
         "",
-        f"fault matrix: seconds until every survivor had exited (bound {PEER_TIMEOUT_S:g} s)",
+        "fault matrix: seconds from the fault until every survivor had exited "
+        f"(kill -9 / SIGSTOP; bound {PEER_TIMEOUT_S:g} s)",
+        f"{'':<24}" + "".join(f"{phase:>{width}}" for phase in PHASES),
     ]
-    lines += [head, sub]
     for mode, role in ROLES:
-        row = f"{mode + ' ' + role:<24}"
-        for phase, action in columns:
-            key = (mode, role, phase, action)
-            value = results.get(key, "")
-            row += f"{'--' if value is None else ('' if value == '' else f'{value:.1f}'):>{width}}"
-        lines.append(row)
+        cells = []
+        for phase in PHASES:
+            pair = [results.get((mode, role, phase, action), "") for action in ACTIONS]
+            text = ["--" if v is None else ("" if v == "" else f"{v:.1f}") for v in pair]
+            cells.append(" / ".join(text) if any(text) else "")
+        lines.append(f"{mode + ' ' + role:<24}" + "".join(f"{c:>{width}}" for c in cells))
     done = {k: v for k, v in results.items() if v is not None}
     if done:
         worst = max(done, key=done.get)
-        lines.append(f"worst cell: {' '.join(worst)}: {done[worst]:.1f} s")
+        mode, role, phase, action = worst
+        lines.append(
+            f"worst cell: {mode} {role}, {ACTIONS[action]} at {phase}: {done[worst]:.1f} s"
+        )
     failed = [k for k, v in results.items() if v is None]
     lines.append(f"cells: {len(results)} run, {len(failed)} failed")
     return lines
@@ -205,9 +207,15 @@ def format_matrix(results: dict[tuple[str, str, str, str], float | None]) -> lis
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(("mode", "role", "phase", "action"), CELLS)
 def test_fault_matrix(mode, role, phase, action, cli, tmp_path, monkeypatch, matrix):
+    from smpc_synth.data import load_builtin
+
     victim = ROLES[mode, role]
     key = (mode, role, phase, action)
     matrix[key] = None
+    builtin = load_builtin("breast_cancer")
+    table = tmp_path / "table.csv"
+    columns = [*builtin.frame.columns[:5], builtin.target]
+    builtin.frame[columns].head(MATRIX_ROWS).to_csv(table, index=False)
     outcome = run_faulted(
         cli,
         tmp_path,
@@ -223,8 +231,8 @@ def test_fault_matrix(mode, role, phase, action, cli, tmp_path, monkeypatch, mat
         "vae",
         "--epochs",
         MATRIX_EPOCHS,
-        "--dataset",
-        "breast_cancer",
+        "--data",
+        table,
     )
     check_named_in_time(outcome)
     how = outcome.metrics["root_cause"]["how"]

@@ -121,23 +121,24 @@ class RootCause:
 class Supervisor:
     """A launcher's watch over its member processes (started with ``stdin=PIPE``).
 
-    A member that dies, or stays stopped for ``silence_limit_s`` (what its peers' heartbeats
-    allow), is announced to the others at once; once a member has failed, any member still
-    running ``stop_within_s`` later is killed (the promise is that nothing hangs), and so is
-    a member that cannot stop itself because it is the one at fault (stopped or stuck) once
-    only such members remain. :meth:`root_cause` then says whom the session failed on.
+    A member that dies, or stays stopped for ``stopped_limit_s`` (as long as its peers'
+    heartbeats allow a silent member), is announced to the others at once. Once a member
+    has failed, any member still running ``stop_within_s`` later is killed (the promise is
+    that nothing hangs), and so is a member that cannot stop itself because it is the one
+    at fault (stopped or stuck) once only such members remain. :meth:`root_cause` then
+    says whom the session failed on.
     """
 
     def __init__(
         self,
         processes: dict[str, subprocess.Popen],
         *,
-        silence_limit_s: float,
+        stopped_limit_s: float,
         stop_within_s: float,
         poll_s: float = 0.1,
     ):
         self.processes = processes
-        self.silence_limit_s = silence_limit_s
+        self.stopped_limit_s = stopped_limit_s
         self.stop_within_s = stop_within_s
         self.poll_s = poll_s
         self.readers: dict[str, threading.Thread] = {}
@@ -202,7 +203,7 @@ class Supervisor:
             self._stopped_since.pop(name, None)
             return False
         since = self._stopped_since.setdefault(name, now)
-        if name in self._declared or now - since < self.silence_limit_s:
+        if name in self._declared or now - since < self.stopped_limit_s:
             return False
         self._declared[name] = f"stopped (SIGSTOP) for {now - since:.0f} s"
         log.error("%s has been stopped for %.0f s: telling the others", name, now - since)
