@@ -459,6 +459,23 @@ def test_a_broken_stream_waits_for_the_abort_that_explains_it(trio):
     assert info.value.peer == "carol", info.value
 
 
+def test_a_handshake_refused_by_an_aborted_peer_names_whom_it_blames(trio):
+    """alice has aborted because of carol before the handshake; her Abort reaches bob a
+    moment after her refusal to hand shake: bob must name carol, not alice."""
+    alice = trio["alice"]
+    tell = alice._tell_peers_abort
+
+    def slow_tell(reason, culprit):
+        time.sleep(1.0)
+        tell(reason, culprit)
+
+    alice._tell_peers_abort = slow_tell
+    alice.abort("carol's process died", culprit="carol")
+    others = {name: trio[name] for name in ("bob", "carol")}
+    errors = _on_all(others, "handshake", "session-1", {"config": "x"})
+    assert isinstance(errors["bob"], PeerError) and errors["bob"].peer == "carol", errors
+
+
 def test_a_recv_deadline_blames_the_end_of_a_chain_of_waits(trio):
     """alice waits for bob, who waits for carol, who is alive but never sends: bob is not at
     fault, and alice's deadline, which runs out first, must not name him."""

@@ -366,16 +366,22 @@ class PeerMesh:
             for peer in self._peer_addresses
         }
         problems: list[tuple[str, str]] = []
+        unanswered = False
         for peer, call in calls.items():
             try:
                 reply = self._await(call)
             except grpc.RpcError as exc:
                 problems.append((peer, f"no handshake from {peer} ({_details(exc)})"))
+                unanswered = True
                 continue
             differences = _differences(self._hello, reply, peer)
             if differences:
                 problems.append((peer, f"{peer} differs in {'; '.join(differences)}"))
         if problems:
+            # a peer that stopped because of someone else answers no more but tells us whom
+            # to blame (Abort), maybe a moment later: blaming it at once names the messenger
+            if unanswered and self.abort_event.wait(self._limits.abort_deadline_s):
+                self._raise_if_failed()
             message = "handshake failed: " + "; ".join(text for _, text in problems)
             self.abort(message, culprit=problems[0][0])
             raise PeerError(message, problems[0][0])
