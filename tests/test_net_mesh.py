@@ -495,11 +495,11 @@ def test_recv_without_a_timeout_is_bounded_by_the_progress_deadline(certs):
     """Heartbeats prove a process alive, not that it makes progress: a peer whose protocol
     thread is stuck while its gRPC threads answer must still be named, after
     progress_timeout_s."""
-    network = NetworkConfig(**(asdict(FAST) | {"progress_timeout_s": 2.0}))
+    network = NetworkConfig(**(asdict(FAST) | {"peer_timeout_s": 4.0, "progress_timeout_s": 4.0}))
     meshes = _meshes(["alice", "bob"], certs, network)
     try:
         assert all(r is None for r in _on_all(meshes, "connect").values())
-        with pytest.raises(PeerError, match=r"bob sent no 'update' message within 2 s") as info:
+        with pytest.raises(PeerError, match=r"bob sent no 'update' message within 4 s") as info:
             meshes["alice"].recv("bob", "update")
         assert info.value.peer == "bob"
     finally:
