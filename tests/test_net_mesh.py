@@ -490,6 +490,24 @@ def test_a_recv_deadline_blames_the_end_of_a_chain_of_waits(trio):
             assert info.value.peer == "carol", info.value
 
 
+def test_a_recv_deadline_waits_for_the_verdict_of_a_peer_that_aborted(trio):
+    """alice's wait for bob runs out just as bob, having aborted because of carol, is about
+    to tell her so: alice must name carol, not bob (a fault-matrix run caught a party
+    naming the aggregator that was itself reporting the stuck party)."""
+    alice, bob = trio["alice"], trio["bob"]
+    tell = bob._tell_peers_abort
+
+    def slow_tell(reason, culprit):
+        time.sleep(1.0)
+        tell(reason, culprit)
+
+    bob._tell_peers_abort = slow_tell
+    bob.abort("carol sent no 'update' message within 60 s", culprit="carol")
+    with pytest.raises(PeerError) as info:
+        alice.recv("bob", "result", timeout=0.5)
+    assert info.value.peer == "carol", info.value
+
+
 @pytest.mark.timeout(60)
 def test_recv_without_a_timeout_is_bounded_by_the_progress_deadline(certs):
     """Heartbeats prove a process alive, not that it makes progress: a peer whose protocol

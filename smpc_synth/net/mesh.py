@@ -64,6 +64,7 @@ _POLL_S = 0.1  # how often a wait on a gRPC call checks whether the session was 
 # The last message of a stream that ends as agreed. A stream that stops without it broke
 # off, whatever gRPC says: a killed sender's stream can look half-closed to the receiver.
 _END_TAG = "mesh/end"
+_ABORTED = "has aborted the session"
 
 
 def _details(error: BaseException) -> str:
@@ -180,12 +181,15 @@ class PeerMesh:
         try:
             message = self._inbox.get(peer, tag, limit)
             while message is None and deadlines < len(self._members):
-                other = self._waits_for_another(peer)
-                if other is None:
+                excuse = self._excuse(peer)
+                if excuse is None:
                     break
-                log.info("%s: %s waits for %s itself: waiting on", self._me, peer, other)
+                log.info("%s: %s %s: waiting on", self._me, peer, excuse)
                 deadlines += 1
-                message = self._inbox.get(peer, tag, limit)
+                if excuse == _ABORTED:  # its verdict is on its way (Abort)
+                    message = self._inbox.get(peer, tag, self._limits.abort_deadline_s)
+                else:
+                    message = self._inbox.get(peer, tag, limit)
         finally:
             self._waiting = None
             waited = time.monotonic() - started
@@ -451,11 +455,12 @@ class PeerMesh:
         status["seconds_since_heard"] = dict(reply.seconds_since_heard)
         return status
 
-    def _waits_for_another(self, peer: str) -> str | None:
-        """The member ``peer`` is itself waiting for (asked over the network), if not us.
+    def _excuse(self, peer: str) -> str | None:
+        """Why ``peer``, late with a message, is not at fault (asked over the network): it
+        waits for another member, or it has aborted (and will say whom it blames).
 
-        None if ``peer`` waits for nobody, for us, or does not answer in time: then a wait
-        for ``peer`` that ran out is ``peer``'s fault."""
+        None if it waits for nobody, or for us, or does not answer in time: then a wait for
+        ``peer`` that ran out is ``peer``'s fault."""
         try:
             reply = self._control[peer].Status(
                 control_pb2.StatusRequest(),
@@ -464,8 +469,10 @@ class PeerMesh:
             )
         except grpc.RpcError:
             return None
+        if reply.abort_reason:
+            return _ABORTED
         other = reply.waiting_for
-        return other if other and other not in (self._me, peer) else None
+        return f"waits for {other} itself" if other and other not in (self._me, peer) else None
 
     def abort(self, reason: str, culprit: str | None = None) -> None:
         """Stop the session: every pending and later ``recv``/``send`` raises PeerError
