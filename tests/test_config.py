@@ -56,6 +56,10 @@ def test_an_integer_in_a_float_key_hashes_as_the_float():
         ({"network": {"call_deadline_s": 0}}, "network.call_deadline_s"),
         ({"network": {"heartbeat_interval_s": 0}}, "heartbeat_interval_s': must be > 0"),
         ({"network": {"heartbeat_interval_s": 40}}, "must be below 'peer_timeout_s'"),
+        (
+            {"network": {"peer_timeout_s": 60, "progress_timeout_s": 45}},
+            "progress_timeout_s': must be at least 'peer_timeout_s'",
+        ),
         ({"network": {"max_message_bytes": -1}}, "network.max_message_bytes': must be >="),
         ({"network": {"max_message_bytes": 2**40}}, "network.max_message_bytes"),
         ({"federated": {"clip_norm": -1.0}}, "key 'federated.clip_norm': must be > 0"),
