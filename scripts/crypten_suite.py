@@ -179,8 +179,13 @@ def run_file(suite: Path, name: str, config: str, out: Path, timeout: float) -> 
     with log.open("w") as stream:
         try:
             subprocess.run(
-                command, cwd=suite, env=env, stdout=stream, stderr=subprocess.STDOUT,
-                timeout=timeout, check=False,
+                command,
+                cwd=suite,
+                env=env,
+                stdout=stream,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                check=False,
             )
         except subprocess.TimeoutExpired:
             stream.write(f"\n*** timed out after {timeout:g} s\n")
@@ -251,7 +256,8 @@ def table(results: dict[str, dict[str, dict[str, str]]], files: Iterable[str]) -
             totals[config] = [a + b for a, b in zip(totals[config], counts)]
             cells.append("/".join(map(str, counts)))
         lines.append(f"| {file} | " + " | ".join(cells) + " |")
-    lines.append("| **total** | " + " | ".join("/".join(map(str, totals[c])) for c in CONFIGS) + " |")
+    total = " | ".join("/".join(map(str, totals[c])) for c in CONFIGS)
+    lines.append(f"| **total** | {total} |")
     return "\n".join(lines)
 
 

@@ -108,7 +108,7 @@ def _set_up(self, world_size: int = MultiProcessTestCase.DEFAULT_WORLD_SIZE) -> 
     if self.rank != self.MAIN_PROCESS_RANK:
         return  # a party: its session is running already (see _run)
     self.queue = self.mp_context.Queue()
-    self.file = tempfile.NamedTemporaryFile(delete=True).name
+    self.file = tempfile.mktemp(prefix="crypten-suite-")  # a rendezvous name, like CrypTen's
     os.makedirs(self.file + ".cache")
     self.processes = []
     if CONFIG != "stock":
