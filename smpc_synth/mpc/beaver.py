@@ -149,15 +149,20 @@ def products(items: Sequence[tuple[str, object, object]]) -> list:
     binary shares, active security, CrypTen's non-Beaver protocols) runs one product at a
     time.
     """
+    provider = crypten.mpc.get_default_provider()
+    fits = getattr(provider, "product_fits", None)
     batchable = (
         len(items) > 1
         and not cfg.mpc.active_security
         and cfg.mpc.protocol == "beaver"
         and all(_batchable(op, x, y) for op, x, y in items)
+        # a product too large for one triple is split (beaver_protocol): one at a time
+        and all(
+            fits is None or op == "square" or fits(x.size(), y.size(), op, {}) for op, x, y in items
+        )
     )
     if not batchable:
         return [x.square() if op == "square" else getattr(x, op)(y) for op, x, y in items]
-    provider = crypten.mpc.get_default_provider()
     tuples, masked = [], []
     for op, x, y in items:
         if op == "square":

@@ -91,6 +91,27 @@ def _patch_onnx_export(crypten: ModuleType) -> None:
     converter._export_pytorch_model = _export_pytorch_model
 
 
+def _onnx_identity(crypten: ModuleType) -> None:
+    # torch 2.13's TorchScript exporter stores equal initializers once and emits an ONNX
+    # `Identity` node for each copy (a fresh BatchNorm's running_var equals its weight, its
+    # running_mean its bias), which CrypTen's converter does not know: from_pytorch fails
+    # with "CrypTen does not support ONNX op Identity". The node becomes a module that
+    # passes its input on.
+    converter = importlib.import_module("crypten.nn.onnx_converter")
+
+    class Identity(crypten.nn.Module):
+        """ONNX's Identity: the output is the input."""
+
+        def forward(self, x):
+            return x
+
+        @staticmethod
+        def from_onnx(attributes=None):
+            return Identity()
+
+    converter.ONNX_TO_CRYPTEN.setdefault("Identity", Identity)
+
+
 def _exact_decode(crypten: ModuleType) -> None:
     # FixedPointEncoder.decode splits a negative value into quotient and remainder with the
     # divisor `scale - 1` (a typo for `scale`), so values in (-n, -n + n/scale) decode as
@@ -417,6 +438,7 @@ def apply() -> None:
     crypten = importlib.import_module("crypten")
     _patch_loads(crypten)
     _patch_onnx_export(crypten)
+    _onnx_identity(crypten)
     _exact_decode(crypten)
     _skip_debug_validation(crypten)
     _remembered_dispatch(crypten)
