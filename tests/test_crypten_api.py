@@ -64,7 +64,7 @@ def test_requests_over_the_dealers_limit_are_split_not_refused(tmp_path):
     }
     assert (x == 0).any()  # relu's gradient at 0 is checked too
     for name, (want, atol) in expected.items():
-        got = torch.tensor(result[name]).reshape(want.shape)
+        got = torch.tensor(result[name], dtype=want.dtype).reshape(want.shape)
         torch.testing.assert_close(
             got, want, atol=atol, rtol=1e-3, msg=lambda m, n=name: f"{n}: {m}"
         )
