@@ -54,7 +54,10 @@ def make_beaver_protocol(original: Callable) -> Callable:
         if not args and fits is not None and not fits(x.size(), y.size(), op, kwargs):
             out = provider.product_size(x.size(), y.size(), op, kwargs)
             return _in_pieces(beaver_protocol, op, x, y, out, provider.max_elements, kwargs)
-        a, b, c = provider.generate_additive_triple(x.size(), y.size(), op, None, *args, **kwargs)
+        # asked for as CrypTen asks (device by keyword): traced tuple caches share its keys
+        a, b, c = provider.generate_additive_triple(
+            x.size(), y.size(), op, *args, device=x.device, **kwargs
+        )
         with crypten_beaver.IgnoreEncodings([a, b, x, y]):
             epsilon, delta = ArithmeticSharedTensor.reveal_batch([x - a, y - b])
         return _combine(op, a, b, c, epsilon, delta, *args, **kwargs)
@@ -166,11 +169,11 @@ def products(items: Sequence[tuple[str, object, object]]) -> list:
     tuples, masked = [], []
     for op, x, y in items:
         if op == "square":
-            r, r2 = provider.square(x.size())
+            r, r2 = provider.square(x.size(), device=x.device)
             tuples.append((r, r2))
             masked.append(x.share - r.share)
         else:
-            a, b, c = provider.generate_additive_triple(x.size(), y.size(), op, None)
+            a, b, c = provider.generate_additive_triple(x.size(), y.size(), op, device=x.device)
             tuples.append((a, b, c))
             masked += [x.share - a.share, y.share - b.share]
     opened = iter(crypten.communicator.get().all_reduce(masked, batched=True))
