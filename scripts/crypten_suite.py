@@ -225,13 +225,16 @@ def documented(doc: Path = DOC) -> dict[str, set[str]]:
 
 
 def compare(results: dict[str, dict[str, dict[str, str]]], listed: dict[str, set[str]]):
-    """Tests that pass on stock and not in another configuration: (documented, not)."""
+    """Tests that pass on stock and not in another configuration that ran their file
+    (failed, skipped or missing from its report): (documented, not documented)."""
     known, unknown = [], []
     for config in CONFIGS[1:]:
         for file, stock in results.get("stock", {}).items():
-            other = results.get(config, {}).get(file, {})
+            if file not in results.get(config, {}):
+                continue  # not run in this configuration
+            other = results[config][file]
             for test, outcome in stock.items():
-                if outcome != "passed" or other.get(test) in ("passed", None):
+                if outcome != "passed" or other.get(test) == "passed":
                     continue
                 key = f"{file}::{test}"
                 (known if config in listed.get(key, set()) else unknown).append((config, key))
@@ -250,7 +253,7 @@ def table(results: dict[str, dict[str, dict[str, str]]], files: Iterable[str]) -
         for config in CONFIGS:
             got = results.get(config, {}).get(file)
             if not got:
-                cells.append("–")
+                cells.append("–" if got is None else "no report")
                 continue
             counts = [sum(v == k for v in got.values()) for k in ("passed", "failed", "skipped")]
             totals[config] = [a + b for a, b in zip(totals[config], counts)]
@@ -282,9 +285,9 @@ def main(argv: list[str] | None = None) -> int:
             if config in args.configs and not args.report_only:
                 print(f"running {name} ({config}) ...", flush=True)
                 run_file(suite, name, config, out, args.timeout)
-            found = outcomes(report)
-            if found:
-                results.setdefault(config, {})[name] = found
+            ran = config in args.configs and not args.report_only
+            if ran or report.exists():  # a run that left no report counts as all failed
+                results.setdefault(config, {})[name] = outcomes(report)
     (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True))
     print(table(results, args.files))
     known, unknown = compare(results, documented())

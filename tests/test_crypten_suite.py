@@ -50,22 +50,31 @@ def test_only_unexplained_differences_from_stock_fail_the_run():
                 "T::test_fine": "passed",
             }
         },
-        "gloo": {"test_a.py": {"T::test_intended": "failed", "T::test_fine": "passed"}},
+        "gloo": {
+            "test_a.py": {
+                "T::test_intended": "failed",
+                "T::test_broken": "passed",
+                "T::test_fine": "skipped",
+            }
+        },
         "grpc": {
             "test_a.py": {
                 "T::test_intended": "failed",
                 "T::test_broken": "failed",
                 "T::test_flaky_on_stock": "failed",
-                "T::test_fine": "passed",
             }
         },
     }
     known, unknown = crypten_suite.compare(results, listed)
     assert known == [("grpc", "test_a.py::T::test_intended")]
-    # intended only over grpc; the test that breaks is never explained
+    # intended only over grpc; a test that breaks, is skipped or is missing never is
     assert unknown == [
         ("gloo", "test_a.py::T::test_intended"),
+        ("gloo", "test_a.py::T::test_fine"),
         ("grpc", "test_a.py::T::test_broken"),
+        ("grpc", "test_a.py::T::test_fine"),
     ]
     table = crypten_suite.table(results, ["test_a.py"])
-    assert "| test_a.py | 3/1/0 | 1/1/0 | 1/3/0 |" in table
+    assert "| test_a.py | 3/1/0 | 1/1/1 | 0/3/0 |" in table
+    # a file a configuration did not run is no difference
+    assert crypten_suite.compare({"stock": results["stock"], "grpc": {}}, listed) == ([], [])
