@@ -1,7 +1,8 @@
 """pytest plugin that runs CrypTen's own test suite over smpc-synth's CrypTen.
 
-Loaded by ``scripts/crypten_suite.py`` (``pytest -p crypten_suite_plugin``) and imported
-first by every test process, before anything imports ``crypten``. The environment
+Loaded by ``scripts/crypten_suite.py`` (``pytest -p crypten_suite_plugin``) before pytest
+imports any test module, and imported by the forkserver the party processes fork from:
+wherever ``crypten`` runs, this module has patched it first. The environment
 variable ``CRYPTEN_SUITE_CONFIG`` picks what the parties run:
 
 - ``stock``: CrypTen 0.4.1 as shipped, with only the fixes it needs to run on this torch
@@ -28,12 +29,14 @@ What it changes in CrypTen's harness (``test/multiprocess_test_case.py``), and w
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import json
 import multiprocessing
 import os
 import queue
+import shutil
 import tempfile
 import time
 import traceback
@@ -132,6 +135,11 @@ def _tear_down(self) -> None:
         if process.is_alive():
             process.kill()
         process.join(5)
+    if self.rank == self.MAIN_PROCESS_RANK and hasattr(self, "file"):
+        shutil.rmtree(self.file + ".cache", ignore_errors=True)
+        for leftover in (self.file, self.file + ".plan.json"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(leftover)
 
 
 MultiProcessTestCase.tearDown = _tear_down
@@ -204,7 +212,9 @@ def _certs():
     from smpc_synth.net.certs import write_certificates
 
     names = [*_party_names(3), DEALER]
-    return write_certificates(names, tempfile.mkdtemp(prefix="crypten-suite-certs-"))
+    folder = tempfile.mkdtemp(prefix="crypten-suite-certs-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return write_certificates(names, folder)
 
 
 @contextlib.contextmanager
