@@ -26,7 +26,11 @@ NETWORK = NetworkConfig(
 RECV_TIMEOUT_S = 20.0
 # long sessions on a busy machine: a member may go without CPU for many seconds
 PATIENT_NETWORK = NetworkConfig(
-    heartbeat_interval_s=1.0, peer_timeout_s=600.0, connect_timeout_s=300.0, call_deadline_s=60.0
+    heartbeat_interval_s=1.0,
+    peer_timeout_s=600.0,
+    progress_timeout_s=600.0,
+    connect_timeout_s=300.0,
+    call_deadline_s=60.0,
 )
 SEED = 20240611
 
