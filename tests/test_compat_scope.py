@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -192,6 +194,16 @@ def test_the_table_names_each_attribute_once_and_each_exists():
         ("crypten.mpc:MPCTensor", "relu"),  # inherited from CrypTensor
     }
     assert {patch.why for patch in compat.PATCHES} == {"needed", "speed", "protocol"}
+
+
+def test_the_docs_list_every_entry_of_the_table():
+    doc = Path(__file__).resolve().parent.parent / "docs" / "crypten-compat.md"
+    row = re.compile(r"^\| `([\w.:]+)` \| `(\w+)` \| (\w+)( \(kept\))? \| (\w+) \|")
+    listed = {match.groups() for match in map(row.match, doc.read_text().splitlines()) if match}
+    assert listed == {
+        (p.owner, p.attribute, p.why, " (kept)" if p.wiring else None, p.when or "always")
+        for p in compat.PATCHES
+    }
 
 
 def test_patches_are_in_only_inside_a_block_and_nest(shipped):
