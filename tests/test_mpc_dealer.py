@@ -20,6 +20,8 @@ from smpc_synth.mpc.stats import TrafficRecorder
 crypten = import_crypten()
 from crypten.common.util import count_wraps  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("crypten_patches")
+
 KEYS = tuple(prg.debug_key(seed) for seed in (11, -22, 33))
 
 
