@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 
 def _reveal_scalars(*values) -> list[float]:
-    """Open several shared scalars in one round."""
-    stacked = crypten.stack([v.reshape(1) for v in values]).reshape(-1)
+    """Open several shared scalars (or short vectors, flattened in turn) in one round."""
+    stacked = crypten.cat([v.reshape(-1) for v in values])
     return [float(x) for x in stacked.get_plain_text()]
 
 
@@ -72,9 +72,12 @@ class Twin:
             values = _reveal_scalars(*losses.values(), *(self.opts[g].root_check for g in groups))
         revealed = dict(zip(losses, values))
         self.failed_checks = []
-        for group, value in zip(groups, values[len(losses) :], strict=True):
+        at = len(losses)
+        for group in groups:
             opt = self.opts[group]
-            error = opt.root_check_error(value)
+            width = opt.root_check.nelement()
+            error = opt.root_check_error(values[at : at + width])
+            at += width
             revealed[f"{CHECK_PREFIX}adam {group}"] = error
             if not error <= 1:
                 self.failed_checks.append(group)
