@@ -8,9 +8,21 @@ Fixed point has 16 fractional bits, too coarse for squared gradients (1e-3 squar
 one unit), so the moments are kept for gradients scaled by a public power of two
 (:data:`GRAD_SCALE` to begin with); Adam is invariant to that scale except for ``eps``,
 which is therefore interpreted in scaled units. The inverse square root covers ``x`` in
-``[EPS, X_MAX]``: gradients of 6e-4 to 99 at scale 32. A table whose gradients are larger
-(wide layouts, many columns) fails a root check (below), and the optimizer then keeps its
-moments at a lower scale (:meth:`SharedAdam.shrink_scale`), until its gradients fit.
+``[EPS, X_MAX]``: gradients of 6e-4 to 99 at scale 32. Above it the root is a few units
+of fixed point, and past the last bucket (2.7e7) a cold start's guess is above
+``sqrt(3/x)``: Newton goes to the negative root or to 0. The comparison each step makes anyway also marks every ``x`` above
+X_MAX; their count rides with the root check (below), and a single one fails it. A table
+whose gradients are larger (wide layouts, many columns) thus fails the check, and the
+optimizer keeps its moments at a lower scale (:meth:`SharedAdam.shrink_scale`) until
+every element fits. That count is all it reveals of them.
+
+Within the window a step differs from torch Adam's only by fixed point: ``lr`` is encoded
+as ``round(lr 2^16) / 2^16`` (0.7% off at 1e-3, 2^-17 / lr at most), the converged root
+is within :data:`ROOT_ERROR_UNITS` units of 2^-16, i.e. a relative ``2 * 2^-16 sqrt(x)``
+(up to 9.6% at X_MAX, where the root is 21 units; 3.1% at 1e6), and the update within
+:data:`STEP_ERROR_UNITS` units besides: per element and step, ``|u| (e_lr + 2^-15
+sqrt(x)) + 2^-15`` for torch's update ``u``.
+
 Two-party truncation fails (wraps around) with a probability proportional to the magnitude of
 a product, about value / 2^31 per element, so every product here is kept small: moments
 are updated as ``avg + c * (new - avg)`` and Newton multiplies ``x * y`` before ``y``.
@@ -26,10 +38,11 @@ A wrap-around inside Newton's iteration need not show in the loss: the next iter
 squares the wrapped value past fixed point's range, and what comes out can be a root a
 million times too large, not one that wrecks the model outright (it happened: a KL jump from
 0.2 to 7 that the guard let through). Newton's last step computes ``s = x y^2`` of its
-input, about 1 for every element; :attr:`SharedAdam.root_check` is its sum, which every
-party reveals with the step's losses. A mean off by more than
-:data:`ROOT_CHECK_TOLERANCE` means a wrap-around (then it is off by 10^4 or more), and the
-guard rolls the step back. It costs no round and no product.
+input, about 1 for every element; :attr:`SharedAdam.root_check` is its sum and the count
+of elements above X_MAX, which every party reveals with the step's losses. A mean off by
+more than :data:`ROOT_CHECK_TOLERANCE` means a wrap-around (then it is off by 10^4 or
+more), and any element above X_MAX a gradient too large for the scale: the guard rolls
+the step back. It costs no round and no product.
 """
 
 from __future__ import annotations
