@@ -88,15 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="gaussian",
         help="one of %(choices)s",
     )
-    src = p.add_mutually_exclusive_group()
-    src.add_argument(
-        "--dataset",
-        choices=_DATASETS,
-        metavar="NAME",
-        help="a built-in data set: %(choices)s (default: fair, unless --data is given)",
-    )
-    src.add_argument("--data", type=Path, help="a CSV or Parquet file to split among parties")
-    p.add_argument("--schema", type=Path, help="public schema (default: inferred from the data)")
+    _add_shared_table(p, "a CSV or Parquet file to split among parties")
     p.add_argument("--split", default="iid", help="how rows are shared: iid | noniid:COLUMN")
     _add_epochs(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of training")
@@ -141,15 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
             _add_override_gate(p)
 
     p = _add(sub, "split", _cmd_split, "write one CSV per party from a table, for a local test")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument(
-        "--dataset",
-        choices=_DATASETS,
-        metavar="NAME",
-        help="a built-in data set: %(choices)s (default: fair, unless --data is given)",
-    )
-    src.add_argument("--data", type=Path, help="a CSV or Parquet file to split")
-    p.add_argument("--schema", type=Path, help="public schema (default: inferred from the data)")
+    _add_shared_table(p, "a CSV or Parquet file to split")
     p.add_argument("--parties", type=int, default=3, help="number of data parties (1-8)")
     p.add_argument("--split", default="iid", help="how rows are shared: iid | noniid:COLUMN")
     p.add_argument("--seed", type=int, default=0, help="seed of the split")
@@ -297,6 +281,19 @@ def _datasets() -> Sequence[str]:
     from smpc_synth.data.datasets import list_builtin
 
     return list_builtin()
+
+
+def _add_shared_table(p: argparse.ArgumentParser, data_help: str) -> None:
+    """--dataset | --data, and --schema: the table a local session shares among parties."""
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--dataset",
+        choices=_DATASETS,
+        metavar="NAME",
+        help="a built-in data set: %(choices)s (default: fair, unless --data is given)",
+    )
+    src.add_argument("--data", type=Path, help=data_help)
+    p.add_argument("--schema", type=Path, help="public schema (default: inferred from the data)")
 
 
 def _listed(module: str, name: str) -> _Choices:
