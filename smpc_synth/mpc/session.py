@@ -31,7 +31,7 @@ from smpc_synth.mpc.dealer import DealerProvider
 from smpc_synth.mpc.link import DEALER, Link
 from smpc_synth.mpc.stats import TrafficRecorder
 from smpc_synth.mpc.transport import check_gloo, insecure_warning, rendezvous_address
-from smpc_synth.train.base import Channel, TrafficStats
+from smpc_synth.net.channel import Channel, TrafficStats
 
 crypten = import_crypten()
 import crypten.communicator as crypten_comm  # noqa: E402
