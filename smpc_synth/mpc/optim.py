@@ -10,11 +10,12 @@ one unit), so the moments are kept for gradients scaled by a public power of two
 which is therefore interpreted in scaled units. The inverse square root covers ``x`` in
 ``[EPS, X_MAX]``: gradients of 6e-4 to 99 at scale 32. Above it the root is a few units
 of fixed point, and past the last bucket (2.7e7) a cold start's guess is above
-``sqrt(3/x)``: Newton goes to the negative root or to 0. The comparison each step makes anyway also marks every ``x`` above
-X_MAX; their count rides with the root check (below), and a single one fails it. A table
-whose gradients are larger (wide layouts, many columns) thus fails the check, and the
-optimizer keeps its moments at a lower scale (:meth:`SharedAdam.shrink_scale`) until
-every element fits. That count is all it reveals of them.
+``sqrt(3/x)``: Newton goes to the negative root or to 0. The comparison each step makes
+anyway also marks every ``x`` above X_MAX; their count rides with the root check (below),
+and a single one fails it. A table whose gradients are larger (wide layouts, many
+columns) thus fails the check, and the optimizer keeps its moments at a lower scale
+(:meth:`SharedAdam.shrink_scale`) until every element fits. That count is all it
+reveals of them.
 
 Within the window a step differs from torch Adam's only by fixed point: ``lr`` is encoded
 as ``round(lr 2^16) / 2^16`` (0.7% off at 1e-3, 2^-17 / lr at most), the converged root
