@@ -22,8 +22,12 @@ def train(
     seed: int = 0,
     params: dict[str, Any] | None = None,
     source: str = "data",
+    dp: Any = None,
 ) -> Synthesizer:
-    """Fit a generator on one table in the clear (plaintext mode) and return it."""
+    """Fit a generator on one table in the clear (plaintext mode) and return it.
+
+    ``dp``: a :class:`~smpc_synth.config.DpConfig` with ``epsilon`` set trains with
+    differential privacy (``Synthesizer.privacy`` then holds the ledger)."""
     import torch
 
     from smpc_synth.data import infer_schema, validate
@@ -33,7 +37,7 @@ def train(
     schema = schema or infer_schema(data)
     frame = validate(data, schema, source=source)
     return Synthesizer.fit(
-        frame, schema, generator=generator, epochs=epochs, seed=seed, params=params
+        frame, schema, generator=generator, epochs=epochs, seed=seed, params=params, dp=dp
     )
 
 

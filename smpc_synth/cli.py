@@ -68,11 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout-fraction", type=float, default=0.2)
     p.add_argument("--target", help="column for utility (TSTR) evaluation")
+    p.add_argument("--sample-rows", type=int, help="rows of synthetic.csv (default: as trained)")
     p.add_argument("--out", type=Path, help="run directory (default: runs/simulate-TIME)")
     p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
     p.add_argument("--he", choices=("ckks", "none"), default="ckks", help="federated: encryption")
-    p.add_argument("--dp", action="store_true", help="federated: differential privacy")
-    p.add_argument("--target-epsilon", type=float, help="federated + --dp: privacy budget")
+    _add_dp(p)
+    p.add_argument(
+        "--dp-unit",
+        choices=("record", "party"),
+        help="what DP protects: one record (default) or, federated only, one party (DP-FedAvg)",
+    )
+    p.add_argument("--dp", action="store_true", help="older spelling: --dp --target-epsilon E")
+    p.add_argument("--target-epsilon", type=float, help="with --dp: same as --epsilon")
     p.add_argument("--transport", choices=("grpc", "gloo"), default="grpc", help="mpc transport")
     p.add_argument(
         "--insecure-dev",
@@ -113,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout-fraction", type=float, default=0.2)
     p.add_argument("--target")
     p.add_argument("--out", type=Path, required=True)
+    _add_dp(p)
     _add_override_gate(p)
 
     p = _add(sub, "sample", _cmd_sample, "draw synthetic rows from generator.pt")
@@ -149,6 +157,34 @@ def _add(sub, name: str, handler: Callable | None, help_text: str) -> argparse.A
     return p
 
 
+def _add_dp(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--epsilon",
+        type=float,
+        help="differential privacy: the run's whole budget (bounds everything it releases)",
+    )
+    p.add_argument("--delta", type=float, help="with --epsilon: DP delta (default 1e-6)")
+
+
+def _dp_options(args) -> dict:
+    """The ``[dp]`` table from --epsilon/--delta/--dp-unit, or the older --dp --target-epsilon."""
+    epsilon = args.epsilon
+    legacy = getattr(args, "dp", False)
+    target = getattr(args, "target_epsilon", None)
+    if target is not None and not legacy:
+        raise InputError("--target-epsilon needs --dp (or give the budget as --epsilon)")
+    if legacy:
+        if target is None and epsilon is None:
+            raise InputError("--dp needs --target-epsilon E (or give the budget as --epsilon E)")
+        if target is not None and epsilon is not None and target != epsilon:
+            raise InputError(f"--epsilon {epsilon} and --target-epsilon {target} disagree")
+        epsilon = epsilon if epsilon is not None else target
+    unit = getattr(args, "dp_unit", None)
+    if epsilon is None and (args.delta is not None or unit is not None):
+        raise InputError("--delta and --dp-unit need --epsilon")
+    return {"epsilon": epsilon, "delta": args.delta, "unit": unit}
+
+
 def _add_override_gate(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--override-gate",
@@ -170,6 +206,7 @@ def _configure_logging(verbose: bool) -> None:
 
 def _cmd_simulate(args) -> int:
     from smpc_synth.config import RunConfig, drop_none
+    from smpc_synth.dp.budget import describe_record
     from smpc_synth.eval import format_report
     from smpc_synth.release import enforce
     from smpc_synth.runtime.simulate import simulate
@@ -182,7 +219,9 @@ def _cmd_simulate(args) -> int:
         "holdout_fraction": args.holdout_fraction,
         "split": args.split,
         "target": args.target,
-        "federated": {"he": args.he, "dp": args.dp, "target_epsilon": args.target_epsilon},
+        "sample_rows": args.sample_rows,
+        "federated": {"he": args.he},
+        "dp": _dp_options(args),
         "mpc": {"transport": args.transport, "insecure_dev": args.insecure_dev},
     }
     if args.insecure_dev:
@@ -201,6 +240,8 @@ def _cmd_simulate(args) -> int:
     )
     if "evaluation" in result.metrics:
         print(format_report(result.metrics["evaluation"]))
+    if "privacy" in result.metrics:
+        print(describe_record(result.metrics["privacy"]))
     if result.gate is not None:
         print(result.gate.describe())
     status = "finished" if result.exit_code == 0 else f"failed (exit code {result.exit_code})"
@@ -256,7 +297,7 @@ def _cmd_train(args) -> int:
     import tomli_w
 
     from smpc_synth.api import evaluate, train
-    from smpc_synth.config import RunConfig
+    from smpc_synth.config import RunConfig, drop_none
     from smpc_synth.data import (
         Schema,
         holdout_split,
@@ -265,10 +306,27 @@ def _cmd_train(args) -> int:
         read_table,
         validate,
     )
+    from smpc_synth.dp.budget import describe_record
+    from smpc_synth.dp.support import PUBLIC_SCHEMA_NEEDED
     from smpc_synth.eval import format_report
     from smpc_synth.release import PENDING_NAME, enforce, release_run
 
+    config = RunConfig.from_dict(
+        drop_none(
+            {
+                "generator": args.generator,
+                "epochs": args.epochs,
+                "seed": args.seed,
+                "holdout_fraction": args.holdout_fraction,
+                "target": args.target,
+                "dp": _dp_options(args),
+            }
+        ),
+        source="command line",
+    )
     given = Schema.load(args.schema) if args.schema else None
+    if config.dp.enabled and given is None and args.data is not None:
+        raise InputError(f"--epsilon: {PUBLIC_SCHEMA_NEEDED}")
     if args.data is not None:
         frame, target, source = read_table(args.data, given), args.target, str(args.data)
     else:
@@ -289,20 +347,17 @@ def _cmd_train(args) -> int:
         epochs=args.epochs,
         seed=args.seed,
         source=source,
+        dp=config.dp,
+        params=config.generator_params,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     model.save(args.out / "generator.pt")
     candidate = args.out / PENDING_NAME
-    synthetic = model.sample(len(fit_rows), seed=args.seed)
+    rows = model.meta["train_rows"] if model.privacy is not None else len(fit_rows)
+    synthetic = model.sample(rows, seed=args.seed)
     synthetic.to_csv(candidate, index=False)
     schema.save(args.out / "schema.toml")
-    config = RunConfig(
-        generator=args.generator,
-        epochs=args.epochs,
-        seed=args.seed,
-        holdout_fraction=args.holdout_fraction,
-        target=target,
-    )
+    config.target = target
     (args.out / "config.toml").write_text(tomli_w.dumps(config.to_toml_dict()))
     report = evaluate(
         fit_rows, synthetic, holdout=holdout, target=target, schema=schema, seed=args.seed
@@ -313,6 +368,8 @@ def _cmd_train(args) -> int:
         "source": source,
         "evaluation": report,
     }
+    if model.privacy is not None:
+        metrics["rows_released"] = model.meta["train_rows"]
     decision = release_run(
         args.out,
         candidate=candidate,
@@ -321,8 +378,11 @@ def _cmd_train(args) -> int:
         config=config.to_dict(),
         metrics=metrics,
         override=args.override_gate,
+        privacy=model.privacy,
     )
     print(format_report(report))
+    if model.privacy is not None:
+        print(describe_record(model.privacy))
     print(decision.describe())
     written = "generator.pt, metrics.json, manifest.json"
     print(f"wrote {args.out}: {written}" + (", synthetic.csv" if decision.released else ""))

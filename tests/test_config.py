@@ -14,7 +14,7 @@ from smpc_synth.runtime.party_config import is_loopback, load_party_config
 def test_equal_configs_share_a_fingerprint_and_any_change_alters_it():
     a = RunConfig.from_dict({"mode": "mpc", "epochs": 3})
     b = RunConfig.from_dict({"epochs": 3, "mode": "mpc"})
-    c = RunConfig.from_dict({"mode": "mpc", "epochs": 3, "federated": {"clip_norm": 2.0}})
+    c = RunConfig.from_dict({"mode": "mpc", "epochs": 3, "federated": {"local_epochs": 2}})
     assert a.fingerprint() == b.fingerprint()
     assert a.fingerprint() != c.fingerprint()
 
@@ -35,7 +35,8 @@ def test_an_integer_in_a_float_key_hashes_as_the_float():
         ({"mdoe": "mpc"}, "mdoe"),
         ({"mode": "quantum"}, "mode"),
         ({"epochs": "ten"}, "epochs"),
-        ({"federated": {"clip_norm": "big"}}, "federated.clip_norm"),
+        ({"federated": {"update_bound": "big"}}, "federated.update_bound"),
+        ({"dp": {"clip_norm": "big"}}, "dp.clip_norm"),
         ({"mpc": {"transprt": "grpc"}}, "mpc.transprt"),
         ({"holdout_fraction": 1.5}, "holdout_fraction"),
         ({"split": "random"}, "split"),

@@ -41,6 +41,8 @@ class Generator(ABC):
     numeric_encoding: ClassVar[str]  # the TableEncoder numeric mode this generator wants
     Params: ClassVar[type]  # dataclass of hyperparameters, with their defaults
     released_modules: ClassVar[tuple[str, ...]] = ()  # modules in the released artifact
+    # what reads real rows under DP, each with its share of the budget (dp.support)
+    dp_parts: ClassVar[tuple[str, ...]] = ("encoder", "training")
 
     def __init__(self, layout: Layout, **hparams: Any):
         if layout.width == 0:
@@ -100,10 +102,15 @@ class NeuralGenerator(Generator):
     """
 
     sampler: ClassVar[str]
+    private_modules: ClassVar[tuple[str, ...]] = ()  # networks whose gradients read real rows
 
     def __init__(self, layout: Layout, **hparams: Any):
         super().__init__(layout, **hparams)
         self.initialize(seed=0)
+
+    def private_step(self, batch: torch.Tensor, generator: torch.Generator, private) -> dict:
+        """One DP-SGD step on a Poisson sample (:mod:`smpc_synth.models.private`)."""
+        raise NotImplementedError(f"generator '{self.name}' has no DP-SGD step")
 
     @abstractmethod
     def _build(self) -> dict[str, nn.Module]:
