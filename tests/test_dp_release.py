@@ -135,7 +135,8 @@ def _simulate(tmp_path, name, frame, schema, mode, generator, null_data, unit="r
 def _check_session(tmp_path, mode, generator, unit="record"):
     table, neighbour, schema = _neighbours()
     nulled = _simulate(tmp_path, "a", table, schema, mode, generator, True, unit)
-    assert _differences(nulled, _simulate(tmp_path, "b", neighbour, schema, mode, generator, True, unit)) == []
+    neighbours = _simulate(tmp_path, "b", neighbour, schema, mode, generator, True, unit)
+    assert _differences(nulled, neighbours) == []
     reading = _simulate(tmp_path, "c", table, schema, mode, generator, False, unit)
     assert "generator.pt" in _differences(nulled, reading)
     privacy = json.loads(nulled["metrics.json"])["privacy"]

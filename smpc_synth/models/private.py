@@ -259,9 +259,8 @@ def plan_moments(ledger: Ledger, gen_cls, layout, dp, sensitivity: float | None 
 def fit_private(rows, schema, gen_cls, params, dp, *, epochs, seed, on_epoch=None):
     """Plaintext DP fit on one (pooled) table: ``(encoder, model, ledger, rows released)``."""
     from smpc_synth.data.encoding import N_ROWS, TableEncoder, noisy_count
-    from smpc_synth.models.gaussian import clip_rows, noisy_moments, sufficient_stats
-
     from smpc_synth.dp.support import with_fixed_params
+    from smpc_synth.models.gaussian import clip_rows, noisy_moments, sufficient_stats
 
     params = with_fixed_params(gen_cls.name, params)
     ledger, source = start_ledger(dp, "plaintext")
