@@ -63,14 +63,22 @@ def moments_sensitivity(layout) -> float:
     return float(np.sqrt(r2 + r2**2))
 
 
+def upper(outer: np.ndarray) -> np.ndarray:
+    """The upper triangle (with the diagonal) of a symmetric matrix, as a vector."""
+    return np.asarray(outer, dtype=np.float64)[np.triu_indices(outer.shape[0])]
+
+
+def from_upper(values: np.ndarray, d: int) -> np.ndarray:
+    """The symmetric ``d x d`` matrix whose :func:`upper` triangle is ``values``."""
+    out = np.zeros((d, d))
+    out[np.triu_indices(d)] = values
+    return out + np.triu(out, 1).T
+
+
 def noisy_moments(total: np.ndarray, outer: np.ndarray, std: float, source):
     """The Gaussian mechanism on ``(total, outer)``: noise on the sum and on the upper
     triangle of the (symmetric) outer-product sum, mirrored below the diagonal."""
-    total = source.privatize(total, std)
-    upper = np.triu_indices(outer.shape[0])
-    noisy = np.zeros_like(np.asarray(outer, dtype=np.float64))
-    noisy[upper] = source.privatize(np.asarray(outer)[upper], std)
-    return total, noisy + np.triu(noisy, 1).T
+    return source.privatize(total, std), from_upper(source.privatize(upper(outer), std), len(total))
 
 
 @register

@@ -49,15 +49,24 @@ class SgdPlan:
 
 
 def plan_sgd(
-    ledger: Ledger, epochs: int, batch_size: int, rows: float, clip_norm: float, what: str
+    ledger: Ledger,
+    epochs: int,
+    batch_size: int,
+    rows: float,
+    clip_norm: float,
+    what: str,
+    sensitivity: float | None = None,
 ) -> SgdPlan:
     """Poisson rate ``batch_size / rows`` (``rows`` the noisy count), ``epochs / rate`` steps,
-    and the noise multiplier the rest of the ledger's budget allows."""
+    and the noise multiplier the rest of the ledger's budget allows (``sensitivity``: what one
+    example can move a step's sum by, where the computation adds to ``clip_norm``)."""
     rate = min(1.0, batch_size / max(rows, 1.0))
     per_epoch = max(1, round(1 / rate))
     steps = epochs * per_epoch
-    mechanism = ledger.sgd("training", rate, steps, clip_norm, what)
-    return SgdPlan(rate, steps, per_epoch, mechanism.noise_multiplier, clip_norm, rate * rows)
+    bound = clip_norm if sensitivity is None else sensitivity
+    mechanism = ledger.sgd("training", rate, steps, bound, what)
+    multiplier = mechanism.noise_multiplier * bound / clip_norm  # noise std over the clip
+    return SgdPlan(rate, steps, per_epoch, multiplier, clip_norm, rate * rows)
 
 
 def _secure_optimizer_class():
