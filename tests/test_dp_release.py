@@ -165,6 +165,8 @@ def test_a_federated_dp_session_releases_nothing_else_of_the_rows(tmp_path):
         ("federated", "gaussian", "party"),
         ("federated", "vae", "party"),
         ("federated", "gan", "party"),
+        ("mpc", "gaussian", "record"),
+        ("mpc", "vae", "record"),
     ],
 )
 def test_every_dp_session_releases_nothing_else_of_the_rows(tmp_path, mode, generator, unit):
