@@ -158,7 +158,9 @@ class DpConfig:
 
     @model_validator(mode="after")
     def _insecure_needs_a_budget(self) -> DpConfig:
-        if self.epsilon is None and (self.insecure_debug_seed is not None or self.insecure_null_data):
+        if self.epsilon is None and (
+            self.insecure_debug_seed is not None or self.insecure_null_data
+        ):
             raise ConfigProblem("insecure_debug_seed", "the dp.insecure_* keys need 'dp.epsilon'")
         if self.insecure_null_data and self.insecure_debug_seed is None:
             raise ConfigProblem("insecure_null_data", "needs 'dp.insecure_debug_seed'")

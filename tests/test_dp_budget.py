@@ -106,7 +106,9 @@ def test_another_accountant_registers_beside_rdp_and_is_used_by_name():
         ledger.gaussian("encoder", 0.5, 1.0, "stats")
         ledger.gaussian("moments", 0.5, 1.0, "moments")
         assert ledger.spent() == pytest.approx(1.0, rel=2e-3)
+        half = Ledger(Budget(1.0, 1e-6, accountant="toy-zcdp"))
+        half.gaussian("encoder", 0.5, 1.0, "stats")
         with pytest.raises(InputError, match="full-batch"):
-            ledger.sgd("training", 0.1, 10, 1.0, "gradients")
+            half.sgd("training", 0.1, 10, 1.0, "gradients")
     finally:
         ACCOUNTANTS.pop("toy-zcdp")
