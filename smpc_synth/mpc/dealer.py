@@ -10,14 +10,13 @@ party 0 alone. So no data party sees a tuple in the clear, and the dealer sees n
 arithmetic is that of CrypTen's ``TTPServer``; the transport and the PRG are ours.
 
 Party 0 asks for each tuple as CrypTen requests it; the dealer only accepts the ops, sizes
-and keyword arguments that CrypTen's protocols use.
-
-For differential privacy the dealer also deals Gaussian noise (:meth:`DealerProvider.noise`):
-it draws the noise from the operating system's CSPRNG (:class:`~smpc_synth.dp.noise.
-NoiseSource`) and shares it like any correlated value, so no data party, nor all but one of
-them together, knows it. Tuples are numbered, and each is drawn
+and keyword arguments that CrypTen's protocols use. Tuples are numbered, and each is drawn
 from streams of its own (:func:`~smpc_synth.mpc.prg.request_nonce`), so the dealer can
 send the share of a tuple it expects before party 0 asks for it (:class:`_Lookahead`).
+
+For differential privacy the dealer also deals noise (:meth:`DealerProvider.noise_share`):
+it draws the noise from a key of its own and shares it like any correlated value, so no data
+party, nor all but one of them together, knows it.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from typing import Any
 
 import torch
 
+from smpc_synth.dp import sampling
 from smpc_synth.errors import PeerError
 from smpc_synth.mpc import codec, compare, prg, ring
 from smpc_synth.mpc.compat import import_crypten
@@ -57,8 +57,6 @@ DEALER_IDLE_TIMEOUT_S = 24 * 3600.0
 _DONE = "done"
 _CPU = "cpu"  # a benchmark asks how much CPU time the dealer has used
 _REKEY = "rekey"  # debug-seeded runs only: restart every stream from keys for these labels
-NOISE_SCALES = (16, 32, 48)  # fractional bits a noise share may be dealt at
-MAX_NOISE_STD = float(2**20)  # in real units: larger noise would not fit fixed point
 MAX_KEPT = 64  # kept triples the dealer remembers (a training step makes one per layer)
 LOOKAHEAD_DEPTH = 2  # shares the dealer guesses and sends before party 0 asks (_Lookahead)
 FRAME_WORDS = 3  # int64 words before each share the dealer sends: generation, number, tag
@@ -133,7 +131,6 @@ class DealerProvider(TupleProvider):
         self._number = 0  # of the next request since the last (re)key
         self._generation = 0  # re-keys so far: shares framed with an older one are stale
         self._current = (0, 0)  # (number, tag) of the tuple being drawn
-        self.noise_requests = 0  # numbers each noise request (debug-seeded noise keys on it)
         message = link.recv_obj(link.dealer)
         key = message.get("key") if isinstance(message, dict) else None
         if not isinstance(key, bytes) or len(key) != prg.KEY_BYTES:
@@ -279,18 +276,19 @@ class DealerProvider(TupleProvider):
         flat = self._correlated(torch.Size((layout.correlated_size,)))
         return free, layout.split(flat)
 
-    def noise(self, size: torch.Size, std: float, scale_bits: int = 16) -> torch.Tensor:
-        """This party's int64 share of Gaussian noise of standard deviation ``std`` at
-        ``2**scale_bits`` fixed point (:meth:`~smpc_synth.dp.noise.NoiseSource.fixed_point`),
-        ready to add to a share before it is opened."""
+    def noise_share(self, kind: str, size: torch.Size, tag: int, *params: float) -> torch.Tensor:
+        """This party's additive share (int64, mod 2^64) of DP noise that the dealer draws
+        from its own key (:func:`smpc_synth.dp.sampling.draw_noise`: ``kind``, ``params``)
+        and no data party knows: every party but 0 draws its share from its own stream,
+        party 0 gets the noise minus those shares from the dealer. ``tag`` names the draw:
+        a session must never repeat one (the dealer refuses). Party 0 waits for its share
+        here: noise is added to a value before it is opened, not after."""
         size = torch.Size(size)
-        index = self.noise_requests
-        self.noise_requests += 1
-        self._begin("noise", size, float(std), int(scale_bits), index)
-        share = self._correlated(size)
-        if self.deferred and self.party_rank == 0:
-            self.settle()  # it is added before the next opening, not after
-        return share
+        self._begin("noise", kind, size, tag, *params)
+        if self.party_rank != 0:
+            return self._ring(size)
+        self.settle()
+        return self._checked(self._take(*self._current), size)
 
     def dealer_cpu_seconds(self) -> float:
         """The dealer process's CPU time so far, all threads (party 0 only; benchmarks
@@ -324,11 +322,13 @@ class DealerProvider(TupleProvider):
 class _TupleMaker:
     """The dealer's arithmetic (that of CrypTen's ``TTPServer``) over every party's stream:
     it replays each party's draws to learn the tuple, and returns party 0's share of the
-    correlated value."""
+    correlated value. ``noise_key`` is the dealer's own key for DP noise (:meth:`noise`),
+    which no party holds."""
 
-    def __init__(self, keys: Sequence[bytes], noise_seed: int | None = None) -> None:
+    def __init__(self, keys: Sequence[bytes], noise_key: bytes | None = None) -> None:
         self.keys = list(keys)
-        self.noise_seed = noise_seed  # tests only: DP noise from a debug seed
+        self.noise_key = noise_key if noise_key is not None else prg.fresh_key()
+        self.noise_tags: set[int] = set()  # tags of noise already drawn: never twice
         self.streams = [prg.Stream(key) for key in keys]
         self.number = 0  # of the request being served
         # masks (A, B) of served "kept" triples by request number, oldest first
@@ -408,15 +408,15 @@ class _TupleMaker:
         r = self._xor(size, bits=True)
         return r.sub_(self._sum(size, skip_first=True))
 
-    def noise(self, size: torch.Size, std: float, scale_bits: int, index: int) -> torch.Tensor:
-        """Party 0's share of fresh DP noise; from the CSPRNG (a debug seed keys it by the
-        request's ``index``, so a guess computed ahead draws what the request would)."""
-        from smpc_synth.dp.noise import NoiseSource
-
-        source = NoiseSource(self.noise_seed, f"dealer/{index}")
-        drawn = source.fixed_point(math.prod(size), std, scale_bits)
-        noise = torch.from_numpy(drawn).view(size)
-        return noise.sub_(self._sum(size, skip_first=True))
+    def noise(self, kind: str, size: torch.Size, tag: int, params: Sequence[float]):
+        """Party 0's share of noise ``z`` drawn from the dealer's own key: ``z`` minus the
+        other parties' stream shares, so no coalition of data parties learns ``z``."""
+        if tag in self.noise_tags:
+            raise ValueError(f"noise tag {tag} was used before: each draw needs its own")
+        values = sampling.draw_noise(self.noise_key, kind, tag, math.prod(size), params)
+        self.noise_tags.add(tag)
+        z = torch.from_numpy(values).view(size)
+        return z.sub_(self._sum(size, skip_first=True))
 
 
 def _checked_size(value: Any) -> torch.Size:
@@ -478,13 +478,14 @@ def _serve_one(maker: _TupleMaker, request: Any) -> torch.Tensor:
     if function == "compare" and not kwargs:
         layout = compare.Layout.from_request(args, MAX_TUPLE_ELEMENTS // 8)
         return compare.deal(maker.streams, layout)
-    if function == "noise" and len(args) == 4 and not kwargs:
-        size, std, scale_bits, index = args
-        if not (isinstance(std, float) and 0 < std <= MAX_NOISE_STD):
-            raise ValueError(f"noise standard deviation {std!r}")
-        if scale_bits not in NOISE_SCALES or type(index) is not int or index < 0:
-            raise ValueError(f"unexpected noise arguments {args[2:]!r}")
-        return maker.noise(_checked_size(size), std, scale_bits, index)
+    if function == "noise" and len(args) >= 3 and not kwargs:
+        kind, size, tag, *params = args
+        if kind not in sampling.NOISE_KINDS or type(tag) is not int or tag < 0:
+            raise ValueError(f"unexpected noise arguments {args!r}")
+        size = _checked_size(size)
+        if math.prod(size) > sampling.MAX_NOISE_ELEMENTS:
+            raise ValueError(f"noise of size {tuple(size)} is more than one request may ask")
+        return maker.noise(kind, size, tag, params)
     if function in ("square", "wraps", "B2A") and len(args) == 1 and not kwargs:
         return getattr(maker, function)(_checked_size(args[0]))
     raise ValueError(f"unknown request {function!r}")
@@ -559,6 +560,8 @@ class _Lookahead:
             request, encoded = self._requests[expected]
             if request["f"] == "backward" and number - request["args"][0] >= self.number:
                 return  # its triple is itself a guess: wait until it has been asked for
+            if request["f"] == "noise":
+                return  # every draw of noise has its own tag: never the same request twice
             nonce = prg.request_nonce(number, encoded)
             share = _serve_at(self.maker, nonce, request, number)
             self._ahead.append((expected, self.maker.last_kept))
@@ -571,6 +574,7 @@ class _Lookahead:
         self._ahead.clear()
         self.number = 0
         self.maker.kept.clear()
+        self.maker.noise_tags.clear()  # debug seeds only: a resumed run draws the same noise
         self._recent.append(-2)
 
     def _learn(self, request: Any, encoded: bytes, known: int | None) -> None:
@@ -601,6 +605,12 @@ def dealer_key(debug_seed: int, party: str, *labels: int) -> bytes:
     return prg.debug_key(debug_seed, "dealer", party, *labels)
 
 
+def noise_key(debug_seed: int | None) -> bytes:
+    """The dealer's own key for DP noise: fresh from the OS CSPRNG, or (tests only) derived
+    from the debug seed, so that a plaintext run with the same seed draws the same noise."""
+    return prg.fresh_key() if debug_seed is None else prg.debug_key(debug_seed, "dp-noise")
+
+
 def send_keys(link: Link, parties: Sequence[str], debug_seed: int | None = None) -> list[bytes]:
     """Give each party its own PRG key, over its own authenticated link."""
     keys = [
@@ -620,7 +630,6 @@ def serve_dealer(
     insecure_debug_seed: int | None = None,
     recorder: TrafficRecorder | None = None,
     lookahead: int = LOOKAHEAD_DEPTH,
-    noise_seed: int | None = None,
 ) -> dict[str, int]:
     """Serve tuples to ``parties`` (in rank order) until every party says it is done.
     Party 0 may also ask for the dealer's CPU time so far (benchmarks charge it per op).
@@ -633,13 +642,14 @@ def serve_dealer(
     guessed and sent ahead (``computed_ahead``) and how many guesses were wrong
     (``guessed_wrong``). Raises :class:`PeerError` naming a party that vanishes, times out,
     is reported failed by another party, or sends a bad request.
-    ``insecure_debug_seed`` fixes the keys so tests can compare transports bit for bit;
-    ``noise_seed`` (tests only) makes the DP noise reproducible.
+    ``insecure_debug_seed`` fixes the keys so tests can compare transports bit for bit.
     """
     if insecure_debug_seed is not None:
         log.warning("INSECURE: the dealer's PRG keys are derived from a fixed debug seed")
     link = Link(channel, recorder or TrafficRecorder(), timeout=timeout, dealer=channel.me)
-    maker = _TupleMaker(send_keys(link, parties, insecure_debug_seed), noise_seed)
+    maker = _TupleMaker(
+        send_keys(link, parties, insecure_debug_seed), noise_key(insecure_debug_seed)
+    )
     ahead = _Lookahead(maker, lookahead)
     first = parties[0]
     served = generation = 0
