@@ -75,9 +75,12 @@ def clip_program(rank: int, wrap_row: int) -> dict[str, Any]:
         for pair in sums
         for w in pair
     ]
-    provider = crypten.mpc.get_default_provider()
-    noise16 = crypten.communicator.get().all_reduce(provider.noise(torch.Size([20000]), 0.5, 16))
-    noise48 = crypten.communicator.get().all_reduce(provider.noise(torch.Size([20000]), 0.5, 48))
+    from smpc_synth.mpc.noise import discrete_gaussian_shares
+
+    size = torch.Size([4000])
+    noise16 = discrete_gaussian_shares(size, (0.5 * 2.0**16) ** 2, tag=100)
+    noise48 = discrete_gaussian_shares(size, (0.5 * 2.0**dp_sgd.SUM_BITS) ** 2, tag=101)
+    noise16, noise48 = (crypten.communicator.get().all_reduce(n) for n in (noise16, noise48))
     return {
         "factors": factors.get_plain_text().tolist(),
         "kept": [(a.get_plain_text().tolist(), g.get_plain_text().tolist()) for a, g in kept],
@@ -101,10 +104,10 @@ def party(mesh, parties: tuple[str, ...], program, program_kwargs: dict[str, Any
         return program(rank=rank, **program_kwargs)
 
 
-def dealer(mesh, parties: tuple[str, ...], noise_seed: int | None = None) -> dict[str, int]:
+def dealer(mesh, parties: tuple[str, ...]) -> dict[str, int]:
     from smpc_synth.mpc.dealer import serve_dealer
 
-    return serve_dealer(mesh, parties, timeout=TIMEOUT_S, noise_seed=noise_seed)
+    return serve_dealer(mesh, parties, timeout=TIMEOUT_S)
 
 
 def run(tmp_path, n_parties: int, program, **program_kwargs) -> dict:

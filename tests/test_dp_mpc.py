@@ -79,15 +79,11 @@ def test_clipped_sum_is_the_plaintext_per_example_clipped_sum(opened):
 
 
 @pytest.mark.parametrize("bits", [16, 48])
-def test_dealt_noise_has_its_deviation_and_the_grid_it_says(opened, bits):
+def test_dealt_noise_has_its_deviation_at_either_scale(opened, bits):
     units = np.asarray(opened[f"noise{bits}"], dtype=np.int64)
     values = units / 2.0**bits
     n = values.size
     lo = 0.25 * stats.chi2.ppf(0.0005, n - 1) / (n - 1)
     hi = 0.25 * stats.chi2.ppf(0.9995, n - 1) / (n - 1)
     assert lo * 0.999 <= values.var() <= hi * 1.001
-    if bits == 16:
-        assert stats.kstest(values / 0.5, "norm").pvalue > 1e-3
-    else:  # below the 2^-16 grid: an exactly uniform dither
-        fine = units & ((1 << 32) - 1)
-        assert stats.kstest(fine / 2.0**32, "uniform").pvalue > 1e-3
+    assert stats.kstest(values / 0.5, "norm").pvalue > 1e-3

@@ -120,6 +120,8 @@ def _simulate(tmp_path, name, frame, schema, mode, generator, null_data, unit="r
     }
     if unit == "party":
         raw["sample_rows"] = 200
+    if mode == "mpc":  # the dealer's noise key derives from the MPC debug seed
+        raw["mpc"] = {"insecure_dev": True, "debug_seed": 9}
     result = simulate(
         2,
         data=folder / "data.csv",

@@ -92,29 +92,6 @@ class NoiseSource:
             return np.zeros(shape)
         return on_grid(self.normal(math.prod(shape)).reshape(shape) * std)
 
-    def grid_units(self, n: int, std: float) -> np.ndarray:
-        """Gaussian noise of standard deviation ``std`` as int64 multiples of :data:`GRID`."""
-        return np.rint(self.normal(n) * (std / GRID)).astype(np.int64)
-
-    def fixed_point(self, n: int, std: float, scale_bits: int) -> np.ndarray:
-        """Noise for values at ``2**scale_bits`` fixed point (int64 ring units).
-
-        At ``scale_bits`` = GRID_BITS: :meth:`grid_units`. Finer (an MPC sum kept exact at a
-        product's scale, 2^-48): grid noise plus an exactly uniform dither below one grid
-        step. The released ``x + G + U`` (G on the grid, U uniform in one step) is then the
-        value's randomized rounding to the grid, by a threshold U independent of the data,
-        plus rounded Gaussian noise: post-processing of the Gaussian mechanism on a rounded
-        value, whose sensitivity :func:`grid_sensitivity` bounds. Without the dither the
-        digits below the grid would be released exactly.
-        """
-        shift = scale_bits - GRID_BITS
-        if shift < 0:
-            raise ValueError(f"noise needs at least {GRID_BITS} fractional bits")
-        units = self.grid_units(n, std) << np.int64(shift)
-        if shift:
-            units += (self.words(n) >> np.uint64(64 - shift)).astype(np.int64)
-        return units
-
     def privatize(self, values: np.ndarray, std: float) -> np.ndarray:
         """The Gaussian mechanism: ``values`` + noise, on the grid (float64)."""
         base = np.asarray(values, dtype=np.float64)

@@ -24,11 +24,11 @@ whose row it is), in fixed-size chunks padded with masked rows:
    before, each example then adds at most ``C sqrt(1 + CLIP_TOLERANCE)``;
 3. the clipped sum ``sum_i (c_i g_i) a_i^T`` per layer: two rounds of exact products (scale
    2^-48, no truncation), summed over chunks;
-4. dealt noise at that scale (grid noise plus an exact dither below the grid, see
-   :meth:`~smpc_synth.dp.noise.NoiseSource.fixed_point`), then one opening.
+4. the dealer's exact discrete Gaussian noise on that grid (:mod:`smpc_synth.mpc.noise`),
+   then one opening: the discrete Gaussian mechanism on an exact integer vector.
 
-The sensitivity the ledger uses is :func:`sensitivity` (the clip, its tolerance and the
-grid). Batches are Poisson samples at the planned rate, as the RDP accountant assumes; a
+The sensitivity the ledger uses is :func:`sensitivity` (the clip and the certificate's
+tolerance). Batches are Poisson samples at the planned rate, as the RDP accountant assumes; a
 step whose opened sum is out of range (a wrap-around in the last products) still counts,
 but its update is skipped.
 """
@@ -43,11 +43,12 @@ from typing import Any
 
 import torch
 
-from smpc_synth.dp.noise import GRID, grid_sensitivity
+from smpc_synth.dp.noise import GRID
 from smpc_synth.errors import InputError
 from smpc_synth.mpc import beaver, compare
 from smpc_synth.mpc.compat import import_crypten
 from smpc_synth.mpc.nn import PublicMlp
+from smpc_synth.mpc.noise import discrete_gaussian_shares
 from smpc_synth.mpc.optim import inverse_sqrt
 from smpc_synth.mpc.session import comparison_provider, phase, traffic
 from smpc_synth.mpc.spans import SpanMap
@@ -63,13 +64,14 @@ SUM_BITS = 48  # the clipped sum is exact at this scale
 SUM_LIMIT = 2.0**14  # every value of a noisy sum stays below this (2^63 / 2^48, halved)
 CHUNK_SPREAD = 4.0  # chunk = expected batch + this many standard deviations of it
 CHECKPOINT = "mpc-dp"
+STEP_NOISE_TAG = 1 << 20  # dealer noise tags of the steps: this plus the step's number
 _UNIT = GRID  # fixed point's unit at CrypTen's 16 fractional bits
 
 
-def sensitivity(clip_norm: float, n_params: int) -> float:
-    """What one example can move the opened sum by: its clip, the certificate's tolerance,
-    and the rounding of the sum to the noise grid (:func:`grid_sensitivity`)."""
-    return grid_sensitivity(clip_norm * math.sqrt(1 + CLIP_TOLERANCE), n_params)
+def sensitivity(clip_norm: float) -> float:
+    """What one example can move the opened sum by: its clip and the certificate's
+    tolerance (the sum is exact, so nothing is rounded before the noise)."""
+    return clip_norm * math.sqrt(1 + CLIP_TOLERANCE)
 
 
 def check_range(expected_batch: float, clip_norm: float, noise_std: float) -> None:
@@ -198,8 +200,8 @@ def train_dp(model, table, loop: DpLoop, agree: Callable[[int], int]) -> None:
     started = time.perf_counter()
     for epoch in range(first, epochs):
         epoch_started, before = time.perf_counter(), traffic()
-        for _ in range(plan.steps_per_epoch):
-            opened = _noisy_sum(model, table, rng, spans, nets, linears, chunk, loop)
+        for step in range(epoch * plan.steps_per_epoch, (epoch + 1) * plan.steps_per_epoch):
+            opened = _noisy_sum(model, table, rng, spans, nets, linears, chunk, loop, step)
             _apply(optimizer, linears, opened, plan.expected_batch, loop)
         after = traffic()
         record = {
@@ -229,7 +231,7 @@ def _owns(optimizer, modules, nets) -> bool:
     return any(id(p) in owned for name in nets for p in modules[name].parameters())
 
 
-def _noisy_sum(model, table, rng, spans, nets, linears, chunk: int, loop: DpLoop):
+def _noisy_sum(model, table, rng, spans, nets, linears, chunk: int, loop: DpLoop, step: int):
     """One step's opened noisy clipped sum, per layer ``(weight, bias)`` as float64."""
     from smpc_synth.mpc.twins import vae_backprop
 
@@ -262,8 +264,9 @@ def _noisy_sum(model, table, rng, spans, nets, linears, chunk: int, loop: DpLoop
     if loop.null_data:
         flat = flat * 0
     with phase("dp open"):
-        provider = crypten.mpc.get_default_provider()
-        flat = flat + provider.noise(flat.size(), loop.noise_std, SUM_BITS)
+        ring_std = loop.noise_std * 2.0**SUM_BITS
+        tag = STEP_NOISE_TAG + step
+        flat = flat + discrete_gaussian_shares(flat.size(), ring_std * ring_std, tag=tag)
         opened = crypten.communicator.get().all_reduce(flat).to(torch.float64) / 2.0**SUM_BITS
     return opened
 

@@ -200,12 +200,7 @@ def _stop_when_aborted(mesh, emit: ProgressEmitter):
 def _run_dealer(cfg: PartyConfig, mesh) -> dict[str, Any]:
     from smpc_synth.mpc.dealer import serve_dealer
 
-    serve_dealer(
-        mesh,
-        list(cfg.data_parties),
-        insecure_debug_seed=cfg.run.mpc.debug_seed,
-        noise_seed=cfg.run.dp.insecure_debug_seed,
-    )
+    serve_dealer(mesh, list(cfg.data_parties), insecure_debug_seed=cfg.run.mpc.debug_seed)
     return {"party": cfg.name, "role": "dealer", "traffic": _as_dict(mesh.stats())}
 
 

@@ -75,14 +75,25 @@ class MpcStrategy(Strategy):
         return TrainingResult(synthesizer, metrics)
 
 
+ENCODER_NOISE_TAG, MOMENTS_NOISE_TAG = 0, 1  # the dealer's noise draws (DP-SGD: dp_sgd)
+DEALT_NOISE = (
+    "the dealer: the exact discrete Gaussian (Canonne, Kamath and Steinke) on the fixed-point "
+    "grid, from an AES-CTR key of its own"
+)
+
+
 def _start_ledger(ctx: PartyContext):
     from smpc_synth.models.private import start_ledger
 
     ledger, source = start_ledger(ctx.config.dp, f"mpc/{ctx.name}")
-    ledger.noise_source = f"the dealer: {ledger.noise_source}"
+    seeded = ctx.config.mpc.debug_seed is not None
+    ledger.noise_source = (
+        f"INSECURE: keyed by mpc.debug_seed (tests only); {DEALT_NOISE}" if seeded else DEALT_NOISE
+    )
     ledger.note(
         "noise",
-        "dealt by the dealer as shares: no data party, nor all but one together, knows it",
+        "dealt by the dealer as shares: no data party, nor all but one together, knows it; "
+        "Poisson samples and each party's shuffle of its rows: " + source.describe().split(";")[0],
     )
     return ledger, source
 
@@ -165,8 +176,9 @@ def _fit_gaussian(ctx: PartyContext, model, X: np.ndarray, private, rows: float)
     size = sum(v.size for v in stats.values())
     bound = grid_sensitivity(moments_sensitivity(model.layout), size)
     mechanism = plan_moments(private[0], type(model), model.layout, ctx.config.dp, bound)
+    null = ctx.config.dp.insecure_null_data
     summed = secure_sum(
-        stats, ctx.rank, ctx.world_size, mechanism.noise_std, ctx.config.dp.insecure_null_data
+        stats, ctx.rank, ctx.world_size, mechanism.noise_std, MOMENTS_NOISE_TAG, null
     )
     apply_moments(model, rows, summed["sum"], from_upper(summed["upper"], len(total)))
 
@@ -181,9 +193,6 @@ def _train_private(ctx: PartyContext, model, X: np.ndarray, sizes, private, rows
     cfg = ctx.config
     ledger, source = private
     model.initialize(cfg.seed)
-    n_params = sum(
-        p.numel() for name in model.private_modules for p in model.modules()[name].parameters()
-    )
     epochs = cfg.epochs or model.hparams.epochs
     plan = plan_sgd(
         ledger,
@@ -192,7 +201,7 @@ def _train_private(ctx: PartyContext, model, X: np.ndarray, sizes, private, rows
         rows,
         cfg.dp.clip_norm,
         SGD_WHAT,
-        sensitivity=dp_sgd.sensitivity(cfg.dp.clip_norm, n_params),
+        sensitivity=dp_sgd.sensitivity(cfg.dp.clip_norm),
     )
     shuffled = X[source.permutation(len(X))]  # no index says whose row it is
     with phase("share rows"):
