@@ -50,7 +50,7 @@ def test_an_integer_in_a_float_key_hashes_as_the_float():
         ({"mode": "federated", "federated": {"target_epsilon": 1.0}}, "target_epsilon"),
         ({"dp": {"epsilon": 0}}, "key 'dp.epsilon': must be > 0"),
         ({"dp": {"epsilon": 1.0, "unit": "row"}}, "key 'dp.unit'"),
-        ({"mode": "mpc", "generator": "gan", "dp": {"epsilon": 1.0}}, "key 'dp.epsilon'"),
+        ({"mode": "mpc", "dp": {"epsilon": 1.0, "unit": "party"}}, "key 'dp.epsilon'"),
         ({"network": {"peer_timeout_s": -5}}, "key 'network.peer_timeout_s': must be > 0"),
         ({"network": {"connect_timeout_s": 1e9}}, "network.connect_timeout_s"),
         ({"network": {"call_deadline_s": 0}}, "network.call_deadline_s"),

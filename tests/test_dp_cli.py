@@ -73,7 +73,7 @@ def test_bad_dp_settings_name_the_key(raw, named):
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        (["--mode", "mpc", "--generator", "gan", "--epsilon", "1"], "gan"),
+        (["--mode", "mpc", "--generator", "gan", "--epsilon", "1", "--dp-unit", "party"], "gan"),
         (["--mode", "plaintext", "--epsilon", "1", "--dp-unit", "party"], "party"),
         (["--mode", "federated", "--epsilon", "1", "--dp-unit", "party"], "--sample-rows"),
         (["--mode", "mpc", "--insecure-dev", "--epsilon", "1"], "dealer"),
@@ -113,7 +113,7 @@ def test_a_party_refuses_an_unsupported_dp_run_before_connecting(cli, tmp_path):
             {"name": "bob", "address": "127.0.0.1:2"},
             {"name": "dealer", "address": "127.0.0.1:3", "role": "dealer"},
         ],
-        "run": {"mode": "mpc", "generator": "gan", "dp": {"epsilon": 1.0}},
+        "run": {"mode": "mpc", "generator": "gan", "dp": {"epsilon": 1.0, "unit": "party"}},
     }
     config = tmp_path / "alice.toml"
     config.write_text(tomli_w.dumps(doc))

@@ -31,6 +31,7 @@ SUPPORTED: dict[tuple[str, str], tuple[str, ...]] = {
     ("federated", "gan"): ("record", "party"),
     ("mpc", "gaussian"): ("record",),
     ("mpc", "vae"): ("record",),
+    ("mpc", "gan"): ("record",),
 }
 
 # Hyperparameters DP needs at one value: PacGAN's packs would let one row move every pack of

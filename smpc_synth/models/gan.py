@@ -135,14 +135,20 @@ class GANGenerator(NeuralGenerator):
         )
         d_rows = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")[:, 0]
         private.step("discriminator", d_rows)
-
         with private.public_pass():
-            fake = self._fake(rows, generator)
-            g_loss = generator_loss(self._critic(fake))
-            if hp.moment_weight and self.moment_target is not None:
-                g_loss = g_loss + hp.moment_weight * moment_loss_to(fake, *self.moment_target)
-            g_opt = self.optimizers["generator"]
-            g_opt.zero_grad(set_to_none=True)
-            g_loss.backward()
-            g_opt.step()
-        return {"discriminator": d_rows.mean().item(), "generator": g_loss.item()}
+            g_loss = self.generator_step(rows, generator)
+        return {"discriminator": d_rows.mean().item(), "generator": g_loss}
+
+    def generator_step(self, rows: int, generator: torch.Generator) -> float:
+        """The generator's step under DP: through the critic, towards the noisy moments; it
+        reads no real row (``rows`` generated ones, a public number)."""
+        hp = self.hparams
+        fake = self._fake(rows, generator)
+        g_loss = generator_loss(self._critic(fake))
+        if hp.moment_weight and self.moment_target is not None:
+            g_loss = g_loss + hp.moment_weight * moment_loss_to(fake, *self.moment_target)
+        g_opt = self.optimizers["generator"]
+        g_opt.zero_grad(set_to_none=True)
+        g_loss.backward()
+        g_opt.step()
+        return g_loss.item()

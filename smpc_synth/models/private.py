@@ -164,6 +164,28 @@ class PrivateTraining:
         return _HooksOff(self.wrapper)
 
 
+def clipped_sum(net: nn.Module, optimizer, loss_rows, clip_norm: float) -> dict[int, torch.Tensor]:
+    """The sum over examples of each one's gradient of ``loss_rows()`` (one loss per
+    example) clipped to ``clip_norm``, by Opacus's ghost clipping, without noise: for rows
+    that are public anyway (a GAN's generated rows next to a sum made on shares). Returns
+    ``id(parameter) -> sum``; the gradients of ``optimizer`` are cleared."""
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+    from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+    wrapper = GradSampleModuleFastGradientClipping(
+        net, max_grad_norm=clip_norm, use_ghost_clipping=True, loss_reduction="sum"
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            DPTensorFastGradientClipping(wrapper, optimizer, loss_rows(), "sum").backward()
+        out = {id(p): p.grad.detach().clone() for p in net.parameters()}
+    finally:
+        wrapper._close()
+        optimizer.zero_grad(set_to_none=True)
+    return out
+
+
 class _HooksOff:
     def __init__(self, wrapper):
         self.wrapper = wrapper

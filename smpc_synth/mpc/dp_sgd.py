@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from smpc_synth.dp.noise import GRID
 from smpc_synth.errors import InputError
@@ -202,7 +203,12 @@ def train_dp(model, table, loop: DpLoop, agree: Callable[[int], int]) -> None:
         epoch_started, before = time.perf_counter(), traffic()
         for step in range(epoch * plan.steps_per_epoch, (epoch + 1) * plan.steps_per_epoch):
             opened = _noisy_sum(model, table, rng, spans, nets, linears, chunk, loop, step)
+            if model.name == "gan":  # generated rows are public: clipped in the clear
+                fake = max(1, round(plan.expected_batch))
+                opened = opened + _generated_part(model, linears, fake, rng, plan.clip_norm)
             _apply(optimizer, linears, opened, plan.expected_batch, loop)
+            if model.name == "gan":
+                model.generator_step(max(1, round(plan.expected_batch)), rng)
         after = traffic()
         record = {
             "epoch": epoch + 1,
@@ -231,10 +237,21 @@ def _owns(optimizer, modules, nets) -> bool:
     return any(id(p) in owned for name in nets for p in modules[name].parameters())
 
 
-def _noisy_sum(model, table, rng, spans, nets, linears, chunk: int, loop: DpLoop, step: int):
-    """One step's opened noisy clipped sum, per layer ``(weight, bias)`` as float64."""
-    from smpc_synth.mpc.twins import vae_backprop
+def _backprop(model, spans, nets, batch, rng) -> None:
+    """One chunk's forward and backward pass on shares, each row with its own loss: every
+    public Linear keeps ``(input, output gradient)``."""
+    from smpc_synth.mpc.twins import critic_backprop, vae_backprop
 
+    if model.name == "vae":
+        vae_backprop(model, spans, nets, batch, rng, 1, phase)
+    elif model.name == "gan":
+        critic_backprop(model, nets, batch)
+    else:
+        raise NotImplementedError(f"no DP-SGD on shares for generator '{model.name}'")
+
+
+def _noisy_sum(model, table, rng, spans, nets, linears, chunk: int, loop: DpLoop, step: int):
+    """One step's opened noisy clipped sum of the real rows' gradients, flat, float64."""
     plan = loop.plan
     n = table.size(0)
     sample = (torch.rand(n, generator=rng) < plan.sample_rate).nonzero().flatten()
@@ -252,7 +269,7 @@ def _noisy_sum(model, table, rng, spans, nets, linears, chunk: int, loop: DpLoop
         rows = torch.cat([part, torch.zeros(chunk - len(part), dtype=torch.long)])
         for linear in linears:
             linear.kept.clear()
-        vae_backprop(model, spans, nets, table[rows], rng, 1, phase)
+        _backprop(model, spans, nets, table[rows], rng)
         kept = [linear.kept[0] for linear in linears]
         with phase("dp clip"):
             factors = clip_factors(kept, plan.clip_norm, valid)
@@ -269,6 +286,26 @@ def _noisy_sum(model, table, rng, spans, nets, linears, chunk: int, loop: DpLoop
         flat = flat + discrete_gaussian_shares(flat.size(), ring_std * ring_std, tag=tag)
         opened = crypten.communicator.get().all_reduce(flat).to(torch.float64) / 2.0**SUM_BITS
     return opened
+
+
+def _generated_part(model, linears, rows: int, rng, clip_norm: float) -> torch.Tensor:
+    """The GAN critic's clipped gradient sum over ``rows`` generated rows (label 0), as
+    plaintext Opacus takes them in the same step as the real ones; public, so computed in
+    the clear, flat in the order of ``linears``."""
+    from smpc_synth.models.private import clipped_sum
+
+    fake = model._fake(rows, rng).detach()
+    critic = model.modules()["discriminator"]
+
+    def loss_rows():
+        logits = critic(fake)
+        return F.binary_cross_entropy_with_logits(
+            logits, torch.zeros_like(logits), reduction="none"
+        )[:, 0]
+
+    grads = clipped_sum(critic, model.optimizers["discriminator"], loss_rows, clip_norm)
+    order = [p for linear in linears for p in (linear.layer.weight, linear.layer.bias)]
+    return torch.cat([grads[id(p)].reshape(-1).to(torch.float64) for p in order])
 
 
 def _apply(optimizer, linears, opened: torch.Tensor, expected_batch: float, loop: DpLoop) -> None:

@@ -227,6 +227,16 @@ def vae_backprop(model, spans: SpanMap, nets, batch, generator, per: int, phase)
     return loss, recon, kl, sq_err
 
 
+def critic_backprop(model, nets, batch) -> None:
+    """The GAN critic's pass over shared real rows under DP-SGD (``pac`` = 1): each row's
+    own loss, binary cross-entropy against ``1 - label_smoothing``, whose gradient with
+    respect to its logit is ``sigmoid(logit) - label``; ``sigmoid(x) = (1 + tanh(x/2)) / 2``."""
+    critic = nets["discriminator"]
+    logits = critic.forward(batch)
+    prob = (functions.tanh(logits * 0.5, comparison_provider()) + 1) * 0.5
+    critic.backward(prob - (1.0 - model.hparams.label_smoothing))
+
+
 class GanTwin(Twin):
     """:class:`~smpc_synth.models.gan.GANGenerator` on shares (the discriminator stays so)."""
 

@@ -120,7 +120,14 @@ def _fit_encoder(ctx: PartyContext, private):
     size = sum(v.size for v in stats.values())
     bound = grid_sensitivity(encoder.stats_sensitivity(), size)  # each party's rounding
     mechanism = plan_encoder(private[0], encoder, dp, bound)
-    summed = secure_sum(stats, ctx.rank, ctx.world_size, mechanism.noise_std, dp.insecure_null_data)
+    summed = secure_sum(
+        stats,
+        ctx.rank,
+        ctx.world_size,
+        noise_std=mechanism.noise_std,
+        noise_tag=ENCODER_NOISE_TAG,
+        null_data=dp.insecure_null_data,
+    )
     encoder.fit_stats(summed, noise_std=mechanism.noise_std)
     return encoder, sizes, noisy_count(summed[N_ROWS], mechanism.noise_std)
 
@@ -132,10 +139,14 @@ def _train_model(ctx: PartyContext, encoder, sizes: list[int], private, rows: fl
     cfg = ctx.config
     X = encoder.transform(ctx.data)
     model = get_generator(cfg.generator)(encoder.layout, **cfg.generator_params)
+    started = time.perf_counter()
+    if private is not None and "moments" in model.dp_parts:
+        with phase("moments"):
+            _fit_moments(ctx, model, X, private, rows)
     if "training" not in model.dp_parts:
-        started = time.perf_counter()
-        with phase("gaussian moments"):
-            _fit_gaussian(ctx, model, X, private, rows)
+        if private is None:
+            with phase("gaussian moments"):
+                _fit_gaussian(ctx, model, X)
         ctx.progress({"event": "epoch", "epoch": 1, "epochs": 1})
         return model, {"epochs": [{"epoch": 1, "seconds": time.perf_counter() - started}]}
     if private is not None:
@@ -156,20 +167,30 @@ def _train_model(ctx: PartyContext, encoder, sizes: list[int], private, rows: fl
     return model, {"epochs": loop.history}
 
 
-def _fit_gaussian(ctx: PartyContext, model, X: np.ndarray, private, rows: float) -> None:
+def _fit_gaussian(ctx: PartyContext, model, X: np.ndarray) -> None:
     from smpc_synth.models.gaussian import sufficient_stats
     from smpc_synth.mpc.secure_stats import secure_sum
 
-    if private is None:
-        n, total, outer = sufficient_stats(X)
-        summed = secure_sum(
-            {"n": np.array([float(n)]), "sum": total, "outer": outer}, ctx.rank, ctx.world_size
-        )
-        model.fit_stats(round(float(summed["n"][0])), summed["sum"], summed["outer"])
-        return
+    n, total, outer = sufficient_stats(X)
+    summed = secure_sum(
+        {"n": np.array([float(n)]), "sum": total, "outer": outer}, ctx.rank, ctx.world_size
+    )
+    model.fit_stats(round(float(summed["n"][0])), summed["sum"], summed["outer"])
+
+
+def _fit_moments(ctx: PartyContext, model, X: np.ndarray, private, rows: float) -> None:
+    """The noisy moments of the clipped encoded rows: the Gaussian generator's fit, or the
+    GAN's moment target."""
     from smpc_synth.dp.noise import grid_sensitivity
-    from smpc_synth.models.gaussian import clip_rows, from_upper, moments_sensitivity, upper
+    from smpc_synth.models.gaussian import (
+        clip_rows,
+        from_upper,
+        moments_sensitivity,
+        sufficient_stats,
+        upper,
+    )
     from smpc_synth.models.private import apply_moments, plan_moments
+    from smpc_synth.mpc.secure_stats import secure_sum
 
     _, total, outer = sufficient_stats(clip_rows(X, model.layout))
     stats = {"sum": total, "upper": upper(outer)}
@@ -178,7 +199,12 @@ def _fit_gaussian(ctx: PartyContext, model, X: np.ndarray, private, rows: float)
     mechanism = plan_moments(private[0], type(model), model.layout, ctx.config.dp, bound)
     null = ctx.config.dp.insecure_null_data
     summed = secure_sum(
-        stats, ctx.rank, ctx.world_size, mechanism.noise_std, MOMENTS_NOISE_TAG, null
+        stats,
+        ctx.rank,
+        ctx.world_size,
+        noise_std=mechanism.noise_std,
+        noise_tag=MOMENTS_NOISE_TAG,
+        null_data=null,
     )
     apply_moments(model, rows, summed["sum"], from_upper(summed["upper"], len(total)))
 
