@@ -169,6 +169,7 @@ def test_a_federated_dp_session_releases_nothing_else_of_the_rows(tmp_path):
         ("federated", "gan", "party"),
         ("mpc", "gaussian", "record"),
         ("mpc", "vae", "record"),
+        ("mpc", "gan", "record"),
     ],
 )
 def test_every_dp_session_releases_nothing_else_of_the_rows(tmp_path, mode, generator, unit):

@@ -5,8 +5,11 @@ Every step opens the clipped gradient sum plus Gaussian noise that the dealer de
 the weights it produces are public (released to every party after each step, which the
 accounting covers) and the optimizer runs in the clear, the same ``torch`` Adam as plaintext
 Opacus. The forward and backward passes then multiply shares by public weights, locally;
-only the activations and the loss need rounds (:func:`~smpc_synth.mpc.twins.vae_backprop`
-with :class:`~smpc_synth.mpc.nn.PublicMlp` networks).
+only the activations and the loss need rounds (:func:`~smpc_synth.mpc.twins.vae_backprop`,
+or the GAN critic's :func:`~smpc_synth.mpc.twins.critic_backprop`, with
+:class:`~smpc_synth.mpc.nn.PublicMlp` networks). The GAN's generated rows are public: their
+clipped gradients are summed in the clear and added to the opened sum, and its generator
+steps in the clear.
 
 Per step, on a Poisson sample of the pooled rows (public indices: each party shuffles its
 own rows with a secret permutation before sharing them, so an index says nothing about
