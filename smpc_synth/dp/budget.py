@@ -19,6 +19,7 @@ what ``metrics.json`` and the signed manifest record.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from smpc_synth.dp.accountant import (
     get_accountant,
 )
 from smpc_synth.errors import InputError
+
+log = logging.getLogger(__name__)
 
 MAX_NOISE_MULTIPLIER = 1e6  # beyond this the released values are noise: refuse instead
 RELATIVE_TOLERANCE = 1e-3  # of the calibrated noise multiplier
@@ -124,6 +127,17 @@ class Ledger:
     def spent(self) -> float:
         """Epsilon of every recorded part together, at the budget's delta."""
         return self._epsilon(self.mechanisms)
+
+    def check_delta(self, rows: float) -> None:
+        """Warn (and note) if delta is not well below 1 / rows, ``rows`` a noisy count (a DP
+        release, so looking at it costs nothing): delta near 1/n allows releasing a row."""
+        if rows > 0 and self.budget.delta * rows > 0.1:
+            text = (
+                f"delta {self.budget.delta:g} is not well below 1 / rows (about {rows:.0f} rows): "
+                "lower dp.delta"
+            )
+            log.warning("dp: %s", text)
+            self.note("delta", text)
 
     def note(self, key: str, text: str) -> None:
         """Record something about the release that is not a mechanism (what is public, what

@@ -302,6 +302,7 @@ def fit_private(rows, schema, gen_cls, params, dp, *, epochs, seed, on_epoch=Non
     }
     encoder.fit_stats(stats, noise_std=enc.noise_std)
     n_hat = noisy_count(stats[N_ROWS], enc.noise_std)
+    ledger.check_delta(n_hat)
     X = encoder.transform(rows)
     model = gen_cls(encoder.layout, **params)
     if "training" in gen_cls.dp_parts:

@@ -312,7 +312,10 @@ class _Private:
         summed = self._noisy_sum(ctx, client, stats, mechanism.noise_std, "encoder stats")
         noise = self.total_std(mechanism.noise_std)
         encoder.fit_stats(summed, noise_std=noise)
-        return noisy_count(summed[N_ROWS], noise)
+        count = noisy_count(summed[N_ROWS], noise)
+        if self.unit == "record":
+            self.ledger.check_delta(count)
+        return count
 
     def needs_moments(self, gen_cls) -> bool:
         """The Gaussian generator always; the GAN's moment target only per record (per

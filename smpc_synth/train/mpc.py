@@ -129,7 +129,9 @@ def _fit_encoder(ctx: PartyContext, private):
         null_data=dp.insecure_null_data,
     )
     encoder.fit_stats(summed, noise_std=mechanism.noise_std)
-    return encoder, sizes, noisy_count(summed[N_ROWS], mechanism.noise_std)
+    rows = noisy_count(summed[N_ROWS], mechanism.noise_std)
+    private[0].check_delta(rows)
+    return encoder, sizes, rows
 
 
 def _train_model(ctx: PartyContext, encoder, sizes: list[int], private, rows: float):
