@@ -112,3 +112,12 @@ def test_another_accountant_registers_beside_rdp_and_is_used_by_name():
             half.sgd("training", 0.1, 10, 1.0, "gradients")
     finally:
         ACCOUNTANTS.pop("toy-zcdp")
+
+
+def test_a_delta_near_one_over_the_rows_is_noted_in_the_record():
+    loose = Ledger(Budget(1.0, 1e-3))
+    loose.check_delta(500.0)
+    assert "1 / rows" in loose.to_dict()["notes"]["delta"]
+    tight = Ledger(Budget(1.0, 1e-6))
+    tight.check_delta(500.0)
+    assert "delta" not in tight.to_dict()["notes"]
