@@ -19,7 +19,7 @@ from smpc_synth.errors import InputError, SmpcSynthError
 
 log = logging.getLogger("smpc_synth")
 
-BENCH_SUITES = ("quick", "paper", "mpc-ops", "he-agg", "collapse", "generators", "dp")
+BENCH_SUITES = ("quick", "paper", "mpc-ops", "he-agg", "collapse", "generators", "dp-sgd")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "bench", _cmd_bench, "run a benchmark suite")
     p.add_argument("suite", choices=BENCH_SUITES)
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--config", type=Path, help="paper: the grid file; dp: its settings")
+    p.add_argument("--config", type=Path, help="paper: the grid file; dp-sgd: its settings")
     p.add_argument("--full", action="store_true", help="he-agg: include the 1e7-parameter cases")
     return parser
 

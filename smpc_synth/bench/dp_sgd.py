@@ -1,9 +1,10 @@
-"""``smpc-synth bench dp``: utility against epsilon in every mode, and what DP costs MPC.
+"""``smpc-synth bench dp-sgd``: utility against epsilon in every mode, and what DP costs MPC.
 
 For each mode (plaintext, federated per record, MPC) and each budget (epsilon 1, 3, 10 and
 none), one simulated session of the VAE on the same table, evaluated against the same
-holdout. Prints and writes a table (``dp.md``), the runs (``dp.jsonl``, resumable: a finished
-run is not repeated) and a plot of quality and utility against epsilon (``dp_utility.png``);
+holdout. Prints and writes a table (``dp_sgd.md``), the runs (``dp_sgd.jsonl``, resumable: a
+finished run is not repeated) and a plot of quality and utility against epsilon
+(``dp_sgd_utility.png``);
 then the MPC epoch with DP against the MPC epoch without, measured in the same suite.
 """
 
@@ -65,7 +66,7 @@ def run_one(spec: DpBenchSpec, mode: str, epsilon: float | None, out: Path) -> d
         spec.parties,
         dataset=spec.dataset,
         out=run_dir,
-        config=RunConfig.from_dict(raw, source="bench dp"),
+        config=RunConfig.from_dict(raw, source="bench dp-sgd"),
         show_progress=False,
         override_gate=True,
     )
@@ -95,7 +96,7 @@ def run_one(spec: DpBenchSpec, mode: str, epsilon: float | None, out: Path) -> d
 def main(out: Path, config: Path | None = None, **_: Any) -> int:
     spec = DpBenchSpec.load(config)
     out.mkdir(parents=True, exist_ok=True)
-    runs_file = out / "dp.jsonl"
+    runs_file = out / "dp_sgd.jsonl"
     done = {}
     if runs_file.is_file():
         for line in runs_file.read_text().splitlines():
@@ -107,7 +108,7 @@ def main(out: Path, config: Path | None = None, **_: Any) -> int:
             key = _key(mode, epsilon)
             if key in done:
                 continue
-            print(f"bench dp: {key} ...", flush=True)
+            print(f"bench dp-sgd: {key} ...", flush=True)
             record = run_one(spec, mode, epsilon, out)
             done[key] = record
             with runs_file.open("a") as handle:
@@ -115,8 +116,8 @@ def main(out: Path, config: Path | None = None, **_: Any) -> int:
     records = [done[_key(m, e)] for m in spec.modes for e in spec.epsilons if _key(m, e) in done]
     table = format_table(records)
     cost = mpc_cost(records)
-    (out / "dp.md").write_text(table + "\n\n" + cost + "\n")
-    plot(records, out / "dp_utility.png")
+    (out / "dp_sgd.md").write_text(table + "\n\n" + cost + "\n")
+    plot(records, out / "dp_sgd_utility.png")
     print(table)
     print(cost)
     return 0 if all(r["exit_code"] == 0 for r in records) else 1
