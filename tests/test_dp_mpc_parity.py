@@ -35,6 +35,7 @@ def _run(tmp_path, mode: str) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(7200)
 def test_dp_sgd_on_shares_matches_opacus_in_plaintext(tmp_path):
     plain, shared = _run(tmp_path, "plaintext"), _run(tmp_path, "mpc")
     parts = [{p["label"]: p for p in m["privacy"]["parts"]} for m in (plain, shared)]

@@ -148,6 +148,7 @@ def _check_session(tmp_path, mode, generator, unit="record"):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_a_federated_dp_session_releases_nothing_else_of_the_rows(tmp_path):
     released = _check_session(tmp_path, "federated", "vae")
     metrics = json.loads(released["metrics.json"])
@@ -156,6 +157,7 @@ def test_a_federated_dp_session_releases_nothing_else_of_the_rows(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize(
     ("mode", "generator", "unit"),
     [

@@ -69,6 +69,7 @@ SUM_LIMIT = 2.0**14  # every value of a noisy sum stays below this (2^63 / 2^48,
 CHUNK_SPREAD = 4.0  # chunk = expected batch + this many standard deviations of it
 CHECKPOINT = "mpc-dp"
 STEP_NOISE_TAG = 1 << 20  # dealer noise tags of the steps: this plus the step's number
+SAMPLER_SEED_OFFSET = 0x9E3779B9  # the Poisson samples' generator: the run seed plus this
 _UNIT = GRID  # fixed point's unit at CrypTen's 16 fractional bits
 
 
@@ -185,7 +186,9 @@ def train_dp(model, table, loop: DpLoop, agree: Callable[[int], int]) -> None:
     (key,) = [k for k, opt in model.optimizers.items() if _owns(opt, modules, nets)]
     optimizer = model.optimizers[key]
     linears = _linear_layers(nets)
-    rng = torch.Generator().manual_seed(loop.seed)
+    rng = torch.Generator().manual_seed(loop.seed)  # the model's own draws, as in plaintext
+    # Poisson samples apart: how many indices a sample draws must not shift the model's draws
+    sampler = torch.Generator().manual_seed(loop.seed + SAMPLER_SEED_OFFSET)
     spread = CHUNK_SPREAD * math.sqrt(plan.expected_batch)
     chunk = max(1, min(n, math.ceil(plan.expected_batch + spread)))
     check_range(plan.expected_batch, plan.clip_norm, loop.noise_std)
@@ -198,6 +201,7 @@ def train_dp(model, table, loop: DpLoop, agree: Callable[[int], int]) -> None:
     if state is not None:
         model.load_training_state_dict(state["training"])
         rng.set_state(state["rng"])
+        sampler.set_state(state["sampler"])
         loop.history = list(state["history"])
         loop.skipped = int(state["skipped"])
     epochs = plan.steps // plan.steps_per_epoch
@@ -205,7 +209,8 @@ def train_dp(model, table, loop: DpLoop, agree: Callable[[int], int]) -> None:
     for epoch in range(first, epochs):
         epoch_started, before = time.perf_counter(), traffic()
         for step in range(epoch * plan.steps_per_epoch, (epoch + 1) * plan.steps_per_epoch):
-            opened = _noisy_sum(model, table, rng, spans, nets, linears, chunk, loop, step)
+            sample = _poisson(table.size(0), plan.sample_rate, sampler)
+            opened = _noisy_sum(model, table, sample, rng, spans, nets, linears, chunk, loop, step)
             if model.name == "gan":  # generated rows are public: clipped in the clear
                 fake = max(1, round(plan.expected_batch))
                 opened = opened + _generated_part(model, linears, fake, rng, plan.clip_norm)
@@ -229,6 +234,7 @@ def train_dp(model, table, loop: DpLoop, agree: Callable[[int], int]) -> None:
                 "epoch": epoch,
                 "training": model.training_state_dict(),
                 "rng": rng.get_state(),
+                "sampler": sampler.get_state(),
                 "history": loop.history,
                 "skipped": loop.skipped,
             },
@@ -253,11 +259,16 @@ def _backprop(model, spans, nets, batch, rng) -> None:
         raise NotImplementedError(f"no DP-SGD on shares for generator '{model.name}'")
 
 
-def _noisy_sum(model, table, rng, spans, nets, linears, chunk: int, loop: DpLoop, step: int):
+def _poisson(n: int, rate: float, sampler: torch.Generator) -> torch.Tensor:
+    """The indices of a Poisson sample of ``n`` rows (public: see the module)."""
+    return (torch.rand(n, generator=sampler) < rate).nonzero().flatten()
+
+
+def _noisy_sum(
+    model, table, sample, rng, spans, nets, linears, chunk: int, loop: DpLoop, step: int
+):
     """One step's opened noisy clipped sum of the real rows' gradients, flat, float64."""
     plan = loop.plan
-    n = table.size(0)
-    sample = (torch.rand(n, generator=rng) < plan.sample_rate).nonzero().flatten()
     totals = [
         (
             torch.zeros(linear.layer.weight.shape, dtype=torch.long),
