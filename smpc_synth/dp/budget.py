@@ -73,9 +73,25 @@ class Ledger:
         self.mechanisms: list[Mechanism] = []
         self.noise_source = noise_source
         self.notes: dict[str, str] = {}
+        self.reserved: dict[str, float] = {}  # parts of delta spent outside the accountant
+
+    @property
+    def accountant_delta(self) -> float:
+        """The delta the accountant works at: the budget's, less what is reserved."""
+        return self.budget.delta - sum(self.reserved.values())
+
+    def reserve_delta(self, label: str, amount: float, why: str) -> None:
+        """Set aside ``amount`` of delta for an event outside the mechanisms (a failure
+        probability); call it before planning, the epsilon printed holds at the full delta."""
+        if self.mechanisms:
+            raise RuntimeError("reserve delta before any part is planned")
+        if not 0 < amount < self.accountant_delta:
+            raise ValueError(f"cannot reserve {amount:g} of delta {self.accountant_delta:g}")
+        self.reserved[label] = amount
+        self.note(f"delta:{label}", why)
 
     def _epsilon(self, mechanisms: list[Mechanism]) -> float:
-        return self.accountant.epsilon(mechanisms, self.budget.delta)
+        return self.accountant.epsilon(mechanisms, self.accountant_delta)
 
     def whole_budget_multiplier(self) -> float:
         """The noise multiplier of one Gaussian mechanism on all rows spending the budget."""
@@ -149,6 +165,7 @@ class Ledger:
         return {
             "epsilon": self.spent(),
             "delta": self.budget.delta,
+            "delta_reserved": dict(self.reserved),
             "budget_epsilon": self.budget.epsilon,
             "accountant": self.accountant.name,
             "accountant_description": self.accountant.description,

@@ -99,6 +99,13 @@ class NoiseSource:
             base = np.zeros_like(base)
         return on_grid(base + self.normal(base.size).reshape(base.shape) * std)
 
+    def generator(self) -> torch.Generator:
+        """A torch generator seeded with 63 secret bits, for a model's own draws under DP
+        (the VAE's latent noise, generated rows): from the public run seed, each example's
+        noise would be known and tied to its place in the batch, so adding a row would move
+        the others' gradients. Its outputs are never released."""
+        return torch.Generator().manual_seed(int(self.words(1, sampling=True)[0] >> np.uint64(1)))
+
     def poisson_mask(self, n: int, rate: float) -> np.ndarray:
         """Poisson sampling: each of ``n`` items independently with probability ``rate``."""
         return self.uniform(n, sampling=True) < rate

@@ -209,9 +209,10 @@ def train_private(
 ) -> None:
     """Run ``steps`` (default: the plan's) DP-SGD steps of ``model`` on rows ``X``.
 
-    ``generator`` drives the model's own draws (its latent noise), as in plaintext training;
-    the Poisson samples come from ``source``. ``on_epoch`` gets the mean losses of each
-    completed epoch (local diagnostics: they read real rows, so DP runs do not release them).
+    ``generator`` drives the model's own draws (its latent noise): a secret one
+    (:meth:`NoiseSource.generator`); the Poisson samples come from ``source``. ``on_epoch``
+    gets the mean losses of each completed epoch (local diagnostics: they read real rows, so
+    DP runs do not release them).
     """
     data = torch.as_tensor(np.ascontiguousarray(X), dtype=torch.float32)
     total = plan.steps if steps is None else steps

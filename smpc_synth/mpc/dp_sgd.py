@@ -11,9 +11,12 @@ or the GAN critic's :func:`~smpc_synth.mpc.twins.critic_backprop`, with
 clipped gradients are summed in the clear and added to the opened sum, and its generator
 steps in the clear.
 
-Per step, on a Poisson sample of the pooled rows (public indices: each party shuffles its
-own rows with a secret permutation before sharing them, so an index says nothing about
-whose row it is), in fixed-size chunks padded with masked rows:
+Per step, each party draws a Poisson sample of its own rows from the CSPRNG (rate ``q``, as the
+RDP accountant assumes), puts the sampled rows in a secret random order into a public number
+of slots (:func:`slots`: enough for every sample but with a probability set aside from
+delta), pads the rest with zero rows, and shares the slots with a shared validity bit each.
+No one else learns which rows, or how many, were sampled; the model's public draws (the
+VAE's latent noise) attach to slots, not to rows. On the shared slots:
 
 1. ghost norms (Li et al. 2022): a Linear layer's per-example gradient is ``g_i a_i^T``, so
    ``|grad_i|^2 = sum over layers of |g_i|^2 (|a_i|^2 + 1)`` (the 1: the bias), from the
@@ -26,7 +29,7 @@ whose row it is), in fixed-size chunks padded with masked rows:
    ``c_i^2 max(s_i, C^2) <= C^2 (1 + CLIP_TOLERANCE)`` fails: whatever a wrap-around did
    before, each example then adds at most ``C sqrt(1 + CLIP_TOLERANCE)``;
 3. the clipped sum ``sum_i (c_i g_i) a_i^T`` per layer: two rounds of exact products (scale
-   2^-48, no truncation), summed over chunks;
+   2^-48, no truncation);
 4. the dealer's exact discrete Gaussian noise on that grid (:mod:`smpc_synth.mpc.noise`),
    then one opening: the discrete Gaussian mechanism on an exact integer vector.
 
@@ -44,6 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -54,6 +58,7 @@ from smpc_synth.mpc.compat import import_crypten
 from smpc_synth.mpc.nn import PublicMlp
 from smpc_synth.mpc.noise import discrete_gaussian_shares
 from smpc_synth.mpc.optim import inverse_sqrt
+from smpc_synth.mpc.secure_stats import share_from_each
 from smpc_synth.mpc.session import comparison_provider, phase, traffic
 from smpc_synth.mpc.spans import SpanMap
 
@@ -66,10 +71,9 @@ CLIP_MARGIN = 2.0**-6
 MAX_NORM_RATIO_SQ = 2.0**20  # examples with gradient norm above 1024 C are dropped
 SUM_BITS = 48  # the clipped sum is exact at this scale
 SUM_LIMIT = 2.0**14  # every value of a noisy sum stays below this (2^63 / 2^48, halved)
-CHUNK_SPREAD = 4.0  # chunk = expected batch + this many standard deviations of it
+SLOT_DELTA_SHARE = 0.01  # of delta: the chance that a Poisson sample ever overflows its slots
 CHECKPOINT = "mpc-dp"
 STEP_NOISE_TAG = 1 << 20  # dealer noise tags of the steps: this plus the step's number
-SAMPLER_SEED_OFFSET = 0x9E3779B9  # the Poisson samples' generator: the run seed plus this
 _UNIT = GRID  # fixed point's unit at CrypTen's 16 fractional bits
 
 
@@ -79,9 +83,19 @@ def sensitivity(clip_norm: float) -> float:
     return clip_norm * math.sqrt(1 + CLIP_TOLERANCE)
 
 
-def check_range(expected_batch: float, clip_norm: float, noise_std: float) -> None:
-    """Refuse a plan whose noisy sums could leave the exact fixed-point range."""
-    batch = expected_batch + 8 * math.sqrt(max(expected_batch, 1.0))
+def slots(rows: int, rate: float, steps: int, parties: int, delta: float) -> int:
+    """How many sampled rows a party with ``rows`` rows shares each step: its Poisson sample
+    needs more in some step of the run with probability at most ``SLOT_DELTA_SHARE delta /
+    parties`` (the excess rows are then left out: the ledger reserves that delta)."""
+    from scipy.stats import binom
+
+    tail = SLOT_DELTA_SHARE * delta / (steps * parties)
+    return max(1, int(binom.isf(tail, rows, rate)))
+
+
+def check_range(batch: int, clip_norm: float, noise_std: float) -> None:
+    """Refuse a plan whose noisy sums (``batch`` slots a step) could leave the exact
+    fixed-point range."""
     largest = batch * clip_norm * math.sqrt(1 + CLIP_TOLERANCE) + 12 * noise_std
     if largest >= SUM_LIMIT:
         raise InputError(
@@ -107,10 +121,11 @@ def _to_unit_scale(value, bits: int):
     return out
 
 
-def clip_factors(kept: list[tuple[Any, Any]], clip_norm: float, mask: torch.Tensor):
-    """Each example's clip factor (0 for a masked or a dropped example), see the module.
+def clip_factors(kept: list[tuple[Any, Any]], clip_norm: float, valid):
+    """Each example's clip factor (0 for an invalid or a dropped example), see the module.
 
-    ``kept`` holds each Linear layer's ``(input, output gradient)``, rows by example.
+    ``kept`` holds each Linear layer's ``(input, output gradient)``, rows by example;
+    ``valid`` is a 0/1 MPCTensor at scale 1 (shared validity bits), or a public 0/1 tensor.
     """
     provider = comparison_provider()
     slack = _UNIT * crypten.communicator.get().get_world_size()  # one truncation's error
@@ -136,10 +151,13 @@ def clip_factors(kept: list[tuple[Any, Any]], clip_norm: float, mask: torch.Tens
     certified, _ = compare.sign_bits(crypten.cat([limit - t, t]).share, provider, width=64)
     above, below = _bits(certified, 2)
     keep = beaver.products([("mul", 1 - over, 1 - negative), ("mul", 1 - above, 1 - below)])
-    (ok,) = beaver.products([("mul", keep[0], keep[1])])
-    (factor,) = beaver.products([("mul", c, ok)])
-    masked = factor.share * mask.to(torch.long).view(factor.share.size())
-    return crypten.mpc.MPCTensor.from_shares(masked)
+    if isinstance(valid, torch.Tensor):  # public: a local product
+        c = crypten.mpc.MPCTensor.from_shares(c.share * valid.to(torch.long).view(c.share.size()))
+        (ok,) = beaver.products([("mul", keep[0], keep[1])])
+    else:
+        ok, c = beaver.products([("mul", keep[0], keep[1]), ("mul", c, valid.reshape(c.size()))])
+    (factor,) = beaver.products([("mul", c, ok)])  # exact: ok is a bit at scale 1
+    return factor
 
 
 def clipped_sums(kept: list[tuple[Any, Any]], factors) -> list[tuple[Any, Any]]:
@@ -162,6 +180,8 @@ class DpLoop:
     sizes: list[int]  # every party's row count, in rank order
     seed: int
     plan: Any  # smpc_synth.models.private.SgdPlan
+    source: Any  # this party's smpc_synth.dp.noise.NoiseSource: its Poisson samples
+    delta: float  # the run's: sizes the slots
     noise_std: float  # of the opened sum: noise multiplier x sensitivity
     checkpoints: Any
     progress: Callable[[dict[str, Any]], None]
@@ -169,16 +189,18 @@ class DpLoop:
     null_data: bool = False  # tests only: the mechanism sees zeros
     history: list[dict[str, Any]] = field(default_factory=list)
     skipped: int = 0  # steps whose opened sum was out of range (counted, not applied)
+    overflows: int = 0  # steps whose sample here did not fit its slots (excess left out)
 
 
 def _linear_layers(nets: dict[str, PublicMlp]) -> list:
     return [linear for net in nets.values() for linear in net.linears]
 
 
-def train_dp(model, table, loop: DpLoop, agree: Callable[[int], int]) -> None:
-    """DP-SGD of ``model`` (its private networks) on the pooled shared ``table``."""
+def train_dp(model, X, loop: DpLoop, agree: Callable[[int], int]) -> None:
+    """DP-SGD of ``model`` (its private networks) on every party's rows; ``X`` is this
+    party's encoded rows."""
     plan = loop.plan
-    n = table.size(0)
+    parties = len(loop.sizes)
     model.initialize(loop.seed)
     spans = SpanMap(model.layout)
     modules = model.modules()
@@ -186,12 +208,9 @@ def train_dp(model, table, loop: DpLoop, agree: Callable[[int], int]) -> None:
     (key,) = [k for k, opt in model.optimizers.items() if _owns(opt, modules, nets)]
     optimizer = model.optimizers[key]
     linears = _linear_layers(nets)
-    rng = torch.Generator().manual_seed(loop.seed)  # the model's own draws, as in plaintext
-    # Poisson samples apart: how many indices a sample draws must not shift the model's draws
-    sampler = torch.Generator().manual_seed(loop.seed + SAMPLER_SEED_OFFSET)
-    spread = CHUNK_SPREAD * math.sqrt(plan.expected_batch)
-    chunk = max(1, min(n, math.ceil(plan.expected_batch + spread)))
-    check_range(plan.expected_batch, plan.clip_norm, loop.noise_std)
+    rng = torch.Generator().manual_seed(loop.seed)  # the model's own draws, per slot
+    counts = [slots(n, plan.sample_rate, plan.steps, parties, loop.delta) for n in loop.sizes]
+    check_range(sum(counts), plan.clip_norm, loop.noise_std)
     first = 0
     state = loop.checkpoints.load(CHECKPOINT) if loop.resume else None
     if state is not None:
@@ -201,16 +220,16 @@ def train_dp(model, table, loop: DpLoop, agree: Callable[[int], int]) -> None:
     if state is not None:
         model.load_training_state_dict(state["training"])
         rng.set_state(state["rng"])
-        sampler.set_state(state["sampler"])
         loop.history = list(state["history"])
-        loop.skipped = int(state["skipped"])
+        loop.skipped, loop.overflows = int(state["skipped"]), int(state["overflows"])
     epochs = plan.steps // plan.steps_per_epoch
     started = time.perf_counter()
     for epoch in range(first, epochs):
         epoch_started, before = time.perf_counter(), traffic()
         for step in range(epoch * plan.steps_per_epoch, (epoch + 1) * plan.steps_per_epoch):
-            sample = _poisson(table.size(0), plan.sample_rate, sampler)
-            opened = _noisy_sum(model, table, sample, rng, spans, nets, linears, chunk, loop, step)
+            with phase("dp sample"):
+                batch, valid = _shared_sample(X, counts, loop)
+            opened = _noisy_sum(model, batch, valid, rng, spans, nets, linears, loop, step)
             if model.name == "gan":  # generated rows are public: clipped in the clear
                 fake = max(1, round(plan.expected_batch))
                 opened = opened + _generated_part(model, linears, fake, rng, plan.clip_norm)
@@ -234,11 +253,37 @@ def train_dp(model, table, loop: DpLoop, agree: Callable[[int], int]) -> None:
                 "epoch": epoch,
                 "training": model.training_state_dict(),
                 "rng": rng.get_state(),
-                "sampler": sampler.get_state(),
                 "history": loop.history,
                 "skipped": loop.skipped,
+                "overflows": loop.overflows,
             },
         )
+
+
+def _shared_sample(X, counts: list[int], loop: DpLoop):
+    """Every party's Poisson sample in its slots, shared: ``(rows, validity bits)``."""
+    source, rank = loop.source, loop.rank
+    mine = counts[rank]
+    chosen = np.flatnonzero(source.poisson_mask(len(X), loop.plan.sample_rate))
+    chosen = chosen[source.permutation(len(chosen))]  # a secret order: slots say nothing
+    if len(chosen) > mine:
+        loop.overflows += 1
+        chosen = chosen[:mine]
+    rows = np.zeros((mine, X.shape[1]), dtype=np.float32)
+    rows[: len(chosen)] = X[chosen]
+    valid = torch.zeros(mine, dtype=torch.long)
+    valid[: len(chosen)] = 1
+    width = X.shape[1]
+    batch = share_from_each(torch.from_numpy(rows), [torch.Size((k, width)) for k in counts], rank)
+    bits = [
+        crypten.cryptensor(
+            valid if j == rank else torch.zeros(k, dtype=torch.long), src=j, precision=0
+        )
+        for j, k in enumerate(counts)
+    ]
+    flags = crypten.cat(bits)
+    flags.encoder._scale = 1
+    return crypten.cat(batch), flags
 
 
 def _owns(optimizer, modules, nets) -> bool:
@@ -264,9 +309,7 @@ def _poisson(n: int, rate: float, sampler: torch.Generator) -> torch.Tensor:
     return (torch.rand(n, generator=sampler) < rate).nonzero().flatten()
 
 
-def _noisy_sum(
-    model, table, sample, rng, spans, nets, linears, chunk: int, loop: DpLoop, step: int
-):
+def _noisy_sum(model, batch, valid, rng, spans, nets, linears, loop: DpLoop, step: int):
     """One step's opened noisy clipped sum of the real rows' gradients, flat, float64."""
     plan = loop.plan
     totals = [
@@ -276,21 +319,16 @@ def _noisy_sum(
         )
         for linear in linears
     ]
-    for start in range(0, len(sample), chunk):
-        part = sample[start : start + chunk]
-        valid = torch.zeros(chunk, dtype=torch.long)
-        valid[: len(part)] = 1
-        rows = torch.cat([part, torch.zeros(chunk - len(part), dtype=torch.long)])
-        for linear in linears:
-            linear.kept.clear()
-        _backprop(model, spans, nets, table[rows], rng)
-        kept = [linear.kept[0] for linear in linears]
-        with phase("dp clip"):
-            factors = clip_factors(kept, plan.clip_norm, valid)
-            sums = clipped_sums(kept, factors)
-        for total, (weight, bias) in zip(totals, sums, strict=True):
-            total[0].add_(weight)
-            total[1].add_(bias)
+    for linear in linears:
+        linear.kept.clear()
+    _backprop(model, spans, nets, batch, rng)
+    kept = [linear.kept[0] for linear in linears]
+    with phase("dp clip"):
+        factors = clip_factors(kept, plan.clip_norm, valid)
+        sums = clipped_sums(kept, factors)
+    for total, (weight, bias) in zip(totals, sums, strict=True):
+        total[0].add_(weight)
+        total[1].add_(bias)
     flat = torch.cat([t.reshape(-1) for pair in totals for t in pair])
     if loop.null_data:
         flat = flat * 0

@@ -190,6 +190,7 @@ def _fedavg(ctx, client, model, X, total_rows, started: float, private) -> dict[
         sigma = private.plan_updates(model, rounds)
     elif unit == "record":
         plan = private.plan_local_sgd(model, rounds * fed.local_epochs, total_rows)
+        secret = private.source.generator()  # the model's draws: see NoiseSource.generator
     initial_buffers = {k: v.clone() for k, v in getattr(model, "buffers", {}).items()}
     history: list[dict[str, Any]] = []
     first = 0
@@ -210,7 +211,7 @@ def _fedavg(ctx, client, model, X, total_rows, started: float, private) -> dict[
                 losses = model.train_epoch(X, rng)
             else:
                 steps = plan.steps_per_epoch
-                train_private(model, X, plan, private.source, rng, steps=steps, on_epoch=None)
+                train_private(model, X, plan, private.source, secret, steps=steps)
         delta = {k: v - global_params[k] for k, v in _parameters(model).items()}
         if sigma is not None:
             clip = cfg.dp.clip_norm

@@ -83,9 +83,19 @@ DEALT_NOISE = (
 
 
 def _start_ledger(ctx: PartyContext):
+    from smpc_synth.models import get_generator
     from smpc_synth.models.private import start_ledger
+    from smpc_synth.mpc.dp_sgd import SLOT_DELTA_SHARE
 
     ledger, source = start_ledger(ctx.config.dp, f"mpc/{ctx.name}")
+    if "training" in get_generator(ctx.config.generator).dp_parts:
+        ledger.reserve_delta(
+            "slots",
+            SLOT_DELTA_SHARE * ctx.config.dp.delta,
+            "each party shares its Poisson sample in a fixed number of slots; that some "
+            "sample ever needs more (its excess rows are then left out) has at most this "
+            "probability, which the accountant's delta leaves room for",
+        )
     seeded = ctx.config.mpc.debug_seed is not None
     ledger.noise_source = (
         f"INSECURE: keyed by mpc.debug_seed (tests only); {DEALT_NOISE}" if seeded else DEALT_NOISE
@@ -93,7 +103,7 @@ def _start_ledger(ctx: PartyContext):
     ledger.note(
         "noise",
         "dealt by the dealer as shares: no data party, nor all but one together, knows it; "
-        "Poisson samples and each party's shuffle of its rows: " + source.describe().split(";")[0],
+        "each party's Poisson samples of its own rows: " + source.describe().split(";")[0],
     )
     return ledger, source
 
@@ -212,11 +222,9 @@ def _fit_moments(ctx: PartyContext, model, X: np.ndarray, private, rows: float) 
 
 
 def _train_private(ctx: PartyContext, model, X: np.ndarray, sizes, private, rows: float):
-    """DP-SGD on shares (:mod:`smpc_synth.mpc.dp_sgd`), each party's rows shuffled first."""
+    """DP-SGD on shares (:mod:`smpc_synth.mpc.dp_sgd`): each party samples its own rows."""
     from smpc_synth.models.private import SGD_WHAT, plan_sgd
     from smpc_synth.mpc import dp_sgd
-    from smpc_synth.mpc.session import phase
-    from smpc_synth.mpc.trainer import pooled_table
 
     cfg = ctx.config
     ledger, source = private
@@ -231,22 +239,26 @@ def _train_private(ctx: PartyContext, model, X: np.ndarray, sizes, private, rows
         SGD_WHAT,
         sensitivity=dp_sgd.sensitivity(cfg.dp.clip_norm),
     )
-    shuffled = X[source.permutation(len(X))]  # no index says whose row it is
-    with phase("share rows"):
-        table = pooled_table(shuffled, sizes, ctx.rank)
     loop = dp_sgd.DpLoop(
         rank=ctx.rank,
         sizes=sizes,
         seed=cfg.seed,
         plan=plan,
+        source=source,
+        delta=cfg.dp.delta,
         noise_std=plan.noise_multiplier * plan.clip_norm,
         checkpoints=ctx.checkpoints,
         progress=ctx.progress,
         resume=ctx.resume,
         null_data=cfg.dp.insecure_null_data,
     )
-    dp_sgd.train_dp(model, table, loop, lambda first: _agree_on_resume(ctx, first))
-    return {"epochs": loop.history, "skipped_steps": loop.skipped, "sgd": plan.to_dict()}
+    dp_sgd.train_dp(model, X, loop, lambda first: _agree_on_resume(ctx, first))
+    return {
+        "epochs": loop.history,
+        "skipped_steps": loop.skipped,
+        "overflowed_steps": loop.overflows,
+        "sgd": plan.to_dict(),
+    }
 
 
 def _agree_on_resume(ctx: PartyContext, first: int) -> int:
