@@ -121,3 +121,22 @@ def test_a_delta_near_one_over_the_rows_is_noted_in_the_record():
     tight = Ledger(Budget(1.0, 1e-6))
     tight.check_delta(500.0)
     assert "delta" not in tight.to_dict()["notes"]
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    rows=st.integers(10, 200_000),
+    rate=st.floats(0.001, 0.9),
+    steps=st.integers(1, 10_000),
+    parties=st.integers(2, 8),
+)
+def test_mpc_slots_hold_every_poisson_sample_but_for_the_reserved_delta(rows, rate, steps, parties):
+    from scipy.stats import binom
+
+    from smpc_synth.mpc.dp_sgd import SLOT_DELTA_SHARE, slots
+
+    delta = 1e-6
+    k = slots(rows, rate, steps, parties, delta)
+    # a union bound over steps and parties: every sample fits but with that probability
+    assert steps * parties * binom.sf(k, rows, rate) <= SLOT_DELTA_SHARE * delta * 1.0001
+    assert k >= rows * rate  # never fewer slots than the expected sample
