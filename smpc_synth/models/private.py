@@ -4,14 +4,15 @@ The networks that read real rows (:attr:`NeuralGenerator.private_modules`: the V
 and decoder, the GAN's discriminator) get Opacus's ghost clipping (per-example gradient
 norms from the layers' hooks, :class:`PrivateTraining`) and its optimizer that clips each
 example's gradient to ``clip_norm`` over all those parameters together, adds Gaussian noise
-and divides by the *expected* batch size. The noise comes
-from :class:`~smpc_synth.dp.noise.NoiseSource` (the OS CSPRNG) rather than torch's
-generator. Batches are Poisson samples (each row independently with rate ``q``, from the
-same CSPRNG), which is what the RDP accountant assumes; an empty sample is a step of noise
-alone. One epoch is ``round(1 / q)`` steps.
+and divides by the *expected* batch size. The noise comes from
+:class:`~smpc_synth.dp.noise.NoiseSource` (the OS CSPRNG) rather than torch's generator.
+Batches are Poisson samples (each row independently with rate ``q``, from the same CSPRNG),
+which is what the RDP accountant assumes; an empty sample is a step of noise alone. One
+epoch is ``round(1 / q)`` steps.
 
-Everything a step depends on besides the sampled rows is public: ``q`` and the expected
-batch size come from the *noisy* row count, the step count from them and the epochs. The
+Everything a step depends on besides the sampled rows and the model's own draws (secret,
+:meth:`~smpc_synth.dp.noise.NoiseSource.generator`) is public: ``q`` and the expected batch
+size come from the *noisy* row count, the step count from them and the epochs. The
 VAE's noise scale ``sigma`` (an RMS error over real rows) stays at its initial value, and
 the GAN matches noisy moments (:func:`smpc_synth.models.gaussian.noisy_moments`) instead of
 each batch's.
