@@ -74,7 +74,7 @@ def run_one(spec: DpBenchSpec, mode: str, epsilon: float | None, out: Path) -> d
     evaluation = metrics.get("evaluation", {})
     parties = [m for m in metrics.get("parties", {}).values() if m.get("role") == "data"]
     epochs = next((m["training"]["epochs"] for m in parties if m["training"].get("epochs")), [])
-    seconds = [e.get("epoch_seconds") for e in epochs if e.get("epoch_seconds") is not None]
+    seconds = epoch_seconds(epochs)
     privacy = metrics.get("privacy") or {}
     return {
         "key": _key(mode, epsilon),
@@ -91,6 +91,14 @@ def run_one(spec: DpBenchSpec, mode: str, epsilon: float | None, out: Path) -> d
         "bytes_per_party": sum(m["traffic"]["bytes_sent"] for m in parties) / max(len(parties), 1),
         "spec": asdict(spec),
     }
+
+
+def epoch_seconds(epochs: list[dict[str, Any]]) -> list[float]:
+    """Each epoch's seconds: MPC records them, the other modes a running total."""
+    if epochs and all("epoch_seconds" in e for e in epochs):
+        return [float(e["epoch_seconds"]) for e in epochs]
+    totals = [float(e["seconds"]) for e in epochs if "seconds" in e]
+    return [b - a for a, b in zip([0.0, *totals], totals)]
 
 
 def main(out: Path, config: Path | None = None, **_: Any) -> int:
