@@ -76,6 +76,13 @@ def run_one(spec: DpBenchSpec, mode: str, epsilon: float | None, out: Path) -> d
     epochs = next((m["training"]["epochs"] for m in parties if m["training"].get("epochs")), [])
     seconds = epoch_seconds(epochs)
     privacy = metrics.get("privacy") or {}
+    first = next((m for m in parties if m.get("party") == "alice"), parties[0] if parties else {})
+    first_epochs = first.get("training", {}).get("epochs", []) if first else []
+    cpu = [
+        e.get("cpu_seconds", 0.0) + e.get("dealer_cpu_seconds", 0.0)
+        for e in first_epochs
+        if "cpu_seconds" in e
+    ]
     return {
         "key": _key(mode, epsilon),
         "mode": mode,
@@ -88,6 +95,7 @@ def run_one(spec: DpBenchSpec, mode: str, epsilon: float | None, out: Path) -> d
         "tstr_auc": evaluation.get("utility", {}).get("tstr_auc"),
         "trtr_auc": evaluation.get("utility", {}).get("trtr_auc"),
         "epoch_seconds": seconds,
+        "epoch_cpu_seconds": cpu,  # MPC: party 0's and the dealer's, each epoch
         "bytes_per_party": sum(m["traffic"]["bytes_sent"] for m in parties) / max(len(parties), 1),
         "spec": asdict(spec),
     }
@@ -156,13 +164,20 @@ def mpc_cost(records: list[dict[str, Any]]) -> str:
     if plain is None or not private or not plain["epoch_seconds"]:
         return "MPC epoch with DP / without: not measured (run the mpc mode with and without DP)"
     base = _median(plain["epoch_seconds"])
-    lines = [f"MPC epoch without DP: {base:.1f} s (median of {len(plain['epoch_seconds'])})"]
+    base_cpu = _median(plain.get("epoch_cpu_seconds", []))
+    lines = [
+        f"MPC epoch without DP: {base:.1f} s wall, "
+        f"{_fmt(base_cpu, '.1f')} s CPU of party 0 and the dealer (median of "
+        f"{len(plain['epoch_seconds'])} epochs)"
+    ]
     for r in private:
         seconds = _median(r["epoch_seconds"])
+        cpu = _median(r.get("epoch_cpu_seconds", []))
+        cpu_ratio = "-" if cpu is None or not base_cpu else f"{cpu / base_cpu:.2f}x"
         ratio = r["bytes_per_party"] / plain["bytes_per_party"]
         lines.append(
-            f"MPC epoch with DP (epsilon {r['epsilon_budget']:g}): {seconds:.1f} s, "
-            f"{seconds / base:.2f}x; bytes per party {ratio:.2f}x"
+            f"MPC epoch with DP (epsilon {r['epsilon_budget']:g}): {seconds:.1f} s wall "
+            f"({seconds / base:.2f}x), CPU {cpu_ratio}; bytes per party {ratio:.2f}x"
         )
     return "\n".join(lines)
 

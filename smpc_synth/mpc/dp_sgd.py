@@ -59,7 +59,7 @@ from smpc_synth.mpc.nn import PublicMlp
 from smpc_synth.mpc.noise import discrete_gaussian_shares
 from smpc_synth.mpc.optim import inverse_sqrt
 from smpc_synth.mpc.secure_stats import share_from_each
-from smpc_synth.mpc.session import comparison_provider, phase, traffic
+from smpc_synth.mpc.session import comparison_provider, cpu_clock, cpu_since, phase, traffic
 from smpc_synth.mpc.spans import SpanMap
 
 crypten = import_crypten()
@@ -225,7 +225,7 @@ def train_dp(model, X, loop: DpLoop, agree: Callable[[int], int]) -> None:
     epochs = plan.steps // plan.steps_per_epoch
     started = time.perf_counter()
     for epoch in range(first, epochs):
-        epoch_started, before = time.perf_counter(), traffic()
+        epoch_started, before, cpu_before = time.perf_counter(), traffic(), cpu_clock()
         for step in range(epoch * plan.steps_per_epoch, (epoch + 1) * plan.steps_per_epoch):
             with phase("dp sample"):
                 batch, valid = _shared_sample(X, counts, loop)
@@ -244,6 +244,7 @@ def train_dp(model, X, loop: DpLoop, agree: Callable[[int], int]) -> None:
             "bytes": after.bytes_sent - before.bytes_sent,
             "rounds": after.rounds - before.rounds,
             "skipped_steps": loop.skipped,
+            **cpu_since(cpu_before),
         }
         loop.history.append(record)
         loop.progress({"event": "epoch", "epochs": epochs, **record})
