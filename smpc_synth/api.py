@@ -25,12 +25,15 @@ def train(
     params: dict[str, Any] | None = None,
     source: str = "data",
     progress: bool | Callable[[dict[str, Any]], None] | None = None,
+    dp: Any = None,
 ) -> Synthesizer:
     """Fit a generator on one table in the clear (plaintext mode) and return it.
 
     ``progress``: None (default) shows a bar with ETA when stderr is a terminal and stays
     quiet otherwise; True also prints a plain line now and then when it is not; False is
-    quiet; a callable receives each epoch event instead.
+    quiet; a callable receives each epoch event instead. ``dp``: a
+    :class:`~smpc_synth.config.DpConfig` with ``epsilon`` set trains with differential
+    privacy (``Synthesizer.privacy`` then holds the ledger).
     """
     import torch
 
@@ -57,6 +60,7 @@ def train(
             seed=seed,
             params=params,
             on_epoch=epoch_reporter(report, total),
+            dp=dp,
         )
 
 

@@ -19,7 +19,7 @@ from smpc_synth.errors import InputError, SmpcSynthError
 
 log = logging.getLogger("smpc_synth")
 
-BENCH_SUITES = ("quick", "paper", "mpc-ops", "he-agg", "collapse", "generators")
+BENCH_SUITES = ("quick", "paper", "mpc-ops", "he-agg", "collapse", "generators", "dp-sgd")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,15 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--holdout-fraction", type=float, default=0.2, help="rows kept out for evaluation"
     )
     _add_target(p)
+    p.add_argument(
+        "--sample-rows",
+        type=int,
+        help="rows of synthetic.csv (default: as many as trained on; under DP its noisy count)",
+    )
     p.add_argument("--out", type=Path, help="run directory (default: runs/simulate-TIME)")
     p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
     p.add_argument("--he", choices=("ckks", "none"), default="ckks", help="federated: encryption")
-    p.add_argument("--dp", action="store_true", help="federated: differential privacy")
+    _add_dp(p)
     p.add_argument(
-        "--target-epsilon",
-        type=float,
-        help="federated + --dp: the privacy budget epsilon (no default: --dp needs it)",
+        "--dp-unit",
+        choices=("record", "party"),
+        help="what DP protects: one record (default) or, federated only, one party (DP-FedAvg)",
     )
+    p.add_argument("--dp", action="store_true", help="older spelling: --dp --target-epsilon E")
+    p.add_argument("--target-epsilon", type=float, help="with --dp: same as --epsilon")
     p.add_argument("--transport", choices=("grpc", "gloo"), default="grpc", help="mpc transport")
     p.add_argument(
         "--insecure-dev",
@@ -175,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(p)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    _add_dp(p)
     _add_override_gate(p)
 
     p = _add(sub, "sample", _cmd_sample, "draw synthetic rows from generator.pt")
@@ -216,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config",
         type=Path,
-        help="quick, paper: a grid file (default: quick's built-in grid; paper needs one)",
+        help="quick, paper: a grid file (default: quick's built-in grid; paper needs one); "
+        "dp-sgd: its settings",
     )
     p.add_argument("--full", action="store_true", help="he-agg: include the 1e7-parameter cases")
     return parser
@@ -306,6 +315,34 @@ def _add_target(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_dp(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--epsilon",
+        type=float,
+        help="differential privacy: the run's whole budget (bounds everything it releases)",
+    )
+    p.add_argument("--delta", type=float, help="with --epsilon: DP delta (default 1e-6)")
+
+
+def _dp_options(args) -> dict:
+    """The ``[dp]`` table from --epsilon/--delta/--dp-unit, or the older --dp --target-epsilon."""
+    epsilon = args.epsilon
+    legacy = getattr(args, "dp", False)
+    target = getattr(args, "target_epsilon", None)
+    if target is not None and not legacy:
+        raise InputError("--target-epsilon needs --dp (or give the budget as --epsilon)")
+    if legacy:
+        if target is None and epsilon is None:
+            raise InputError("--dp needs --target-epsilon E (or give the budget as --epsilon E)")
+        if target is not None and epsilon is not None and target != epsilon:
+            raise InputError(f"--epsilon {epsilon} and --target-epsilon {target} disagree")
+        epsilon = epsilon if epsilon is not None else target
+    unit = getattr(args, "dp_unit", None)
+    if epsilon is None and (args.delta is not None or unit is not None):
+        raise InputError("--delta and --dp-unit need --epsilon")
+    return {"epsilon": epsilon, "delta": args.delta, "unit": unit}
+
+
 def _add_override_gate(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--override-gate",
@@ -327,6 +364,7 @@ def _configure_logging(verbose: bool) -> None:
 
 def _cmd_simulate(args) -> int:
     from smpc_synth.config import RunConfig, drop_none
+    from smpc_synth.dp.budget import describe_record
     from smpc_synth.models import check_epochs_apply
 
     raw = {
@@ -337,7 +375,9 @@ def _cmd_simulate(args) -> int:
         "holdout_fraction": args.holdout_fraction,
         "split": args.split,
         "target": args.target,
-        "federated": {"he": args.he, "dp": args.dp, "target_epsilon": args.target_epsilon},
+        "sample_rows": args.sample_rows,
+        "federated": {"he": args.he},
+        "dp": _dp_options(args),
         "mpc": {"transport": args.transport, "insecure_dev": args.insecure_dev},
     }
     if args.insecure_dev:
@@ -362,6 +402,8 @@ def _cmd_simulate(args) -> int:
     )
     if "evaluation" in result.metrics:
         print(format_report(result.metrics["evaluation"]))
+    if "privacy" in result.metrics:
+        print(describe_record(result.metrics["privacy"]))
     if result.gate is not None:
         print(result.gate.describe())
     status = "finished" if result.exit_code == 0 else f"failed (exit code {result.exit_code})"
@@ -463,6 +505,8 @@ def _cmd_train(args) -> int:
         read_table,
         validate,
     )
+    from smpc_synth.dp.budget import describe_record
+    from smpc_synth.dp.support import PUBLIC_SCHEMA_NEEDED
     from smpc_synth.eval import format_report
     from smpc_synth.models import check_epochs_apply, planned_epochs
     from smpc_synth.release import PENDING_NAME, enforce, release_run
@@ -477,6 +521,7 @@ def _cmd_train(args) -> int:
                 "seed": args.seed,
                 "holdout_fraction": args.holdout_fraction,
                 "target": args.target,
+                "dp": _dp_options(args),
             }
         ),
         source="command line",
@@ -484,6 +529,8 @@ def _cmd_train(args) -> int:
     check_epochs_apply(args.generator, args.epochs, "--epochs")
     check_output_dir(args.out)  # before the work, not after it
     given = Schema.load(args.schema) if args.schema else None
+    if config.dp.enabled and given is None and args.data is not None:
+        raise InputError(f"--epsilon: {PUBLIC_SCHEMA_NEEDED}")
     if args.data is not None:
         frame, target, source = read_table(args.data, given), args.target, str(args.data)
     else:
@@ -513,11 +560,14 @@ def _cmd_train(args) -> int:
             seed=args.seed,
             source=source,
             progress=view,
+            dp=config.dp,
+            params=config.generator_params,
         )
     claim_output_dir(args.out)
     model.save(args.out / "generator.pt")
     candidate = args.out / PENDING_NAME
-    synthetic = model.sample(len(fit_rows), seed=args.seed)
+    rows = model.meta["train_rows"] if model.privacy is not None else len(fit_rows)
+    synthetic = model.sample(rows, seed=args.seed)
     synthetic.to_csv(candidate, index=False)
     schema.save(args.out / "schema.toml")
     config.target = target
@@ -532,6 +582,8 @@ def _cmd_train(args) -> int:
         "progress": view.progress.summary(),
         "evaluation": report,
     }
+    if model.privacy is not None:
+        metrics["rows_released"] = model.meta["train_rows"]
     decision = release_run(
         args.out,
         candidate=candidate,
@@ -540,8 +592,11 @@ def _cmd_train(args) -> int:
         config=config.to_dict(),
         metrics=metrics,
         override=args.override_gate,
+        privacy=model.privacy,
     )
     print(format_report(report))
+    if model.privacy is not None:
+        print(describe_record(model.privacy))
     print(decision.describe())
     written = "generator.pt, metrics.json, manifest.json (unsigned: verify --allow-unsigned)"
     print(f"wrote {args.out}: {written}" + (", synthetic.csv" if decision.released else ""))

@@ -28,6 +28,8 @@ class ColumnCodec(ABC):
 
     name: ClassVar[str]
     stat_names: ClassVar[tuple[str, ...]] = ()  # keys of stats(), each a vector
+    # the largest squared L2 norm one row can add to stats(): the DP sensitivity's share
+    row_norm_sq: ClassVar[float] = 0.0
 
     def __init__(self, spec: ColumnSpec, n_bins: int = HIST_BINS):
         self.spec = spec
@@ -131,6 +133,7 @@ class StandardCodec(ScalarCodec):
 
     name = "standard"
     stat_names = ("sum", "sumsq")
+    row_norm_sq = 2.0  # u and u^2, each in [0, 1]
 
     def __init__(self, spec: ColumnSpec, n_bins: int = HIST_BINS):
         super().__init__(spec, n_bins)
@@ -164,6 +167,7 @@ class ModeCodec(NumericCodec):
 
     name = "mode"
     stat_names = ("hist",)
+    row_norm_sq = 1.0  # one count in one bin
 
     def __init__(self, spec: ColumnSpec, n_bins: int = HIST_BINS):
         super().__init__(spec, n_bins)
@@ -217,6 +221,7 @@ class QuantileCodec(ScalarCodec):
 
     name = "quantile"
     stat_names = ("hist",)
+    row_norm_sq = 1.0  # one count in one bin
 
     def __init__(self, spec: ColumnSpec, n_bins: int = HIST_BINS):
         super().__init__(spec, n_bins)

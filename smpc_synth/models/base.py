@@ -47,6 +47,8 @@ class Generator(ABC):
     numeric_encoding: ClassVar[str]  # the TableEncoder numeric mode this generator wants
     Params: ClassVar[type]  # dataclass of hyperparameters, with their defaults
     released_modules: ClassVar[tuple[str, ...]] = ()  # modules in the released artifact
+    # what reads real rows under DP, each with its share of the budget (dp.support)
+    dp_parts: ClassVar[tuple[str, ...]] = ("encoder", "training")
 
     def __init__(self, layout: Layout, **hparams: Any):
         if layout.width == 0:
@@ -110,6 +112,7 @@ class NeuralGenerator(Generator):
     """
 
     sampler: ClassVar[str]
+    private_modules: ClassVar[tuple[str, ...]] = ()  # networks whose gradients read real rows
 
     def __init__(self, layout: Layout, **hparams: Any):
         super().__init__(layout, **hparams)
@@ -148,6 +151,10 @@ class NeuralGenerator(Generator):
         for net in self._nets.values():
             widths += [m.out_features for m in net.modules() if isinstance(m, nn.Linear)]
         return max(widths)
+
+    def private_step(self, batch: torch.Tensor, generator: torch.Generator, private) -> dict:
+        """One DP-SGD step on a Poisson sample (:mod:`smpc_synth.models.private`)."""
+        raise NotImplementedError(f"generator '{self.name}' has no DP-SGD step")
 
     @abstractmethod
     def _build(self) -> dict[str, nn.Module]:

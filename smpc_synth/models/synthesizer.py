@@ -54,6 +54,11 @@ class Synthesizer:
         self.generator = generator
         self.meta: dict[str, Any] = dict(meta or {})
 
+    @property
+    def privacy(self) -> dict[str, Any] | None:
+        """The DP ledger of the run that trained it (None: trained without DP)."""
+        return self.meta.get("dp")
+
     @classmethod
     def fit(
         cls,
@@ -65,11 +70,26 @@ class Synthesizer:
         params: Mapping[str, Any] | None = None,
         on_epoch: EpochCallback | None = None,
         source: str = "training data",
+        dp: Any = None,
     ) -> Synthesizer:
-        """Validate ``df`` against ``schema``, fit the encoder, then train ``generator``."""
+        """Validate ``df`` against ``schema``, fit the encoder, then train ``generator``.
+
+        With ``dp`` (a :class:`~smpc_synth.config.DpConfig` with ``epsilon`` set) every part
+        that reads the rows is a mechanism of one ledger (:mod:`smpc_synth.models.private`),
+        kept in :attr:`privacy` and in ``meta``.
+        """
         gen_cls = get_generator(generator)
         gen_params = dict(params or {})  # bad parameters fail before the data is touched
         rows = validate(df, schema, source)
+        if dp is not None and dp.enabled:
+            from smpc_synth.models.private import fit_private
+
+            encoder, model, ledger, released_rows = fit_private(
+                rows, schema, gen_cls, gen_params, dp, epochs=epochs, seed=seed, on_epoch=on_epoch
+            )
+            privacy = ledger.to_dict()
+            meta = {"train_rows": released_rows, "seed": seed, "epochs": epochs, "dp": privacy}
+            return cls(schema, encoder, model, meta=meta)
         encoder = TableEncoder(schema, numeric=gen_cls.numeric_encoding).fit(rows)
         model = gen_cls(encoder.layout, **gen_params)
         model.fit(encoder.transform(rows), epochs=epochs, seed=seed, on_epoch=on_epoch)

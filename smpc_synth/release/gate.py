@@ -57,6 +57,7 @@ class GateDecision:
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it did not apply
     enabled: bool = True
     override: bool = False
+    reason: str = ""  # why the gate did not apply (not enabled)
 
     @property
     def released(self) -> bool:
@@ -66,7 +67,9 @@ class GateDecision:
     def describe(self) -> str:
         """A few readable lines: the verdict, each failed metric, the skipped ones."""
         if not self.enabled:
-            return "release gate disabled in the run config: synthetic data released unchecked"
+            return self.reason or (
+                "release gate disabled in the run config: synthetic data released unchecked"
+            )
         if self.passed:
             head = f"release gate passed ({len(self.checked)} metrics checked)"
         elif self.override:
@@ -91,6 +94,7 @@ class GateDecision:
             ],
             "checked": dict(self.checked),
             "skipped": dict(self.skipped),
+            **({"reason": self.reason} if self.reason else {}),
         }
 
 

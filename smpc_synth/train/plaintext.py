@@ -82,10 +82,14 @@ def fit_centrally(frame: pd.DataFrame, ctx: PartyContext):
         seed=cfg.seed,
         params=cfg.generator_params,
         on_epoch=on_epoch,
+        dp=cfg.dp,
     )
     metrics = {
         "rows_trained": len(frame),
         "train_seconds": time.perf_counter() - started,
         "epochs": history,
     }
+    if synthesizer.privacy is not None:
+        metrics["privacy"] = synthesizer.privacy
+        metrics["rows_released"] = synthesizer.meta["train_rows"]
     return synthesizer, metrics
