@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "simulate", _cmd_simulate, "run a whole session on this machine")
     p.add_argument("--parties", type=int, default=3, help="number of data parties (1-8)")
     p.add_argument("--mode", choices=("mpc", "federated", "plaintext"), default="mpc")
-    p.add_argument("--generator", default="gaussian", help="gaussian | vae | gan")
+    p.add_argument("--generator", default="gaussian", help="gaussian | vae | gan | aim | mst")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--dataset", help="a built-in data set (default: fair)")
     src.add_argument("--data", type=Path, help="a CSV or Parquet file to split among parties")
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--he", choices=("ckks", "none"), default="ckks", help="federated: encryption")
     p.add_argument("--dp", action="store_true", help="federated: differential privacy")
     p.add_argument("--target-epsilon", type=float, help="federated + --dp: privacy budget")
+    _add_budget(p)
     p.add_argument("--transport", choices=("grpc", "gloo"), default="grpc", help="mpc transport")
     p.add_argument(
         "--insecure-dev",
@@ -107,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--data", type=Path)
     src.add_argument("--dataset")
     p.add_argument("--schema", type=Path)
-    p.add_argument("--generator", default="gaussian")
+    p.add_argument("--generator", default="gaussian", help="gaussian | vae | gan | aim | mst")
+    _add_budget(p)
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout-fraction", type=float, default=0.2)
@@ -149,6 +151,30 @@ def _add(sub, name: str, handler: Callable | None, help_text: str) -> argparse.A
     return p
 
 
+def _add_budget(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--epsilon",
+        type=float,
+        help="differential privacy: the run's whole budget (aim, mst); bounds all it releases",
+    )
+    p.add_argument(
+        "--delta", type=float, help="with --epsilon: (default 1e-9, below 1/rows^2 up to 31k rows)"
+    )
+
+
+def _budget(args) -> dict:
+    """The ``dp`` config of ``--epsilon/--delta``, checked (a bad value names the flag)."""
+    from smpc_synth.dp.zcdp import DEFAULT_DELTA, check_budget
+
+    if args.epsilon is None:
+        if args.delta is not None:
+            raise InputError("--delta needs --epsilon (the budget it belongs to)")
+        return {}
+    delta = DEFAULT_DELTA if args.delta is None else args.delta
+    check_budget(args.epsilon, delta, epsilon_name="--epsilon", delta_name="--delta")
+    return {"dp": {"epsilon": args.epsilon, "delta": args.delta}}
+
+
 def _add_override_gate(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--override-gate",
@@ -184,6 +210,7 @@ def _cmd_simulate(args) -> int:
         "target": args.target,
         "federated": {"he": args.he, "dp": args.dp, "target_epsilon": args.target_epsilon},
         "mpc": {"transport": args.transport, "insecure_dev": args.insecure_dev},
+        **_budget(args),
     }
     if args.insecure_dev:
         raw["mpc"]["provider"] = "tfp"
@@ -256,7 +283,7 @@ def _cmd_train(args) -> int:
     import tomli_w
 
     from smpc_synth.api import evaluate, train
-    from smpc_synth.config import RunConfig
+    from smpc_synth.config import DpConfig, RunConfig
     from smpc_synth.data import (
         Schema,
         holdout_split,
@@ -268,12 +295,18 @@ def _cmd_train(args) -> int:
     from smpc_synth.eval import format_report
     from smpc_synth.release import PENDING_NAME, enforce, release_run
 
+    budget = _budget(args)
     given = Schema.load(args.schema) if args.schema else None
     if args.data is not None:
         frame, target, source = read_table(args.data, given), args.target, str(args.data)
     else:
         builtin = load_builtin(args.dataset)
         frame, target, source = builtin.frame, args.target or builtin.target, args.dataset
+    if budget and given is None and args.data is not None:
+        raise InputError(
+            "--epsilon needs --schema: a schema inferred from the rows depends on them "
+            "(bounds, categories), and epsilon could not cover it"
+        )
     schema = given or infer_schema(frame, target=target)
     if target is not None and target not in frame.columns:
         raise InputError(f"{source}: --target column {target!r} not found")
@@ -289,11 +322,13 @@ def _cmd_train(args) -> int:
         epochs=args.epochs,
         seed=args.seed,
         source=source,
+        epsilon=budget["dp"]["epsilon"] if budget else None,
+        delta=budget["dp"]["delta"] if budget else None,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     model.save(args.out / "generator.pt")
     candidate = args.out / PENDING_NAME
-    synthetic = model.sample(len(fit_rows), seed=args.seed)
+    synthetic = model.sample(int(model.meta["train_rows"]), seed=args.seed)
     synthetic.to_csv(candidate, index=False)
     schema.save(args.out / "schema.toml")
     config = RunConfig(
@@ -302,6 +337,7 @@ def _cmd_train(args) -> int:
         seed=args.seed,
         holdout_fraction=args.holdout_fraction,
         target=target,
+        dp=DpConfig(**budget["dp"]) if budget else DpConfig(),
     )
     (args.out / "config.toml").write_text(tomli_w.dumps(config.to_toml_dict()))
     report = evaluate(
@@ -313,6 +349,8 @@ def _cmd_train(args) -> int:
         "source": source,
         "evaluation": report,
     }
+    if "dp" in model.meta:
+        metrics["dp"] = model.meta["dp"]
     decision = release_run(
         args.out,
         candidate=candidate,

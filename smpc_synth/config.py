@@ -133,6 +133,37 @@ class FederatedConfig:
 
 
 @dataclass(config=SECTION_RULES)
+class DpConfig:
+    """Differential privacy of the whole run (the ``aim`` and ``mst`` generators)."""
+
+    epsilon: Annotated[
+        Positive | None,
+        doc(
+            "the run's whole privacy budget; unset = no DP; it bounds everything the run "
+            "releases (see docs/marginal-generators.md)"
+        ),
+    ] = None
+    delta: Annotated[
+        Annotated[float, Gt(0), Lt(1)] | None,
+        doc(
+            "unset = 1e-9 (below 1/rows^2 for up to 31,622 rows: set a smaller one for "
+            "larger tables)"
+        ),
+    ] = None
+
+    @model_validator(mode="after")
+    def _delta_needs_epsilon(self) -> DpConfig:
+        if self.delta is not None and self.epsilon is None:
+            raise ConfigProblem("delta", "needs 'dp.epsilon' (the budget it belongs to)")
+        return self
+
+    def resolved_delta(self) -> float:
+        from smpc_synth.dp.zcdp import DEFAULT_DELTA
+
+        return DEFAULT_DELTA if self.delta is None else self.delta
+
+
+@dataclass(config=SECTION_RULES)
 class MpcConfig:
     """CrypTen transport and the source of Beaver triples."""
 
@@ -231,6 +262,10 @@ class GateConfig:
     min_dcr_ratio: Annotated[
         NonNegative, doc("median distance to training rows, synthetic over holdout")
     ] = 0.5
+    max_epsilon: Annotated[
+        Positive | None,
+        doc("unset = not checked; else refuse unless the run is DP with `epsilon` at most this"),
+    ] = None
 
 
 @dataclass(config=SECTION_RULES)
@@ -270,7 +305,10 @@ class RunConfig:
     ] = None
     sample_rows: Annotated[
         Annotated[int, Ge(1)] | None,
-        doc("rows of `synthetic.csv`; unset = as many as the pooled training rows"),
+        doc(
+            "rows of `synthetic.csv`; unset = as many as the pooled training rows (with "
+            "`dp`: the model's noisy estimate of them)"
+        ),
     ] = None
     output_parties: Annotated[
         list[MemberName], doc("data parties that receive the generator; empty = all")
@@ -280,6 +318,7 @@ class RunConfig:
         doc("generator hyperparameters (table), e.g. `{ batch_size = 256 }`"),
     ] = field(default_factory=dict)
     federated: FederatedConfig = field(default_factory=FederatedConfig)
+    dp: DpConfig = field(default_factory=DpConfig)
     mpc: MpcConfig = field(default_factory=MpcConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     gate: GateConfig = field(default_factory=GateConfig)

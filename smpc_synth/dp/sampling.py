@@ -22,6 +22,7 @@ from __future__ import annotations
 import decimal
 import hashlib
 import math
+import os
 import random
 
 import numpy as np
@@ -39,6 +40,14 @@ _GUMBEL_DIGITS = 60
 # digits leave the logarithms' error far below that.
 GUMBEL_VALUE_ERROR = 2.0**-63  # |computed G - exact G| outside the tails, generous
 GUMBEL_TAIL_MASS = 2.0**-63  # probability that u falls outside [2^-64, 1 - 2^-64]
+
+
+def noise_key(debug_seed: int | None = None) -> bytes:
+    """The key DP noise is drawn from: fresh from the OS CSPRNG, or (tests only) derived from
+    a debug seed, so that a dealer, an aggregator and a plaintext run draw the same noise."""
+    if debug_seed is None:
+        return os.urandom(KEY_BYTES)
+    return hashlib.sha256(repr((debug_seed, "dp-noise")).encode()).digest()[:KEY_BYTES]
 
 
 class RandomSource(random.Random):

@@ -58,15 +58,25 @@ class Synthesizer:
         params: Mapping[str, Any] | None = None,
         on_epoch: EpochCallback | None = None,
         source: str = "training data",
+        privacy: Any = None,
     ) -> Synthesizer:
-        """Validate ``df`` against ``schema``, fit the encoder, then train ``generator``."""
+        """Validate ``df`` against ``schema``, fit the encoder, then train ``generator``.
+
+        ``privacy`` (:class:`~smpc_synth.models.marginal.Privacy`) is the budget of a
+        differentially private generator; the model then records no exact row count."""
         gen_cls = get_generator(generator)
         gen_params = dict(params or {})  # bad parameters fail before the data is touched
+        check_privacy(gen_cls, privacy)
         rows = validate(df, schema, source)
-        encoder = TableEncoder(schema, numeric=gen_cls.numeric_encoding).fit(rows)
+        encoder = gen_cls.make_encoder(schema).fit(rows)
         model = gen_cls(encoder.layout, **gen_params)
-        model.fit(encoder.transform(rows), epochs=epochs, seed=seed, on_epoch=on_epoch)
-        meta = {"train_rows": len(rows), "seed": seed, "epochs": epochs}
+        X = encoder.transform(rows)
+        if gen_cls.differentially_private:
+            model.fit(X, epochs=epochs, seed=seed, on_epoch=on_epoch, privacy=privacy)
+            meta = {"train_rows": model.estimated_rows, "seed": seed, "dp": model.privacy_report}
+        else:
+            model.fit(X, epochs=epochs, seed=seed, on_epoch=on_epoch)
+            meta = {"train_rows": len(rows), "seed": seed, "epochs": epochs}
         return cls(schema, encoder, model, meta=meta)
 
     @classmethod
@@ -150,6 +160,19 @@ class Synthesizer:
         generator.load_state_dict(payload["state"])
         meta = {k: v for k, v in payload["meta"].items() if k != "layout"}
         return cls(schema, encoder, generator, meta)
+
+
+def check_privacy(gen_cls: type[Generator], privacy: Any) -> None:
+    """A DP generator needs a budget, and a budget needs a DP generator (else refused)."""
+    if gen_cls.differentially_private and privacy is None:
+        raise InputError(
+            f"--epsilon: generator '{gen_cls.name}' is differentially private and needs a "
+            "privacy budget (--epsilon, and optionally --delta)"
+        )
+    if privacy is not None and not gen_cls.differentially_private:
+        raise InputError(
+            f"--epsilon: generator '{gen_cls.name}' cannot honour a privacy budget; use aim or mst"
+        )
 
 
 def _file(path: str | Path) -> Path:

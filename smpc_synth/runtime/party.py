@@ -48,6 +48,11 @@ def run_member(
     ``party.release`` is false (a simulation launcher then does it against the holdout).
     """
     torch.set_num_threads(1)
+    if cfg.role == "data":
+        from smpc_synth.models import get_generator
+        from smpc_synth.models.synthesizer import check_privacy
+
+        check_privacy(get_generator(cfg.run.generator), cfg.run.dp.epsilon)
     schema, frame = _load_inputs(cfg)
     from smpc_synth.net import PeerMesh, TlsFiles
 

@@ -116,6 +116,15 @@ def prepare_session(
         raise InputError(f"--parties must be between 1 and {MAX_PARTIES}, got {parties}")
     if cfg.mode == "mpc" and parties < 2:
         raise InputError("--mode mpc needs at least 2 parties")
+    from smpc_synth.models import get_generator
+    from smpc_synth.models.synthesizer import check_privacy
+
+    check_privacy(get_generator(cfg.generator), cfg.dp.epsilon)
+    if cfg.dp.epsilon is not None and data is not None and schema is None:
+        raise InputError(
+            "--epsilon needs --schema: a schema inferred from the rows depends on them "
+            "(bounds, categories), and epsilon could not cover it"
+        )
     frame, table_schema, target, source = _load_table(dataset, data, schema, cfg)
     if cfg.target is None and target is not None:
         cfg.target = target

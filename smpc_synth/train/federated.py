@@ -41,7 +41,6 @@ class FederatedStrategy(Strategy):
     name = "federated"
 
     def run(self, ctx: PartyContext) -> TrainingResult:
-        from smpc_synth.data import TableEncoder
         from smpc_synth.data.encoding import N_ROWS
         from smpc_synth.models import Synthesizer, get_generator
 
@@ -61,7 +60,7 @@ class FederatedStrategy(Strategy):
         )
         client.setup()
         gen_cls = get_generator(cfg.generator)
-        encoder = TableEncoder(ctx.schema, numeric=gen_cls.numeric_encoding)
+        encoder = gen_cls.make_encoder(ctx.schema)
         stats = _secure_stats(ctx, client, encoder.sufficient_stats(ctx.data), "encoder stats")
         encoder.fit_stats(stats)
         total_rows = round(float(np.sum(stats[N_ROWS])))

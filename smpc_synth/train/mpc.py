@@ -65,12 +65,11 @@ class MpcStrategy(Strategy):
 
 
 def _fit_encoder(ctx: PartyContext):
-    from smpc_synth.data import TableEncoder
     from smpc_synth.models import get_generator
     from smpc_synth.mpc.secure_stats import party_sizes, secure_sum
 
     gen_cls = get_generator(ctx.config.generator)
-    encoder = TableEncoder(ctx.schema, numeric=gen_cls.numeric_encoding)
+    encoder = gen_cls.make_encoder(ctx.schema)
     encoder.fit_stats(secure_sum(encoder.sufficient_stats(ctx.data), ctx.rank, ctx.world_size))
     return encoder, party_sizes(len(ctx.data), ctx.rank, ctx.world_size)
 

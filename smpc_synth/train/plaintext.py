@@ -62,7 +62,7 @@ class PlaintextStrategy(Strategy):
 
 def fit_centrally(frame: pd.DataFrame, ctx: PartyContext):
     """Train one synthesizer on ``frame`` and report an event per epoch."""
-    from smpc_synth.models import Synthesizer
+    from smpc_synth.models import Privacy, Synthesizer
 
     cfg = ctx.config
     history: list[dict] = []
@@ -81,10 +81,16 @@ def fit_centrally(frame: pd.DataFrame, ctx: PartyContext):
         seed=cfg.seed,
         params=cfg.generator_params,
         on_epoch=on_epoch,
+        privacy=Privacy.from_run(cfg.dp, cfg.mpc.debug_seed),
     )
     metrics = {
         "rows_trained": len(frame),
         "train_seconds": time.perf_counter() - started,
         "epochs": history,
     }
+    if "dp" in synthesizer.meta:  # no exact row count leaves a DP run: the noisy estimate
+        metrics["rows_trained"] = synthesizer.meta["train_rows"]
+        metrics["rows_trained_is"] = "the model's noisy estimate (differential privacy)"
+        metrics["dp"] = synthesizer.meta["dp"]
+        metrics["selected"] = [list(c) for c in synthesizer.generator.selected]
     return synthesizer, metrics
