@@ -32,10 +32,12 @@ class MpcStrategy(Strategy):
     name = "mpc"
 
     def run(self, ctx: PartyContext) -> TrainingResult:
+        from smpc_synth.models import get_generator
         from smpc_synth.mpc.session import crypten_session, phase, traffic
 
         cfg = ctx.config
         started = time.perf_counter()
+        private = get_generator(cfg.generator).differentially_private
         with crypten_session(
             ctx.channel,
             ctx.parties,
@@ -47,14 +49,18 @@ class MpcStrategy(Strategy):
             timeout=cfg.network.peer_timeout_s,
             rendezvous=cfg.mpc.rendezvous,
         ):
-            with phase("encoder stats"):
-                encoder, sizes = _fit_encoder(ctx)
-            model, metrics = _train_model(ctx, encoder, sizes)
-            synthesizer = _release(ctx, encoder, model, sum(sizes))
+            if private:
+                with phase("dp marginals"):
+                    synthesizer, metrics = _fit_marginal(ctx)
+            else:
+                with phase("encoder stats"):
+                    encoder, sizes = _fit_encoder(ctx)
+                model, metrics = _train_model(ctx, encoder, sizes)
+                synthesizer = _release(ctx, encoder, model, sum(sizes))
+                metrics["rows_trained"] = sum(sizes)
             metrics["traffic_by_phase"] = traffic().by_phase
         metrics.update(
             {
-                "rows_trained": sum(sizes),
                 "local_rows": len(ctx.data),
                 "train_seconds": time.perf_counter() - started,
                 "provider": cfg.mpc.provider,
@@ -62,6 +68,30 @@ class MpcStrategy(Strategy):
             }
         )
         return TrainingResult(synthesizer, metrics)
+
+
+def _fit_marginal(ctx: PartyContext):
+    """AIM / MST on secret shares: only noisy marginals and chosen indices are opened, and
+    no row count (the encoder follows from the public schema alone)."""
+    from smpc_synth.models import Privacy, Synthesizer, get_generator
+    from smpc_synth.mpc.marginals import SecureQueries
+    from smpc_synth.train.marginals import run_mechanism
+
+    cfg = ctx.config
+    gen_cls = get_generator(cfg.generator)
+    encoder = gen_cls.make_encoder(ctx.schema).fit_public()
+    model = gen_cls(encoder.layout, **cfg.generator_params)
+    queries = SecureQueries(model.codes(encoder.transform(ctx.data)), model.shape)
+    privacy = Privacy(float(cfg.dp.epsilon), float(cfg.dp.resolved_delta()))
+    started = time.perf_counter()
+    metrics = run_mechanism(ctx, model, queries, privacy)
+    metrics["epochs"] = [{"epoch": 1, "seconds": time.perf_counter() - started}]
+    synthesizer = None
+    if ctx.is_output_party:
+        meta = {"train_rows": model.estimated_rows, "seed": cfg.seed, "mode": "mpc"}
+        meta["dp"] = model.privacy_report
+        synthesizer = Synthesizer.from_parts(ctx.schema, encoder, model, meta=meta)
+    return synthesizer, metrics
 
 
 def _fit_encoder(ctx: PartyContext):
