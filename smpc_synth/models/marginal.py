@@ -303,7 +303,7 @@ class MarginalGenerator(Generator):
         return {
             "cliques": [list(cl) for cl in potentials.cliques],
             "potentials": [
-                torch.from_numpy(np.asarray(potentials.tables[cl].values, dtype=np.float64))
+                torch.from_numpy(np.array(potentials.tables[cl].values, dtype=np.float64))
                 for cl in potentials.cliques
             ],
             "total": float(self.model.total),
@@ -334,6 +334,6 @@ class MarginalGenerator(Generator):
             marginals = mbi.marginal_oracles.message_passing_stable(potentials, total)
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{where} does not fit: {exc}") from None
-        self.model = mbi.MarkovRandomField(potentials, marginals, total)
+        self.model = mbi.MarkovRandomField(potentials=potentials, marginals=marginals, total=total)
         self.selected = [tuple(cl) for cl in state.get("selected", [])]
         self.privacy_report = dict(state.get("privacy", {}))
