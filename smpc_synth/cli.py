@@ -349,8 +349,9 @@ def _cmd_train(args) -> int:
         "source": source,
         "evaluation": report,
     }
-    if "dp" in model.meta:
+    if "dp" in model.meta:  # the run's budget: recorded, signed, and gated
         metrics["dp"] = model.meta["dp"]
+        report = {**report, "dp": model.meta["dp"]}
     decision = release_run(
         args.out,
         candidate=candidate,

@@ -155,3 +155,17 @@ def test_bins_follow_the_schema_alone():
     decoded = encoder.inverse_transform(encoder.transform(values))
     assert decoded["size"].iloc[0] == pytest.approx(37.5)
     assert decoded["count"].iloc[0] == 4
+
+
+def test_the_release_gate_can_require_an_epsilon():
+    from smpc_synth.config import GateConfig
+    from smpc_synth.release.gate import check_release
+
+    def epsilon_failures(report, limit):
+        decision = check_release(report, GateConfig(max_epsilon=limit))
+        return [f for f in decision.failures if f.metric == "epsilon"]
+
+    assert epsilon_failures({"dp": {"epsilon": 0.5}}, 1.0) == []
+    assert epsilon_failures({"dp": {"epsilon": 3.0}}, 1.0)[0].value == 3.0
+    assert epsilon_failures({}, 1.0)[0].value is None  # no DP: fails closed
+    assert epsilon_failures({}, None) == []  # no limit set: not checked

@@ -12,7 +12,9 @@ there). Each rule reads one metric of the evaluation report (``smpc_synth.eval.e
   coarse discrete tables fresh real rows coincide with training rows too);
 - ``dcr_ratio`` = median DCR(synthetic -> train) / median DCR(holdout -> train) at least
   ``min_dcr_ratio``: synthetic rows sitting much closer to the training rows than unseen real
-  rows do are copies or near-copies.
+  rows do are copies or near-copies;
+- ``epsilon`` (the report's ``dp`` section: the run's differential-privacy budget) at most
+  ``max_epsilon``, when that is set: a run without DP then fails.
 
 A metric that cannot apply to the table (no numeric columns for the variance ratio, no
 categorical columns for category coverage, holdout rows at distance zero for the DCR ratio)
@@ -99,7 +101,7 @@ class _Rule:
     metric: str
     section: str
     rule: str
-    threshold: Callable[[GateConfig, dict[str, Any]], float]
+    threshold: Callable[[GateConfig, dict[str, Any]], float | None]  # None: rule not set
     not_applicable: Callable[[dict[str, Any]], str | None]
 
 
@@ -150,6 +152,7 @@ RULES: tuple[_Rule, ...] = (
     ),
     _Rule("exact_copy_rate", "privacy", "<=", _copy_threshold, _always),
     _Rule("dcr_ratio", "privacy", ">=", lambda p, _: p.min_dcr_ratio, _holdout_at_zero),
+    _Rule("epsilon", "dp", "<=", lambda p, _: p.max_epsilon, _always),
 )
 
 
@@ -165,8 +168,10 @@ def check_release(
         if reason is not None:
             decision.skipped[rule.metric] = reason
             continue
-        value = _metric(report, rule.section, rule.metric)
         threshold = rule.threshold(policy, report)
+        if threshold is None:
+            continue
+        value = _metric(report, rule.section, rule.metric)
         ok = value is not None and (value >= threshold if rule.rule == ">=" else value <= threshold)
         if ok:
             decision.checked[rule.metric] = value

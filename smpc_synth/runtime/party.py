@@ -108,6 +108,10 @@ def _release(cfg: PartyConfig, schema, frame, candidate: Path, metrics, override
     )
     report["meta"]["reference"] = f"{cfg.name}'s own rows (no common holdout)"
     metrics["evaluation"] = report
+    dp = metrics.get("training", {}).get("dp")
+    if dp is not None:  # the run's budget: recorded, signed, and gated (gate.max_epsilon)
+        metrics["dp"] = dp
+        report = {**report, "dp": dp}
     (cfg.out / "config.toml").write_text(tomli_w.dumps(cfg.run.to_toml_dict()))
     schema.save(cfg.out / "schema.toml")
     certificates = {cfg.name: cfg.tls_cert} if cfg.tls_cert else {}

@@ -394,6 +394,13 @@ def _gather(
             seed=cfg.seed,
         )
         metrics["evaluation"] = report
+    dp = next(
+        (p["training"]["dp"] for p in party_metrics.values() if "dp" in p.get("training", {})),
+        None,
+    )
+    if dp is not None:  # the run's budget: recorded, signed, and gated (gate.max_epsilon)
+        metrics["dp"] = dp
+        report = {**report, "dp": dp} if report else report
     names = [m.name for m in members]
     policy = cfg.gate if report else dataclasses.replace(cfg.gate, enabled=False)
     result.gate = release_run(
