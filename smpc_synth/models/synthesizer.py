@@ -175,6 +175,16 @@ def check_privacy(gen_cls: type[Generator], privacy: Any) -> None:
         )
 
 
+def check_mode(gen_cls: type[Generator], mode: str) -> None:
+    """Marginal mechanisms select by comparing pooled counts, which secure aggregation (sums
+    only) cannot do: they run in plaintext and MPC mode."""
+    if gen_cls.differentially_private and mode == "federated":
+        raise InputError(
+            f"--mode federated: generator '{gen_cls.name}' selects marginals by comparing "
+            "pooled counts, which federated aggregation cannot compute; use --mode mpc"
+        )
+
+
 def _file(path: str | Path) -> Path:
     path = Path(path)
     return path if path.suffix == ".pt" else path / GENERATOR_FILE

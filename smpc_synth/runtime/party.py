@@ -50,9 +50,10 @@ def run_member(
     torch.set_num_threads(1)
     if cfg.role == "data":
         from smpc_synth.models import get_generator
-        from smpc_synth.models.synthesizer import check_privacy
+        from smpc_synth.models.synthesizer import check_mode, check_privacy
 
         check_privacy(get_generator(cfg.run.generator), cfg.run.dp.epsilon)
+        check_mode(get_generator(cfg.run.generator), cfg.run.mode)
     schema, frame = _load_inputs(cfg)
     from smpc_synth.net import PeerMesh, TlsFiles
 

@@ -117,9 +117,10 @@ def prepare_session(
     if cfg.mode == "mpc" and parties < 2:
         raise InputError("--mode mpc needs at least 2 parties")
     from smpc_synth.models import get_generator
-    from smpc_synth.models.synthesizer import check_privacy
+    from smpc_synth.models.synthesizer import check_mode, check_privacy
 
     check_privacy(get_generator(cfg.generator), cfg.dp.epsilon)
+    check_mode(get_generator(cfg.generator), cfg.mode)
     if cfg.dp.epsilon is not None and data is not None and schema is None:
         raise InputError(
             "--epsilon needs --schema: a schema inferred from the rows depends on them "
