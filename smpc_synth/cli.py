@@ -19,7 +19,7 @@ from smpc_synth.errors import InputError, SmpcSynthError
 
 log = logging.getLogger("smpc_synth")
 
-BENCH_SUITES = ("quick", "paper", "mpc-ops", "he-agg", "collapse", "generators")
+BENCH_SUITES = ("quick", "paper", "mpc-ops", "he-agg", "collapse", "generators", "dp")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -273,6 +273,12 @@ class MarginalGenerator(Generator):
             codes = self._expand(codes, rng)
         finally:
             np.random.set_state(state)
+        return self.encode_codes(codes, rng)
+
+    def encode_codes(self, codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Bin codes (rows, columns) -> encoded rows, each value's position within its bin
+        drawn uniformly from ``rng`` (the encoder decodes these to the schema's values)."""
+        n = len(codes)
         out = np.zeros((n, self.layout.width), dtype=np.float32)
         for c, (start, _width) in enumerate(self.onehots):
             out[np.arange(n), start + codes[:, c]] = 1.0
