@@ -169,3 +169,31 @@ def test_the_release_gate_can_require_an_epsilon():
     assert epsilon_failures({"dp": {"epsilon": 3.0}}, 1.0)[0].value == 3.0
     assert epsilon_failures({}, 1.0)[0].value is None  # no DP: fails closed
     assert epsilon_failures({}, None) == []  # no limit set: not checked
+
+
+def test_projections_equal_private_pgm_s_own():
+    """project_many (independent parts as products, the rest by one belief propagation)
+    gives Private-PGM's own marginals of the model, in the order asked for."""
+    from smpc_synth.data.layout import Layout, Span
+    from smpc_synth.models.marginal import Measurement
+    from smpc_synth.models.mst import MSTGenerator
+
+    widths = [3, 4, 2, 5, 3]
+    spans, start = [], 0
+    for i, w in enumerate(widths):
+        spans.append(Span(f"c{i}", start, w, "onehot"))
+        start += w
+    model = MSTGenerator(Layout(tuple(spans)))
+    rng = np.random.default_rng(0)
+    measured = [((0,), 1), ((1,), 1), ((2,), 1), ((3,), 1), ((4,), 1), ((0, 1), 2), ((1, 3), 2)]
+    measurements = [
+        Measurement(cl, rng.random(int(np.prod([widths[c] for c in cl]))) * 50 + 5, 4.0)
+        for cl, _ in measured
+    ]
+    fitted = model.estimate(measurements, 200)
+    queries = [(0, 1), (0, 3), (3, 0), (2, 4), (0, 2), (1, 2, 4), (4,), (2, 3)]
+    ours = model.project_many(fitted, queries)
+    for clique, got in zip(queries, ours, strict=True):
+        names = tuple(model.columns[c] for c in clique)
+        want = np.asarray(fitted.project(names).datavector(), dtype=np.float64)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=str(clique))
