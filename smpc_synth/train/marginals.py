@@ -127,9 +127,11 @@ def follow(inner, ctx: PartyContext, leader: str) -> int:
             raise PeerError(f"{leader} sent a bad mechanism step: {err}", peer=leader) from None
 
 
-def run_mechanism(ctx: PartyContext, model, queries, privacy) -> dict[str, Any]:
+def run_mechanism(ctx: PartyContext, model, queries, privacy) -> Any:
     """Fit ``model`` (a MarginalGenerator) with every party; the leader's progress events go
-    out as epochs. Returns the training metrics (the DP report, the noisy row estimate)."""
+    out as epochs. Returns what :func:`finish` needs once the session is over: a follower
+    that receives the model loads it only then (loading compiles Private-PGM's programs,
+    which must not hold up the session's closing barrier)."""
     leader = ctx.parties[0]
     if ctx.name == leader:
 
@@ -144,23 +146,28 @@ def run_mechanism(ctx: PartyContext, model, queries, privacy) -> dict[str, Any]:
         for peer in ctx.output_parties or ctx.parties:
             if peer != leader:
                 ctx.channel.send(peer, MODEL_TAG, state)
-        steps = None
-    else:
-        steps = follow(queries, ctx, leader)
-        if ctx.is_output_party:
-            state = codec.decode(bytes(ctx.channel.recv(leader, MODEL_TAG)))
-            model.load_state_dict(state)
-    metrics: dict[str, Any] = {"followed_steps": steps} if steps is not None else {}
-    if model.model is not None:
-        metrics.update(
-            {
-                "rows_trained": model.estimated_rows,
-                "rows_trained_is": "the model's noisy estimate (differential privacy)",
-                "dp": model.privacy_report,
-                "selected": [list(c) for c in model.selected],
-            }
-        )
-    return metrics
+        return None
+    follow(queries, ctx, leader)
+    return bytes(ctx.channel.recv(leader, MODEL_TAG)) if ctx.is_output_party else None
+
+
+def finish(model, received: bytes | None) -> dict[str, Any]:
+    """Load the model a follower received (after the session), and the training metrics:
+    the DP report and the noisy row estimate."""
+    if received is not None:
+        try:
+            state = codec.decode(received)
+        except codec.CodecError as err:
+            raise PeerError(f"the first party sent a malformed model: {err}") from None
+        model.load_state_dict(state)
+    if model.model is None:
+        return {}
+    return {
+        "rows_trained": model.estimated_rows,
+        "rows_trained_is": "the model's noisy estimate (differential privacy)",
+        "dp": model.privacy_report,
+        "selected": [list(c) for c in model.selected],
+    }
 
 
 def _shown(event: dict[str, Any]) -> dict[str, Any]:

@@ -51,7 +51,7 @@ class MpcStrategy(Strategy):
         ):
             if private:
                 with phase("dp marginals"):
-                    synthesizer, metrics = _fit_marginal(ctx)
+                    model, encoder, received, metrics = _run_marginal(ctx)
             else:
                 with phase("encoder stats"):
                     encoder, sizes = _fit_encoder(ctx)
@@ -59,6 +59,8 @@ class MpcStrategy(Strategy):
                 synthesizer = _release(ctx, encoder, model, sum(sizes))
                 metrics["rows_trained"] = sum(sizes)
             metrics["traffic_by_phase"] = traffic().by_phase
+        if private:
+            synthesizer = _release_marginal(ctx, model, encoder, received, metrics)
         metrics.update(
             {
                 "local_rows": len(ctx.data),
@@ -70,10 +72,10 @@ class MpcStrategy(Strategy):
         return TrainingResult(synthesizer, metrics)
 
 
-def _fit_marginal(ctx: PartyContext):
+def _run_marginal(ctx: PartyContext):
     """AIM / MST on secret shares: only noisy marginals and chosen indices are opened, and
     no row count (the encoder follows from the public schema alone)."""
-    from smpc_synth.models import Privacy, Synthesizer, get_generator
+    from smpc_synth.models import Privacy, get_generator
     from smpc_synth.mpc.marginals import SecureQueries
     from smpc_synth.train.marginals import run_mechanism
 
@@ -84,14 +86,23 @@ def _fit_marginal(ctx: PartyContext):
     queries = SecureQueries(model.codes(encoder.transform(ctx.data)), model.shape)
     privacy = Privacy(float(cfg.dp.epsilon), float(cfg.dp.resolved_delta()))
     started = time.perf_counter()
-    metrics = run_mechanism(ctx, model, queries, privacy)
-    metrics["epochs"] = [{"epoch": 1, "seconds": time.perf_counter() - started}]
-    synthesizer = None
-    if ctx.is_output_party:
-        meta = {"train_rows": model.estimated_rows, "seed": cfg.seed, "mode": "mpc"}
-        meta["dp"] = model.privacy_report
-        synthesizer = Synthesizer.from_parts(ctx.schema, encoder, model, meta=meta)
-    return synthesizer, metrics
+    received = run_mechanism(ctx, model, queries, privacy)
+    metrics = {"epochs": [{"epoch": 1, "seconds": time.perf_counter() - started}]}
+    return model, encoder, received, metrics
+
+
+def _release_marginal(ctx: PartyContext, model, encoder, received, metrics):
+    """After the session: the synthesizer of an output party (a follower loads the model
+    the first party sent)."""
+    from smpc_synth.models import Synthesizer
+    from smpc_synth.train.marginals import finish
+
+    metrics.update(finish(model, received))
+    if not ctx.is_output_party:
+        return None
+    meta = {"train_rows": model.estimated_rows, "seed": ctx.config.seed, "mode": "mpc"}
+    meta["dp"] = model.privacy_report
+    return Synthesizer.from_parts(ctx.schema, encoder, model, meta=meta)
 
 
 def _fit_encoder(ctx: PartyContext):
