@@ -77,7 +77,8 @@ def main(out: Path, config: Path | None = None, full: bool = False) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     ledger = out / "dp.jsonl"
-    done = {r["key"]: r for r in _read(ledger)}
+    # a run that failed (not refused: exit 2) is run again
+    done = {r["key"]: r for r in _read(ledger) if r.get("exit_code") in (0, 2)}
     environment = describe_environment()
     for key, job in _jobs(full):
         if key in done:
