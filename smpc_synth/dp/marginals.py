@@ -19,8 +19,9 @@ selects what a plaintext run with the same seed selects, bit for bit:
 - score and noise live on the grid ``2^-bits`` (:func:`plan_selection`), with the noise
   ``round(scale 2^bits G)``; the candidate's index is packed into the low bits, so the
   maximum is unique and the lowest index wins a tie of scores. :func:`plan_selection`
-  also returns the selection's total-variation distance from the exact exponential
-  mechanism (:func:`smpc_synth.dp.sampling.gumbel_slack`), which the accountant charges.
+  also returns how far the selection can stand from the exact exponential mechanism
+  (:func:`smpc_synth.dp.sampling.gumbel_shift`, ``gumbel_tail``), which the accountant
+  charges (:func:`smpc_synth.dp.zcdp.selection_rho`).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class SelectionPlan:
     index_bits: int  # low bits holding the (reversed) candidate index
     clip: int  # L1 errors clipped here, in units of 2^-SCORE_BITS counts
     scale: float  # Gumbel scale in counts: 2 * sensitivity / epsilon
-    slack: float  # total variation from the exact exponential mechanism
+    shift: float  # extra privacy loss each side, in epsilon units (sampling.gumbel_shift)
+    tail: float  # probability the shift bound does not hold (sampling.gumbel_tail)
 
 
 def plan_selection(
@@ -80,8 +82,8 @@ def plan_selection(
     if bits < SCORE_BITS:
         raise ValueError(f"scores up to {reach:.3g} leave too few fractional bits ({bits})")
     bits = min(bits, 55 - math.ceil(math.log2(scale)) if scale > 1 else 55)
-    slack = sampling.gumbel_slack(scale, bits, candidates)
-    return SelectionPlan(bits, index_bits, clip, scale, slack)
+    shift = sampling.gumbel_shift(scale, bits)
+    return SelectionPlan(bits, index_bits, clip, scale, shift, sampling.gumbel_tail(candidates))
 
 
 def packed_scores(

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from smpc_synth.dp.marginals import MarginalQueries, plan_selection
-from smpc_synth.dp.zcdp import ZcdpBudget, exponential_rho, gaussian_rho
+from smpc_synth.dp.zcdp import ZcdpBudget, exponential_rho, gaussian_rho, selection_rho
 from smpc_synth.models.marginal import (
     Fitted,
     MarginalGenerator,
@@ -48,6 +48,9 @@ class AIMParams:
     rounds_per_column: int = 16
     iters: int = 1000  # mirror-descent iterations after each round (warm-started)
     final_iters: int = 2500
+
+
+SHIFT_ROOM = 1e-6  # of a selection's epsilon, left for its fixed-point shift (selection_rho)
 
 
 def workload_candidates(shape: list[int], degree: int, max_cells: int) -> dict[tuple, int]:
@@ -109,7 +112,7 @@ class AIMGenerator(MarginalGenerator):
             if budget.remaining < 2 * (gaussian_rho(sigma2) + exponential_rho(eps)):
                 remaining = budget.remaining  # one last round with everything left
                 sigma2 = 1 / (2 * 0.9 * remaining)
-                eps = math.sqrt(8 * 0.1 * remaining)
+                eps = math.sqrt(8 * 0.1 * remaining) * (1 - SHIFT_ROOM)
                 terminate = True
             used = budget.spent + gaussian_rho(sigma2) + exponential_rho(eps)
             small = self._small_candidates(candidates, model, domain, p.max_model_size * used / rho)
@@ -124,7 +127,7 @@ class AIMGenerator(MarginalGenerator):
             )
             index = queries.select(errors, range(len(cliques)), weights, offsets, plan, next(tags))
             chosen = cliques[index]
-            budget.charge(f"select:round {t}", exponential_rho(eps), plan.slack)
+            budget.charge(f"select:round {t}", selection_rho(eps, plan.shift), plan.tail)
             values = queries.measure(chosen, sigma2, next(tags))
             budget.charge(f"measure:{self._names(chosen)}", gaussian_rho(sigma2))
             measurements.append(Measurement(chosen, values, sigma2))

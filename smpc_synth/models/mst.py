@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from smpc_synth.dp.marginals import MarginalQueries, plan_selection
-from smpc_synth.dp.zcdp import ZcdpBudget, exponential_rho, gaussian_rho
-from smpc_synth.models.aim import error_bound
+from smpc_synth.dp.zcdp import ZcdpBudget, gaussian_rho, selection_rho
+from smpc_synth.models.aim import SHIFT_ROOM, error_bound
 from smpc_synth.models.marginal import Fitted, MarginalGenerator, Measurement, ProgressFn
 from smpc_synth.models.registry import register
 
@@ -62,7 +62,7 @@ class MSTGenerator(MarginalGenerator):
         model = self.estimate(measurements, self.hparams.select_iters)
         pairs = list(itertools.combinations(range(d), 2))
         errors = queries.errors(pairs, self.project_many(model, pairs))
-        eps = math.sqrt(8 * third / (d - 1))
+        eps = math.sqrt(8 * third / (d - 1)) * (1 - SHIFT_ROOM)
         tree = UnionFind(range(d))
         chosen: list[tuple[int, int]] = []
         for step in range(d - 1):
@@ -73,7 +73,7 @@ class MSTGenerator(MarginalGenerator):
                 len(subset), weights, offsets, eps, error_bound(float(model.total))
             )
             position = queries.select(errors, subset, weights, offsets, plan, next(tags))
-            budget.charge(f"select:edge {step + 1}", exponential_rho(eps), plan.slack)
+            budget.charge(f"select:edge {step + 1}", selection_rho(eps, plan.shift), plan.tail)
             a, b = pairs[subset[position]]
             tree.union(a, b)
             chosen.append((a, b))
