@@ -39,6 +39,7 @@ def _session(tmp_path, mode: str, generator: str, params: dict):
 
 
 @pytest.mark.slow  # two 3-party sessions each (a few minutes on a busy 2-core machine)
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize(("generator", "params"), [("mst", {}), ("aim", SMALL_AIM)])
 def test_mpc_selects_what_plaintext_selects(tmp_path, generator, params):
     """Same seed, same data, the dealer's debug seed: the same marginals are selected, the
@@ -139,6 +140,7 @@ def _found(tap, receiver_not: str, pattern: bytes) -> list[str]:
 
 
 @pytest.mark.slow  # two 3-party sessions with a dealer (minutes on a busy 2-core machine)
+@pytest.mark.timeout(3600)
 def test_neither_counts_nor_noise_cross_the_wire(tmp_path, monkeypatch):
     """Every frame every member receives is recorded: no party's own contingency table, no
     pooled table and no dealt noise appears in them. The control run, in which a party
