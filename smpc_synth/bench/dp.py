@@ -77,6 +77,8 @@ def main(out: Path, config: Path | None = None, full: bool = False) -> int:
     from smpc_synth.bench.environment import describe_environment
 
     out.mkdir(parents=True, exist_ok=True)
+    # sessions (with their keys and data), the reference's virtualenv and its inputs stay local
+    (out / ".gitignore").write_text(".reference-venv/\nruns/\nreference/\ndata/\n")
     ledger = out / "dp.jsonl"
     # a run that failed (not refused: exit 2) is run again
     done = {r["key"]: r for r in _read(ledger) if r.get("exit_code") in (0, 2)}
