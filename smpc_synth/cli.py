@@ -19,7 +19,7 @@ from smpc_synth.errors import InputError, SmpcSynthError
 
 log = logging.getLogger("smpc_synth")
 
-BENCH_SUITES = ("quick", "paper", "mpc-ops", "he-agg", "collapse", "generators", "dp-sgd")
+BENCH_SUITES = ("quick", "paper", "mpc-ops", "he-agg", "collapse", "generators", "dp", "dp-sgd")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -321,11 +321,18 @@ def _add_dp(p: argparse.ArgumentParser) -> None:
         type=float,
         help="differential privacy: the run's whole budget (bounds everything it releases)",
     )
-    p.add_argument("--delta", type=float, help="with --epsilon: DP delta (default 1e-6)")
+    p.add_argument(
+        "--delta",
+        type=float,
+        help="with --epsilon: DP delta (default 1e-6; keep it well below 1 / rows)",
+    )
 
 
 def _dp_options(args) -> dict:
     """The ``[dp]`` table from --epsilon/--delta/--dp-unit, or the older --dp --target-epsilon."""
+    from smpc_synth.config import DpConfig
+    from smpc_synth.dp.budget import check_budget
+
     epsilon = args.epsilon
     legacy = getattr(args, "dp", False)
     target = getattr(args, "target_epsilon", None)
@@ -340,6 +347,10 @@ def _dp_options(args) -> dict:
     unit = getattr(args, "dp_unit", None)
     if epsilon is None and (args.delta is not None or unit is not None):
         raise InputError("--delta and --dp-unit need --epsilon")
+    if epsilon is not None:  # NaN, infinity, 0 and negatives are refused naming the flag
+        flag = "--epsilon" if args.epsilon is not None else "--target-epsilon"
+        delta = DpConfig().delta if args.delta is None else args.delta
+        check_budget(epsilon, delta, epsilon_name=flag, delta_name="--delta")
     return {"epsilon": epsilon, "delta": args.delta, "unit": unit}
 
 

@@ -115,7 +115,13 @@ class DpConfig:
         ),
     ] = None
     delta: Annotated[
-        float, Gt(0), Lt(1), doc("DP delta of the run; keep it well below 1 / rows")
+        float,
+        Gt(0),
+        Lt(1),
+        doc(
+            "DP delta of the run (`--delta`); keep it well below 1 / rows (a run warns and "
+            "notes it otherwise)"
+        ),
     ] = 1e-6
     unit: Annotated[
         Literal["record", "party"],
@@ -125,8 +131,12 @@ class DpConfig:
         ),
     ] = "record"
     accountant: Annotated[
-        str, doc("`rdp` (Opacus's RDP accountant); see the registry in `smpc_synth.dp.accountant`")
-    ] = "rdp"
+        str | None,
+        doc(
+            "unset = the generator's own: `rdp` (Opacus's RDP accountant) for gaussian, vae "
+            "and gan, `zcdp` for aim and mst; see the registry in `smpc_synth.dp.accountant`"
+        ),
+    ] = None
     clip_norm: Annotated[
         Positive,
         doc("L2 bound of one example's gradient (record) or one party's update (party)"),
@@ -273,6 +283,10 @@ class GateConfig:
     min_dcr_ratio: Annotated[
         NonNegative, doc("median distance to training rows, synthetic over holdout")
     ] = 0.5
+    max_epsilon: Annotated[
+        Positive | None,
+        doc("unset = not checked; else refuse unless the run is DP with `epsilon` at most this"),
+    ] = None
 
 
 @dataclass(config=SECTION_RULES)
@@ -312,7 +326,10 @@ class RunConfig:
     ] = None
     sample_rows: Annotated[
         Annotated[int, Ge(1)] | None,
-        doc("rows of `synthetic.csv`; unset = as many as the pooled training rows"),
+        doc(
+            "rows of `synthetic.csv`; unset = as many as the pooled training rows (with "
+            "`dp`: the model's noisy estimate of them)"
+        ),
     ] = None
     output_parties: Annotated[
         list[MemberName], doc("data parties that receive the generator; empty = all")
@@ -348,10 +365,9 @@ class RunConfig:
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
-        if self.dp.enabled:
-            from smpc_synth.dp.support import check_config
+        from smpc_synth.dp.support import check_config
 
-            check_config(self)  # refuses what DP cannot honour; settles its fixed params
+        check_config(self)  # refuses what DP cannot honour; settles its fixed params
         if self.generator_params:
             from smpc_synth.models import get_generator
             from smpc_synth.models.base import parse_hparams

@@ -116,6 +116,17 @@ class TableEncoder:
         self.fitted = True
         return self
 
+    @property
+    def needs_data(self) -> bool:
+        """Whether fitting reads the data (False: it follows from the public schema alone)."""
+        return any(codec.stat_names for codec in self._codecs)
+
+    def fit_public(self) -> TableEncoder:
+        """Fit an encoder that needs no data (:attr:`needs_data` false) without any."""
+        if self.needs_data:
+            raise ValueError(f"numeric encoding {self.numeric!r} is fitted from the data")
+        return self.fit_stats(self.stats_template())
+
     def fit(self, df: pd.DataFrame) -> TableEncoder:
         """Fit on one (pooled) table: the same as fit_stats(sufficient_stats(df))."""
         return self.fit_stats(self.sufficient_stats(df))

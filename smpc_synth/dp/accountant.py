@@ -39,7 +39,12 @@ from smpc_synth.errors import InputError
 
 GAUSSIAN = "gaussian"  # the Gaussian mechanism on every unit (rows or parties), each step
 SUBSAMPLED_GAUSSIAN = "poisson-subsampled gaussian"  # DP-SGD: a Poisson sample per step
-MECHANISM_KINDS = (GAUSSIAN, SUBSAMPLED_GAUSSIAN)
+DISCRETE_GAUSSIAN = "discrete gaussian"  # N_Z on integer counts (CKS 2020): the Gaussian's loss
+# The exponential mechanism by Gumbel-max. Its noise multiplier is the Gumbel scale over the
+# score's sensitivity, 2 / epsilon: bounded range gives epsilon^2 / 8 = 1 / (2 s^2) zCDP, the
+# Gaussian's, so both accountants treat it as one Gaussian release (Cesar and Rogers 2021).
+EXPONENTIAL = "exponential (gumbel-max)"
+MECHANISM_KINDS = (GAUSSIAN, SUBSAMPLED_GAUSSIAN, DISCRETE_GAUSSIAN, EXPONENTIAL)
 # Opacus's default Renyi orders stop at 63; a Gaussian with a large noise multiplier (an
 # encoder's share of a small budget) is tightest at higher orders, so a few more are tried.
 EXTRA_RDP_ORDERS = (64, 80, 96, 128, 160, 192, 256, 384, 512, 1024)
@@ -52,6 +57,8 @@ class Mechanism:
 
     ``sensitivity`` is the L2 bound on what one unit (a record, or a party) can change in
     one release, in the released values' units; ``what`` says in words what is released.
+    ``tail`` is the probability of an event on which the mechanism's bound may not hold (a
+    fixed-point selection's uniforms in the extreme tails); accountants charge it to delta.
     """
 
     label: str
@@ -61,6 +68,7 @@ class Mechanism:
     steps: int = 1
     sensitivity: float = 1.0
     what: str = ""
+    tail: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in MECHANISM_KINDS:
@@ -76,8 +84,15 @@ class Mechanism:
             )
         if self.steps < 1:
             raise InputError(f"mechanism '{self.label}': steps must be at least 1")
-        if self.kind == GAUSSIAN and self.sample_rate != 1.0:
-            raise InputError(f"mechanism '{self.label}': a full Gaussian has sample rate 1")
+        if self.kind != SUBSAMPLED_GAUSSIAN and self.sample_rate != 1.0:
+            raise InputError(f"mechanism '{self.label}': a {self.kind} has sample rate 1")
+        if not 0 <= self.tail < 1:
+            raise InputError(f"mechanism '{self.label}': tail must be in [0, 1)")
+
+    @property
+    def rho(self) -> float:
+        """Its zCDP (all steps; meaningful unless Poisson-subsampled)."""
+        return self.steps / (2.0 * self.noise_multiplier**2)
 
     @property
     def noise_std(self) -> float:
@@ -92,6 +107,11 @@ class Accountant(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+
+    @property
+    def version(self) -> str:
+        """What computes it, with versions (recorded in the run's privacy record)."""
+        return self.description
 
     def check(self, mechanism: Mechanism) -> None:  # noqa: B027 - optional hook
         """Raise InputError if this accountant cannot account for ``mechanism``."""
@@ -140,6 +160,9 @@ class RdpAccountant(Accountant):
             return 0.0
         for m in mechanisms:
             self.check(m)
+        delta -= sum(m.tail for m in mechanisms)
+        if delta <= 0:
+            return math.inf
         curve = np.sum(
             [_rdp_curve(m.noise_multiplier, m.sample_rate, m.steps) for m in mechanisms], 0
         )
@@ -147,6 +170,41 @@ class RdpAccountant(Accountant):
             warnings.simplefilter("ignore", UserWarning)
             eps, _order = analysis.get_privacy_spent(orders=_orders(), rdp=curve, delta=delta)
         return float(eps)
+
+    @property
+    def version(self) -> str:
+        from importlib.metadata import version
+
+        return f"{self.description}, opacus {version('opacus')}"
+
+
+@register_accountant
+class ZcdpAccountant(Accountant):
+    """Zero-concentrated DP (Bun and Steinke 2016): the rho of every release adds up, and the
+    total converts to (epsilon, delta) by Canonne, Kamath and Steinke's bound, less the
+    releases' tail events (:mod:`smpc_synth.dp.zcdp`). What AIM and MST plan in; it gives
+    no amplification by sampling, so DP-SGD's Poisson-subsampled steps are refused."""
+
+    name = "zcdp"
+    description = "zCDP, Canonne-Kamath-Steinke 2020 conversion (smpc_synth.dp.zcdp)"
+
+    def check(self, mechanism: Mechanism) -> None:
+        if mechanism.kind == SUBSAMPLED_GAUSSIAN:
+            raise InputError(
+                f"key 'dp.accountant': zcdp cannot account for {mechanism.label} (Poisson-"
+                "subsampled steps); use rdp"
+            )
+
+    def epsilon(self, mechanisms: Sequence[Mechanism], delta: float) -> float:
+        from smpc_synth.dp.zcdp import cdp_epsilon
+
+        _check_delta(delta)
+        for m in mechanisms:
+            self.check(m)
+        left = delta - sum(m.tail for m in mechanisms)
+        if left <= 0:
+            return math.inf
+        return cdp_epsilon(sum(m.rho for m in mechanisms), left)
 
 
 def _orders() -> list[float]:

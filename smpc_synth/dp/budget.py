@@ -168,7 +168,7 @@ class Ledger:
             "delta_reserved": dict(self.reserved),
             "budget_epsilon": self.budget.epsilon,
             "accountant": self.accountant.name,
-            "accountant_description": self.accountant.description,
+            "accountant_description": self.accountant.version,
             "unit": self.budget.unit,
             "unit_description": UNITS[self.budget.unit],
             "noise_source": self.noise_source,
@@ -198,6 +198,21 @@ def _smallest_within(epsilon_of: Callable[[float], float], target: float) -> flo
         else:
             low = mid
     return high
+
+
+def check_budget(epsilon: Any, delta: Any, *, epsilon_name: str, delta_name: str) -> None:
+    """Refuse a budget that cannot be honoured, naming the flag or key."""
+    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
+        raise InputError(f"{epsilon_name} must be a number, got {epsilon!r}")
+    if not (math.isfinite(epsilon) and epsilon > 0):
+        raise InputError(f"{epsilon_name} must be a positive finite number, got {epsilon!r}")
+    if isinstance(delta, bool) or not isinstance(delta, int | float):
+        raise InputError(f"{delta_name} must be a number, got {delta!r}")
+    if not (math.isfinite(delta) and 0 < delta < 1):
+        raise InputError(
+            f"{delta_name} must be in (0, 1) (the Gaussian mechanism needs delta > 0), "
+            f"got {delta!r}"
+        )
 
 
 def describe_record(record: dict[str, Any]) -> str:

@@ -8,9 +8,9 @@
   a float, i.e. an exact dyadic rational, and the algorithm uses that rational.
 - :func:`gumbel_fixed`: ``round(scale 2^bits G)`` for standard Gumbel ``G`` (the
   exponential mechanism by Gumbel-max), computed in 60-digit decimal arithmetic from a
-  128-bit uniform. It is not exact; :func:`gumbel_slack` bounds how far an argmax over
-  such values can be from the exact exponential mechanism (charged to delta by the
-  accountant).
+  128-bit uniform. It is not exact; :func:`gumbel_shift` and :func:`gumbel_tail` bound how
+  far an argmax over such values can be from the exact exponential mechanism (the
+  accountant charges both).
 
 All randomness comes from a :class:`RandomSource`: AES-128-CTR under a key from the
 operating system's CSPRNG (or, in tests, a key derived from a debug seed), so a dealer, an
@@ -22,6 +22,7 @@ from __future__ import annotations
 import decimal
 import hashlib
 import math
+import os
 import random
 
 import numpy as np
@@ -39,6 +40,14 @@ _GUMBEL_DIGITS = 60
 # digits leave the logarithms' error far below that.
 GUMBEL_VALUE_ERROR = 2.0**-63  # |computed G - exact G| outside the tails, generous
 GUMBEL_TAIL_MASS = 2.0**-63  # probability that u falls outside [2^-64, 1 - 2^-64]
+
+
+def noise_key(debug_seed: int | None = None) -> bytes:
+    """The key DP noise is drawn from: fresh from the OS CSPRNG, or (tests only) derived from
+    a debug seed, so that a dealer, an aggregator and a plaintext run draw the same noise."""
+    if debug_seed is None:
+        return os.urandom(KEY_BYTES)
+    return hashlib.sha256(repr((debug_seed, "dp-noise")).encode()).digest()[:KEY_BYTES]
 
 
 class RandomSource(random.Random):
@@ -178,22 +187,28 @@ def gumbel_fixed(scale: float, bits: int, count: int, rng: RandomSource) -> np.n
     return out
 
 
-def gumbel_slack(scale: float, bits: int, candidates: int) -> float:
-    """A bound on the total variation distance between ``argmax_i(s_i + N_i)`` with
-    ``N_i = gumbel_fixed(scale, bits)`` (``s_i`` integers in units of ``2^-bits``, lowest
-    index wins ties) and the exact exponential mechanism ``P[i] ∝ exp(s_i / scale)``.
+def gumbel_shift(scale: float, bits: int) -> float:
+    """How far, in units of the Gumbel (``scale``), the argmax of ``s_i + N_i`` with ``N_i =
+    gumbel_fixed(scale, bits)`` (``s_i`` integers in units of ``2^-bits``) can stand from the
+    exact exponential mechanism ``P[i] ∝ exp(s_i / scale)``, as a privacy-loss bound.
 
-    Couple both with the same ``u``: the argmax can only differ when the two largest exact
-    values ``s_i + scale G_i`` are within ``2 h`` of each other, where ``h`` bounds the
-    difference between a computed and an exact value: half a unit of rounding plus the
-    computed Gumbel's error, ``h = 2^-bits / 2 + scale GUMBEL_VALUE_ERROR``. In units of the
-    Gumbel, the gap between the two largest values is at least that of the two largest
-    points of a Poisson process of intensity ``C e^-x``, which is exceeded by ``t`` with
-    probability ``e^-t``; so ``P[gap < 2h / scale] <= 2h / scale``. Add the chance that some
-    ``u`` fell in the tails where the error bound does not hold.
-    """
+    Couple both with the same uniforms. Each computed value is within ``h = 2^-bits / 2 +
+    scale GUMBEL_VALUE_ERROR`` of the exact one (rounding, and the logarithms' error) unless a
+    uniform fell in the tails (:func:`gumbel_tail`). So the computed argmax is ``i`` only if
+    the exact ``v_i`` is within ``2h`` of the exact maximum, and is ``i`` whenever ``v_i``
+    leads by more than ``2h``. With ``t = 2h / scale``, Gumbel-max gives ``P[v_i >= max_j
+    v_j - t] = P[i wins with its score raised by t scale] <= e^t P[i]`` and likewise ``P[v_i
+    > max_j v_j + t] >= e^-t P[i]``: every outcome's probability is within a factor ``e^t``
+    of the exact mechanism's, so the privacy loss's range grows by at most ``2 t`` on each
+    side: an exponential mechanism with ``epsilon`` becomes one with ``epsilon + 4 t``."""
     h = 2.0**-bits / 2 + scale * GUMBEL_VALUE_ERROR
-    return 2 * h / scale + candidates * GUMBEL_TAIL_MASS
+    return 2 * h / scale
+
+
+def gumbel_tail(candidates: int) -> float:
+    """The probability that some uniform of a selection falls where :func:`gumbel_shift`'s
+    error bound does not hold; charged to delta (approximate zCDP)."""
+    return candidates * GUMBEL_TAIL_MASS
 
 
 NOISE_KINDS = ("dgauss", "gumbel")

@@ -32,6 +32,20 @@ SUPPORTED: dict[tuple[str, str], tuple[str, ...]] = {
     ("mpc", "gaussian"): ("record",),
     ("mpc", "vae"): ("record",),
     ("mpc", "gan"): ("record",),
+    ("plaintext", "aim"): ("record",),
+    ("plaintext", "mst"): ("record",),
+    ("mpc", "aim"): ("record",),
+    ("mpc", "mst"): ("record",),
+}
+# Generators that fit only under DP; each generator's accountants, its default first: AIM
+# and MST plan their budget in zCDP; DP-SGD's Poisson sampling needs RDP's amplification.
+DP_ONLY = ("aim", "mst")
+ACCOUNTANTS_FOR: dict[str, tuple[str, ...]] = {
+    "gaussian": ("rdp", "zcdp"),
+    "vae": ("rdp",),
+    "gan": ("rdp",),
+    "aim": ("zcdp",),
+    "mst": ("zcdp",),
 }
 
 # Hyperparameters DP needs at one value: PacGAN's packs would let one row move every pack of
@@ -46,9 +60,26 @@ def check_config(cfg: RunConfig) -> None:
     from smpc_synth.dp.accountant import ACCOUNTANTS
 
     dp = cfg.dp
-    if dp.accountant not in ACCOUNTANTS:
+    if not dp.enabled:
+        if cfg.generator in DP_ONLY:
+            raise ConfigProblem(
+                "dp.epsilon",
+                f"{FLAG}: generator '{cfg.generator}' is differentially private and needs a "
+                "privacy budget (--epsilon, and optionally --delta)",
+            )
+        return
+    if dp.accountant is not None and dp.accountant not in ACCOUNTANTS:
         raise ConfigProblem(
             "dp.accountant", f"unknown accountant {dp.accountant!r} (one of {sorted(ACCOUNTANTS)})"
+        )
+    allowed = ACCOUNTANTS_FOR.get(cfg.generator, tuple(ACCOUNTANTS))
+    if dp.accountant is None:
+        dp.accountant = allowed[0]
+    elif dp.accountant not in allowed:
+        raise ConfigProblem(
+            "dp.accountant",
+            f"generator '{cfg.generator}' cannot be accounted by {dp.accountant!r} (use "
+            f"{' or '.join(allowed)})",
         )
     if cfg.generator == "gan" and dp.encoder_share + dp.moments_share >= 1:
         raise ConfigProblem(

@@ -18,7 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from smpc_synth.data.defaults import HIST_BINS
+from smpc_synth.data.encoding import TableEncoder
 from smpc_synth.data.layout import Layout
+from smpc_synth.data.schema import Schema
 from smpc_synth.errors import InputError, SmpcSynthError
 from smpc_synth.models.spans import activate, sample_onehot
 
@@ -49,6 +52,8 @@ class Generator(ABC):
     released_modules: ClassVar[tuple[str, ...]] = ()  # modules in the released artifact
     # what reads real rows under DP, each with its share of the budget (dp.support)
     dp_parts: ClassVar[tuple[str, ...]] = ("encoder", "training")
+    encoder_bins: ClassVar[int] = HIST_BINS  # bins of the encoder's numeric histograms
+    differentially_private: ClassVar[bool] = False  # fits only within a privacy budget
 
     def __init__(self, layout: Layout, **hparams: Any):
         if layout.width == 0:
@@ -78,6 +83,11 @@ class Generator(ABC):
     @abstractmethod
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore from :meth:`state_dict`; raises InputError if it does not fit."""
+
+    @classmethod
+    def make_encoder(cls, schema: Schema) -> TableEncoder:
+        """The (unfitted) table encoder this generator's layout comes from."""
+        return TableEncoder(schema, numeric=cls.numeric_encoding, n_bins=cls.encoder_bins)
 
     def hparams_dict(self) -> dict[str, Any]:
         return asdict(self.hparams)

@@ -608,7 +608,7 @@ def dealer_key(debug_seed: int, party: str, *labels: int) -> bytes:
 def noise_key(debug_seed: int | None) -> bytes:
     """The dealer's own key for DP noise: fresh from the OS CSPRNG, or (tests only) derived
     from the debug seed, so that a plaintext run with the same seed draws the same noise."""
-    return prg.fresh_key() if debug_seed is None else prg.debug_key(debug_seed, "dp-noise")
+    return sampling.noise_key(debug_seed)
 
 
 def send_keys(link: Link, parties: Sequence[str], debug_seed: int | None = None) -> list[bytes]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from smpc_synth import __version__
 from smpc_synth.config import GateConfig
-from smpc_synth.release.gate import GateDecision, check_release
+from smpc_synth.release.gate import GateDecision, check_private_release, check_release
 from smpc_synth.release.manifest import MANIFEST_NAME, build_manifest, sign_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -81,15 +81,15 @@ def release_run(
     rows only through its mechanisms: ``metrics.json`` keeps :data:`DP_RELEASED_METRICS` and
     the ledger (``metrics`` itself, the caller's, keeps everything), the report and the gate's
     verdict go to :data:`EVALUATION_NAME` (not in the manifest), and the table is published
-    whatever that verdict.
+    whatever that verdict; only ``gate.max_epsilon``, which reads the ledger alone, decides.
     """
     run_dir = Path(run_dir)
     decision = check_release(dict(report), policy, override=override)
     written = metrics
     if privacy is not None:
         write_private_evaluation(run_dir, report, decision)
-        decision = GateDecision(
-            passed=True, enabled=False, override=override, reason=DP_GATE_REASON
+        decision = check_private_release(
+            dict(privacy), policy, override=override, reason=DP_GATE_REASON
         )
         written = released_metrics(metrics, privacy)
     publish(Path(candidate), run_dir, decision)

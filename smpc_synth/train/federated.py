@@ -52,7 +52,6 @@ class FederatedStrategy(Strategy):
     name = "federated"
 
     def run(self, ctx: PartyContext) -> TrainingResult:
-        from smpc_synth.data import TableEncoder
         from smpc_synth.data.encoding import N_ROWS
         from smpc_synth.models import Synthesizer, get_generator
 
@@ -79,7 +78,7 @@ class FederatedStrategy(Strategy):
         )
         client.setup()
         gen_cls = get_generator(cfg.generator)
-        encoder = TableEncoder(ctx.schema, numeric=gen_cls.numeric_encoding)
+        encoder = gen_cls.make_encoder(ctx.schema)
         private = _Private.start(ctx) if cfg.dp.enabled else None
         metrics: dict[str, Any] = {"local_rows": len(ctx.data)}
         if private is None:

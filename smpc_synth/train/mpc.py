@@ -40,10 +40,12 @@ class MpcStrategy(Strategy):
     name = "mpc"
 
     def run(self, ctx: PartyContext) -> TrainingResult:
+        from smpc_synth.models import get_generator
         from smpc_synth.mpc.session import crypten_session, phase, traffic
 
         cfg = ctx.config
         started = time.perf_counter()
+        marginal = get_generator(cfg.generator).differentially_private
         with crypten_session(
             ctx.channel,
             ctx.parties,
@@ -56,17 +58,23 @@ class MpcStrategy(Strategy):
             rendezvous=cfg.mpc.rendezvous,
             allow_insecure=cfg.network.allow_insecure,
         ):
-            private = _start_ledger(ctx) if cfg.dp.enabled else None
-            with phase("encoder stats"):
-                encoder, sizes, rows = _fit_encoder(ctx, private)
-            model, metrics = _train_model(ctx, encoder, sizes, private, rows)
-            synthesizer = _release(ctx, encoder, model, rows, private)
+            if marginal:
+                with phase("dp marginals"):
+                    model, encoder, received, metrics = _run_marginal(ctx)
+                private = None
+            else:
+                private = _start_ledger(ctx) if cfg.dp.enabled else None
+                with phase("encoder stats"):
+                    encoder, sizes, rows = _fit_encoder(ctx, private)
+                model, metrics = _train_model(ctx, encoder, sizes, private, rows)
+                synthesizer = _release(ctx, encoder, model, rows, private)
             metrics["traffic_by_phase"] = traffic().by_phase
-        if private is not None:
+        if marginal:
+            synthesizer = _release_marginal(ctx, model, encoder, received, metrics)
+        elif private is not None:
             metrics.update({"privacy": private[0].to_dict(), "rows_released": round(rows)})
         metrics.update(
             {
-                "rows_trained": sum(sizes),
                 "local_rows": len(ctx.data),
                 "train_seconds": time.perf_counter() - started,
                 "provider": cfg.mpc.provider,
@@ -109,16 +117,48 @@ def _start_ledger(ctx: PartyContext):
     return ledger, source
 
 
+def _run_marginal(ctx: PartyContext):
+    """AIM / MST on secret shares: only noisy marginals and chosen indices are opened, and
+    no row count (the encoder follows from the public schema alone)."""
+    from smpc_synth.models import Privacy, get_generator
+    from smpc_synth.mpc.marginals import SecureQueries
+    from smpc_synth.train.marginals import run_mechanism
+
+    cfg = ctx.config
+    gen_cls = get_generator(cfg.generator)
+    encoder = gen_cls.make_encoder(ctx.schema).fit_public()
+    model = gen_cls(encoder.layout, **cfg.generator_params)
+    queries = SecureQueries(model.codes(encoder.transform(ctx.data)), model.shape)
+    privacy = Privacy.from_run(cfg.dp, cfg.mpc.debug_seed)
+    started = time.perf_counter()
+    received = run_mechanism(ctx, model, queries, privacy)
+    metrics = {"epochs": [{"epoch": 1, "seconds": time.perf_counter() - started}]}
+    return model, encoder, received, metrics
+
+
+def _release_marginal(ctx: PartyContext, model, encoder, received, metrics):
+    """After the session: the synthesizer of an output party (a follower loads the model
+    the first party sent)."""
+    from smpc_synth.models import Synthesizer
+    from smpc_synth.train.marginals import finish
+
+    metrics.update(finish(model, received))
+    if not ctx.is_output_party:
+        return None
+    meta = {"train_rows": model.estimated_rows, "seed": ctx.config.seed, "mode": "mpc"}
+    meta["dp"] = model.privacy_report
+    return Synthesizer.from_parts(ctx.schema, encoder, model, meta=meta)
+
+
 def _fit_encoder(ctx: PartyContext, private):
     """The encoder (from exact or noisy sums), every party's row count, and the row count
     the run may state (exact, or the noisy one under DP)."""
-    from smpc_synth.data import TableEncoder
     from smpc_synth.data.encoding import N_ROWS, noisy_count
     from smpc_synth.models import get_generator
     from smpc_synth.mpc.secure_stats import party_sizes, secure_sum
 
     gen_cls = get_generator(ctx.config.generator)
-    encoder = TableEncoder(ctx.schema, numeric=gen_cls.numeric_encoding)
+    encoder = gen_cls.make_encoder(ctx.schema)
     stats = encoder.sufficient_stats(ctx.data)
     sizes = party_sizes(len(ctx.data), ctx.rank, ctx.world_size)
     if private is None:
