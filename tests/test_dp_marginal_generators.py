@@ -10,11 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from smpc_synth.config import DpConfig
 from smpc_synth.data import Schema
 from smpc_synth.data.schema import ColumnSpec
 from smpc_synth.dp import zcdp
+from smpc_synth.dp.budget import Budget, Ledger, check_budget
 from smpc_synth.errors import InputError
-from smpc_synth.models import Privacy, Synthesizer
+from smpc_synth.models import Synthesizer
 
 # Printed by the authors' reference code for the conversion (cdp2adp.py of "The Discrete
 # Gaussian for Differential Privacy", Canonne, Kamath and Steinke 2020): cdp_delta(0.025, 1),
@@ -64,16 +66,23 @@ def test_rho_lies_between_the_classic_bound_and_the_gaussian_mechanisms_truth(ep
 )
 def test_bad_budgets_are_refused_naming_the_flag(epsilon, delta, flag):
     with pytest.raises(InputError, match=flag):
-        zcdp.check_budget(epsilon, delta, epsilon_name="--epsilon", delta_name="--delta")
+        check_budget(epsilon, delta, epsilon_name="--epsilon", delta_name="--delta")
 
 
-def test_the_accountant_refuses_to_overspend():
-    budget = zcdp.ZcdpBudget(1.0, 1e-9)
-    budget.charge("measure:a", budget.rho / 2)
-    with pytest.raises(Exception, match="budget exceeded"):
-        budget.charge("measure:b", budget.rho)
-    with pytest.raises(Exception, match="budget exceeded"):
-        budget.charge("select:x", 0.0, slack=1e-9 * zcdp.SLACK_SHARE * 2)
+def test_the_ledger_refuses_to_overspend_in_rho_or_in_tails():
+    plan = zcdp.RhoPlan(Ledger(Budget(1.0, 1e-9, "zcdp")))
+    plan.measure("measure:a", 1 / plan.rho, "half the budget")  # rho = plan.rho / 2
+    assert plan.spent == pytest.approx(plan.rho / 2)
+    with pytest.raises(InputError, match="over the budget"):
+        plan.measure("measure:b", 1 / (2 * plan.rho), "the whole budget again")
+    with pytest.raises(InputError, match="over the budget"):  # tails beyond delta's room
+        plan.select("select:x", 0.01, 0.0, 1e-9, "a tail as large as delta")
+    assert [m.label for m in plan.ledger.mechanisms] == ["measure:a"]
+
+
+def test_the_zcdp_accountant_refuses_poisson_sampled_steps():
+    with pytest.raises(InputError, match="dp.accountant"):
+        Ledger(Budget(1.0, 1e-6, "zcdp")).sgd("training", 0.01, 100, 1.0, "DP-SGD")
 
 
 def _table(rows: int, seed: int = 0) -> tuple[pd.DataFrame, Schema]:
@@ -103,12 +112,15 @@ def test_a_fit_spends_its_budget_and_keeps_the_data_s_structure(generator, tmp_p
     params = (
         {"rounds_per_column": 3, "iters": 200, "final_iters": 300} if generator == "aim" else {}
     )
-    privacy = Privacy(2.0, 1e-7, b"k" * 16)
-    model = Synthesizer.fit(frame, schema, generator=generator, params=params, privacy=privacy)
+    dp = DpConfig(epsilon=2.0, delta=1e-7, accountant="zcdp", insecure_debug_seed=5)
+    model = Synthesizer.fit(frame, schema, generator=generator, params=params, dp=dp)
     report = model.meta["dp"]
-    assert report["rho_spent"] == pytest.approx(report["rho"], rel=1e-6)
-    assert report["delta_spent"] <= 1e-7
-    assert report["epsilon"] == 2.0 and report["accountant"] == zcdp.ACCOUNTANT
+    assert report["rho_spent"] == pytest.approx(report["rho_budget"], rel=1e-6)
+    assert report["delta"] == 1e-7 and report["delta_tails"] <= 1e-7 * zcdp.SLACK_SHARE
+    assert report["epsilon"] == pytest.approx(2.0, rel=1e-3) and report["epsilon"] <= 2.0
+    assert report["accountant"] == "zcdp"
+    kinds = {part["kind"] for part in report["parts"]}
+    assert "discrete gaussian" in kinds and "exponential (gumbel-max)" in kinds
     assert abs(model.meta["train_rows"] - 3000) < 300  # a noisy estimate, not the count
     synthetic = model.sample(4000, seed=1)
     assert list(synthetic.columns) == list(frame.columns)
@@ -128,20 +140,29 @@ def test_a_fit_spends_its_budget_and_keeps_the_data_s_structure(generator, tmp_p
 def test_the_same_noise_key_gives_the_same_model_and_another_key_another():
     frame, schema = _table(2000)
     fits = [
-        Synthesizer.fit(frame, schema, generator="mst", privacy=Privacy(1.0, 1e-8, key))
-        for key in (b"a" * 16, b"a" * 16, b"b" * 16)
+        Synthesizer.fit(
+            frame,
+            schema,
+            generator="mst",
+            dp=DpConfig(epsilon=1.0, delta=1e-8, accountant="zcdp", insecure_debug_seed=seed),
+        )
+        for seed in (1, 1, 2)
     ]
     samples = [f.sample(300, seed=0) for f in fits]
     pd.testing.assert_frame_equal(samples[0], samples[1])
     assert not samples[0].equals(samples[2])
 
 
-def test_dp_generators_need_a_budget_and_others_refuse_one():
+def test_dp_generators_need_a_budget():
+    from smpc_synth.config import RunConfig
+
     frame, schema = _table(200)
     with pytest.raises(InputError, match="--epsilon"):
         Synthesizer.fit(frame, schema, generator="aim")
-    with pytest.raises(InputError, match="cannot honour"):
-        Synthesizer.fit(frame, schema, generator="gaussian", privacy=Privacy(1.0, 1e-9))
+    with pytest.raises(InputError, match="--epsilon"):
+        RunConfig.from_dict({"generator": "mst"}, source="test")
+    with pytest.raises(InputError, match="dp.accountant"):
+        RunConfig.from_dict({"generator": "aim", "dp": {"epsilon": 1, "accountant": "rdp"}})
 
 
 def test_bins_follow_the_schema_alone():
@@ -169,6 +190,19 @@ def test_the_release_gate_can_require_an_epsilon():
     assert epsilon_failures({"dp": {"epsilon": 3.0}}, 1.0)[0].value == 3.0
     assert epsilon_failures({}, 1.0)[0].value is None  # no DP: fails closed
     assert epsilon_failures({}, None) == []  # no limit set: not checked
+
+
+def test_under_dp_the_gate_reads_only_the_ledger_s_epsilon():
+    from smpc_synth.config import GateConfig
+    from smpc_synth.release.gate import check_private_release
+
+    within = check_private_release({"epsilon": 0.9}, GateConfig(max_epsilon=1.0))
+    over = check_private_release({"epsilon": 3.0}, GateConfig(max_epsilon=1.0))
+    unset = check_private_release({"epsilon": 3.0}, GateConfig(), reason="not applied")
+    assert within.released and within.checked == {"epsilon": 0.9}
+    assert "dcr_ratio" in within.skipped  # the rules that read real rows do not decide
+    assert not over.released and over.failures[0].metric == "epsilon"
+    assert unset.released and not unset.enabled and unset.reason == "not applied"
 
 
 def test_projections_equal_private_pgm_s_own():

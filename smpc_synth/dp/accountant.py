@@ -120,6 +120,10 @@ class Accountant(ABC):
     def epsilon(self, mechanisms: Sequence[Mechanism], delta: float) -> float:
         """Epsilon of all ``mechanisms`` together (adaptively composed), at ``delta``."""
 
+    def summary(self, mechanisms: Sequence[Mechanism]) -> dict[str, Any]:
+        """Figures of the accountant's own terms for the privacy record (default: none)."""
+        return {"delta_tails": sum(m.tail for m in mechanisms)}
+
 
 ACCOUNTANTS: dict[str, type[Accountant]] = {}
 
@@ -205,6 +209,9 @@ class ZcdpAccountant(Accountant):
         if left <= 0:
             return math.inf
         return cdp_epsilon(sum(m.rho for m in mechanisms), left)
+
+    def summary(self, mechanisms: Sequence[Mechanism]) -> dict[str, Any]:
+        return {**super().summary(mechanisms), "rho_spent": sum(m.rho for m in mechanisms)}
 
 
 def _orders() -> list[float]:

@@ -74,6 +74,7 @@ class Ledger:
         self.noise_source = noise_source
         self.notes: dict[str, str] = {}
         self.reserved: dict[str, float] = {}  # parts of delta spent outside the accountant
+        self.details: dict[str, Any] = {}  # a planner's own figures (e.g. its rho budget)
 
     @property
     def accountant_delta(self) -> float:
@@ -174,6 +175,8 @@ class Ledger:
             "noise_source": self.noise_source,
             "parts": [m.to_dict() for m in self.mechanisms],
             "notes": dict(self.notes),
+            **self.accountant.summary(self.mechanisms),
+            **self.details,
         }
 
 

@@ -127,6 +127,7 @@ class RhoPlan:
         self.ledger = ledger
         budget = ledger.budget
         self.rho = cdp_rho(budget.epsilon, ledger.accountant_delta * (1 - SLACK_SHARE))
+        ledger.details["rho_budget"] = self.rho
 
     @property
     def spent(self) -> float:
