@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from smpc_synth.config import DpConfig, RunConfig
+from smpc_synth.config import DpConfig, RunConfig, drop_none
 from smpc_synth.data import infer_schema, load_builtin
 from smpc_synth.models import Synthesizer
 from smpc_synth.runtime.simulate import simulate
@@ -62,17 +62,22 @@ def _same(a, b) -> bool:
     return a == b
 
 
-@pytest.mark.parametrize("generator", ["gaussian", "vae", "gan"])
+@pytest.mark.parametrize(
+    "generator", ["gaussian", "vae", "gan", "mst", pytest.param("aim", marks=pytest.mark.slow)]
+)
 def test_plaintext_fit_depends_on_rows_only_through_its_mechanisms(generator):
     table, neighbour, schema = _neighbours()
-    params = {"batch_size": 64}
-    if generator == "gaussian":
-        params = {}
+    params = {
+        "gaussian": {},
+        "mst": {},
+        "aim": {"rounds_per_column": 1, "iters": 100, "final_iters": 100},
+    }.get(generator, {"batch_size": 64})
+    epochs = 1 if generator in ("vae", "gan") else None
 
     def fit(frame, null_data):
         dp = DpConfig(epsilon=2.0, insecure_debug_seed=9, insecure_null_data=null_data)
         return _state(
-            Synthesizer.fit(frame, schema, generator, epochs=1, seed=3, params=params, dp=dp)
+            Synthesizer.fit(frame, schema, generator, epochs=epochs, seed=3, params=params, dp=dp)
         )
 
     nulled = fit(table, True)
@@ -107,10 +112,10 @@ def _simulate(tmp_path, name, frame, schema, mode, generator, null_data, unit="r
     raw = {
         "mode": mode,
         "generator": generator,
-        "epochs": 1,
+        "epochs": 1 if generator in ("vae", "gan") else None,
         "seed": 3,
         "holdout_fraction": 0.0,
-        "generator_params": {} if generator == "gaussian" else {"batch_size": 64},
+        "generator_params": {"batch_size": 64} if generator in ("vae", "gan") else {},
         "dp": {
             "epsilon": 2.0,
             "unit": unit,
@@ -127,7 +132,7 @@ def _simulate(tmp_path, name, frame, schema, mode, generator, null_data, unit="r
         data=folder / "data.csv",
         schema=folder / "schema.toml",
         out=folder / "run",
-        config=RunConfig.from_dict(raw),
+        config=RunConfig.from_dict(drop_none(raw)),
         show_progress=False,
     )
     assert result.exit_code == 0, result.exit_codes
@@ -172,6 +177,8 @@ def test_a_federated_dp_session_releases_nothing_else_of_the_rows(tmp_path):
         ("mpc", "gaussian", "record"),
         ("mpc", "vae", "record"),
         ("mpc", "gan", "record"),
+        ("plaintext", "mst", "record"),
+        ("mpc", "mst", "record"),
     ],
 )
 def test_every_dp_session_releases_nothing_else_of_the_rows(tmp_path, mode, generator, unit):
@@ -183,3 +190,36 @@ def test_neighbours_differ_where_a_leak_would_show():
     assert len(neighbour) == len(table) + 1
     numeric = [s.name for s in schema.columns if s.kind in ("numeric", "integer")]
     assert all(np.isclose(neighbour[c].iloc[-1], schema.column(c).max) for c in numeric)
+
+
+@pytest.mark.parametrize(
+    ("generator", "limit", "released"), [("gaussian", 1.0, False), ("mst", 3.0, True)]
+)
+def test_max_epsilon_gates_every_dp_generator_on_the_ledger_alone(
+    tmp_path, generator, limit, released
+):
+    """gate.max_epsilon reads the privacy record, not the rows: a run over the limit is
+    withheld (exit 3), one within it released, whatever the generator's accountant."""
+    from smpc_synth.config import GateConfig
+    from smpc_synth.errors import ReleaseRefused
+    from smpc_synth.release import PENDING_NAME, enforce, release_run
+
+    table, _, schema = _neighbours()
+    model = Synthesizer.fit(table, schema, generator, dp=DpConfig(epsilon=2.0, accountant=None))
+    model.sample(50, seed=0).to_csv(tmp_path / PENDING_NAME, index=False)
+    decision = release_run(
+        tmp_path,
+        candidate=tmp_path / PENDING_NAME,
+        report={},
+        policy=GateConfig(max_epsilon=limit),
+        config={},
+        metrics={},
+        privacy=model.privacy,
+    )
+    assert decision.released is released
+    assert (tmp_path / "synthetic.csv").is_file() is released
+    assert json.loads((tmp_path / "manifest.json").read_text())["privacy"] == model.privacy
+    if not released:
+        assert decision.failures[0].metric == "epsilon"
+        with pytest.raises(ReleaseRefused):
+            enforce(decision)

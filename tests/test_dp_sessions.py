@@ -32,6 +32,7 @@ def _session(tmp_path, mode: str, generator: str, params: dict):
         generator=generator,
         generator_params=params,
         epsilon=1.0,
+        dp={"insecure_debug_seed": SEED},  # plaintext: the key the dealer's seed gives
         mpc={"insecure_dev": True, "debug_seed": SEED},
         out=tmp_path / f"{generator}-{mode}",
         show_progress=False,
@@ -47,22 +48,21 @@ def test_mpc_selects_what_plaintext_selects(tmp_path, generator, params):
     runs = {mode: _session(tmp_path, mode, generator, params) for mode in ("plaintext", "mpc")}
     for mode, run in runs.items():
         assert run.exit_code == 0, (mode, run.exit_codes)
-    trained = {
-        mode: json.loads((run.run_dir / "metrics.json").read_text())["parties"]["alice"]["training"]
-        for mode, run in runs.items()
-    }
+    trained = {mode: run.metrics["parties"]["alice"]["training"] for mode, run in runs.items()}
     assert trained["mpc"]["selected"] == trained["plaintext"]["selected"]
     assert trained["mpc"]["selected"]  # something was selected
-    assert trained["mpc"]["dp"]["rho_spent"] == pytest.approx(
-        trained["plaintext"]["dp"]["rho_spent"]
+    assert trained["mpc"]["privacy"]["rho_spent"] == pytest.approx(
+        trained["plaintext"]["privacy"]["rho_spent"]
     )
     reports = {mode: run.metrics["evaluation"] for mode, run in runs.items()}
     quality = [reports[m]["fidelity"]["quality_score"] for m in runs]
     tstr = [reports[m]["utility"]["tstr_auc"] for m in runs]
     assert abs(quality[0] - quality[1]) <= 0.01 and abs(tstr[0] - tstr[1]) <= 0.01
     manifest = json.loads((runs["mpc"].run_dir / "manifest.json").read_text())
-    assert manifest["metrics"]["value"]["dp"]["epsilon"] == 1.0
-    assert manifest["metrics"]["value"]["dp"]["accountant"]
+    assert 0.99 <= manifest["privacy"]["epsilon"] <= 1.0
+    assert manifest["privacy"]["accountant"] == "zcdp"
+    released = json.loads((runs["mpc"].run_dir / "metrics.json").read_text())
+    assert released["privacy"] == manifest["privacy"] and "parties" not in released
 
 
 SHAPE = [4, 6, 3]

@@ -153,12 +153,12 @@ def run_session(job: dict[str, Any], out: Path) -> dict[str, Any]:
     except InputError as exc:
         return {"exit_code": 2, "refused": str(exc)}
     metrics = extract_metrics(result.metrics)
-    dp = result.metrics.get("dp", {})
+    dp = result.metrics.get("privacy", {})
     training = next(
         (
             p["training"]
             for p in result.metrics.get("parties", {}).values()
-            if "dp" in p.get("training", {})
+            if "privacy" in p.get("training", {})
         ),
         {},
     )
@@ -171,7 +171,8 @@ def run_session(job: dict[str, Any], out: Path) -> dict[str, Any]:
         "cpu_seconds_total": sum(cpu) if cpu else None,
         "dcr_ratio": _ratio(metrics.get("dcr_synthetic_median"), metrics.get("dcr_holdout_median")),
         "rho_spent": dp.get("rho_spent"),
-        "delta_spent": dp.get("delta_spent"),
+        "epsilon_spent": dp.get("epsilon"),
+        "delta_tails": dp.get("delta_tails"),
         "selected": training.get("selected"),
         "train_rows": result.metrics.get("split", {}).get("rows"),
     }

@@ -1,12 +1,13 @@
 """Privacy accountants behind one small interface, and the registry that names them.
 
 A run's releases are a list of :class:`Mechanism` records; an accountant composes the whole
-list into one epsilon at the run's delta. The interface a new accountant implements (a zCDP
-one, say, registering beside Opacus's RDP accountant)::
+list into one epsilon at the run's delta. Two are registered: ``rdp`` (Opacus's RDP
+accountant, for DP-SGD's Poisson-subsampled steps) and ``zcdp`` (for AIM's and MST's
+measurements and selections, :mod:`smpc_synth.dp.zcdp`). A new one implements::
 
     @register_accountant
-    class ZcdpAccountant(Accountant):
-        name = "zcdp"
+    class MyAccountant(Accountant):
+        name = "mine"
 
         def check(self, mechanism: Mechanism) -> None:
             ...  # raise InputError if it cannot account for this mechanism

@@ -37,6 +37,16 @@ SUPPORTED: dict[tuple[str, str], tuple[str, ...]] = {
     ("mpc", "aim"): ("record",),
     ("mpc", "mst"): ("record",),
 }
+# Combinations refused for a reason of their own (named with the mode's flag).
+WHY_NOT: dict[tuple[str, str], str] = {
+    (mode, generator): (
+        f"--mode federated: generator '{generator}' selects marginals by the exponential "
+        "mechanism over errors of the pooled counts, which federated aggregation (sums only) "
+        "cannot compute without revealing them; use --mode mpc"
+    )
+    for mode in ("federated",)
+    for generator in ("aim", "mst")
+}
 # Generators that fit only under DP; each generator's accountants, its default first: AIM
 # and MST plan their budget in zCDP; DP-SGD's Poisson sampling needs RDP's amplification.
 DP_ONLY = ("aim", "mst")
@@ -72,19 +82,16 @@ def check_config(cfg: RunConfig) -> None:
         raise ConfigProblem(
             "dp.accountant", f"unknown accountant {dp.accountant!r} (one of {sorted(ACCOUNTANTS)})"
         )
-    allowed = ACCOUNTANTS_FOR.get(cfg.generator, tuple(ACCOUNTANTS))
-    if dp.accountant is None:
-        dp.accountant = allowed[0]
-    elif dp.accountant not in allowed:
-        raise ConfigProblem(
-            "dp.accountant",
-            f"generator '{cfg.generator}' cannot be accounted by {dp.accountant!r} (use "
-            f"{' or '.join(allowed)})",
-        )
+    try:
+        dp.accountant = accountant_for(cfg.generator, dp.accountant)
+    except InputError as exc:
+        raise ConfigProblem("dp.accountant", str(exc)) from None
     if cfg.generator == "gan" and dp.encoder_share + dp.moments_share >= 1:
         raise ConfigProblem(
             "dp.moments_share", "with 'dp.encoder_share' it must leave some budget for training"
         )
+    if (cfg.mode, cfg.generator) in WHY_NOT:
+        raise ConfigProblem("mode", WHY_NOT[(cfg.mode, cfg.generator)])
     units = SUPPORTED.get((cfg.mode, cfg.generator), ())
     if dp.unit not in units:
         where = [f"{m}/{g}" for (m, g), u in SUPPORTED.items() if dp.unit in u]
@@ -110,6 +117,20 @@ def check_config(cfg: RunConfig) -> None:
     except InputError as exc:
         raise ConfigProblem("generator_params", str(exc)) from None
     cfg.generator_params.update(fixed)
+
+
+def accountant_for(generator: str, chosen: str | None) -> str:
+    """``chosen``, or ``generator``'s own accountant if None; InputError if ``generator``
+    cannot be accounted by ``chosen``."""
+    allowed = ACCOUNTANTS_FOR.get(generator, ("rdp",))
+    if chosen is None:
+        return allowed[0]
+    if chosen not in allowed:
+        raise InputError(
+            f"generator '{generator}' cannot be accounted by {chosen!r} (use "
+            f"{' or '.join(allowed)})"
+        )
+    return chosen
 
 
 def with_fixed_params(generator: str, params: dict) -> dict:

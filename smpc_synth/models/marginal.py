@@ -163,7 +163,10 @@ class MarginalGenerator(Generator):
                 f"--epsilon: generator '{self.name}' is differentially private and needs a "
                 "privacy budget"
             )
-        queries = LocalQueries(self.codes(X), self.shape, privacy.noise_key or noise_key())
+        codes = self.codes(X)
+        if privacy.dp.insecure_null_data:  # tests only: every mechanism reads no row
+            codes = codes[:0]
+        queries = LocalQueries(codes, self.shape, privacy.noise_key or noise_key())
 
         def progress(event: dict[str, Any]) -> None:
             if on_epoch is not None and event.get("event") == "round":
@@ -177,7 +180,7 @@ class MarginalGenerator(Generator):
         """Run the mechanism through ``queries`` (any mode) and fit the graphical model."""
         from smpc_synth.models.private import start_ledger
 
-        ledger, _ = start_ledger(privacy.dp, self.name)
+        ledger, _ = start_ledger(privacy.dp, self.name, self.name)
         if privacy.noise_key is not None:
             ledger.noise_source = "INSECURE: noise key from a debug seed (tests only)"
         else:
@@ -189,6 +192,7 @@ class MarginalGenerator(Generator):
         self.supports = fitted.supports
         self.selected = [tuple(self.columns[i] for i in c) for c in fitted.selected]
         self.model = self.estimate(fitted.measurements, self.hparams.final_iters)
+        ledger.check_delta(self.estimated_rows)  # a noisy estimate: looking at it is free
         self.privacy_report = ledger.to_dict()
         return self
 

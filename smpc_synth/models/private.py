@@ -252,12 +252,15 @@ ROWS_NOTE = (
 )
 
 
-def start_ledger(dp, label: str = "") -> tuple[Ledger, NoiseSource]:
-    """The run's ledger and noise source, from its ``[dp]`` settings."""
+def start_ledger(dp, generator: str, label: str = "") -> tuple[Ledger, NoiseSource]:
+    """The run's ledger and noise source, from its ``[dp]`` settings (``dp.accountant``
+    unset: ``generator``'s own, :func:`smpc_synth.dp.support.accountant_for`)."""
     from smpc_synth.dp.budget import Budget
+    from smpc_synth.dp.support import accountant_for
 
     source = NoiseSource(dp.insecure_debug_seed, label, dp.insecure_null_data)
-    ledger = Ledger(Budget(dp.epsilon, dp.delta, dp.accountant, dp.unit), source.describe())
+    accountant = accountant_for(generator, dp.accountant)
+    ledger = Ledger(Budget(dp.epsilon, dp.delta, accountant, dp.unit), source.describe())
     ledger.note("schema", SCHEMA_NOTE)
     ledger.note("evaluation", EVALUATION_NOTE)
     ledger.note("rows", ROWS_NOTE)
@@ -296,7 +299,7 @@ def fit_private(rows, schema, gen_cls, params, dp, *, epochs, seed, on_epoch=Non
     from smpc_synth.models.gaussian import clip_rows, noisy_moments, sufficient_stats
 
     params = with_fixed_params(gen_cls.name, params)
-    ledger, source = start_ledger(dp, "plaintext")
+    ledger, source = start_ledger(dp, gen_cls.name, "plaintext")
     encoder = TableEncoder(schema, numeric=gen_cls.numeric_encoding)
     enc = plan_encoder(ledger, encoder, dp)
     stats = {

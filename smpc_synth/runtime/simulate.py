@@ -510,7 +510,8 @@ def _gather(
         )
         metrics["evaluation"] = report
     names = [m.name for m in members]
-    policy = cfg.gate if report else dataclasses.replace(cfg.gate, enabled=False)
+    gated = report or cfg.dp.enabled  # under DP the gate reads the privacy record alone
+    policy = cfg.gate if gated else dataclasses.replace(cfg.gate, enabled=False)
     result.gate = release_run(
         run_dir,
         candidate=candidate,

@@ -278,7 +278,7 @@ class _Private:
     def start(cls, ctx: PartyContext) -> _Private:
         from smpc_synth.models.private import start_ledger
 
-        ledger, source = start_ledger(ctx.config.dp, f"federated/{ctx.name}")
+        ledger, source = start_ledger(ctx.config.dp, ctx.config.generator, f"federated/{ctx.name}")
         ledger.note("noise", UNIT_NOISE[ctx.config.dp.unit])
         return cls(ctx, ledger, source)
 

@@ -96,7 +96,7 @@ def _start_ledger(ctx: PartyContext):
     from smpc_synth.models.private import start_ledger
     from smpc_synth.mpc.dp_sgd import SLOT_DELTA_SHARE
 
-    ledger, source = start_ledger(ctx.config.dp, f"mpc/{ctx.name}")
+    ledger, source = start_ledger(ctx.config.dp, ctx.config.generator, f"mpc/{ctx.name}")
     if "training" in get_generator(ctx.config.generator).dp_parts:
         ledger.reserve_delta(
             "slots",
@@ -128,7 +128,10 @@ def _run_marginal(ctx: PartyContext):
     gen_cls = get_generator(cfg.generator)
     encoder = gen_cls.make_encoder(ctx.schema).fit_public()
     model = gen_cls(encoder.layout, **cfg.generator_params)
-    queries = SecureQueries(model.codes(encoder.transform(ctx.data)), model.shape)
+    codes = model.codes(encoder.transform(ctx.data))
+    if cfg.dp.insecure_null_data:  # tests only: every mechanism reads no row
+        codes = codes[:0]
+    queries = SecureQueries(codes, model.shape)
     privacy = Privacy.from_run(cfg.dp, cfg.mpc.debug_seed)
     started = time.perf_counter()
     received = run_mechanism(ctx, model, queries, privacy)
