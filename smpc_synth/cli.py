@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="what DP protects: one record (default) or, federated only, one party (DP-FedAvg)",
     )
     p.add_argument("--dp", action="store_true", help="older spelling: --dp --target-epsilon E")
-    p.add_argument("--target-epsilon", type=float, help="with --dp: same as --epsilon")
+    p.add_argument(
+        "--target-epsilon", type=float, help="with --dp: same as --epsilon (default: none)"
+    )
     p.add_argument("--transport", choices=("grpc", "gloo"), default="grpc", help="mpc transport")
     p.add_argument(
         "--insecure-dev",
@@ -319,7 +321,8 @@ def _add_dp(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--epsilon",
         type=float,
-        help="differential privacy: the run's whole budget (bounds everything it releases)",
+        help="differential privacy: the run's whole budget, bounding everything the run "
+        "releases, for any generator (default: no DP; aim and mst need it)",
     )
     p.add_argument(
         "--delta",
@@ -329,7 +332,15 @@ def _add_dp(p: argparse.ArgumentParser) -> None:
 
 
 def _dp_options(args) -> dict:
-    """The ``[dp]`` table from --epsilon/--delta/--dp-unit, or the older --dp --target-epsilon."""
+    """The ``[dp]`` table from --epsilon/--delta/--dp-unit, or the older --dp --target-epsilon
+    (an error names the command line and the flag)."""
+    try:
+        return _dp_table(args)
+    except InputError as exc:
+        raise InputError(f"command line: {exc}") from None
+
+
+def _dp_table(args) -> dict:
     from smpc_synth.config import DpConfig
     from smpc_synth.dp.budget import check_budget
 

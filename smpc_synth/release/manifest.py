@@ -273,6 +273,7 @@ class _Manifest(_Shape):
     config: _Digest
     metrics: _Digest
     gate: _Gate
+    privacy: dict[str, JsonValue] | None = None  # the DP ledger of a run with dp.epsilon
     files: dict[str, _File]
     ca: _Certificate | None
     certificates: dict[str, _Certificate]
