@@ -235,8 +235,21 @@ class NetworkConfig:
         Seconds, doc("heartbeat period between members (below `peer_timeout_s`)")
     ] = 2.0
     peer_timeout_s: Annotated[
-        Seconds, doc("a silent member is declared dead after this long; everyone stops")
+        Seconds,
+        doc(
+            "a member that dies or is stopped: every other member has stopped within this "
+            "long, naming it (docs/faults.md)"
+        ),
     ] = 30.0
+    progress_timeout_s: Annotated[
+        Seconds,
+        doc(
+            "the longest wait for a message from a member that is alive but sends nothing "
+            "(its protocol thread stuck); at least `peer_timeout_s`, and above the longest "
+            "local computation between two messages (a federated round's local epochs, an "
+            "output party's sampling)"
+        ),
+    ] = 300.0
     connect_timeout_s: Annotated[Seconds, doc("how long to retry a member that is not up yet")] = (
         60.0
     )
@@ -256,12 +269,18 @@ class NetworkConfig:
     ] = False
 
     @model_validator(mode="after")
-    def _heartbeat_within_timeout(self) -> NetworkConfig:
+    def _deadlines_in_order(self) -> NetworkConfig:
         if self.heartbeat_interval_s >= self.peer_timeout_s:
             raise ConfigProblem(
                 "heartbeat_interval_s",
                 f"must be below 'peer_timeout_s' ({self.peer_timeout_s}), or every member "
                 "times out",
+            )
+        if self.progress_timeout_s < self.peer_timeout_s:
+            raise ConfigProblem(
+                "progress_timeout_s",
+                f"must be at least 'peer_timeout_s' ({self.peer_timeout_s}): a dead member "
+                "must be named by heartbeats before any wait for its message runs out",
             )
         return self
 

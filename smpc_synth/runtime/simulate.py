@@ -8,12 +8,12 @@ one place, and gathers outputs, logs and an evaluation against the holdout.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -36,15 +36,13 @@ from smpc_synth.runtime.progress import (
     RunProgress,
     parse_progress,
 )
+from smpc_synth.runtime.supervision import FAULT_EVENT, SUPERVISED_ENV, RootCause, Supervisor
 
 log = logging.getLogger(__name__)
 
 PARTY_NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi")
 MAX_PARTIES = len(PARTY_NAMES)
 DEFAULT_DATASET = "fair"
-# After the first member fails, how long the others get to notice (beyond peer_timeout)
-# before the launcher kills them: the promise is that nothing hangs.
-GRACE_AFTER_FAILURE_S = 15.0
 
 
 @dataclass
@@ -57,6 +55,16 @@ class SimulationResult:
     synthetic: pd.DataFrame | None = None
     exit_codes: dict[str, int] = field(default_factory=dict)
     gate: Any = None  # smpc_synth.release.GateDecision, once the synthetic table was gated
+    root_cause: RootCause | None = None  # whom a failed session is blamed on
+
+
+@dataclass
+class _Outcome:
+    """How the members ended: exit codes, when each exit was seen (Unix time), root cause."""
+
+    codes: dict[str, int]
+    exited_at: dict[str, float]
+    root_cause: RootCause | None
 
 
 @dataclass
@@ -131,8 +139,8 @@ def simulate(
     started = time.perf_counter()
     resume = bool(options.get("resume", False))
     with ProgressView(progress, "auto" if show_progress else "off") as view:
-        codes = _run_members(session.members, session.run_dir, resume, cfg, view)
-    return _gather(session, codes, time.perf_counter() - started, override_gate, progress)
+        outcome = _run_members(session.members, session.run_dir, resume, cfg, view)
+    return _gather(session, outcome, time.perf_counter() - started, override_gate, progress)
 
 
 def prepare_session(
@@ -369,7 +377,11 @@ def _write_session(
     return members
 
 
-def _run_members(members, run_dir: Path, resume: bool, cfg: RunConfig, view) -> dict:
+def _run_members(members, run_dir: Path, resume: bool, cfg: RunConfig, view) -> _Outcome:
+    """Start every member, watch them until all have exited (telling the others at once
+    when one dies or is stopped), and name the root cause of a failure."""
+    from smpc_synth.net import Limits
+
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)
     env = dict(
@@ -378,8 +390,15 @@ def _run_members(members, run_dir: Path, resume: bool, cfg: RunConfig, view) -> 
         OMP_NUM_THREADS="1",
         MKL_NUM_THREADS="1",
         **{EVENTS_ENV: "json"},  # members report to this launcher, which shows one bar
+        **{SUPERVISED_ENV: "1"},  # and follow its notices (runtime.supervision)
     )
-    readers = []
+    limits = Limits.from_network(cfg.network)
+    supervisor = Supervisor(
+        {},
+        # as late as heartbeats would have named it: peers that heard from it decide first
+        stopped_limit_s=limits.silence_limit_s + limits.heartbeat_interval_s,
+        stop_within_s=limits.peer_timeout_s + limits.exit_allowance_s,
+    )
     for member in members:
         cmd = [
             sys.executable,
@@ -394,62 +413,56 @@ def _run_members(members, run_dir: Path, resume: bool, cfg: RunConfig, view) -> 
             cmd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,  # the launcher's notices (runtime.supervision)
             env=env,
             text=True,
             bufsize=1,
             start_new_session=True,  # Ctrl-C reaches the launcher, which stops members itself
         )
+        supervisor.processes[member.name] = member.process
         reader = threading.Thread(
-            target=_pump, args=(member, logs / f"{member.name}.log", view), daemon=True
+            target=_pump,
+            args=(member, logs / f"{member.name}.log", view, supervisor),
+            daemon=True,
         )
         reader.start()
-        readers.append(reader)
+        supervisor.readers[member.name] = reader
     try:
-        codes = _wait_all(members, cfg.network.peer_timeout_s + GRACE_AFTER_FAILURE_S)
+        codes = supervisor.wait()
     except KeyboardInterrupt:
         print("interrupted: stopping every member", file=sys.stderr)
-        for member in members:
-            if member.process.poll() is None:
-                member.process.send_signal(signal.SIGINT)
-        codes = _wait_all(members, cfg.network.peer_timeout_s)
-    for reader in readers:
+        supervisor.interrupt()
+        codes = supervisor.wait()
+    for reader in supervisor.readers.values():
         reader.join(timeout=5)
-    return codes
+    for member in members:
+        if member.process.stdin is not None:
+            with contextlib.suppress(OSError):
+                member.process.stdin.close()
+    return _Outcome(codes, dict(supervisor.exited_at), supervisor.root_cause(codes))
 
 
-def _pump(member: _Member, log_path: Path, view: ProgressView) -> None:
-    """Copy a member's output to its log file; hand its progress events to the view."""
+def _pump(member: _Member, log_path: Path, view: ProgressView, supervisor: Supervisor) -> None:
+    """Copy a member's output to its log file; hand its progress events to the view and its
+    fault report to the supervisor."""
     with open(log_path, "a") as sink:  # a resumed run keeps the stopped run's log
         for line in member.process.stdout:
             event = parse_progress(line)
             if event is None:
                 sink.write(line)
                 sink.flush()
+            elif event.get("event") == FAULT_EVENT:
+                supervisor.record(member.name, event)
+                culprit, reason = event.get("culprit"), event.get("reason")
+                sink.write(f"fault report: {culprit} is at fault: {reason}\n")
+                sink.flush()
             else:
                 view(event)
 
 
-def _wait_all(members, grace: float) -> dict[str, int]:
-    """Wait for every member; once one fails, give the rest ``grace`` seconds, then kill."""
-    deadline = None
-    while True:
-        codes = {m.name: m.process.poll() for m in members}
-        if all(code is not None for code in codes.values()):
-            return codes
-        if deadline is None and any(code not in (None, 0) for code in codes.values()):
-            deadline = time.monotonic() + grace
-        if deadline is not None and time.monotonic() > deadline:
-            for m in members:
-                if m.process.poll() is None:
-                    log.error("%s did not stop after a peer failed: killing it", m.name)
-                    m.process.kill()
-        time.sleep(0.1)
-
-
 def _gather(
     session: Session,
-    codes: dict[str, int],
+    outcome: _Outcome,
     wall: float,
     override_gate: bool,
     progress: RunProgress,
@@ -459,7 +472,8 @@ def _gather(
     from smpc_synth.release import certificates_in, release_run
 
     run_dir, cfg, members = session.run_dir, session.config, session.members
-    worst = max(codes.values())
+    codes, cause = outcome.codes, outcome.root_cause
+    worst = 0 if cause is None else cause.exit_code
     party_metrics = {}
     for m in members:
         path = m.config_path.parent / "metrics.json"
@@ -468,13 +482,16 @@ def _gather(
     metrics: dict[str, Any] = {
         "run": cfg.to_dict(),
         "exit_codes": codes,
+        "exited_at": outcome.exited_at,
         "wall_seconds": wall,
         "data": session.source,
         "progress": progress.summary(),
         "parties": party_metrics,
         "split": session.split,
     }
-    result = SimulationResult(run_dir, worst, metrics, None, codes)
+    if cause is not None:
+        metrics["root_cause"] = cause.to_dict()
+    result = SimulationResult(run_dir, worst, metrics, None, codes, root_cause=cause)
     producers = [m for m in members if (m.config_path.parent / PENDING_NAME).is_file()]
     privacy = _privacy(party_metrics, [m.name for m in producers]) if cfg.dp.enabled else None
     if privacy is not None:
@@ -490,6 +507,8 @@ def _gather(
                 log.error(
                     "%s exited with code %d (log: %s)", name, code, run_dir / "logs" / f"{name}.log"
                 )
+        if cause is not None:
+            log.error("%s", cause.describe())
         return result
     folder = producers[0].config_path.parent
     shutil.copy(folder / "generator.pt", run_dir / "generator.pt")

@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from smpc_synth import phases
 from smpc_synth.errors import PeerError
 from smpc_synth.train.base import PartyContext, Strategy, TrainingResult
 
@@ -134,6 +135,7 @@ def _run_marginal(ctx: PartyContext):
     queries = SecureQueries(codes, model.shape)
     privacy = Privacy.from_run(cfg.dp, cfg.mpc.debug_seed)
     started = time.perf_counter()
+    phases.enter(ctx.name, "aggregation")  # the first marginal is summed on shares
     received = run_mechanism(ctx, model, queries, privacy)
     metrics = {"epochs": [{"epoch": 1, "seconds": time.perf_counter() - started}]}
     return model, encoder, received, metrics
@@ -164,6 +166,7 @@ def _fit_encoder(ctx: PartyContext, private):
     encoder = gen_cls.make_encoder(ctx.schema)
     stats = encoder.sufficient_stats(ctx.data)
     sizes = party_sizes(len(ctx.data), ctx.rank, ctx.world_size)
+    phases.enter(ctx.name, "aggregation")
     if private is None:
         encoder.fit_stats(secure_sum(stats, ctx.rank, ctx.world_size))
         return encoder, sizes, sum(sizes)
