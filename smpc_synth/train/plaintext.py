@@ -104,4 +104,6 @@ def fit_centrally(frame: pd.DataFrame, ctx: PartyContext):
     if synthesizer.privacy is not None:
         metrics["privacy"] = synthesizer.privacy
         metrics["rows_released"] = synthesizer.meta["train_rows"]
+        if hasattr(synthesizer.generator, "selected"):  # aim, mst: the chosen marginals
+            metrics["selected"] = [list(c) for c in synthesizer.generator.selected]
     return synthesizer, metrics
