@@ -231,3 +231,22 @@ def test_projections_equal_private_pgm_s_own():
         names = tuple(model.columns[c] for c in clique)
         want = np.asarray(fitted.project(names).datavector(), dtype=np.float64)
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=str(clique))
+
+
+@settings(max_examples=25, deadline=None)
+@given(eps=st.floats(0.01, 10), sigma=st.floats(0.5, 200), tail=st.floats(0, 1e-8))
+def test_both_accountants_compose_marginal_mechanisms_from_one_record(eps, sigma, tail):
+    """A selection's mechanism carries its zCDP (eps^2 / 8, bounded range) and a measurement
+    its Gaussian's; the zcdp accountant converts their sum at delta less the tails, and
+    the RDP accountant, reading the same records, gives the same Gaussian curve."""
+    from smpc_synth.dp.accountant import DISCRETE_GAUSSIAN, EXPONENTIAL, Mechanism, get_accountant
+
+    select = Mechanism("select", EXPONENTIAL, 2.0 / eps, tail=tail)
+    measure = Mechanism("measure", DISCRETE_GAUSSIAN, sigma)
+    assert select.rho == pytest.approx(eps * eps / 8)
+    assert measure.rho == pytest.approx(zcdp.gaussian_rho(sigma * sigma))
+    delta = 1e-6
+    got = get_accountant("zcdp").epsilon([select, measure], delta)
+    assert got == pytest.approx(zcdp.cdp_epsilon(select.rho + measure.rho, delta - tail))
+    rdp = get_accountant("rdp").epsilon([select, measure], delta)
+    assert 0 < rdp < math.inf and rdp <= got * 1.05  # RDP's conversion is at least as tight
