@@ -327,7 +327,7 @@ def _add_epochs(p: argparse.ArgumentParser) -> None:
         "--epochs",
         type=int,
         help="training epochs of vae or gan (default: the generator's own); refused for "
-        "gaussian, which is fitted in one closed-form pass",
+        "gaussian, aim and mst, which are not trained in epochs",
     )
 
 

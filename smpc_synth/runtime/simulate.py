@@ -101,7 +101,7 @@ class Session:
             epochs = planned_epochs(cfg.generator, cfg.epochs, cfg.generator_params)
             length = f"{epochs} epochs"
         else:
-            length = "one closed-form pass"
+            length = "no epochs"
         return (
             f"simulate: {cfg.mode} mode, generator {cfg.generator}, data {self.source} "
             f"({len(self.train)} training rows, {len(self.holdout)} held out); {who}; "
