@@ -57,9 +57,11 @@ RECV_TIMEOUT_S = 600.0  # one wait for a peer's message (a party may compute for
 DEALER = "dealer"
 
 torch.set_num_threads(1)
-compat.apply()
+# for the whole process (never closed): every fix, or in stock only those CrypTen needs
+_PROCESS_PATCHES = contextlib.ExitStack()
+_PROCESS_PATCHES.enter_context(compat.patched_crypten())
 if CONFIG == "stock":
-    compat.shipped_crypten().__enter__()  # for the whole process: CrypTen's own code
+    _PROCESS_PATCHES.enter_context(compat.shipped_crypten())
 
 import crypten  # noqa: E402
 import crypten.communicator as comm  # noqa: E402

@@ -384,9 +384,12 @@ class RunConfig:
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
-        from smpc_synth.dp.support import check_config
+        from smpc_synth.dp import support
 
-        check_config(self)  # refuses what DP cannot honour; settles its fixed params
+        try:
+            support.check_config(self)  # refuses what DP cannot honour; settles fixed params
+        except support.ConfigProblem as exc:
+            raise ConfigProblem(exc.key, str(exc)) from None
         if self.generator_params:
             from smpc_synth.models import get_generator
             from smpc_synth.models.base import parse_hparams

@@ -127,9 +127,9 @@ def job_result(job: dict[str, Any], out: Path) -> dict[str, Any]:
 
 def run_session(job: dict[str, Any], out: Path) -> dict[str, Any]:
     """One simulated session; a refusal (exit 2) is recorded with its message."""
-    from smpc_synth.api import simulate
     from smpc_synth.bench.grid import extract_metrics
     from smpc_synth.errors import InputError
+    from smpc_synth.runtime.simulate import simulate
 
     name = _run_name(job)
     options: dict[str, Any] = {}
@@ -142,8 +142,7 @@ def run_session(job: dict[str, Any], out: Path) -> dict[str, Any]:
             PARTIES,
             mode=job["mode"],
             generator=job["generator"],
-            epsilon=job["epsilon"],
-            delta=DELTA,
+            dp={"epsilon": job["epsilon"], "delta": DELTA},
             seed=job["seed"],
             out=out / "runs" / name,
             show_progress=False,

@@ -94,7 +94,7 @@ def _bench_party(
     """Runs on each party: every op, once to warm up, then ``REPEATS`` times measured."""
     import torch
 
-    from smpc_synth.mpc import session
+    from smpc_synth.mpc import compat, session
 
     crypten = session.crypten
     torch.manual_seed(0)
@@ -109,7 +109,7 @@ def _bench_party(
         insecure_dev=setup.provider == "tfp",
         rendezvous=rendezvous,
     ):
-        as_shipped = session.stock_protocols() if setup.name == "stock" else nullcontext()
+        as_shipped = compat.shipped_crypten() if setup.name == "stock" else nullcontext()
         with as_shipped:
             for op in OPS:
                 step = _make_op(crypten, op, setup)

@@ -7,12 +7,9 @@ validated: before any file is split, any process started or any socket opened.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from smpc_synth.errors import InputError
-
-if TYPE_CHECKING:
-    from smpc_synth.config import RunConfig
 
 FLAG = "--epsilon (dp.epsilon)"
 PUBLIC_SCHEMA_NEEDED = (
@@ -63,10 +60,18 @@ ACCOUNTANTS_FOR: dict[str, tuple[str, ...]] = {
 FIXED_PARAMS: dict[str, dict[str, object]] = {"gan": {"pac": 1}}
 
 
-def check_config(cfg: RunConfig) -> None:
-    """Refuse a DP configuration that cannot be honoured (a ``ConfigProblem`` naming the
-    key); fill in :data:`FIXED_PARAMS`. Types and ranges are the config schema's."""
-    from smpc_synth.config import ConfigProblem
+class ConfigProblem(ValueError):
+    """A refusal naming its run-config key; the config schema reports it as its own."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def check_config(cfg: Any) -> None:
+    """Refuse a DP configuration of a run config ``cfg`` that cannot be honoured (a
+    :class:`ConfigProblem` naming the key); fill in :data:`FIXED_PARAMS`. Types and ranges
+    are the config schema's."""
     from smpc_synth.dp.accountant import ACCOUNTANTS
 
     dp = cfg.dp
