@@ -14,6 +14,8 @@ SUITES: dict[str, str] = {
     "he-agg": "smpc_synth.bench.he_agg:main",
     "collapse": "smpc_synth.bench.collapse:main",
     "generators": "smpc_synth.bench.generators:main",
+    "dp": "smpc_synth.bench.dp:main",
+    "dp-sgd": "smpc_synth.bench.dp_sgd:main",
 }
 
 
