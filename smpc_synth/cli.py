@@ -15,11 +15,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from smpc_synth import __version__
+from smpc_synth.bench import SUITES
 from smpc_synth.errors import InputError, SmpcSynthError
 
 log = logging.getLogger("smpc_synth")
-
-BENCH_SUITES = ("quick", "paper", "mpc-ops", "he-agg", "collapse", "generators")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="mpc: allow CrypTen's trusted-first-party provider (party 0 sees everything)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    _add_network(p)
     _add_override_gate(p)
 
     for role in ("party", "dealer", "aggregator"):
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = _add(sub, "bench", _cmd_bench, "run a benchmark suite")
-    p.add_argument("suite", choices=BENCH_SUITES, help="which suite")
+    p.add_argument("suite", choices=tuple(SUITES), help="which suite")
     p.add_argument(
         "--out", type=Path, default=None, help="results folder (default: benchmarks/results/SUITE)"
     )
@@ -213,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="quick, paper: a grid file (default: quick's built-in grid; paper needs one)",
     )
     p.add_argument("--full", action="store_true", help="he-agg: include the 1e7-parameter cases")
+    p.add_argument(
+        "--network",
+        help="loopback | lan | wan | PROFILE.toml, or several comma-separated, measured in "
+        "turn: members run over emulated links of that RTT, bandwidth and jitter (suites "
+        "quick, paper, scale, mpc-ops, network; needs root, iproute2, /dev/net/tun; default: "
+        "loopback, or a grid file's networks)",
+    )
     return parser
 
 
@@ -300,6 +307,16 @@ def _add_target(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_network(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--network",
+        default="loopback",
+        help="loopback | lan (1 Gbit/s, 0.5 ms RTT) | wan (100 Mbit/s, 50 ms RTT) | "
+        "PROFILE.toml (rtt_ms, bandwidth_mbit, jitter_ms): every member in its own network "
+        "namespace over emulated links (needs root, iproute2 and /dev/net/tun)",
+    )
+
+
 def _add_override_gate(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--override-gate",
@@ -352,6 +369,7 @@ def _cmd_simulate(args) -> int:
         resume=args.resume,
         show_progress=not args.quiet,
         override_gate=args.override_gate,
+        network=args.network,
     )
     if "evaluation" in result.metrics:
         print(format_report(result.metrics["evaluation"]))
@@ -577,7 +595,7 @@ def _cmd_bench(args) -> int:
     from smpc_synth.bench import describe_results, run_suite
 
     out = args.out or Path("benchmarks/results") / args.suite
-    code = run_suite(args.suite, out, config=args.config, full=args.full)
+    code = run_suite(args.suite, out, config=args.config, full=args.full, network=args.network)
     print(describe_results(args.suite, out, code))
     return code
 

@@ -124,7 +124,9 @@ def run_member(
             mesh.close()
     result["progress"] = emitter.progress.summary()
     result["wall_seconds"] = time.perf_counter() - started
-    result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["peak_memory_mb"] = usage.ru_maxrss / 1024
+    result["cpu_seconds"] = usage.ru_utime + usage.ru_stime
     cfg.out.mkdir(parents=True, exist_ok=True)
     candidate = cfg.out / PENDING_NAME
     if cfg.release and candidate.is_file():
