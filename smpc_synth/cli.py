@@ -220,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
         "quick, paper, scale, mpc-ops, network; needs root, iproute2, /dev/net/tun; default: "
         "loopback, or a grid file's networks)",
     )
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="quick, paper, scale: run each grid cell as a Ray task on the cluster at ADDRESS "
+        "(host:port), or 'local' for one on this machine (default: no Ray, cells run here "
+        "one after another; needs pip install 'smpc-synth[ray]')",
+    )
     return parser
 
 
@@ -595,7 +602,9 @@ def _cmd_bench(args) -> int:
     from smpc_synth.bench import describe_results, run_suite
 
     out = args.out or Path("benchmarks/results") / args.suite
-    code = run_suite(args.suite, out, config=args.config, full=args.full, network=args.network)
+    code = run_suite(
+        args.suite, out, config=args.config, full=args.full, network=args.network, ray=args.ray
+    )
     print(describe_results(args.suite, out, code))
     return code
 

@@ -18,6 +18,7 @@ SUITES: dict[str, str] = {
     "collapse": "smpc_synth.bench.collapse:main",
     "generators": "smpc_synth.bench.generators:main",
     "network": "smpc_synth.bench.network:main",
+    "scale": "smpc_synth.bench.scale:main",
 }
 
 

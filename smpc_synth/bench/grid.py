@@ -143,12 +143,23 @@ def run_key(run: dict[str, Any]) -> str:
 Runner = Callable[..., Any]
 
 
-def run_grid(spec: GridSpec, out: Path, runner: Runner | None = None) -> list[dict[str, Any]]:
-    """Run every missing run of ``spec`` into ``out``; returns all records (old and new)."""
+def run_grid(
+    spec: GridSpec, out: Path, runner: Runner | None = None, ray: str | None = None
+) -> list[dict[str, Any]]:
+    """Run every missing run of ``spec`` into ``out``; returns all records (old and new).
+
+    With ``ray`` (a cluster address, or ``local``) each run is a Ray task
+    (:mod:`smpc_synth.bench.ray_grid`); the ledger, tables and plots are the same."""
     from rich.progress import Progress
 
     from smpc_synth.runtime.simulate import simulate
 
+    if ray is not None:
+        from smpc_synth.bench.ray_grid import require_ray
+
+        require_ray()  # refused before anything runs
+        if runner is not None:
+            raise ValueError("a grid on Ray runs simulate; it takes no other runner")
     runner = runner or simulate
     profiles = spec.profiles()  # refused before anything runs
     out.mkdir(parents=True, exist_ok=True)
@@ -160,12 +171,19 @@ def run_grid(spec: GridSpec, out: Path, runner: Runner | None = None) -> list[di
     todo = [run for run in spec.runs() if run_key(run) not in done]
     if done:
         log.info("resuming: %d runs done, %d to go", len(done), len(todo))
-    environment = describe_environment()
+    if ray is None:
+        environment = describe_environment()
+        results: Iterator[dict[str, Any]] = (
+            one_run(run, spec, out, runner, environment, profiles) for run in todo
+        )
+    else:
+        from smpc_synth.bench.ray_grid import run_on_ray
+
+        results = run_on_ray(ray, todo, spec, out, profiles, lambda run: members_of(run, spec))
     with Progress(transient=False) as progress:
         task = progress.add_task("benchmark grid", total=len(todo))
-        for run in todo:
-            progress.update(task, description=f"{run_key(run)}")
-            record = _one_run(run, spec, out, runner, environment, profiles)
+        for record in results:
+            progress.update(task, description=f"{run_key(record['run'])}")
             with ledger.open("a") as sink:
                 sink.write(json.dumps(record, default=str) + "\n")
             records.append(record)
@@ -173,12 +191,22 @@ def run_grid(spec: GridSpec, out: Path, runner: Runner | None = None) -> list[di
             if record["exit_code"] != 0:
                 log.error(
                     "%s failed (exit code %s): logs in %s",
-                    run_key(run),
+                    run_key(record["run"]),
                     record["exit_code"],
                     Path(record["run_dir"]) / "logs",
                 )
     write_summaries(records, out)
     return records
+
+
+def members_of(run: dict[str, Any], spec: GridSpec) -> int:
+    """Processes one run starts: its data parties, and the dealer or aggregator its mode
+    needs."""
+    options = run_options(run, spec)
+    mode = options.get("mode")
+    provider = options.get("mpc", {}).get("provider", "dealer")
+    services = int(mode == "federated") + int(mode == "mpc" and provider == "dealer")
+    return int(run["parties"]) + services
 
 
 def _read_ledger(path: Path) -> list[dict[str, Any]]:
@@ -208,9 +236,10 @@ def run_dir_name(run: dict[str, Any]) -> str:
     return run_key(run).replace("|", "_").replace("+", "-").replace("=", "")
 
 
-def _one_run(
+def one_run(
     run, spec: GridSpec, out: Path, runner: Runner, environment, profiles
 ) -> dict[str, Any]:
+    """Run one cell of ``spec`` with ``runner`` (simulate) and make its ledger record."""
     options = run_options(run, spec)
     run_dir = out / "runs" / run_dir_name(run)
     extra = {}
@@ -281,6 +310,7 @@ def extract_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
             default=None,
         ),
         "seconds_per_epoch": sum(per_epoch) / len(per_epoch) if per_epoch else None,
+        "last_epoch_seconds": per_epoch[-1] if per_epoch else None,
         "bytes_per_party": _mean([t.get("bytes_sent") for t in traffic]),
         "rounds_per_party": _mean([t.get("rounds") for t in traffic]),
         "peak_memory_mb": max(
@@ -337,22 +367,26 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
-def run_quick(out: Path, config: Path | None = None, network: str | None = None) -> int:
+def run_quick(
+    out: Path, config: Path | None = None, network: str | None = None, ray: str | None = None
+) -> int:
     """``smpc-synth bench quick``: the default :class:`GridSpec`, about ten minutes."""
     spec = GridSpec.load(config) if config else GridSpec()
-    records = run_grid(with_networks(spec, network), out)
+    records = run_grid(with_networks(spec, network), out, ray=ray)
     return 0 if all(r["exit_code"] == 0 for r in records) else 1
 
 
-def run_paper(out: Path, config: Path | None = None, network: str | None = None) -> int:
-    """``smpc-synth bench paper --config benchmarks/configs/NAME.toml``: a full grid."""
+def run_paper(
+    out: Path, config: Path | None = None, network: str | None = None, ray: str | None = None
+) -> int:
+    """``smpc-synth bench paper --config benchmarks/configs/NAME.toml [--ray ADDRESS]``."""
     if config is None:
         raise InputError("bench paper needs --config benchmarks/configs/NAME.toml")
-    records = run_grid(with_networks(GridSpec.load(config), network), out)
+    records = run_grid(with_networks(GridSpec.load(config), network), out, ray=ray)
     return 0 if all(r["exit_code"] == 0 for r in records) else 1
 
 
-def with_networks(spec: GridSpec, network: str | None) -> GridSpec:
+def with_networks(spec: Any, network: str | None) -> Any:
     """``spec`` on the networks of ``--network`` (comma-separated), if given."""
     if network:
         spec.networks = [name.strip() for name in network.split(",") if name.strip()]
