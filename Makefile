@@ -8,13 +8,14 @@ TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP := $(BIN)/python -m pip
 
-.PHONY: help install demo test test-all lint format protos docs clean
+.PHONY: help install demo test test-all test-faults lint format protos docs clean
 
 help:
 	@echo "make install   create $(VENV) and install smpc-synth with its dev tools"
 	@echo "make demo      install, then train, sample and evaluate on a built-in table"
 	@echo "make test      install, then run the default test suite (under 15 minutes)"
 	@echo "make test-all  also run the slow tests (-m slow)"
+	@echo "make test-faults  the fault matrix: kill/stop every role at every phase (~1 hour)"
 	@echo "make lint      ruff check + format check"
 	@echo "make protos    regenerate the gRPC stubs from protos/"
 	@echo "make docs      regenerate the generated docs: configuration reference, results"
@@ -33,13 +34,16 @@ $(VENV)/.installed: pyproject.toml Makefile scripts/crypten_wheel.py
 	touch $@
 
 demo: install
-	$(BIN)/smpc-synth simulate --out runs/demo
+	$(BIN)/smpc-synth simulate  # a new runs/simulate-TIME folder each time
 
 test: install
 	$(BIN)/python -m pytest
 
 test-all: install
 	$(BIN)/python -m pytest -m "slow or not slow"
+
+test-faults: install
+	$(BIN)/python -m pytest -m faults tests/test_faults.py
 
 lint: install
 	$(BIN)/ruff check .

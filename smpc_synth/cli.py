@@ -7,12 +7,14 @@ key), 3 release refused by the quality gate, 1 anything else (the message names 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from smpc_synth import __version__
 from smpc_synth.bench import SUITES
@@ -27,6 +29,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # gRPC's C core prints refused TLS handshakes itself; our own messages name the peer.
     os.environ.setdefault("GRPC_VERBOSITY", "DEBUG" if args.verbose else "NONE")
     _configure_logging(args.verbose)
+    code = _run(args)
+    if args.handler is _cmd_member:
+        _exit_now(code)
+    return code
+
+
+def _run(args) -> int:
     try:
         return int(args.handler(args) or 0)
     except SmpcSynthError as exc:
@@ -43,6 +52,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End a session member's process at once: exit handlers run and every stream is
+    flushed (files are closed by then), but the interpreter's final garbage collection is
+    skipped. With torch and CrypTen loaded it takes seconds, 20 s on a loaded machine: time
+    the promise to stop within peer_timeout_s does not have."""
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="pin the session CA (ca.pem) as the trust anchor (default: the embedded one)",
     )
+    p.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="accept a manifest without signatures (smpc-synth train writes one); "
+        "hashes are still checked, origin is not",
+    )
 
     p = _add(sub, "bench", _cmd_bench, "run a benchmark suite")
     p.add_argument("suite", choices=tuple(SUITES), help="which suite")
@@ -345,12 +372,7 @@ def _configure_logging(verbose: bool) -> None:
 
 def _cmd_simulate(args) -> int:
     from smpc_synth.config import RunConfig, drop_none
-    from smpc_synth.eval import format_report
     from smpc_synth.models import check_epochs_apply
-    from smpc_synth.release import enforce
-    from smpc_synth.runtime.simulate import simulate
-
-    check_epochs_apply(args.generator, args.epochs, "--epochs")
 
     raw = {
         "mode": args.mode,
@@ -366,6 +388,12 @@ def _cmd_simulate(args) -> int:
     if args.insecure_dev:
         raw["mpc"]["provider"] = "tfp"
     cfg = RunConfig.from_dict(drop_none(raw), source="command line")
+    check_epochs_apply(args.generator, args.epochs, "--epochs")
+    # the heavy imports only once the settings are known to be good: a refusal is quick
+    from smpc_synth.eval import format_report
+    from smpc_synth.release import enforce
+    from smpc_synth.runtime.simulate import simulate
+
     result = simulate(
         args.parties,
         dataset=args.dataset,
@@ -459,7 +487,7 @@ def _cmd_schema_infer(args) -> int:
     from smpc_synth.data import infer_schema, read_table
 
     frame = read_table(args.file)
-    schema = infer_schema(frame, target=args.target)
+    schema = infer_schema(frame, target=args.target, source=str(args.file))
     schema.save(args.out)
     print(
         f"wrote {args.out} ({len(schema.columns)} columns); review bounds and categories: "
@@ -472,7 +500,7 @@ def _cmd_train(args) -> int:
     import tomli_w
 
     from smpc_synth.api import evaluate, train
-    from smpc_synth.config import RunConfig
+    from smpc_synth.config import RunConfig, drop_none
     from smpc_synth.data import (
         Schema,
         holdout_split,
@@ -484,16 +512,30 @@ def _cmd_train(args) -> int:
     from smpc_synth.eval import format_report
     from smpc_synth.models import check_epochs_apply, planned_epochs
     from smpc_synth.release import PENDING_NAME, enforce, release_run
+    from smpc_synth.runtime.outdir import check_output_dir, claim_output_dir
     from smpc_synth.runtime.progress import ProgressView, RunProgress
 
+    config = RunConfig.from_dict(
+        drop_none(
+            {
+                "generator": args.generator,
+                "epochs": args.epochs,
+                "seed": args.seed,
+                "holdout_fraction": args.holdout_fraction,
+                "target": args.target,
+            }
+        ),
+        source="command line",
+    )
     check_epochs_apply(args.generator, args.epochs, "--epochs")
+    check_output_dir(args.out)  # before the work, not after it
     given = Schema.load(args.schema) if args.schema else None
     if args.data is not None:
         frame, target, source = read_table(args.data, given), args.target, str(args.data)
     else:
         builtin = load_builtin(args.dataset)
         frame, target, source = builtin.frame, args.target or builtin.target, args.dataset
-    schema = given or infer_schema(frame, target=target)
+    schema = given or infer_schema(frame, target=target, source=source)
     if target is not None and target not in frame.columns:
         raise InputError(f"{source}: --target column {target!r} not found")
     frame = validate(frame, schema, source=source)  # before the split: row numbers stay true
@@ -518,19 +560,13 @@ def _cmd_train(args) -> int:
             source=source,
             progress=view,
         )
-    args.out.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(args.out)
     model.save(args.out / "generator.pt")
     candidate = args.out / PENDING_NAME
     synthetic = model.sample(len(fit_rows), seed=args.seed)
     synthetic.to_csv(candidate, index=False)
     schema.save(args.out / "schema.toml")
-    config = RunConfig(
-        generator=args.generator,
-        epochs=args.epochs,
-        seed=args.seed,
-        holdout_fraction=args.holdout_fraction,
-        target=target,
-    )
+    config.target = target
     (args.out / "config.toml").write_text(tomli_w.dumps(config.to_toml_dict()))
     report = evaluate(
         fit_rows, synthetic, holdout=holdout, target=target, schema=schema, seed=args.seed
@@ -553,7 +589,7 @@ def _cmd_train(args) -> int:
     )
     print(format_report(report))
     print(decision.describe())
-    written = "generator.pt, metrics.json, manifest.json"
+    written = "generator.pt, metrics.json, manifest.json (unsigned: verify --allow-unsigned)"
     print(f"wrote {args.out}: {written}" + (", synthetic.csv" if decision.released else ""))
     enforce(decision)
     return 0
@@ -562,15 +598,22 @@ def _cmd_train(args) -> int:
 def _cmd_verify(args) -> int:
     from smpc_synth.release import verify_main
 
-    return verify_main(args.manifest, ca=args.ca)
+    return verify_main(args.manifest, ca=args.ca, allow_unsigned=args.allow_unsigned)
 
 
 def _cmd_sample(args) -> int:
-    from smpc_synth.api import sample
+    from smpc_synth.models import Synthesizer
 
     if args.rows < 1:
         raise InputError(f"-n/--rows must be at least 1, got {args.rows}")
-    frame = sample(args.model, args.rows, seed=args.seed)
+    model = Synthesizer.load(args.model)
+    if args.rows > model.max_sample_rows:
+        raise InputError(
+            f"-n/--rows: {args.rows:,} rows exceed the limit of {model.max_sample_rows:,} "
+            f"for {args.model} ({len(model.schema.columns)} columns); write several files "
+            "with different --seed"
+        )
+    frame = model.sample(args.rows, seed=args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out, index=False)
     print(f"wrote {len(frame)} rows to {args.out}")

@@ -160,7 +160,10 @@ class MpcConfig:
     ] = None
     rendezvous: Annotated[
         Annotated[str, Field(pattern=RENDEZVOUS)] | None,
-        doc("`gloo` only: `tcp://HOST:PORT` where party 0 opens CrypTen's rendezvous"),
+        doc(
+            "`gloo` only: `tcp://HOST:PORT` where party 0 opens CrypTen's rendezvous; a loopback "
+            "address unless `network.allow_insecure` (gloo is plain TCP)"
+        ),
     ] = None
 
     @model_validator(mode="after")
@@ -187,8 +190,21 @@ class NetworkConfig:
         Seconds, doc("heartbeat period between members (below `peer_timeout_s`)")
     ] = 2.0
     peer_timeout_s: Annotated[
-        Seconds, doc("a silent member is declared dead after this long; everyone stops")
+        Seconds,
+        doc(
+            "a member that dies or is stopped: every other member has stopped within this "
+            "long, naming it (docs/faults.md)"
+        ),
     ] = 30.0
+    progress_timeout_s: Annotated[
+        Seconds,
+        doc(
+            "the longest wait for a message from a member that is alive but sends nothing "
+            "(its protocol thread stuck); at least `peer_timeout_s`, and above the longest "
+            "local computation between two messages (a federated round's local epochs, an "
+            "output party's sampling)"
+        ),
+    ] = 300.0
     connect_timeout_s: Annotated[Seconds, doc("how long to retry a member that is not up yet")] = (
         60.0
     )
@@ -200,16 +216,26 @@ class NetworkConfig:
         doc("largest message on the wire"),
     ] = 64 * 1024 * 1024
     allow_insecure: Annotated[
-        bool, doc("(run level) plain TCP off loopback; prefer the member's own flag")
+        bool,
+        doc(
+            "(run level) plain TCP off loopback, for the mesh and for gloo's rendezvous; the log "
+            "repeats it; for the mesh, prefer the member's own flag"
+        ),
     ] = False
 
     @model_validator(mode="after")
-    def _heartbeat_within_timeout(self) -> NetworkConfig:
+    def _deadlines_in_order(self) -> NetworkConfig:
         if self.heartbeat_interval_s >= self.peer_timeout_s:
             raise ConfigProblem(
                 "heartbeat_interval_s",
                 f"must be below 'peer_timeout_s' ({self.peer_timeout_s}), or every member "
                 "times out",
+            )
+        if self.progress_timeout_s < self.peer_timeout_s:
+            raise ConfigProblem(
+                "progress_timeout_s",
+                f"must be at least 'peer_timeout_s' ({self.peer_timeout_s}): a dead member "
+                "must be named by heartbeats before any wait for its message runs out",
             )
         return self
 
@@ -439,7 +465,9 @@ def _plain(error: dict[str, Any], cls: type | None) -> str:
         return _TYPE_WORDS[kind]
     for bound, word in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
         if bound in ctx:
-            return f"must be {word} {ctx[bound]}"
+            value = ctx[bound]
+            shown = int(value) if isinstance(value, float) and value.is_integer() else value
+            return f"must be {word} {shown}"
     if kind == "literal_error":
         return f"must be one of {ctx['expected']}"
     if kind == "string_pattern_mismatch":

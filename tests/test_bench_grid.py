@@ -115,6 +115,9 @@ def test_an_interrupted_grid_resumes_without_repeating_finished_runs(tmp_path):
     assert len(set(first.calls) - set(second.calls)) == 3
     lines = [json.loads(x) for x in ledger.read_text().splitlines()]
     assert len(lines) == 8  # 3 kept + 5 new; the torn line is gone
+    # the five repeated runs' first attempts keep their folders; the repeats get new ones
+    repeated = [Path(r["run_dir"]) for r in lines[3:]]
+    assert all(p.name.endswith("-2") and p.with_name(p.name[:-2]).is_dir() for p in repeated)
 
 
 def test_latex_table_is_booktabs_with_mean_and_std(tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from smpc_synth.cli import main
 from smpc_synth.data import infer_schema
 
 ROWS = 40
@@ -96,6 +97,9 @@ def test_bad_option_values_name_the_option(cli, tmp_path):
     assert result.code == 2 and "split" in result.stderr
     result = cli("simulate", "--dataset", "nosuch", "--out", tmp_path / "r")
     assert result.code == 2 and "nosuch" in result.stderr and "breast_cancer" in result.stderr
+    result = cli("simulate", "--generator", "nosuch", "--out", tmp_path / "r")
+    assert result.code == 2 and "--generator" in result.stderr and "'nosuch'" in result.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_schema_infer_then_train_sample_evaluate_round_trip(cli, tmp_path, table):
@@ -143,9 +147,118 @@ def test_verify_passes_a_fresh_run_and_names_a_tampered_file(cli, tmp_path):
     out = tmp_path / "model"
     result = cli("train", "--dataset", "wine", "--out", out, "--override-gate")
     assert result.code == 0, result.output
-    assert cli("verify", out / "manifest.json").code == 0
+    unsigned = cli("verify", out / "manifest.json")  # train has no certificates to sign with
+    assert unsigned.code == 1 and "--allow-unsigned" in unsigned.output
+    assert cli("verify", out / "manifest.json", "--allow-unsigned").code == 0
     data = (out / "synthetic.csv").read_bytes()
     (out / "synthetic.csv").write_bytes(data[:-2] + bytes([data[-2] ^ 1]) + data[-1:])
-    result = cli("verify", out)
+    result = cli("verify", out, "--allow-unsigned")
     assert result.code == 1
     assert "synthetic.csv" in result.output
+
+
+def test_simulate_refuses_a_non_empty_out_and_deletes_nothing(cli, tmp_path):
+    """An earlier session's CA key, logs and parties survive a new run pointed at the folder."""
+    out = tmp_path / "run"
+    kept = {
+        out / "certs" / "ca.key": b"the CA key of a live session\n",
+        out / "logs" / "alice.log": b"yesterday's log\n",
+        out / "parties" / "alice" / "party.toml": b"[party]\n",
+        out / "session.json": b"{}\n",
+    }
+    for path, content in kept.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    result = cli("simulate", "--parties", "2", "--mode", "plaintext", "--out", out)
+    assert result.code == 2, result.output
+    assert str(out) in result.stderr and "not empty" in result.stderr
+    assert "Traceback" not in result.output
+    assert {p: p.read_bytes() for p in kept} == kept
+    assert sorted(p.name for p in out.iterdir()) == ["certs", "logs", "parties", "session.json"]
+
+
+def test_train_refuses_a_non_empty_out_before_training(cli, tmp_path, table):
+    frame, schema = table
+    data = _write(tmp_path, frame)
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "generator.pt").write_bytes(b"an earlier model")
+    result = cli("train", "--data", data, "--schema", schema, "--out", out)
+    assert result.code == 2, result.output
+    assert str(out) in result.stderr
+    assert (out / "generator.pt").read_bytes() == b"an earlier model"
+    assert sorted(p.name for p in out.iterdir()) == ["generator.pt"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--mode", "federated", "--dp", "--target-epsilon", "-1"], "federated.target_epsilon"),
+        (["--mode", "mpc", "--dp", "--target-epsilon", "1"], "federated.dp"),
+        (["--mode", "federated", "--dp"], "key 'federated.dp': needs"),
+        (["--seed", "-3"], "key 'seed'"),
+        (["--holdout-fraction", "1"], "key 'holdout_fraction'"),
+        (["--generator", "vae", "--epochs", "0"], "key 'epochs'"),
+    ],
+)
+def test_simulate_refuses_bad_settings_before_writing_anything(capsys, tmp_path, flags, named):
+    out = tmp_path / "run"
+    code = main(["simulate", "--parties", "2", "--out", str(out), *flags])  # in-process: fast
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    assert "command line" in stderr and named in stderr, stderr
+    assert "Traceback" not in stderr
+    assert not out.exists()
+
+
+def test_train_refuses_bad_settings_before_reading_data(capsys, tmp_path):
+    out = tmp_path / "model"
+    code = main(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "absent.csv"),
+            "--generator",
+            "vae",
+            "--epochs",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
+    stderr = capsys.readouterr().err
+    assert code == 2 and "key 'epochs'" in stderr and "absent.csv" not in stderr, stderr
+    assert not out.exists()
+
+
+WITHOUT_SCHEMA = {
+    # an integer a float would round: used to train on int64 garbage (ages of -9.2e18), exit 0
+    "huge_int": ("age,city\n" + "30,Oslo\n" * 20 + f"{2**63 + 5},Oslo\n", ["'age'", "row 21"]),
+    "googol_ish": ("age,city\n" + "30,Oslo\n" * 20 + f"{10**30},Oslo\n", ["'age'", "row 21"]),
+    # a few words among numbers: used to be '300 distinct text values ... free text'
+    "text_in_numbers": (
+        "age\n" + "".join(f"{i}.5\n" for i in range(299)) + "forty\n",
+        ["'age'", "row 300 (line 301)", "'forty'"],
+    ),
+    "semicolons": ("age;city\n" + "30;Oslo\n" * 20, ["';'-separated"]),
+    "header_only": ("age,city\n", ["no data rows"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WITHOUT_SCHEMA))
+@pytest.mark.parametrize("command", ["train", "schema"])
+def test_data_without_a_schema_is_refused_naming_file_column_and_row(
+    capsys, tmp_path, case, command
+):
+    text, named = WITHOUT_SCHEMA[case]
+    data = tmp_path / "people.csv"
+    data.write_text(text)
+    out = tmp_path / "out"
+    if command == "train":
+        code = main(["train", "--data", str(data), "--out", str(out)])
+    else:
+        code = main(["schema", "infer", str(data), "-o", str(out / "schema.toml")])
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    assert str(data) in stderr and all(piece in stderr for piece in named), stderr
+    assert not out.exists()

@@ -364,3 +364,50 @@ def test_shipped_crypten_undoes_only_the_speed_fixes_and_restores_them():
         assert crypten.cfg.functions.exp_iterations == crypten.cfg.config.functions.exp_iterations
     finally:
         crypten.cfg.functions.exp_iterations -= 1
+
+
+# --- crypten.load: CrypTen's own classes only, never any pickle -------------------------------
+
+
+class _Marker:
+    """Unpickling this creates a file: proof that a load ran code."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_crypten_load_and_provider_caches_run_no_code(tmp_path):
+    """compat used to make crypten.load (and the provider's cache loads) unpickle anything
+    for the whole process."""
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"share": torch.ones(2), "payload": _Marker(marker)}, path)
+    provider_module = sys.modules["crypten.mpc.provider.provider"]
+    for load in (crypten.load, provider_module.torch.load):
+        with pytest.raises(pickle.UnpicklingError):
+            load(path)
+    assert not marker.exists()
+    torch.save(_Marker(marker), path)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path)  # and nothing process-wide was loosened
+    assert not marker.exists()
+
+
+def test_crypten_load_reads_a_saved_shared_tensor(tmp_path):
+    """What crypten.save writes for an MPCTensor: its share, encoder and ptype objects."""
+    from crypten.encoder import FixedPointEncoder
+    from crypten.mpc.mpc import MPCTensor
+    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+    from crypten.mpc.ptype import ptype
+
+    share = object.__new__(ArithmeticSharedTensor)
+    vars(share).update(_tensor=torch.arange(6).view(2, 3), encoder=FixedPointEncoder())
+    tensor = object.__new__(MPCTensor)
+    vars(tensor).update(_tensor=share, ptype=ptype.arithmetic, requires_grad=False)
+    torch.save(tensor, tmp_path / "x.pt")
+    loaded = crypten.load(tmp_path / "x.pt")
+    assert type(loaded) is MPCTensor and loaded.ptype is ptype.arithmetic
+    assert torch.equal(vars(loaded)["_tensor"].share, torch.arange(6).view(2, 3))

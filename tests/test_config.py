@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,10 @@ def test_an_integer_in_a_float_key_hashes_as_the_float():
         ({"network": {"call_deadline_s": 0}}, "network.call_deadline_s"),
         ({"network": {"heartbeat_interval_s": 0}}, "heartbeat_interval_s': must be > 0"),
         ({"network": {"heartbeat_interval_s": 40}}, "must be below 'peer_timeout_s'"),
+        (
+            {"network": {"peer_timeout_s": 60, "progress_timeout_s": 45}},
+            "progress_timeout_s': must be at least 'peer_timeout_s'",
+        ),
         ({"network": {"max_message_bytes": -1}}, "network.max_message_bytes': must be >="),
         ({"network": {"max_message_bytes": 2**40}}, "network.max_message_bytes"),
         ({"federated": {"clip_norm": -1.0}}, "key 'federated.clip_norm': must be > 0"),
@@ -169,3 +175,143 @@ def test_plain_tcp_off_loopback_needs_the_explicit_flag(tmp_path):
 )
 def test_is_loopback(address, loopback):
     assert is_loopback(address) is loopback
+
+
+# -- generated configs: the handshake hash survives every member's TOML round trip ----------
+
+
+def _valid_value(prop):
+    """A strategy of values the key's schema accepts (its type, inside its bounds)."""
+    from hypothesis import strategies as st
+
+    options = [o for o in prop.get("anyOf", [prop]) if o.get("type") != "null"]
+    o = options[0]
+    if "enum" in o:
+        return st.sampled_from(o["enum"])
+    kind = o.get("type")
+    if kind == "boolean":
+        return st.booleans()
+    if kind in ("integer", "number"):
+        lo = o.get("minimum", o.get("exclusiveMinimum"))
+        hi = o.get("maximum", o.get("exclusiveMaximum"))
+        if kind == "integer":
+            return st.integers(lo if lo is not None else -(2**31), hi if hi is not None else 2**31)
+        floats = st.floats(
+            min_value=lo,
+            max_value=hi,
+            exclude_min="exclusiveMinimum" in o,
+            exclude_max="exclusiveMaximum" in o,
+            allow_nan=False,
+            allow_infinity=False,
+        )
+        # a whole number may be written as a TOML integer (2) or float (2.0): same config
+        first = math.floor(lo) + 1 if lo is not None else -(10**6)
+        last = math.ceil(hi) - 1 if hi is not None else 10**6
+        return floats | st.integers(first, last) if first <= last else floats
+    return None  # strings with patterns, lists, tables: keep their defaults
+
+
+def _run_leaves():
+    from pydantic import TypeAdapter
+
+    from smpc_synth.config import sections
+
+    schema = TypeAdapter(RunConfig).json_schema()
+    for key, prop in schema["properties"].items():
+        if key in sections(RunConfig):
+            sub = schema["$defs"][prop["$ref"].rsplit("/", 1)[1]]
+            yield from (((key, k), p) for k, p in sub["properties"].items())
+        else:
+            yield (key,), prop
+
+
+@pytest.fixture(scope="module")
+def run_leaves():
+    leaves = [(path, _valid_value(p)) for path, p in _run_leaves()]
+    return [(path, strategy) for path, strategy in leaves if strategy is not None]
+
+
+def test_generated_configs_hash_alike_after_a_toml_round_trip(run_leaves):
+    """Any config a member can load gives the same fingerprint after simulate writes it to
+    TOML and another member reads it back, and a whole float written as an integer counts
+    as the same value."""
+    import tomllib
+
+    import tomli_w
+    from hypothesis import HealthCheck, assume, given, settings
+    from hypothesis import strategies as st
+
+    @settings(
+        max_examples=150,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(
+        st.lists(st.sampled_from(run_leaves), max_size=8).flatmap(
+            lambda chosen: st.tuples(*[st.tuples(st.just(p), s) for p, s in chosen])
+        )
+    )
+    def check(assignments):
+        raw: dict = {}
+        for path, value in assignments:
+            node = raw
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = value
+        try:
+            cfg = RunConfig.from_dict(raw, source="generated")
+        except InputError as exc:  # a rule across keys (dp without a budget, ...): named
+            assert "generated: key '" in str(exc)
+            assert not re.search(r"must be [<>]|must be (a|true)", str(exc)), str(exc)
+            assume(False)
+        text = tomli_w.dumps(cfg.to_toml_dict())
+        again = RunConfig.from_dict(tomllib.loads(text), source="round trip")
+        assert again.fingerprint() == cfg.fingerprint()
+        assert again.to_dict() == cfg.to_dict()
+
+    check()
+
+
+def test_a_bad_party_config_is_refused_before_any_peer_hears_from_it(tmp_path, capsys):
+    """Settings that used to be checked after connecting (or never) stop the party before it
+    opens a socket: a peer that is listening sees no connection."""
+    import socket
+
+    from smpc_synth.cli import main
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.5)
+    port = listener.getsockname()[1]
+    (tmp_path / "alice.csv").write_text("x\n1\n")
+    (tmp_path / "schema.toml").write_text(
+        '[[columns]]\nname = "x"\nkind = "integer"\nmin = 0\nmax = 9\n'
+    )
+    base = GOOD.replace("127.0.0.1:50052", f"127.0.0.1:{port}")
+    cases = {
+        "heartbeat": "[run.network]\nheartbeat_interval_s = 0\n",
+        "tfp": "[run.mpc]\nprovider = 'tfp'\n",
+        "outputs": "output_parties = ['zed']\n",
+        "generator": "generator = 'nosuch'\n",
+        "gate": "[run.gate]\nmin_quality_score = 7\n",
+    }
+    try:
+        for name, extra in cases.items():
+            path = tmp_path / f"{name}.toml"
+            path.write_text(base + extra)
+            assert main(["party", "--config", str(path)]) == 2, name
+            err = capsys.readouterr().err
+            assert str(path) in err and "key 'run." in err, err
+            with pytest.raises(TimeoutError):
+                listener.accept()
+    finally:
+        listener.close()
+
+
+def test_every_mode_has_a_training_strategy():
+    """The config's list of modes and the strategies that train them are the same set."""
+    from smpc_synth.config import MODES
+    from smpc_synth.train import STRATEGIES
+
+    assert set(STRATEGIES) == set(MODES)

@@ -58,12 +58,23 @@ def _write(path, content: bytes):
         ("blank.csv", b"\n\n", "empty"),
         ("latin.csv", "a,b\ncaf\u00e9,1\n".encode("latin-1"), "UTF-8"),
         ("ragged.csv", b"a,b\n1,2\n3,4,5\n", "not a readable CSV"),
+        # pandas would take the first column as the index and shift every value silently
+        ("ragged_first.csv", b"a,b\n1,2,3\n4,5\n", "line 2 has more fields"),
         ("dupes.csv", b"a,b,a\n1,2,3\n", "more than once"),
         ("junk.parquet", b"this is not parquet at all", "not a readable parquet"),
         ("table.xlsx", b"PK\x03\x04", "unknown table format"),
+        ("header.csv", b"age,city\n", "no data rows"),
+        ("header_blank.csv", b"age,city\n\n\n", "no data rows"),
+        ("semi.csv", b"age;income;city\n40;1,5;Oslo\n41;2,5;Bergen\n", "';'-separated"),
+        ("tabs.csv", b"age\tcity\n40\tOslo\n41\tBergen\n", "tab-separated"),
+        ("pipes.csv.gz", None, "'|'-separated"),
     ],
 )
 def test_bad_files_name_the_file(tmp_path, name, content, expected):
+    if content is None:  # compressed: the hint reads through the compression
+        import gzip
+
+        content = gzip.compress(b"a|b\n1|2\n3|4\n")
     path = _write(tmp_path / name, content)
     with pytest.raises(InputError) as err:
         read_table(path)
@@ -82,3 +93,13 @@ def test_missing_file_and_directory(tmp_path):
 def test_write_unknown_format(tmp_path):
     with pytest.raises(InputError, match=r"out\.json"):
         write_table(_frame(), tmp_path / "out.json")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column_name(tmp_path):
+    path = _write(tmp_path / "excel.csv", b"\xef\xbb\xbfage,city\n40,Oslo\n")
+    assert list(read_table(path).columns) == ["age", "city"]
+
+
+def test_a_one_column_file_is_still_read(tmp_path):
+    path = _write(tmp_path / "one.csv", b"note\nx;y\nz\nw|v\n")
+    assert read_table(path)["note"].tolist() == ["x;y", "z", "w|v"]

@@ -69,6 +69,12 @@ def test_column_lookup_and_names():
         ('version = 7\n[[columns]]\nname = "a"\nkind = "boolean"\n', "'version'"),
         ('title = "x"\n', "unknown key 'title'"),
         ("", "'columns' is missing"),
+        ('[[columns]]\nname = "a"\nkind = "integer"\nmin = 0\nmax = 1e30\n', "'max'"),
+        (
+            '[[columns]]\nname = "a"\nkind = "integer"\nmin = 0\nmax = 9223372036854775807\n',
+            "beyond ±2^53",
+        ),
+        ('[[columns]]\nname = "a"\nkind = "numeric"\nmin = -1e308\nmax = 1e308\n', "span"),
     ],
 )
 def test_load_rejects_bad_schema_naming_file_and_key(tmp_path, text, expected):
@@ -165,3 +171,57 @@ def test_infer_unknown_target_and_empty_column():
         infer_schema(df, target="zz")
     with pytest.raises(InputError, match="'b'"):
         infer_schema(df)
+
+
+@pytest.mark.parametrize("huge", [10**30, 2**63 + 5, -(2**60), 2**53])
+def test_infer_refuses_integers_the_encoder_cannot_hold(huge):
+    """Inference used to accept max = 1e30 and validation then cast it to int64 garbage."""
+    df = pd.DataFrame({"age": [str(v) for v in [30, 41, huge, 52]], "x": [1.5, 2.5, 3.5, 4.5]})
+    with pytest.raises(InputError) as err:
+        infer_schema(df, source="people.csv")
+    msg = str(err.value)
+    assert "people.csv" in msg and "'age'" in msg and "row 3 (line 4)" in msg
+    assert str(huge) in msg  # the value as written, not a rounded float
+
+
+def test_inferred_integer_bounds_stay_exact_near_the_limit():
+    top = 2**53 - 1
+    spec = infer_schema(pd.DataFrame({"n": [0, top]})).column("n")
+    assert spec.kind == "integer" and spec.min <= 0 and top <= spec.max <= 2**53
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        (["1e308", "-1e308", "0"], "span more than a float can hold"),
+        (["1.7e308", "1.0", "2.5"], "leave no room"),
+    ],
+)
+def test_infer_refuses_numbers_whose_bounds_overflow(values, fragment):
+    with pytest.raises(InputError) as err:
+        infer_schema(pd.DataFrame({"v": values}), source="t.csv")
+    assert "t.csv" in str(err.value) and "'v'" in str(err.value) and fragment in str(err.value)
+
+
+def test_infer_names_the_text_cells_of_a_numeric_column():
+    """Used to say '300 distinct text values ... free text' with no row."""
+    cells = [str(20 + i % 60) + ".5" for i in range(300)]
+    cells[9] = "forty"
+    cells[200] = "n/a?"
+    with pytest.raises(InputError) as err:
+        infer_schema(pd.DataFrame({"age": cells}), source="people.csv")
+    msg = str(err.value)
+    assert "people.csv" in msg and "'age'" in msg
+    assert "row 10 (line 11): 'forty'" in msg and "row 201 (line 202): 'n/a?'" in msg
+    assert "free text" not in msg
+
+
+def test_infer_on_an_empty_table_names_the_source():
+    with pytest.raises(InputError, match=r"people\.csv"):
+        infer_schema(pd.DataFrame({"a": []}), source="people.csv")
+
+
+def test_round_outward_never_cuts_off_the_data_at_extreme_magnitudes():
+    for lo, hi in [(5e-324, 1e-323), (1e20, 1e20 + 16384), (-1e300, -1e300), (0.0, 1e-310)]:
+        new_lo, new_hi = round_outward(lo, hi)
+        assert new_lo <= lo and hi <= new_hi and new_lo < new_hi

@@ -76,6 +76,10 @@ def test_good_file_is_typed(tmp_path):
         ({11: {"income": "1000.01"}}, "income", [11], "outside the schema bounds"),
         ({12: {"age": "-1"}}, "age", [12], "outside the schema bounds"),
         ({5: {"smoker": "maybe"}}, "smoker", [5], "'maybe' is not true/false"),
+        ({4: {"age": str(2**63 + 5)}}, "age", [4], f"{2**63 + 5} is outside the schema bounds"),
+        ({4: {"age": str(10**30)}}, "age", [4], f"{10**30} is outside the schema bounds"),
+        ({6: {"income": "1e999"}}, "income", [6], "'1e999' is infinite or beyond"),
+        ({6: {"income": "nan"}}, "income", [6], "empty cell"),
     ],
 )
 def test_bad_cell_names_file_column_row_and_line(tmp_path, bad, column, rows, fragment):

@@ -156,3 +156,57 @@ def test_from_parts_assembles_a_separately_trained_generator(table, schema):
     other = TableEncoder(schema, numeric="mode").fit(table)
     with pytest.raises(ValueError, match="layout"):
         Synthesizer.from_parts(schema, other, gen)
+
+
+def _with_hparams(vae: Synthesizer, path: Path, **hparams) -> Path:
+    vae.save(path)
+    payload = torch.load(path, weights_only=True)
+    payload["hparams"].update(hparams)
+    torch.save(payload, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("hparams", "key"),
+    [
+        ({"hidden": [50_000, 50_000]}, "hidden"),  # 10 GB of weights
+        ({"latent_dim": 10**12}, "latent_dim"),
+        ({"hidden": [10**30]}, "hidden"),
+    ],
+)
+def test_hyperparameters_of_a_model_file_are_bounded_before_allocation(
+    vae, tmp_path, cli, hparams, key
+):
+    """generator.pt's hyperparameters sized the networks it built: 10 GB to 1 TB tried."""
+    path = _with_hparams(vae, tmp_path / "generator.pt", **hparams)
+    with pytest.raises(InputError, match=f"parameter '{key}'.*above the limit") as info:
+        Synthesizer.load(path)
+    assert str(path) in str(info.value)
+    result = cli("sample", "--model", path, "-n", "5", "-o", tmp_path / "s.csv", timeout=120)
+    assert result.code == 2 and f"parameter '{key}'" in result.stderr, result.output
+
+
+def test_sample_rows_are_bounded_and_named(vae, tmp_path, cli):
+    path = vae.save(tmp_path / "generator.pt")
+    too_many = vae.max_sample_rows + 1
+    with pytest.raises(InputError, match="exceed the limit"):
+        vae.sample(too_many)
+    result = cli("sample", "--model", path, "-n", "10000000000", "-o", tmp_path / "s.csv")
+    assert result.code == 2 and "-n/--rows" in result.stderr, result.output
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_rows_are_drawn_in_batches_reproducibly(vae, monkeypatch):
+    from smpc_synth.models import synthesizer
+
+    first = vae.sample(15, seed=3)
+    monkeypatch.setattr(synthesizer, "SAMPLE_BATCH_BYTES", 8 * vae.generator.widest() * 15)
+    batched = vae.sample(40, seed=3)
+    assert len(batched) == 40 and list(batched.columns) == list(first.columns)
+    pd.testing.assert_frame_equal(batched.iloc[:15], first)  # the first batch: the same seed
+    pd.testing.assert_frame_equal(batched, vae.sample(40, seed=3))
+    assert (
+        not batched.iloc[15:30]
+        .reset_index(drop=True)
+        .equals(batched.iloc[:15].reset_index(drop=True))
+    )  # later batches draw from their own seeds

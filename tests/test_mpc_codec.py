@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import struct
 
 import pytest
 import torch
@@ -96,4 +97,25 @@ def test_refuses_deep_nesting():
 )
 def test_rejects_malformed_bytes(data):
     with pytest.raises(codec.CodecError):
+        codec.decode(data)
+
+
+def _tensor_bytes(shape: list[int], data: bytes = b"") -> bytes:
+    dims = b"".join(dim.to_bytes(8, "little", signed=True) for dim in shape)
+    return b"x\x00" + bytes([len(shape)]) + dims + len(data).to_bytes(4, "little") + data
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"S\x01\x00\x00\x00f" + struct.pack("<d", 1.5), "torch.Size"),
+        (b"S\x01\x00\x00\x00i" + (-3).to_bytes(8, "little", signed=True), "torch.Size"),
+        (_tensor_bytes([2**32, 2**32, 0]), "does not match"),  # product wraps in int64
+        (_tensor_bytes([0, 2**62]), "does not match"),
+        (_tensor_bytes([1] * 70, b"\0" * 8), "70 dimensions"),
+    ],
+)
+def test_every_decode_failure_is_a_codec_error(data, why):
+    """These escaped as TypeError or ValueError, past the malformed-message path."""
+    with pytest.raises(codec.CodecError, match=why):
         codec.decode(data)

@@ -8,8 +8,12 @@ import math
 import pytest
 import torch
 from test_mpc_harness import (
+    APPROXIMATION_LAYOUT,
     PARTY_NAMES,
+    PATIENT_NETWORK,
     activations_program,
+    approximation_inputs,
+    approximations_program,
     assert_all_ok,
     functions_inputs,
     functions_program,
@@ -32,7 +36,13 @@ LAYOUT = Layout(
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    outcomes = run_mpc(tmp_path_factory.mktemp("functions"), 2, functions_program, layout=LAYOUT)
+    outcomes = run_mpc(
+        tmp_path_factory.mktemp("functions"),
+        2,
+        functions_program,
+        network=PATIENT_NETWORK,
+        layout=LAYOUT,
+    )
     assert_all_ok(outcomes)
     return outcomes[PARTY_NAMES[0]].result["result"]
 
@@ -42,6 +52,14 @@ def test_tournament_maximum_matches_torch_for_every_width(results):
     for width, got in enumerate(results["maxima"], start=1):
         expected = x[..., :width].max(dim=-1, keepdim=True).values
         torch.testing.assert_close(torch.tensor(got), expected, atol=1e-4, rtol=0)
+    # segments of 1..5 side by side in one call (15 elements a row: 1+2+3+4+5)
+    flat = x.reshape(-1, 7)[:, :5].repeat(1, 3)
+    expected, start = [], 0
+    for width in (1, 2, 3, 4, 5):
+        expected.append(flat[:, start : start + width].max(dim=1).values)
+        start += width
+    got = torch.tensor(results["ragged_maxima"])
+    torch.testing.assert_close(got, torch.stack(expected, dim=1), atol=1e-4, rtol=0)
 
 
 def test_ranged_reciprocal_matches_torch(results):
@@ -117,15 +135,6 @@ def test_log_of_the_true_category_matches_plaintext_log_softmax(results):
     assert results["log_hit_rounds"] == results["softmax_rounds"] + 1
 
 
-@pytest.mark.parametrize(("low", "high"), [(1.0, 6.0), (1.0, 64.0), (0.5, 0.5), (2.0, 3.0)])
-def test_reciprocal_iterations_reach_the_resolution(low, high):
-    ratio = high / low
-    error = 1 - 8 * ratio / (ratio**2 + 6 * ratio + 1)
-    steps = functions.reciprocal_iterations(low, high)
-    assert error ** (2**steps) <= 2.0**-functions.RESOLUTION_BITS
-    assert steps == 0 or error ** (2 ** (steps - 1)) > 2.0**-functions.RESOLUTION_BITS
-
-
 def test_ranged_reciprocal_refuses_a_bad_range():
     with pytest.raises(ValueError, match="low <= high"):
         functions.reciprocal_in_range(None, 2.0, 1.0)
@@ -164,7 +173,9 @@ def test_exp_on_the_vaes_range_is_a_degree_8_polynomial():
 def test_span_activations_without_the_dealer_are_cryptens(tmp_path):
     """With CrypTen's own provider (TFP, tests only) the same call falls back to CrypTen's
     tanh, softmax and log."""
-    outcomes = run_mpc(tmp_path, 2, activations_program, provider="tfp", layout=LAYOUT)
+    outcomes = run_mpc(
+        tmp_path, 2, activations_program, provider="tfp", network=PATIENT_NETWORK, layout=LAYOUT
+    )
     assert_all_ok(outcomes)
     result = outcomes[PARTY_NAMES[0]].result["result"]
     inputs = functions_inputs()
@@ -190,3 +201,87 @@ def test_span_activations_without_the_dealer_are_cryptens(tmp_path):
     assert likely.sum() > 40
     got = torch.tensor(result["log_hit"])
     torch.testing.assert_close(got[likely], per_span[likely], atol=5e-2, rtol=3e-2)
+
+
+# --- every approximation over its whole declared range, against float64 ------------------------
+
+# Worst errors allowed, as |got - exact| <= rel |exact| + abs (docs/mpc-protocols.md states
+# the measured ones beside each function); fixed point's unit is 2^-16 = 1.5e-5
+LSB = 2.0**-16
+APPROXIMATION_BOUNDS = {
+    "narrow_reciprocal": (1e-3, 0.0),
+    "narrow_log": (0.0, 3e-4),
+    "wide_reciprocal": (3e-4, 4 * LSB),
+    "wide_log": (0.0, 3e-4),
+    "exp_default": (1e-3, 2 * LSB),
+    "exp_widest": (1e-3, 2 * LSB),
+    "inv_sqrt": (0.05, 8 * LSB),
+    "tanh": (0.0, 3e-3),
+    "sigmoid": (0.0, 2e-3),
+    "log_sigmoid": (0.0, 3e-3),
+    "log_1m_sigmoid": (0.0, 3e-3),
+    "span_tanh": (0.0, 4e-3),
+    "span_probs": (0.0, 1e-2),
+    "span_log_hit": (0.0, 2e-2),
+}
+
+
+def _exact() -> dict[str, torch.Tensor]:
+    """What each approximation of ``approximations_program`` should give, in float64."""
+    inputs = {k: v.double() for k, v in approximation_inputs().items()}
+    s = inputs["sigmoid"]
+    logits = inputs["logits"]
+    layout = APPROXIMATION_LAYOUT
+    activated = activate(logits, layout)
+    onehot = [
+        i for span in layout.spans if span.kind == "onehot" for i in range(span.start, span.stop)
+    ]
+    log_hit = torch.stack(
+        [
+            torch.log_softmax(logits[:, span.start : span.stop], dim=1)[:, 0]
+            for span in layout.spans
+            if span.kind == "onehot"
+        ],
+        dim=1,
+    )
+    return {
+        "narrow_reciprocal": 1 / inputs["narrow"],
+        "narrow_log": inputs["narrow"].log(),
+        "wide_reciprocal": 1 / inputs["wide"],
+        "wide_log": inputs["wide"].log(),
+        "exp_default": inputs["exp_default"].exp(),
+        "exp_widest": inputs["exp_widest"].exp(),
+        "inv_sqrt": inputs["inv_sqrt"].rsqrt(),
+        "tanh": inputs["tanh"].tanh(),
+        "sigmoid": s.sigmoid(),
+        "log_sigmoid": torch.nn.functional.logsigmoid(s),
+        "log_1m_sigmoid": torch.nn.functional.logsigmoid(-s),
+        "span_tanh": logits[:, :1].tanh(),
+        "span_probs": activated[:, onehot],
+        "span_log_hit": log_hit,
+    }
+
+
+@pytest.fixture(scope="module")
+def approximations(tmp_path_factory):
+    outcomes = run_mpc(
+        tmp_path_factory.mktemp("approximations"),
+        2,
+        approximations_program,
+        network=PATIENT_NETWORK,
+        timeout=900.0,
+    )
+    assert_all_ok(outcomes)
+    return outcomes[PARTY_NAMES[0]].result["result"]
+
+
+@pytest.mark.parametrize("name", sorted(APPROXIMATION_BOUNDS))
+def test_approximation_is_within_its_stated_error_over_its_range(approximations, name):
+    exact = _exact()[name]
+    got = torch.tensor(approximations[name], dtype=torch.float64).view_as(exact)
+    rel, absolute = APPROXIMATION_BOUNDS[name]
+    error = (got - exact).abs()
+    worst_abs = float(error.max())
+    worst_rel = float((error / exact.abs().clamp_min(1e-300)).max())
+    print(f"\n{name}: worst error {worst_abs:.3g} absolute, {worst_rel:.3g} relative")
+    assert bool((error <= rel * exact.abs() + absolute).all()), (worst_abs, worst_rel)

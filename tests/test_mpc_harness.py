@@ -6,6 +6,7 @@ Members run as spawned processes over the real gRPC PeerMesh with TLS
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 from dataclasses import asdict
 from pathlib import Path
@@ -23,6 +24,10 @@ NETWORK = NetworkConfig(
     heartbeat_interval_s=0.5, peer_timeout_s=10.0, connect_timeout_s=30.0, call_deadline_s=10.0
 )
 RECV_TIMEOUT_S = 20.0
+# long sessions on a busy machine: a member may go without CPU for many seconds
+PATIENT_NETWORK = NetworkConfig(
+    heartbeat_interval_s=1.0, peer_timeout_s=600.0, connect_timeout_s=300.0, call_deadline_s=60.0
+)
 SEED = 20240611
 
 
@@ -38,6 +43,8 @@ def party_member(
     provider: str,
     seed: int | None,
     rendezvous: str | None,
+    recv_timeout: float = RECV_TIMEOUT_S,
+    allow_insecure: bool = False,
 ) -> dict[str, Any]:
     from smpc_synth.mpc.session import crypten, crypten_session, traffic
 
@@ -49,9 +56,10 @@ def party_member(
         provider,
         transport,
         insecure_dev=seed is not None or provider == "tfp",
-        timeout=RECV_TIMEOUT_S,
+        timeout=recv_timeout,
         rendezvous=rendezvous,
         insecure_debug_seed=seed,
+        allow_insecure=allow_insecure,
     ):
         result = program(rank=rank, **program_kwargs)
         stats = asdict(traffic())
@@ -60,13 +68,17 @@ def party_member(
 
 
 def dealer_member(
-    mesh, parties: tuple[str, ...], seed: int | None, lookahead: int | None = None
+    mesh,
+    parties: tuple[str, ...],
+    seed: int | None,
+    lookahead: int | None = None,
+    recv_timeout: float = RECV_TIMEOUT_S,
 ) -> dict[str, int]:
     from smpc_synth.mpc.dealer import LOOKAHEAD_DEPTH, serve_dealer
 
     depth = LOOKAHEAD_DEPTH if lookahead is None else lookahead
     return serve_dealer(
-        mesh, parties, timeout=RECV_TIMEOUT_S, insecure_debug_seed=seed, lookahead=depth
+        mesh, parties, timeout=recv_timeout, insecure_debug_seed=seed, lookahead=depth
     )
 
 
@@ -80,6 +92,7 @@ def run_mpc(
     seed: int | None = None,
     timeout: float = 120.0,
     lookahead: int | None = None,
+    network: NetworkConfig = NETWORK,
     **program_kwargs: Any,
 ) -> dict[str, MemberOutcome]:
     """Run ``program`` on ``n_parties`` parties (+ the dealer) and return every outcome."""
@@ -91,6 +104,7 @@ def run_mpc(
         provider=provider,
         seed=seed,
         lookahead=lookahead,
+        network=network,
         **program_kwargs,
     )
     return session.wait(timeout)
@@ -105,6 +119,7 @@ def start_mpc(
     provider: str = "dealer",
     seed: int | None = None,
     lookahead: int | None = None,
+    network: NetworkConfig = NETWORK,
     **program_kwargs: Any,
 ):
     parties = PARTY_NAMES[:n_parties]
@@ -117,14 +132,20 @@ def start_mpc(
         "provider": provider,
         "seed": seed,
         "rendezvous": rendezvous,
+        "recv_timeout": max(RECV_TIMEOUT_S, network.peer_timeout_s),
     }
     members: dict[str, tuple[Any, dict[str, Any]]] = {
         name: (party_member, party_args) for name in parties
     }
     if provider == "dealer":
-        dealer_args = {"parties": parties, "seed": seed, "lookahead": lookahead}
+        dealer_args = {
+            "parties": parties,
+            "seed": seed,
+            "lookahead": lookahead,
+            "recv_timeout": max(RECV_TIMEOUT_S, network.peer_timeout_s),
+        }
         members[DEALER] = (dealer_member, dealer_args)
-    return launch(members, tmp_path, tls=True, network=NETWORK)
+    return launch(members, tmp_path, tls=True, network=network)
 
 
 def spawn_event():
@@ -512,14 +533,23 @@ def functions_inputs() -> dict[str, torch.Tensor]:
 
 
 def functions_program(rank: int, layout) -> dict[str, Any]:
-    """maximum over every width 1..7, reciprocal_in_range, and the span softmax."""
+    """segment_maximum over every width 1..7, reciprocal_in_range, and the span softmax."""
     from smpc_synth.mpc import functions, session
     from smpc_synth.mpc.spans import SpanMap
 
     inputs = functions_inputs()
     provider = session.comparison_provider()
     x = session.crypten.cryptensor(inputs["max_in"], src=0)
-    maxima = [functions.maximum(x[..., :w], provider).get_plain_text() for w in range(1, 8)]
+    maxima = [
+        functions.segment_maximum(x[..., :w].reshape(-1, w), [w], provider)
+        .get_plain_text()
+        .view(*x.shape[:-1], 1)
+        for w in range(1, 8)
+    ]
+    # every width at once, side by side: one tournament of 3 levels
+    ragged = functions.segment_maximum(
+        x.reshape(-1, 7)[:, :5].repeat(1, 3), [1, 2, 3, 4, 5], provider
+    )
     y = session.crypten.cryptensor(inputs["recip_in"], src=1)
     spans = SpanMap(layout)
     logits = session.crypten.cryptensor(inputs["logits"], src=0)
@@ -563,6 +593,7 @@ def functions_program(rank: int, layout) -> dict[str, Any]:
         "crypten_tanh": crypten_tanh.tolist(),
         "crypten_tanh_rounds": crypten_tanh_rounds,
         "maxima": [m.tolist() for m in maxima],
+        "ragged_maxima": ragged.get_plain_text().tolist(),
         "log": functions.log_in_range(y, 1.0, 6.0).get_plain_text().tolist(),
         "softmax": probs.get_plain_text().tolist(),
         "softmax_rounds": softmax_rounds,
@@ -587,3 +618,186 @@ def activations_program(rank: int, layout) -> dict[str, Any]:
         "probs": probs.get_plain_text().tolist(),
         "log_hit": log_hit.get_plain_text().tolist(),
     }
+
+
+# --- training on generated tables (tests/test_mpc_any_table.py) ---------------------------------
+
+
+class MemoryCheckpoints:
+    """The trainer checkpoints every epoch; these tests keep them in memory."""
+
+    def __init__(self) -> None:
+        self.saved: dict[str, Any] = {}
+
+    def save(self, key: str, state: dict[str, Any]) -> None:
+        self.saved[key] = state
+
+    def load(self, key: str) -> dict[str, Any] | None:
+        return self.saved.get(key)
+
+
+def case_table(case: dict[str, Any]):
+    """``(frame, schema, fitted encoder, encoded rows)`` of a generated-table case:
+    ``{"columns": [ColumnShape], "rows", "seed", "generator", "params", "epochs"}``."""
+    import numpy as np
+
+    from smpc_synth.data import TableEncoder, infer_schema, validate
+    from smpc_synth.data.generated import table_from_columns
+    from smpc_synth.models import get_generator
+
+    frame = table_from_columns(case["columns"], case["rows"], case["seed"])
+    schema = infer_schema(frame)
+    frame = validate(frame, schema, source=f"case {case['seed']}")
+    numeric = get_generator(case["generator"]).numeric_encoding
+    encoder = TableEncoder(schema, numeric=numeric).fit(frame)
+    return frame, schema, encoder, np.ascontiguousarray(encoder.transform(frame))
+
+
+def table_cases_program(rank: int, cases: list[dict[str, Any]], tables: list) -> list[dict]:
+    """For each case and its ``(layout, encoded rows)`` (:func:`case_table`, computed once
+    by the caller): the losses of one twin step on the first batch (to compare with the
+    plaintext step on the same batch and weights), then ``epochs`` epochs through the
+    trainer (rows split between the parties in order) with the losses of every step it
+    took, and the released weights."""
+    from smpc_synth.models import get_generator
+    from smpc_synth.mpc import session, trainer
+    from smpc_synth.mpc.guard import losses_only
+
+    crypten = session.crypten
+    world = crypten.communicator.get().get_world_size()
+    out = []
+    for case, (layout, X) in zip(cases, tables, strict=True):
+        generator = get_generator(case["generator"])
+        model = generator(layout, **case["params"])
+        model.initialize(case["seed"])
+        twin = trainer.make_twin(model)
+        batch = torch.as_tensor(X[: min(model.hparams.batch_size, len(X))])
+        rng = torch.Generator().manual_seed(case["seed"])
+        first = losses_only(twin.step(crypten.cryptensor(batch, src=0), rng))
+
+        steps: list[dict[str, float]] = []
+        base = trainer.TWINS[model.name]
+
+        class Recording(base):
+            record = steps
+
+            def step(self, batch, generator):
+                losses = super().step(batch, generator)
+                self.record.append(losses_only(losses))
+                return losses
+
+        n = len(X)
+        sizes = [n * (r + 1) // world - n * r // world for r in range(world)]
+        start = sum(sizes[:rank])
+        loop = trainer.TrainLoop(
+            rank, sizes, case["seed"], case["epochs"], MemoryCheckpoints(), lambda _e: None
+        )
+        trainer.TWINS[model.name] = Recording
+        try:
+            trained = generator(layout, **case["params"])
+            twin = trainer.train(trained, X[start : start + sizes[rank]], loop, lambda f: f)
+        finally:
+            trainer.TWINS[model.name] = base
+        twin.reveal_released(0)
+        released = _as_lists(trained.state_dict()) if rank == 0 else None
+        out.append({"first": first, "steps": steps, "history": loop.history, "state": released})
+    return out
+
+
+def _as_lists(value: Any) -> Any:
+    """Tensors as nested lists (a member's torch tensors would be shared with the test
+    process through file descriptors that vanish when the member exits)."""
+    if isinstance(value, torch.Tensor):
+        return {"tensor": value.tolist()}
+    if isinstance(value, dict):
+        return {k: _as_lists(v) for k, v in value.items()}
+    return value
+
+
+def as_tensors(value: Any) -> Any:
+    """The inverse of :func:`_as_lists`."""
+    if isinstance(value, dict):
+        if set(value) == {"tensor"}:
+            return torch.tensor(value["tensor"])
+        return {k: as_tensors(v) for k, v in value.items()}
+    return value
+
+
+def approximation_inputs() -> dict[str, torch.Tensor]:
+    """Points covering each approximation's whole declared range (see
+    tests/test_mpc_functions.py and docs/mpc-protocols.md)."""
+    from smpc_synth.mpc.limits import MAX_CATEGORIES, MAX_LOGVAR_BOUND
+    from smpc_synth.mpc.optim import EPS, X_MAX
+
+    g = torch.Generator().manual_seed(23)
+    half = MAX_LOGVAR_BOUND / 2
+    return {
+        "narrow": torch.linspace(1.0, 7.0, 601),
+        "wide": torch.logspace(0.0, math.log10(MAX_CATEGORIES), 2001),
+        "exp_default": torch.linspace(-2.0, 2.0, 401),
+        "exp_widest": torch.linspace(-half, half, 801),
+        "inv_sqrt": torch.logspace(math.log10(EPS), math.log10(X_MAX), 601),
+        "tanh": torch.cat([torch.linspace(-12.0, 12.0, 961), torch.linspace(-250.0, 250.0, 101)]),
+        "sigmoid": torch.cat(
+            [torch.linspace(-16.0, 16.0, 641), torch.linspace(-250.0, 250.0, 101)]
+        ),
+        "logits": torch.randn(64, APPROXIMATION_LAYOUT.width, generator=g) * 4,
+    }
+
+
+APPROXIMATION_WIDTHS = (2, 7, 8, 41, 200)
+
+
+def _approximation_layout():
+    from smpc_synth.data.layout import Layout, Span
+
+    spans, start = [Span("x", 0, 1, "continuous")], 1
+    for i, width in enumerate(APPROXIMATION_WIDTHS):
+        spans.append(Span(f"c{i}", start, width, "onehot"))
+        start += width
+    return Layout(tuple(spans))
+
+
+APPROXIMATION_LAYOUT = _approximation_layout()
+
+
+def approximation_targets() -> list[int]:
+    """The true category of every row, per span (its first), among the one-hot columns."""
+    starts, start = [], 0
+    for width in APPROXIMATION_WIDTHS:
+        starts.append(start)
+        start += width
+    return starts
+
+
+def approximations_program(rank: int) -> dict[str, Any]:
+    """Each approximation on its inputs (:func:`approximation_inputs`), with the dealer."""
+    from smpc_synth.mpc import functions, session
+    from smpc_synth.mpc.limits import MAX_CATEGORIES, MAX_LOGVAR_BOUND
+    from smpc_synth.mpc.optim import inverse_sqrt
+    from smpc_synth.mpc.spans import SpanMap
+
+    crypten = session.crypten
+    provider = session.comparison_provider()
+    inputs = approximation_inputs()
+    x = {name: crypten.cryptensor(value, src=0) for name, value in inputs.items()}
+    out: dict[str, Any] = {}
+    for name, high in (("narrow", 7.0), ("wide", float(MAX_CATEGORIES))):
+        recip, log = functions.reciprocal_and_log_in_range(x[name], 1.0, high, provider)
+        out[f"{name}_reciprocal"], out[f"{name}_log"] = recip, log
+    half = MAX_LOGVAR_BOUND / 2
+    out["exp_default"] = functions.exp_in_range(x["exp_default"], -2.0, 2.0)
+    out["exp_widest"] = functions.exp_in_range(x["exp_widest"], -half, half)
+    out["inv_sqrt"] = inverse_sqrt(x["inv_sqrt"])[0]
+    out["tanh"] = functions.tanh(x["tanh"], provider)
+    out["sigmoid"], out["log_sigmoid"], out["log_1m_sigmoid"] = functions.sigmoid_and_logs(
+        x["sigmoid"], provider
+    )
+    spans = SpanMap(APPROXIMATION_LAYOUT)
+    logits = x["logits"]
+    target = torch.zeros(logits.size(0), len(spans.onehot))
+    target[:, approximation_targets()] = 1.0
+    out["span_tanh"], out["span_probs"], out["span_log_hit"] = spans.activate_and_log_hit(
+        logits, crypten.cryptensor(target, src=1)
+    )
+    return {name: value.get_plain_text().tolist() for name, value in out.items()}

@@ -352,3 +352,66 @@ def test_guard_flags_a_jump_far_above_recent_losses():
         guard.accept({"loss": value})
     assert guard.is_bad({"loss": 5e3})
     assert not guard.is_bad({"loss": 20.0})
+
+
+def test_split_powers_of_two_is_exact_at_and_between_the_powers(mpc):
+    from smpc_synth.mpc.functions import split_powers_of_two
+
+    x = torch.tensor([1.0, 1.5, 2.0 - LSB, 2.0, 3.9, 4.0, 40.0, 41.0, 64.0, 100.0, 200.0])
+    powers = torch.tensor([0, 0, 1, 1, 1, 1, 5, 5, 5, 7, 7])  # each within [1, 2^(J+1)]
+    k, inverse = split_powers_of_two(mpc.cryptensor(x.view(1, -1)), powers, None)
+    expected = torch.minimum(torch.floor(torch.log2(x)), powers.float())
+    assert torch.equal(k.get_plain_text().view(-1), expected)
+    assert torch.equal(inverse.get_plain_text().view(-1), 2.0**-expected)  # exact: no rounding
+
+
+def test_reduced_reciprocal_and_log_match_torch_on_spans_of_any_width(mpc):
+    """The range-reduced path (here with CrypTen's comparison) on per-position bounds, with
+    a numerator gathered by index, as the span softmax calls it."""
+    from smpc_synth.mpc.functions import reciprocal_and_log_in_range
+
+    g = torch.Generator().manual_seed(5)
+    widths = torch.tensor([2.0, 8.0, 41.0, 200.0, 4096.0])
+    sums = 1 + torch.rand(8, 5, generator=g) * (widths - 1)
+    index = torch.tensor([0, 1, 1, 2, 3, 3, 3, 4])
+    numerator = torch.rand(8, len(index), generator=g)
+    q, log = reciprocal_and_log_in_range(
+        mpc.cryptensor(sums), 1.0, widths, None, numerator=mpc.cryptensor(numerator), index=index
+    )
+    torch.testing.assert_close(q.get_plain_text(), numerator / sums[:, index], atol=6e-5, rtol=3e-4)
+    torch.testing.assert_close(log.get_plain_text(), sums.log(), atol=3e-4, rtol=0)
+
+
+def test_adam_moves_gradients_too_large_for_fixed_point_into_its_window(mpc):
+    """Gradients of 3,000: at the starting scale their squares are 1e10, beyond the inverse
+    square root's range, and the root check fails; each shrink of the scale divides the
+    squares by 16 until the check passes, and the steps are then torch Adam's."""
+    from smpc_synth.mpc.optim import GRAD_SCALE, SCALE_STEP, AdamSettings, SharedAdam
+
+    g = torch.Generator().manual_seed(6)
+    grads = [torch.randn(60, generator=g) * 3000 for _ in range(3)]
+    shared = SharedAdam(AdamSettings(lr=1e-3), 60)
+    start = mpc.cryptensor(torch.zeros(60))
+    state = shared.state()
+    shrinks = 0
+    while True:
+        params = shared.step(start, mpc.cryptensor(grads[0]))
+        if shared.root_check_error(float(shared.root_check.get_plain_text())) <= 1:
+            break
+        shared.load(state)  # what the guard's rollback does, then the twin shrinks
+        assert shared.shrink_scale()
+        shrinks += 1
+    assert shrinks >= 1 and shared.grad_scale == GRAD_SCALE / SCALE_STEP**shrinks
+    plain = torch.zeros(60, requires_grad=True)
+    opt = torch.optim.Adam([plain], lr=1e-3)
+    plain.grad = grads[0].clone()
+    opt.step()
+    for grad in grads[1:]:
+        params = shared.step(params, mpc.cryptensor(grad))
+        plain.grad = grad.clone()
+        opt.step()
+    torch.testing.assert_close(params.get_plain_text(), plain.detach(), atol=2e-4, rtol=0.05)
+    # a rollback to a state from before the shrink keeps the lower scale
+    shared.load(state)
+    assert shared.grad_scale == GRAD_SCALE / SCALE_STEP**shrinks
+    assert SharedAdam(AdamSettings(lr=1e-3), 60).grad_scale == GRAD_SCALE

@@ -76,3 +76,21 @@ def test_missing_certificate_file_named(tmp_path):
         missing.read()
     with pytest.raises(InputError, match=r"nobody\.pem"):
         fingerprint(tmp_path / "nobody.pem")
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620])
+def test_private_key_open_to_others_is_refused_before_any_traffic(tmp_path, mode):
+    """As ssh refuses an unprotected key: a TLS key group or others may read is refused."""
+    from smpc_synth.config import NetworkConfig
+    from smpc_synth.net import PeerMesh
+    from smpc_synth.release.manifest import _load_private_key
+
+    files = write_certificates(["alice", "bob"], tmp_path)
+    files["alice"].key.chmod(mode)
+    with pytest.raises(InputError, match=r"alice\.key.*chmod 600") as info:
+        PeerMesh("alice", "127.0.0.1:0", {"bob": "127.0.0.1:1"}, files["alice"], NetworkConfig())
+    assert f"{mode:04o}" in str(info.value)
+    with pytest.raises(InputError, match=r"alice\.key"):
+        _load_private_key(files["alice"].key)  # signing the manifest reads it too
+    files["alice"].key.chmod(0o400)  # owner-only, read-only: fine
+    assert files["alice"].read()[2].startswith(b"-----BEGIN PRIVATE KEY-----")

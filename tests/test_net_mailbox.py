@@ -82,22 +82,22 @@ def test_a_peer_that_ends_delivers_what_it_sent_then_is_named():
 
 
 def test_reserve_waits_for_room_and_one_message_may_exceed_the_limit():
-    box = Inbox(limit=100)
-    box.reserve("alice", 150)  # alone it fits, however large
+    box = Inbox(limit=Inbox.cost("a", 100))
+    box.reserve("alice", "a", 150)  # alone it fits, however large
     box.put("alice", "a", b"big", 150)
-    thread, outcome = _in_thread(lambda: box.reserve("alice", 10))
+    thread, outcome = _in_thread(lambda: box.reserve("alice", "a", 10))
     time.sleep(0.1)
     assert thread.is_alive()  # stalls alice's stream until the big one is taken
-    box.reserve("bob", 60)  # other peers have their own room
+    box.reserve("bob", "a", 60)  # other peers have their own room
     box.get("alice", "a", 1)
     thread.join(2)
     assert not thread.is_alive() and "error" not in outcome
 
 
 def test_reserve_waiting_for_room_raises_when_the_session_fails():
-    box = Inbox(limit=100)
-    box.reserve("alice", 100)
-    thread, outcome = _in_thread(lambda: box.reserve("alice", 10))
+    box = Inbox(limit=Inbox.cost("a", 100))
+    box.reserve("alice", "a", 100)
+    thread, outcome = _in_thread(lambda: box.reserve("alice", "a", 10))
     time.sleep(0.1)
     box.fail(PeerError("stop", "bob"))
     thread.join(2)

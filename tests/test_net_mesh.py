@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -349,20 +350,21 @@ time.sleep(600)
 """
 
 
-@pytest.fixture
-def trio_with_child(certs):
-    """alice and bob in this process, carol in a subprocess; all connected."""
+@contextlib.contextmanager
+def _with_child(certs, network=WATCHFUL):
+    """alice and bob in this process, carol in a subprocess; all connected. Yields the two
+    meshes and carol's process."""
     addresses = _addresses(TRIO)
     spec = {
         "me": "carol",
         "listen": addresses["carol"],
         "peers": {p: addresses[p] for p in ("alice", "bob")},
         "tls": {k: str(v) for k, v in asdict(certs["carol"]).items()},
-        "network": asdict(WATCHFUL),
+        "network": asdict(network),
     }
     command = [sys.executable, "-c", CHILD, json.dumps(spec)]
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as child:
-        meshes = _meshes(["alice", "bob"], certs, WATCHFUL, addresses)
+        meshes = _meshes(["alice", "bob"], certs, network, addresses)
         try:
             results = _on_all(meshes, "connect")
             assert all(r is None for r in results.values()), results
@@ -373,13 +375,19 @@ def trio_with_child(certs):
             _on_all(meshes, "close")
 
 
+@pytest.fixture
+def trio_with_child(certs):
+    with _with_child(certs) as (meshes, child):
+        yield meshes, child
+
+
 def _recv_errors_after(meshes, peer, signum, pid):
-    """Send ``signum`` to ``pid``; each mesh's PeerError from a recv on ``peer`` with no
-    deadline of its own (only liveness checks can end it)."""
+    """Send ``signum`` to ``pid``; each mesh's PeerError from a recv on ``peer`` with a
+    deadline far beyond liveness checks (only they can end it in time)."""
 
     def wait(mesh):
         with pytest.raises(PeerError) as info:
-            mesh.recv(peer, "never", timeout=None)
+            mesh.recv(peer, "never", timeout=600)
         return info.value
 
     with ThreadPoolExecutor(len(meshes)) as pool:
@@ -400,3 +408,147 @@ def test_stalled_peer_detected_by_heartbeats(trio_with_child):
     meshes, child = trio_with_child
     for error in _recv_errors_after(meshes, "carol", signal.SIGSTOP, child.pid):
         assert error.peer == "carol" and "silent" in str(error)
+
+
+# peer_timeout_s is the promise: every member has stopped within it. Heartbeats must declare
+# a silent peer dead early enough to leave time for stopping; calls to it must not outlast it.
+PROMISE = NetworkConfig(
+    heartbeat_interval_s=0.5, peer_timeout_s=10.0, connect_timeout_s=60.0, call_deadline_s=30.0
+)
+
+
+@pytest.mark.timeout(90)
+def test_a_stopped_peer_is_named_within_peer_timeout(certs):
+    with _with_child(certs, PROMISE) as (meshes, child):
+        started = time.monotonic()
+        errors = _recv_errors_after(meshes, "carol", signal.SIGSTOP, child.pid)
+        elapsed = time.monotonic() - started
+    assert all(error.peer == "carol" for error in errors), errors
+    assert elapsed < PROMISE.peer_timeout_s, f"named after {elapsed:.1f} s"
+
+
+@pytest.mark.timeout(90)
+def test_a_handshake_with_a_stopped_peer_ends_with_the_abort(certs):
+    """The handshake's calls to a stopped peer last call_deadline_s (30 s) unless the abort
+    ends them: the heartbeats' verdict must stop every member within peer_timeout_s."""
+    with _with_child(certs, PROMISE) as (meshes, child):
+        os.kill(child.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        errors = _on_all(meshes, "handshake", "session-1", {"config": "x"})
+        elapsed = time.monotonic() - started
+    assert all(isinstance(e, PeerError) and e.peer == "carol" for e in errors.values()), errors
+    assert elapsed < PROMISE.peer_timeout_s, f"stopped after {elapsed:.1f} s"
+
+
+def test_a_broken_stream_waits_for_the_abort_that_explains_it(trio):
+    """alice stops because carol failed; her Abort reaches bob only after her stream to bob
+    has broken (a loaded machine): bob must still name carol, not the messenger."""
+    alice, bob = trio["alice"], trio["bob"]
+    tell = alice._tell_peers_abort
+
+    def slow_tell(reason, culprit):
+        time.sleep(1.0)
+        tell(reason, culprit)
+
+    alice._tell_peers_abort = slow_tell
+    alice.abort("carol sent garbage", culprit="carol")
+    for call in alice._streams.values():
+        call.cancel()  # her streams end before her Abort is out
+    with pytest.raises(PeerError) as info:
+        bob.recv("alice", "never", timeout=30)
+    assert info.value.peer == "carol", info.value
+
+
+def test_a_handshake_refused_by_an_aborted_peer_names_whom_it_blames(trio):
+    """alice has aborted because of carol before the handshake; her Abort reaches bob a
+    moment after her refusal to hand shake: bob must name carol, not alice."""
+    alice = trio["alice"]
+    tell = alice._tell_peers_abort
+
+    def slow_tell(reason, culprit):
+        time.sleep(1.0)
+        tell(reason, culprit)
+
+    alice._tell_peers_abort = slow_tell
+    alice.abort("carol's process died", culprit="carol")
+    others = {name: trio[name] for name in ("bob", "carol")}
+    errors = _on_all(others, "handshake", "session-1", {"config": "x"})
+    assert isinstance(errors["bob"], PeerError) and errors["bob"].peer == "carol", errors
+
+
+def test_a_recv_deadline_blames_the_end_of_a_chain_of_waits(trio):
+    """alice waits for bob, who waits for carol, who is alive but never sends: bob is not at
+    fault, and alice's deadline, which runs out first, must not name him."""
+    alice, bob = trio["alice"], trio["bob"]
+    with ThreadPoolExecutor(2) as pool:
+        at_alice = pool.submit(alice.recv, "bob", "result", 1.0)
+        time.sleep(0.3)
+        at_bob = pool.submit(bob.recv, "carol", "input", 1.5)
+        for future in (at_alice, at_bob):
+            with pytest.raises(PeerError) as info:
+                future.result()
+            assert info.value.peer == "carol", info.value
+
+
+def test_a_recv_deadline_waits_for_the_verdict_of_a_peer_that_aborted(trio):
+    """alice's wait for bob runs out just as bob, having aborted because of carol, is about
+    to tell her so: alice must name carol, not bob (a fault-matrix run caught a party
+    naming the aggregator that was itself reporting the stuck party)."""
+    alice, bob = trio["alice"], trio["bob"]
+    tell = bob._tell_peers_abort
+
+    def slow_tell(reason, culprit):
+        time.sleep(1.0)
+        tell(reason, culprit)
+
+    bob._tell_peers_abort = slow_tell
+    bob.abort("carol sent no 'update' message within 60 s", culprit="carol")
+    with pytest.raises(PeerError) as info:
+        alice.recv("bob", "result", timeout=0.5)
+    assert info.value.peer == "carol", info.value
+
+
+@pytest.mark.timeout(60)
+def test_recv_without_a_timeout_is_bounded_by_the_progress_deadline(certs):
+    """Heartbeats prove a process alive, not that it makes progress: a peer whose protocol
+    thread is stuck while its gRPC threads answer must still be named, after
+    progress_timeout_s."""
+    network = NetworkConfig(**(asdict(FAST) | {"peer_timeout_s": 4.0, "progress_timeout_s": 4.0}))
+    meshes = _meshes(["alice", "bob"], certs, network)
+    try:
+        assert all(r is None for r in _on_all(meshes, "connect").values())
+        with pytest.raises(PeerError, match=r"bob sent no 'update' message within 4 s") as info:
+            meshes["alice"].recv("bob", "update")
+        assert info.value.peer == "bob"
+    finally:
+        _on_all(meshes, "close")
+
+
+@pytest.mark.timeout(90)
+def test_a_peer_that_called_and_died_before_it_was_reached_is_named(certs):
+    """At start-up bob reaches alice (his heartbeats arrive) and dies before alice reaches
+    him. A peer never heard from may just be slow to start (connect_timeout_s bounds that),
+    but one that was heard and fell silent is dead: alice must stop within peer_timeout_s."""
+    import grpc
+
+    from smpc_synth.net.tls import MEMBER_METADATA_KEY, channel_credentials, channel_options
+    from smpc_synth.net.v1 import control_pb2, control_pb2_grpc
+
+    addresses = _addresses(["alice", "bob"])
+    alice = _meshes(["alice"], certs, PROMISE, addresses)["alice"]
+    bob_side = grpc.secure_channel(
+        addresses["alice"], channel_credentials(certs["bob"]), options=channel_options("alice")
+    )
+    try:
+        connecting = ThreadPoolExecutor(1).submit(alice.connect)
+        beat = control_pb2_grpc.ControlStub(bob_side).Heartbeat
+        beat(control_pb2.Beat(state="connecting"), metadata=((MEMBER_METADATA_KEY, "bob"),))
+        bob_side.close()  # and bob is gone
+        started = time.monotonic()
+        with pytest.raises(PeerError, match="bob silent") as info:
+            connecting.result()
+        elapsed = time.monotonic() - started
+    finally:
+        alice.close()
+    assert info.value.peer == "bob"
+    assert elapsed < PROMISE.peer_timeout_s, f"named after {elapsed:.1f} s"

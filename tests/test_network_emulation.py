@@ -111,6 +111,7 @@ def test_crypten_runs_over_emulated_links_on_either_transport(tmp_path, transpor
             "provider": "dealer",
             "seed": None,
             "rendezvous": rendezvous,
+            "allow_insecure": True,  # gloo between namespaces: plain TCP on this machine
         }
         members = {name: (party_member, party) for name in parties}
         members[DEALER] = (dealer_member, {"parties": parties, "seed": None})

@@ -145,10 +145,12 @@ def test_release_run_withholds_refused_data_but_writes_report(tmp_path, tables, 
     assert written["gate"]["failures"] and written["gate"]["released"] is False
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["gate"] == written["gate"] and "synthetic.csv" not in manifest["files"]
-    result = verify_manifest(tmp_path / "manifest.json")
+    result = verify_manifest(tmp_path / "manifest.json", allow_unsigned=True)
     assert result.ok and any("UNSIGNED" in note for note in result.notes)
+    assert [c.item for c in verify_manifest(tmp_path / "manifest.json").failures] == ["signatures"]
     (tmp_path / "synthetic.csv").write_text("smuggled in later\n")
-    assert [c.item for c in verify_manifest(tmp_path / "manifest.json").failures] == ["gate"]
+    failures = verify_manifest(tmp_path / "manifest.json", allow_unsigned=True).failures
+    assert [c.item for c in failures] == ["gate"]
 
 
 def test_publish_renames_released_candidate(tmp_path, good_report):

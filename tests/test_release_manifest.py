@@ -214,6 +214,7 @@ def _ed25519_member(out: Path, name: str) -> tuple[Path, Path, Path]:
     paths = out / "ca.pem", out / f"{name}.pem", out / f"{name}.key"
     paths[0].write_bytes(issue(ca_name, ca_key.public_key(), True).public_bytes(_PEM))
     paths[1].write_bytes(issue(member, key.public_key(), False).public_bytes(_PEM))
+    paths[2].touch(mode=0o600)
     paths[2].write_bytes(
         key.private_bytes(_PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
@@ -263,4 +264,92 @@ def test_relative_run_directory_records_relative_paths(tmp_path, monkeypatch):
     )
     manifest = load_manifest(run / "manifest.json")
     assert manifest["files"]["synthetic.csv"]["path"] == "synthetic.csv"
-    assert verify_manifest(tmp_path / "run" / "manifest.json").ok
+    assert verify_manifest(tmp_path / "run" / "manifest.json", allow_unsigned=True).ok
+
+
+def _edit(run: Path, change) -> Path:
+    path = run / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("../../../../../../etc/passwd", "no '..'"),
+        ("/etc/passwd", "relative path"),
+        ("certs/../../outside.txt", "no '..'"),
+        ("", "relative path"),
+    ],
+)
+def test_file_paths_outside_the_run_are_refused_naming_the_key(run_dir, path, why, capsys):
+    """A path out of the run directory was hashed (a verifier could be made to read any
+    file, and to pass a manifest that vouches for it)."""
+
+    def change(manifest):
+        manifest["files"]["synthetic.csv"]["path"] = path
+
+    assert verify_main(_edit(run_dir, change)) == 2
+    err = capsys.readouterr().err
+    assert "key 'files.synthetic.csv.path'" in err and why in err
+
+
+def test_symbolic_link_out_of_the_run_fails_its_check(run_dir, tmp_path):
+    outside = tmp_path / "elsewhere.csv"
+    outside.write_bytes((run_dir / "synthetic.csv").read_bytes())
+    (run_dir / "synthetic.csv").unlink()
+    (run_dir / "synthetic.csv").symlink_to(outside)
+    assert _failed(run_dir) == ["file synthetic.csv"]
+    result = verify_manifest(run_dir / "manifest.json")
+    assert "leads outside" in result.describe()
+
+
+def test_stripped_signatures_fail_unless_unsigned_is_accepted(run_dir, capsys):
+    """Removing every signature and signer used to verify (the certificates were embedded,
+    but nothing required them to have signed)."""
+
+    def strip(manifest):
+        manifest["signatures"] = {}
+        manifest["signers"] = []
+
+    path = _edit(run_dir, strip)
+    assert _failed(run_dir) == ["signatures"]
+    assert verify_main(path) == 1
+    assert "--allow-unsigned" in capsys.readouterr().out
+    assert verify_manifest(path, allow_unsigned=True).ok  # hashes still hold
+    assert _failed(run_dir, ca_path=run_dir / "certs" / "ca.pem", allow_unsigned=True) == [
+        "signatures"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        (lambda m: m["files"]["generator.pt"].update(sha256=5), "files.generator.pt.sha256"),
+        (lambda m: m["files"]["schema"].update(bytes=-1), "files.schema.bytes"),
+        (lambda m: m["files"].update({"x": "a.csv"}), "files.x"),
+        (lambda m: m["certificates"].update(alice="pem"), "certificates.alice"),
+        (lambda m: m.update(signers=[{"a": 1}]), "signers[0]"),
+        (lambda m: m.update(signers=["alice", "alice"]), "signers"),
+        (lambda m: m.update(ca=[]), "ca"),
+        (lambda m: m.update(created="yesterday"), "created"),
+        (lambda m: m.update(config=[1]), "config"),
+        (lambda m: m["signatures"]["bob"].update(algorithm="md5"), "signatures.bob.algorithm"),
+        (lambda m: m["gate"].update(released="no"), "gate.released"),
+        (lambda m: m.pop("metrics"), "metrics"),
+        (lambda m: m.update(extra=1), "extra"),
+    ],
+)
+def test_malformed_field_exits_2_naming_the_key(run_dir, change, key, capsys):
+    assert verify_main(_edit(run_dir, change)) == 2
+    err = capsys.readouterr().err
+    assert f"key '{key}'" in err, err
+
+
+def test_pinned_ca_that_is_not_a_certificate_exits_2(run_dir, tmp_path, capsys):
+    not_a_cert = tmp_path / "key.pem"
+    not_a_cert.write_bytes((run_dir / "certs" / "alice.key").read_bytes())
+    assert verify_main(run_dir, ca=not_a_cert) == 2
+    assert "--ca" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -105,7 +106,8 @@ def test_mismatched_run_configs_stop_every_party_naming_the_difference(tmp_path)
     assert "config key 'seed' (0 here, 7 at bob)" in alice, alice
     assert "config key 'federated.clip_norm' (1.0 here, 2.5 at bob)" in alice, alice
     assert "config key 'seed' (7 here, 0 at alice)" in bob_err, bob_err
-    assert "config key 'mode'" not in alice and "schema" not in alice
+    verdict = next(line for line in alice.splitlines() if line.startswith("error: handshake"))
+    assert "config key 'mode'" not in verdict and "schema" not in verdict, verdict
 
 
 def test_a_killed_party_stops_the_others_within_the_timeout_naming_it(tmp_path):
@@ -145,10 +147,21 @@ def test_federated_simulation_with_ckks_and_masking(tmp_path):
         mode="federated",
         generator="vae",
         epochs=2,
+        output_parties=["alice"],
         show_progress=False,
         override_gate=True,  # two rounds make a weak model; the gate is tested elsewhere
     )
     assert result.exit_code == 0, result.exit_codes
+    # FedAvg shows every party the model; only an output party keeps it, and privately
+    folders = tmp_path / "fed" / "parties"
+    kept = folders / "alice" / "checkpoints" / "federated.pt"
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert stat.S_IMODE(kept.parent.stat().st_mode) == 0o700
+    for name in ("bob", "carol"):
+        assert not (folders / name / "checkpoints" / "federated.pt").exists(), name
+        assert not (folders / name / "generator.pt").exists(), name
+        log = (tmp_path / "fed" / "logs" / f"{name}.log").read_text()
+        assert "is not an output party" in log, name
     parties = result.metrics["parties"]
     assert parties["aggregator"]["role"] == "aggregator" and parties["aggregator"]["rounds"] >= 3
     for name in ("alice", "bob", "carol"):

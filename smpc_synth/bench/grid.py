@@ -28,6 +28,7 @@ from smpc_synth.runtime.network import (
     load_profile,
     require_emulation,
 )
+from smpc_synth.runtime.outdir import fresh_path
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,8 @@ def one_run(
 ) -> dict[str, Any]:
     """Run one cell of ``spec`` with ``runner`` (simulate) and make its ledger record."""
     options = run_options(run, spec)
-    run_dir = out / "runs" / run_dir_name(run)
+    # an attempt interrupted before it reached the ledger keeps its folder; this one is new
+    run_dir = fresh_path(out / "runs" / run_dir_name(run))
     extra = {}
     if run.get("rows") is not None:
         extra["rows"] = run["rows"]

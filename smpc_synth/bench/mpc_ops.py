@@ -97,7 +97,11 @@ def theoretical_bytes(op: str, parties: int) -> int:
 
 
 def _bench_party(
-    mesh, parties: tuple[str, ...], setup: Setup, rendezvous: str | None
+    mesh,
+    parties: tuple[str, ...],
+    setup: Setup,
+    rendezvous: str | None,
+    emulated_links: bool = False,
 ) -> list[dict[str, Any]]:
     """Runs on each party: every op, once to warm up, then ``REPEATS`` times measured."""
     import torch
@@ -116,6 +120,8 @@ def _bench_party(
         setup.transport,
         insecure_dev=setup.provider == "tfp",
         rendezvous=rendezvous,
+        # gloo between the namespaces of an emulated network: plain TCP within this machine
+        allow_insecure=emulated_links,
     ):
         as_shipped = session.stock_protocols() if setup.name == "stock" else nullcontext()
         with as_shipped:
@@ -209,7 +215,15 @@ def _run_setup(
         port = GLOO_PORT if hosts else free_ports(1)[0]
         rendezvous = f"tcp://{host}:{port}"
     members: dict[str, tuple[Any, dict[str, Any]]] = {
-        name: (_bench_party, {"parties": parties, "setup": setup, "rendezvous": rendezvous})
+        name: (
+            _bench_party,
+            {
+                "parties": parties,
+                "setup": setup,
+                "rendezvous": rendezvous,
+                "emulated_links": bool(hosts),
+            },
+        )
         for name in parties
     }
     if setup.provider == "dealer":

@@ -72,6 +72,9 @@ class _MemoryCheckpoints:
     def load(self, key: str) -> dict[str, Any] | None:
         return self.saved.get(key)
 
+    def discard(self, key: str) -> None:
+        self.saved.pop(key, None)
+
 
 def _table(rows: int):
     """The benchmark's rows, schema and encoder spec (the same in every process)."""

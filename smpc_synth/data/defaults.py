@@ -11,8 +11,12 @@ MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none"})  # numeric 
 TRUE_TOKENS = frozenset({"true", "1", "1.0"})
 FALSE_TOKENS = frozenset({"false", "0", "0.0"})
 
+# Numbers: the encoder works in float64, exact for integers of magnitude below 2**53; an
+# integer column's values and bounds must stay there (larger ones would be silently rounded).
+MAX_EXACT_INTEGER = 2**53
+
 # Schema inference
-MAX_CATEGORIES = 50  # a text column with more distinct values is refused as free text / ids
+MAX_CATEGORIES = 200  # a text column with more distinct values is refused as free text / ids
 
 # Encoding
 NumericMode = Literal["mode", "standard", "quantile"]

@@ -14,11 +14,14 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
+from smpc_synth.data.rows import CSV_SUFFIXES
 from smpc_synth.data.schema import Schema
 from smpc_synth.errors import InputError
 
-CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+ENCODING = "utf-8-sig"  # UTF-8, with or without the byte-order mark spreadsheets write
+OTHER_DELIMITERS = ";\t|"  # separators hinted at when a file reads as one column
+SNIFF_BYTES = 64 * 1024
 
 
 def table_format(path: str | Path) -> str:
@@ -55,14 +58,17 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: the file is empty (no header line)") from None
     except (pd.errors.ParserError, csv.Error) as exc:
-        raise InputError(f"{path}: not a readable CSV file ({exc})") from None
+        raise InputError(f"{path}: not a readable CSV file ({str(exc).strip()})") from None
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable {fmt} file ({exc})") from None
     return df.reset_index(drop=True)
 
 
 def _read_csv(path: Path, schema: Schema | None) -> pd.DataFrame:
-    header = pd.read_csv(path, nrows=1, header=None, dtype=str, keep_default_na=False)
+    _refuse_other_delimiters(path)
+    header = pd.read_csv(
+        path, nrows=1, header=None, dtype=str, keep_default_na=False, encoding=ENCODING
+    )
     names = list(header.iloc[0]) if len(header) else []
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -76,12 +82,59 @@ def _read_csv(path: Path, schema: Schema | None) -> pd.DataFrame:
         keep_default_na=False,
         na_values=[""],
         skip_blank_lines=False,
+        encoding=ENCODING,
     )
+    if not isinstance(df.index, pd.RangeIndex):  # pandas took the first column as the index
+        raise InputError(
+            f"{path}: line 2 has more fields than the {len(names)} of the header line "
+            "(a missing header name, or an unquoted separator in a cell?)"
+        )
     blank = df.isna().all(axis=1).to_numpy()
     end = len(df)
     while end > 0 and blank[end - 1]:
         end -= 1
+    if end == 0:
+        raise InputError(f"{path}: no data rows (only the header line {', '.join(names)})")
     return df.iloc[:end]
+
+
+def _refuse_other_delimiters(path: Path) -> None:
+    """A header without a comma may start a file separated by ';', tab or '|' (often with
+    decimal commas): say so, naming it, rather than read each line as one text cell."""
+    with _open_text(path) as handle:
+        sample = handle.read(SNIFF_BYTES)
+    header = sample.lstrip("\r\n").split("\n", 1)[0]
+    if "," in header:
+        return
+    try:
+        delimiter = csv.Sniffer().sniff(sample, delimiters=OTHER_DELIMITERS).delimiter
+    except csv.Error:
+        return  # no consistent separator: a genuine one-column table
+    if delimiter in header:
+        shown = {"\t": "tab"}.get(delimiter, repr(delimiter))
+        raise InputError(
+            f"{path}: line 1 has no ',' but is split by {shown}: the file looks "
+            f"{shown}-separated; smpc-synth reads comma-separated files, so save it with ','"
+        )
+
+
+def _open_text(path: Path):
+    """The file as text, through its compression if its name says so (as pandas reads it)."""
+    import bz2
+    import gzip
+    import lzma
+
+    name = path.name.lower()
+    for suffix, opener in ((".gz", gzip.open), (".bz2", bz2.open), (".xz", lzma.open)):
+        if name.endswith(suffix):
+            return opener(path, "rt", encoding=ENCODING, errors="replace")
+    if name.endswith(".zip"):
+        import io
+        import zipfile
+
+        archive = zipfile.ZipFile(path)
+        return io.TextIOWrapper(archive.open(archive.namelist()[0]), encoding=ENCODING)
+    return open(path, encoding=ENCODING, errors="replace")
 
 
 def write_table(df: pd.DataFrame, path: str | Path) -> None:

@@ -31,8 +31,19 @@ import numpy as np
 import pandas as pd
 import tomli_w
 
-from smpc_synth.data.defaults import MAX_CATEGORIES, MISSING_TOKENS
+from smpc_synth.data.defaults import (
+    MAX_CATEGORIES,
+    MAX_EXACT_INTEGER,
+    MAX_REPORTED_PROBLEMS,
+    MISSING_TOKENS,
+)
+from smpc_synth.data.rows import row_label
 from smpc_synth.errors import InputError
+
+BEYOND_EXACT = (
+    "is beyond ±2^53, the largest integers the encoder represents exactly (an identifier? "
+    'drop the column; a measurement? declare it kind = "numeric")'
+)
 
 Kind = Literal["numeric", "integer", "categorical", "boolean"]
 KINDS: tuple[str, ...] = ("numeric", "integer", "categorical", "boolean")
@@ -85,9 +96,16 @@ class ColumnSpec:
                 raise InputError(f"{where}: key '{key}' must be finite, got {value!r}")
             if self.kind == "integer" and value != int(value):
                 raise InputError(f"{where}: key '{key}' must be a whole number, got {value!r}")
+            if self.kind == "integer" and abs(value) > MAX_EXACT_INTEGER:
+                raise InputError(f"{where}: key '{key}' = {int(value)} {BEYOND_EXACT}")
             object.__setattr__(self, key, cast(value))
         if not self.min < self.max:
             raise InputError(f"{where}: key 'min' ({self.min}) must be below 'max' ({self.max})")
+        if not math.isfinite(float(self.max) - float(self.min)):
+            raise InputError(
+                f"{where}: keys 'min' ({self.min}) and 'max' ({self.max}) span more than a "
+                "float can hold; rescale the column"
+            )
 
     @property
     def is_numeric(self) -> bool:
@@ -229,27 +247,38 @@ def _from_dict(raw: Any) -> Schema:
 
 
 def infer_schema(
-    df: pd.DataFrame, target: str | None = None, max_categories: int = MAX_CATEGORIES
+    df: pd.DataFrame,
+    target: str | None = None,
+    max_categories: int = MAX_CATEGORIES,
+    source: str | None = None,
 ) -> Schema:
     """Draft a schema from a table: kinds, sorted categories, bounds rounded outward.
 
     A draft to review, not a verdict: see the module docstring for what it reveals.
     Text columns with more than ``max_categories`` distinct values (free text, identifiers)
-    are refused with an :class:`InputError` naming the column.
+    are refused with an :class:`InputError` naming the column; so are a numeric column with
+    a few text cells (naming their rows) and integers the encoder cannot represent.
+    ``source`` (the file) prefixes every message.
     """
+    prefix = f"{source}: " if source else ""
     if df.shape[1] == 0 or len(df) == 0:
-        raise InputError("cannot infer a schema from an empty table")
+        raise InputError(f"{prefix}cannot infer a schema from an empty table (no data rows)")
     if target is not None and target not in df.columns:
         raise InputError(
-            f"target column '{target}' is not in the table (columns: {', '.join(map(str, df))})"
+            f"{prefix}target column '{target}' is not in the table "
+            f"(columns: {', '.join(map(str, df))})"
         )
+    df = df.reset_index(drop=True)  # positions, for row numbers in messages
     return Schema(
-        tuple(_infer_column(str(name), df[name], max_categories) for name in df.columns),
+        tuple(_infer_column(str(name), df[name], max_categories, source) for name in df.columns),
         target=target,
     )
 
 
-def _infer_column(name: str, series: pd.Series, max_categories: int) -> ColumnSpec:
+def _infer_column(
+    name: str, series: pd.Series, max_categories: int, source: str | None
+) -> ColumnSpec:
+    prefix = f"{source}: " if source else ""
     values = series.dropna()
     if pd.api.types.is_bool_dtype(values.dtype) or (
         pd.api.types.is_object_dtype(values.dtype)
@@ -258,33 +287,91 @@ def _infer_column(name: str, series: pd.Series, max_categories: int) -> ColumnSp
     ):
         return ColumnSpec(name, "boolean")
     if pd.api.types.is_numeric_dtype(values.dtype):
-        return _numeric_spec(name, values.astype(float))
+        return _numeric_spec(name, values, values.astype(float), source)
     text = values.astype(str).str.strip()
     text = text[~text.str.lower().isin(MISSING_TOKENS)]
     if text.empty:
-        raise InputError(f"column '{name}': every cell is empty; drop the column")
-    numbers = pd.to_numeric(text, errors="coerce")
+        raise InputError(f"{prefix}column '{name}': every cell is empty; drop the column")
+    numbers = parse_numbers(text)
     if numbers.notna().all():
-        return _numeric_spec(name, numbers.astype(float))
+        return _numeric_spec(name, text, numbers, source)
     if set(text.str.lower()) <= {"true", "false"}:
         return ColumnSpec(name, "boolean")
     cats = sorted(set(text))
     if len(cats) > max_categories:
+        words = text[numbers.isna()]
+        if len(words) < numbers.notna().sum():  # mostly numbers: a few bad cells, not free text
+            cells = "; ".join(
+                f"{row_label(int(p), source)}: {_show(words[p])}"
+                for p in words.index[:MAX_REPORTED_PROBLEMS]
+            )
+            more = len(words) - MAX_REPORTED_PROBLEMS
+            raise InputError(
+                f"{prefix}column '{name}' holds numbers but {len(words)} cell(s) are not: "
+                f"{cells}{f'; ... and {more} more' if more > 0 else ''} (fix them, or leave a "
+                "missing value empty)"
+            )
         raise InputError(
-            f"column '{name}': {len(cats)} distinct text values, more than max_categories="
-            f"{max_categories}; free text or identifiers cannot be modelled: drop the column "
-            "or raise the limit"
+            f"{prefix}column '{name}': {len(cats)} distinct text values, more than "
+            f"max_categories={max_categories}; free text or identifiers cannot be modelled: "
+            "drop the column or raise the limit"
         )
     return ColumnSpec(name, "categorical", categories=tuple(cats))
 
 
-def _numeric_spec(name: str, numbers: pd.Series) -> ColumnSpec:
+def _numeric_spec(
+    name: str, cells: pd.Series, numbers: pd.Series, source: str | None
+) -> ColumnSpec:
+    """Kind and bounds of a numeric column; ``cells`` are the original values (for messages),
+    indexed like ``numbers`` by row position."""
+    prefix = f"{source}: " if source else ""
     finite = numbers[np.isfinite(numbers)]
     if finite.empty:
-        raise InputError(f"column '{name}': no finite number; drop the column")
-    integral = bool((finite == np.round(finite)).all())
-    lo, hi = round_outward(float(finite.min()), float(finite.max()))
+        raise InputError(f"{prefix}column '{name}': no finite number; drop the column")
+    if pd.api.types.is_integer_dtype(cells.dtype):
+        literal = pd.Series(True, index=cells.index)
+    else:
+        literal = cells.astype(str).str.fullmatch(r"[+-]?\d+")
+    huge = finite.index[(finite.abs() >= MAX_EXACT_INTEGER) & literal[finite.index]]
+    if len(huge):  # an integer as written, that a float would round
+        where = row_label(int(huge[0]), source)
+        raise InputError(f"{prefix}column '{name}', {where}: {cells[huge[0]]} {BEYOND_EXACT}")
+    integral = bool(((finite == np.round(finite)) & (finite.abs() < MAX_EXACT_INTEGER)).all())
+    low, high = finite.idxmin(), finite.idxmax()
+    if not math.isfinite(float(finite[high]) - float(finite[low])):
+        raise InputError(
+            f"{prefix}column '{name}': values from {cells[low]} ({row_label(int(low), source)}) "
+            f"to {cells[high]} ({row_label(int(high), source)}) span more than a float can "
+            "hold; rescale the column"
+        )
+    lo, hi = round_outward(float(finite[low]), float(finite[high]))
+    if integral:  # rounding outward must not leave the exactly representable integers
+        lo, hi = max(lo, -MAX_EXACT_INTEGER), min(hi, MAX_EXACT_INTEGER)
+    if not math.isfinite(hi - lo):
+        raise InputError(
+            f"{prefix}column '{name}': values up to {cells[high]} leave no room for schema "
+            "bounds a float can hold; rescale the column"
+        )
     return ColumnSpec(name, "integer" if integral else "numeric", min=lo, max=hi)
+
+
+_EXPONENT = r"\s*[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+\s*"
+
+
+def parse_numbers(text: pd.Series) -> pd.Series:
+    """Each cell's number as a float, NaN where it is not one; a number beyond a float's range
+    (``1e999``) is +-inf, not NaN, so it is reported as too large rather than as text."""
+    numbers = pd.to_numeric(text, errors="coerce").astype(float)
+    missed = numbers.isna() & text.notna()
+    if missed.any():  # only an overflowing exponent parses as a float yet not for pandas
+        exponent = text[missed].astype(str).str.fullmatch(_EXPONENT)
+        for position in exponent.index[exponent]:
+            numbers[position] = float(str(text[position]))
+    return numbers
+
+
+def _show(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def round_outward(lo: float, hi: float) -> tuple[float, float]:
@@ -295,7 +382,7 @@ def round_outward(lo: float, hi: float) -> tuple[float, float]:
     """
     span = hi - lo
     scale = span if span > 0 else (abs(lo) or 1.0)
-    exponent = math.floor(math.log10(scale))
+    exponent = max(math.floor(math.log10(scale)), -300)  # 10**-324 is 0.0 in a float
     step = 10.0**exponent
     digits = max(0, -exponent)
     new_lo = round(math.floor(lo / step) * step, digits)
@@ -306,4 +393,5 @@ def round_outward(lo: float, hi: float) -> tuple[float, float]:
         new_hi = round(new_hi + step, digits)
     if new_hi <= new_lo:
         new_hi = round(new_lo + step, digits)
-    return new_lo, new_hi
+    # a step below the floats' spacing near lo/hi cannot move them: never cut the data off
+    return min(new_lo, lo), max(new_hi, hi)

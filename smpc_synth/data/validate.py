@@ -21,8 +21,8 @@ from smpc_synth.data.defaults import (
     MISSING_TOKENS,
     TRUE_TOKENS,
 )
-from smpc_synth.data.io import CSV_SUFFIXES
-from smpc_synth.data.schema import ColumnSpec, Schema
+from smpc_synth.data.rows import row_label
+from smpc_synth.data.schema import ColumnSpec, Schema, parse_numbers
 from smpc_synth.errors import InputError
 
 
@@ -98,28 +98,46 @@ def _text(column: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 
 def _numeric(column: pd.Series, spec: ColumnSpec) -> Coerced:
-    bad = pd.Series("", index=column.index, dtype=object)
+    # numpy on whole columns, messages only for the bad cells: a wide table stays quick
     if pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column):
-        numbers = column.astype(float)
-        empty = numbers.isna()
+        values = column.to_numpy(dtype=float, na_value=np.nan)
+        empty = np.isnan(values)
+        text = None
     else:
-        text, empty = _text(column)
-        empty |= text.str.lower().isin(MISSING_TOKENS)
-        numbers = pd.to_numeric(text.where(~empty), errors="coerce").astype(float)
-        not_number = numbers.isna() & ~empty
-        bad[not_number] = [f"{_show(t)} is not a number" for t in text[not_number]]
-    finite = np.isfinite(numbers)
-    outside = finite & ((numbers < spec.min) | (numbers > spec.max))
+        text, blank = _text(column)
+        empty = (blank | text.str.lower().isin(MISSING_TOKENS)).to_numpy()
+        values = parse_numbers(text.where(~empty)).to_numpy(dtype=float)
+    bad = np.full(len(values), "", dtype=object)
+
+    def shown(p: int) -> str:  # the cell as written, even beyond a float's digits
+        return text.iat[p] if text is not None else str(column.iat[p])
+
+    def mark(mask: np.ndarray, message) -> None:
+        for p in np.flatnonzero(mask):
+            bad[p] = message(p)
+
+    finite = np.isfinite(values)
+    if text is not None:
+        mark(np.isnan(values) & ~empty, lambda p: f"{_show(shown(p))} is not a number")
+    with np.errstate(invalid="ignore"):
+        outside = finite & ((values < spec.min) | (values > spec.max))
+        fraction = finite & (values != np.round(values)) if spec.kind == "integer" else None
     bounds = f"[{spec.min}, {spec.max}]"
-    bad[outside] = [f"{float(v)} is outside the schema bounds {bounds}" for v in numbers[outside]]
-    if spec.kind == "integer":
-        fraction = finite & (numbers != np.round(numbers))
-        bad[fraction] = [f"{float(v)} is not a whole number" for v in numbers[fraction]]
-    bad[numbers.notna() & ~finite] = "infinite value"
-    bad[empty] = "empty cell"
-    if spec.kind == "integer":
-        return numbers.where(bad == "", 0).round().astype("int64"), bad
-    return numbers.where(bad == "", 0.0), bad
+    mark(outside, lambda p: f"{shown(p)} is outside the schema bounds {bounds}")
+    if fraction is not None:
+        mark(fraction, lambda p: f"{shown(p)} is not a whole number")
+    infinite = ~np.isnan(values) & ~finite
+    if text is not None:  # text like '1e999' reads as infinity too
+        mark(infinite, lambda p: f"{_show(shown(p))} is infinite or beyond a float's range")
+    else:
+        mark(infinite, lambda p: "infinite value")
+    mark(empty, lambda p: "empty cell")
+    good = bad == ""
+    if spec.kind == "integer":  # schema bounds lie within +-2**53: every kept value is exact
+        typed = pd.Series(np.where(good, np.round(values), 0).astype("int64"))
+    else:
+        typed = pd.Series(np.where(good, values, 0.0))
+    return typed, pd.Series(bad, index=column.index)
 
 
 def _categorical(column: pd.Series, spec: ColumnSpec) -> Coerced:
@@ -155,13 +173,11 @@ _COERCE: dict[str, Callable[[pd.Series, ColumnSpec], Coerced]] = {
 
 
 def _describe(problems: list[_Problem], counts: dict[str, int], source: str) -> str:
-    is_csv = source.lower().endswith(CSV_SUFFIXES)
     total = sum(counts.values())
     shown = sorted(problems, key=lambda p: p.position)[:MAX_REPORTED_PROBLEMS]
     lines = [f"{source}: {total} bad cell(s) in column(s) {_quoted(list(counts))}:"]
     for p in shown:
-        where = f"row {p.position + 1}" + (f" (line {p.position + 2})" if is_csv else "")
-        lines.append(f"  column '{p.column}', {where}: {p.message}")
+        lines.append(f"  column '{p.column}', {row_label(p.position, source)}: {p.message}")
     if total > len(shown):
         lines.append(f"  ... and {total - len(shown)} more")
     return "\n".join(lines)

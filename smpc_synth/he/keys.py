@@ -9,16 +9,13 @@ which is only the parameters: no secret key, no public key, no relinearisation o
 from __future__ import annotations
 
 import os
-import stat
-import tempfile
 from pathlib import Path
 
 import tenseal as ts
 
 from smpc_synth.errors import InputError
 from smpc_synth.he.params import OURS, CkksParams
-
-KEY_FILE_MODE = 0o600
+from smpc_synth.private import read_private, write_private
 
 
 def create_context(params: CkksParams = OURS) -> ts.Context:
@@ -65,27 +62,17 @@ def load_context(data: bytes, *, secret: bool, source: str = "context") -> ts.Co
 
 def write_key_file(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write key material atomically, readable by the owner only (0600)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, KEY_FILE_MODE)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_private(path, data)
 
 
 def read_key_file(path: str | os.PathLike[str], *, secret: bool) -> ts.Context:
     """Load a context from a key file; a secret one must not be readable by group or others."""
     path = Path(path)
-    try:
-        mode = path.stat().st_mode
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read key file ({exc.strerror})") from exc
-    if secret and mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise InputError(f"{path}: secret key file is readable by others; chmod 600 it")
+    if secret:
+        data = read_private(path, "secret key file")
+    else:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read key file ({exc.strerror})") from exc
     return load_context(data, secret=secret, source=str(path))

@@ -24,6 +24,12 @@ from smpc_synth.models.spans import activate, sample_onehot
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
+# Weights and buffers of one generator's networks, all together. Hyperparameters (from a
+# config or a generator.pt file) that would build more are refused before any allocation.
+# Tabular generators need about 10^5 (the defaults) to 10^6; 5e7 float32 weights are 200 MB,
+# several times that for Adam and secret-shared training.
+MAX_PARAMETERS = 50_000_000
+
 
 @dataclass
 class NeuralParams:
@@ -74,6 +80,10 @@ class Generator(ABC):
     def hparams_dict(self) -> dict[str, Any]:
         return asdict(self.hparams)
 
+    def widest(self) -> int:
+        """Units of the widest layer a sampled row passes through (bounds sampling memory)."""
+        return self.layout.width
+
     def modules(self) -> dict[str, nn.Module]:
         """The trainable networks by name (empty for non-neural generators)."""
         return {}
@@ -103,7 +113,41 @@ class NeuralGenerator(Generator):
 
     def __init__(self, layout: Layout, **hparams: Any):
         super().__init__(layout, **hparams)
+        self._check_size()
         self.initialize(seed=0)
+
+    def _check_size(self) -> None:
+        """InputError naming the hyperparameters if the networks would exceed
+        :data:`MAX_PARAMETERS`; counted on torch's meta device, which allocates nothing."""
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                self.buffers = {}
+                nets = self._build()
+            count = sum(t.numel() for net in nets.values() for t in net.state_dict().values())
+            count += sum(t.numel() for t in self.buffers.values())
+        except (RuntimeError, OverflowError, ValueError, TypeError):  # sizes torch cannot hold
+            count = None
+        if count is not None and count <= MAX_PARAMETERS:
+            return
+        defaults = asdict(self.Params())
+        shaping = {
+            k: v
+            for k, v in asdict(self.hparams).items()
+            if isinstance(v, int | tuple) and not isinstance(v, bool) and v != defaults[k]
+        }
+        named = ", ".join(f"parameter '{k}' = {v!r}" for k, v in shaping.items())
+        cause = named or f"the encoded width of {self.layout.width} units"
+        built = "more than 2^63" if count is None else f"{count:,}"
+        raise InputError(
+            f"generator '{self.name}': {cause} would build {built} network parameters, "
+            f"above the limit of {MAX_PARAMETERS:,}"
+        )
+
+    def widest(self) -> int:
+        widths = [self.layout.width, self.noise_dim]
+        for net in self._nets.values():
+            widths += [m.out_features for m in net.modules() if isinstance(m, nn.Linear)]
+        return max(widths)
 
     @abstractmethod
     def _build(self) -> dict[str, nn.Module]:

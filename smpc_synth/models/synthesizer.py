@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -24,6 +25,12 @@ from smpc_synth.models.base import EpochCallback, Generator
 from smpc_synth.models.registry import get_generator
 
 GENERATOR_FILE = "generator.pt"
+# Memory one sample call may fill with its table (about 16 bytes a cell, with the copy that
+# joins the batches); more rows are refused rather than attempted. Rows are generated in
+# batches of at most SAMPLE_BATCH_BYTES of network activations.
+MAX_SAMPLE_BYTES = 4 << 30
+SAMPLE_BATCH_BYTES = 64 << 20
+_BYTES_PER_CELL = 16
 FORMAT = "smpc-synth/generator"
 VERSION = 1
 _KEYS = ("format", "version", "generator", "hparams", "state", "encoder", "schema", "meta")
@@ -80,11 +87,30 @@ class Synthesizer:
         """Assemble from parts trained elsewhere (the MPC and federated protocols)."""
         return cls(schema, encoder, generator, meta)
 
+    @property
+    def max_sample_rows(self) -> int:
+        """The most rows one :meth:`sample` call produces (:data:`MAX_SAMPLE_BYTES`)."""
+        return MAX_SAMPLE_BYTES // (_BYTES_PER_CELL * max(len(self.schema.columns), 1))
+
     def sample(self, n: int, seed: int = 0) -> pd.DataFrame:
-        """``n`` synthetic rows; the same seed gives the same rows."""
+        """``n`` synthetic rows (at most :attr:`max_sample_rows`); the same seed gives the
+        same rows."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InputError(f"number of rows to sample must be a positive integer, got {n!r}")
-        return self.encoder.inverse_transform(self.generator.sample(n, seed))
+        if n > self.max_sample_rows:
+            raise InputError(
+                f"{n:,} rows of {len(self.schema.columns)} columns exceed the limit of "
+                f"{self.max_sample_rows:,} rows a call ({MAX_SAMPLE_BYTES >> 30} GiB); "
+                "sample in parts with different seeds"
+            )
+        batch = max(1, SAMPLE_BATCH_BYTES // (8 * self.generator.widest()))
+        parts = [
+            self.encoder.inverse_transform(
+                self.generator.sample(min(batch, n - start), _batch_seed(seed, start // batch))
+            )
+            for start in range(0, n, batch)
+        ]
+        return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
     def save(self, path: str | Path) -> Path:
         """Write ``generator.pt`` (``path`` is the file, or a directory to hold it)."""
@@ -150,6 +176,13 @@ class Synthesizer:
         generator.load_state_dict(payload["state"])
         meta = {k: v for k, v in payload["meta"].items() if k != "layout"}
         return cls(schema, encoder, generator, meta)
+
+
+def _batch_seed(seed: int, index: int) -> int:
+    """The first batch draws from ``seed`` itself; each later one from its own seed."""
+    if index == 0:
+        return seed
+    return int(np.random.SeedSequence([seed % 2**63, index]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _file(path: str | Path) -> Path:

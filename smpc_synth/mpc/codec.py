@@ -3,15 +3,21 @@
 CrypTen's ``send_obj`` / ``broadcast_obj`` pickle arbitrary objects. What it actually sends
 are sizes, ints, floats, strings, tensors and dicts or sequences of those; this codec encodes
 exactly that and refuses anything else, so decoding bytes from a peer never runs code.
+Integers span signed and unsigned 64 bits (``torch.Generator.initial_seed()`` is unsigned);
+an encoding is at most :data:`~smpc_synth.net.limits.MAX_OBJECT_BYTES`. Decoding raises
+:class:`CodecError` and nothing else, whatever the bytes.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
 import numpy as np
 import torch
+
+from smpc_synth.net.limits import MAX_DIMS, MAX_OBJECT_BYTES
 
 MAX_DEPTH = 32
 
@@ -27,6 +33,7 @@ _DTYPES: dict[torch.dtype, int] = {
 _DTYPE_BY_CODE = {code: dtype for dtype, code in _DTYPES.items()}
 _U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
+_U64 = struct.Struct("<Q")
 _F64 = struct.Struct("<d")
 
 
@@ -39,16 +46,22 @@ def encode(obj: Any) -> bytes:
     dict) or raise :class:`CodecError` naming the type that is not allowed."""
     out = bytearray()
     _encode(obj, out, 0)
+    if len(out) > MAX_OBJECT_BYTES:
+        raise CodecError(f"object of {len(out)} encoded bytes (at most {MAX_OBJECT_BYTES})")
     return bytes(out)
 
 
 def decode(data: bytes) -> Any:
     """Decode bytes made by :func:`encode`; raise :class:`CodecError` on anything else."""
+    if len(data) > MAX_OBJECT_BYTES:
+        raise CodecError(f"object of {len(data)} encoded bytes (at most {MAX_OBJECT_BYTES})")
     view = memoryview(data)
     try:
         obj, end = _decode(view, 0, 0)
-    except (struct.error, IndexError, KeyError, UnicodeDecodeError, RuntimeError) as err:
-        raise CodecError(f"malformed message: {err}") from err
+    except CodecError:
+        raise
+    except Exception as err:  # struct, index, unicode, torch errors: all the peer's bytes
+        raise CodecError(f"malformed message: {type(err).__name__}: {err}") from err
     if end != len(view):
         raise CodecError(f"malformed message: {len(view) - end} trailing bytes")
     return obj
@@ -62,9 +75,12 @@ def _encode(obj: Any, out: bytearray, depth: int) -> None:
     elif isinstance(obj, bool):
         out += b"T" if obj else b"F"
     elif isinstance(obj, int):
-        if not -(2**63) <= obj < 2**63:
-            raise CodecError(f"integer {obj} does not fit in 64 bits")
-        out += b"i" + _I64.pack(obj)
+        if -(2**63) <= obj < 2**63:
+            out += b"i" + _I64.pack(obj)
+        elif 2**63 <= obj < 2**64:
+            out += b"u" + _U64.pack(obj)
+        else:
+            raise CodecError(f"integer {obj} fits neither signed nor unsigned 64 bits")
     elif isinstance(obj, float):
         out += b"f" + _F64.pack(obj)
     elif isinstance(obj, str):
@@ -91,6 +107,8 @@ def _encode(obj: Any, out: bytearray, depth: int) -> None:
 def _encode_tensor(tensor: torch.Tensor, out: bytearray) -> None:
     if tensor.dtype not in _DTYPES:
         raise CodecError(f"refusing to encode a tensor of dtype {tensor.dtype}")
+    if tensor.dim() > MAX_DIMS:
+        raise CodecError(f"refusing to encode a tensor of {tensor.dim()} dimensions")
     array = tensor.detach().cpu().contiguous().numpy()
     out += b"x" + bytes([_DTYPES[tensor.dtype], array.ndim])
     for dim in array.shape:
@@ -110,6 +128,11 @@ def _decode(view: memoryview, pos: int, depth: int) -> tuple[Any, int]:
         return tag == b"T", pos
     if tag == b"i":
         return _I64.unpack_from(view, pos)[0], pos + 8
+    if tag == b"u":
+        value = _U64.unpack_from(view, pos)[0]
+        if value < 2**63:  # encode writes those as signed: one encoding per value
+            raise CodecError(f"unsigned integer {value} should have been signed")
+        return value, pos + 8
     if tag == b"f":
         return _F64.unpack_from(view, pos)[0], pos + 8
     if tag in (b"s", b"b"):
@@ -126,6 +149,8 @@ def _decode(view: memoryview, pos: int, depth: int) -> tuple[Any, int]:
             item, pos = _decode(view, pos, depth + 1)
             items.append(item)
         if tag == b"S":
+            if not all(type(item) is int and 0 <= item < 2**63 for item in items):
+                raise CodecError("a torch.Size holds non-negative integers only")
             return torch.Size(items), pos
         return (items if tag == b"l" else tuple(items)), pos
     if tag == b"d":
@@ -144,15 +169,22 @@ def _decode(view: memoryview, pos: int, depth: int) -> tuple[Any, int]:
 
 
 def _decode_tensor(view: memoryview, pos: int) -> tuple[torch.Tensor, int]:
-    dtype = _DTYPE_BY_CODE[view[pos]]
+    dtype = _DTYPE_BY_CODE.get(view[pos])
+    if dtype is None:
+        raise CodecError(f"unknown tensor dtype code {view[pos]}")
     ndim = view[pos + 1]
+    if ndim > MAX_DIMS:
+        raise CodecError(f"tensor of {ndim} dimensions (at most {MAX_DIMS})")
     pos += 2
     shape = [_I64.unpack_from(view, pos + 8 * i)[0] for i in range(ndim)]
     pos += 8 * ndim
     (length,) = _U32.unpack_from(view, pos)
     raw = _take(view, pos + 4, length)
     np_dtype = torch.empty((), dtype=dtype).numpy().dtype
-    if any(dim < 0 for dim in shape) or int(np.prod(shape)) * np_dtype.itemsize != length:
+    # exact in Python ints; an absurd dimension fails even next to a zero
+    if any(not 0 <= dim <= MAX_OBJECT_BYTES for dim in shape) or (
+        math.prod(shape) * np_dtype.itemsize != length
+    ):
         raise CodecError(f"tensor of shape {shape} does not match its {length} bytes")
     array = np.frombuffer(raw, dtype=np_dtype).reshape(shape).copy()
     return torch.from_numpy(array), pos + 4 + length

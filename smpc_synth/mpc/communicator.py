@@ -24,6 +24,7 @@ from smpc_synth.errors import PeerError
 from smpc_synth.mpc import codec
 from smpc_synth.mpc.compat import import_crypten
 from smpc_synth.mpc.link import Link
+from smpc_synth.net.limits import MAX_OBJECT_BYTES
 
 crypten = import_crypten()
 from crypten.communicator import DistributedCommunicator  # noqa: E402
@@ -233,48 +234,85 @@ class ChannelCommunicator(Communicator):
     @_logging
     def broadcast_obj(self, obj: Any, src: int, group=None) -> Any:
         if self.rank == src:
-            for peer in self._others():
-                self.link.send_obj(self.parties[peer], obj)
+            self.link.broadcast_obj([self.parties[peer] for peer in self._others()], obj)
             return obj
         return self.link.recv_obj(self.parties[src])
 
 
 class GlooCommunicator(DistributedCommunicator):
-    """CrypTen's gloo communicator, sending objects with :mod:`~smpc_synth.mpc.codec`."""
+    """CrypTen's gloo communicator, sending objects with :mod:`~smpc_synth.mpc.codec`.
+
+    An object travels as its size (int64) then its encoding; a size of -1 stands for an
+    object the codec refused to encode, so the receiver fails naming the sender instead of
+    waiting for bytes that never come. A receiver allocates no more than
+    :data:`~smpc_synth.net.limits.MAX_OBJECT_BYTES`, whatever size a peer announces."""
+
+    parties: tuple[str, ...] = ()  # member names by rank, set by the session
 
     @_logging
     def send_obj(self, obj: Any, dst: int, group=None) -> None:
-        data = torch.frombuffer(bytearray(codec.encode(obj)), dtype=torch.uint8)
         group = self.main_group if group is None else group
-        dist.send(torch.tensor(data.numel()), dst, group=group)
+        data = _encode_or_refuse(obj, lambda size: dist.send(size, dst, group=group))
         dist.send(data, dst, group=group)
 
     @_logging
     def recv_obj(self, src: int, group=None) -> Any:
         group = self.main_group if group is None else group
-        size = torch.tensor(0)
+        size = torch.tensor(0, dtype=torch.int64)
         dist.recv(size, src, group=group)
-        data = torch.empty(int(size), dtype=torch.uint8)
+        data = torch.empty(self._checked_size(src, size), dtype=torch.uint8)
         dist.recv(data, src, group=group)
-        return _decode_from(src, data)
+        return self._decode_from(src, data)
 
     @_logging
     def broadcast_obj(self, obj: Any, src: int, group=None) -> Any:
         group = self.main_group if group is None else group
         if self.get_rank() == src:
-            data = torch.frombuffer(bytearray(codec.encode(obj)), dtype=torch.uint8)
-            dist.broadcast(torch.tensor(data.numel()), src, group=group)
+            data = _encode_or_refuse(obj, lambda size: dist.broadcast(size, src, group=group))
             dist.broadcast(data, src, group=group)
             return obj
-        size = torch.tensor(0)
+        size = torch.tensor(0, dtype=torch.int64)
         dist.broadcast(size, src, group=group)
-        data = torch.empty(int(size), dtype=torch.uint8)
+        data = torch.empty(self._checked_size(src, size), dtype=torch.uint8)
         dist.broadcast(data, src, group=group)
-        return _decode_from(src, data)
+        return self._decode_from(src, data)
+
+    def _sender(self, src: int) -> str:
+        return self.parties[src] if src < len(self.parties) else f"the party of rank {src}"
+
+    def _checked_size(self, src: int, size: torch.Tensor) -> int:
+        announced = int(size)
+        if announced == _REFUSED_SIZE:
+            raise PeerError(
+                f"{self._sender(src)} could not send the object it owed (see its log)",
+                self._sender(src),
+            )
+        if not 0 <= announced <= MAX_OBJECT_BYTES:
+            raise PeerError(
+                f"{self._sender(src)} sent a malformed object: announced {announced} bytes "
+                f"(at most {MAX_OBJECT_BYTES})",
+                self._sender(src),
+            )
+        return announced
+
+    def _decode_from(self, src: int, data: torch.Tensor) -> Any:
+        try:
+            return codec.decode(data.numpy().tobytes())
+        except codec.CodecError as err:
+            sender = self._sender(src)
+            raise PeerError(f"{sender} sent a malformed object: {err}", sender) from err
 
 
-def _decode_from(src: int, data: torch.Tensor) -> Any:
+_REFUSED_SIZE = -1
+
+
+def _encode_or_refuse(obj: Any, send_size) -> torch.Tensor:
+    """The encoding of ``obj`` after ``send_size`` sent its size; if the codec refuses it,
+    ``send_size`` sends the refusal and CodecError is raised."""
     try:
-        return codec.decode(data.numpy().tobytes())
-    except codec.CodecError as err:
-        raise PeerError(f"party of rank {src} sent a malformed object: {err}") from err
+        encoded = codec.encode(obj)
+    except codec.CodecError:
+        send_size(torch.tensor(_REFUSED_SIZE, dtype=torch.int64))
+        raise
+    send_size(torch.tensor(len(encoded), dtype=torch.int64))
+    return torch.frombuffer(bytearray(encoded), dtype=torch.uint8)

@@ -57,6 +57,8 @@ ACTIVATION_BITS = 32
 WIDTHS = (32, 48, 64)  # a multiple of 16: groups of 4 bits, combined 4 at a time
 GROUP = 4  # positions combined per tree node
 MAX_PRODUCTS = 2  # products with one comparison's bits (a ReLU uses 2: x * b and its backward)
+# Elements of one comparison request: the dealer serves at most MAX_TUPLE_ELEMENTS / 8
+MAX_COUNT = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -488,9 +490,15 @@ def sign_bits(
 
 
 def ltz(x, provider):
-    """``x < 0`` of an MPCTensor as a 0/1 MPCTensor (CrypTen's ``_ltz`` contract)."""
-    bits, _ = sign_bits(x._tensor.share, provider)  # exact for every value
-    result = crypten.mpc.MPCTensor.from_shares(bits.arithmetic().view(x.size()), precision=0)
+    """``x < 0`` of an MPCTensor as a 0/1 MPCTensor (CrypTen's ``_ltz`` contract); more than
+    :data:`MAX_COUNT` elements are compared :data:`MAX_COUNT` at a time."""
+    flat = x._tensor.share.reshape(-1)
+    chunks = [
+        sign_bits(flat[i : i + MAX_COUNT], provider)[0].arithmetic()  # exact for every value
+        for i in range(0, max(flat.numel(), 1), MAX_COUNT)
+    ]
+    share = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+    result = crypten.mpc.MPCTensor.from_shares(share.view(x.size()), precision=0)
     result.encoder._scale = 1
     return result
 

@@ -35,12 +35,34 @@ def _alias_onnx_registration() -> None:
         sys.modules[old] = new
 
 
-def _load_trusted(f, **kwargs):
-    # torch >= 2.6 defaults `torch.load(weights_only=True)`, which refuses the lists and
-    # dicts of tensors CrypTen writes in `crypten.save` and in the provider caches. These
-    # are local files this party wrote itself, never bytes from the network.
-    kwargs.setdefault("weights_only", False)
-    return torch.load(f, **kwargs)
+def _crypten_classes() -> list[Any]:
+    """The classes CrypTen pickles into its own files: shares, encoders, ptype."""
+    from crypten.encoder import FixedPointEncoder
+    from crypten.gradients import AutogradContext
+    from crypten.mpc.mpc import MPCTensor
+    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+    from crypten.mpc.primitives.binary import BinarySharedTensor
+    from crypten.mpc.ptype import ptype
+
+    return [
+        FixedPointEncoder,
+        AutogradContext,
+        MPCTensor,
+        ArithmeticSharedTensor,
+        BinarySharedTensor,
+        ptype,
+        frozenset,
+    ]
+
+
+def _load_crypten_file(f, **kwargs):
+    # torch >= 2.6 defaults `torch.load(weights_only=True)`, which refuses the share classes
+    # CrypTen pickles in `crypten.save` and in the provider caches. Rather than unpickling
+    # anything (weights_only=False), these loads stay weights_only and admit exactly those
+    # classes, for the duration of the call: a file holding any other object is refused.
+    kwargs.setdefault("weights_only", True)
+    with torch.serialization.safe_globals(_crypten_classes()):
+        return torch.load(f, **kwargs)
 
 
 def _patch_loads(crypten: ModuleType) -> None:
@@ -49,15 +71,15 @@ def _patch_loads(crypten: ModuleType) -> None:
     @functools.wraps(original_load)
     def load(f, load_closure=None, **kwargs):
         if load_closure is None or load_closure is torch.load:
-            return _load_trusted(f, **kwargs)
+            return _load_crypten_file(f, **kwargs)
         return load_closure(f, **kwargs)
 
     crypten.load = load
     provider_module = importlib.import_module("crypten.mpc.provider.provider")
-    provider_module.torch = _TorchWithTrustedLoad(torch)
+    provider_module.torch = _TorchWithCryptenLoad(torch)
 
 
-class _TorchWithTrustedLoad:
+class _TorchWithCryptenLoad:
     """A view of ``torch`` whose ``load`` reads CrypTen's own cache files (see above)."""
 
     def __init__(self, wrapped: ModuleType):
@@ -65,7 +87,7 @@ class _TorchWithTrustedLoad:
 
     def __getattr__(self, name: str):
         if name == "load":
-            return _load_trusted
+            return _load_crypten_file
         return getattr(self._wrapped, name)
 
 

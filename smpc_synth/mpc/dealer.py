@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from smpc_synth import phases
 from smpc_synth.errors import PeerError
 from smpc_synth.mpc import codec, compare, prg, ring
 from smpc_synth.mpc.compat import import_crypten
@@ -599,6 +600,7 @@ def serve_dealer(
         log.warning("INSECURE: the dealer's PRG keys are derived from a fixed debug seed")
     link = Link(channel, recorder or TrafficRecorder(), timeout=timeout, dealer=channel.me)
     maker = _TupleMaker(send_keys(link, parties, insecure_debug_seed))
+    phases.enter(channel.me, "aggregation")  # the parties sum statistics: no triples needed
     ahead = _Lookahead(maker, lookahead)
     first = parties[0]
     served = generation = 0
@@ -624,6 +626,7 @@ def serve_dealer(
         if share is not None:
             link.send_tensor(first, _framed(generation, number, tag, share))
         served += 1
+        phases.enter(channel.me, "training")
         for number, tag, share in ahead.work_ahead(asked=lambda: link.has_message(first)):
             link.send_tensor(first, _framed(generation, number, tag, share))
     for party in parties[1:]:

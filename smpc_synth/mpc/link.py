@@ -1,17 +1,19 @@
 """Framing of MPC messages over a :class:`~smpc_synth.train.base.Channel`.
 
-Three kinds of message travel on one tag, so that they stay in order per sender:
-tensors (as raw numpy arrays), objects (``b"O"`` + :mod:`smpc_synth.mpc.codec`) and abort
-notices (``b"A"`` + the name of the member at fault). A member that sees a peer fail tells
-every other member before it raises, so each survivor names the member that actually failed,
-not the neighbour that stopped talking to it.
+Four kinds of message travel on one tag, so that they stay in order per sender:
+tensors (as raw numpy arrays), objects (``b"O"`` + :mod:`smpc_synth.mpc.codec`), refusals
+(``b"R"`` + why: sent in place of an object the codec refused, so the receiver fails naming
+the sender instead of taking the next message for the object) and abort notices (``b"A"`` +
+the name of the member at fault). A member that sees a peer fail tells every other member
+before it raises, so each survivor names the member that actually failed, not the
+neighbour that stopped talking to it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +27,9 @@ from smpc_synth.train.base import Channel
 TAG = "mpc"
 DEALER = "dealer"
 _OBJECT = b"O"
+_REFUSED = b"R"
 _ABORT = b"A"
+_MAX_REASON = 300  # characters of a refusal's reason that travel
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +84,21 @@ class Link:
         return tensor
 
     def send_obj(self, peer: str, obj: Any) -> None:
-        self.send_encoded(peer, codec.encode(obj))
+        self.broadcast_obj([peer], obj)
+
+    def broadcast_obj(self, peers: Sequence[str], obj: Any) -> None:
+        """Send ``obj`` to each of ``peers``. If the codec refuses it, each peer gets a
+        refusal in its place (the stream stays in step) and this raises CodecError."""
+        try:
+            encoded = codec.encode(obj)
+        except codec.CodecError as err:
+            reason = str(err)[:_MAX_REASON]
+            for peer in peers:
+                notice = _REFUSED + reason.encode()
+                self._send(peer, notice, len(notice))
+            raise codec.CodecError(f"cannot send to {', '.join(peers)}: {err}") from None
+        for peer in peers:
+            self.send_encoded(peer, encoded)
 
     def send_encoded(self, peer: str, encoded: bytes) -> None:
         """Send an object already encoded by :func:`smpc_synth.mpc.codec.encode`."""
@@ -89,6 +107,9 @@ class Link:
 
     def recv_obj(self, peer: str) -> Any:
         payload = self._recv(peer)
+        if isinstance(payload, bytes) and payload.startswith(_REFUSED):
+            reason = payload[1:].decode(errors="replace")[:_MAX_REASON]
+            raise PeerError(f"{peer} could not send the object it owed: {reason}", peer=peer)
         if not isinstance(payload, bytes) or not payload.startswith(_OBJECT):
             raise self.malformed(peer, f"expected an object, got {type(payload).__name__}")
         try:

@@ -5,8 +5,12 @@ there are, and there is no gradient clipping (CrypTen's ``update_parameters`` cl
 default, which squares, compares and multiplies every parameter: 60 of its 91 rounds).
 
 Fixed point has 16 fractional bits, too coarse for squared gradients (1e-3 squared is below
-one unit), so the moments are kept for gradients scaled by the public ``GRAD_SCALE``; Adam is
-invariant to that scale except for ``eps``, which is therefore interpreted in scaled units.
+one unit), so the moments are kept for gradients scaled by a public power of two
+(:data:`GRAD_SCALE` to begin with); Adam is invariant to that scale except for ``eps``,
+which is therefore interpreted in scaled units. The inverse square root covers ``x`` in
+``[EPS, X_MAX]``: gradients of 6e-4 to 99 at scale 32. A table whose gradients are larger
+(wide layouts, many columns) fails a root check (below), and the optimizer then keeps its
+moments at a lower scale (:meth:`SharedAdam.shrink_scale`), until its gradients fit.
 Two-party truncation fails (wraps around) with a probability proportional to the magnitude of
 a product, about value / 2^31 per element, so every product here is kept small: moments
 are updated as ``avg + c * (new - avg)`` and Newton multiplies ``x * y`` before ``y``.
@@ -40,7 +44,15 @@ from smpc_synth.mpc.nn import FIXED, fixed_mask
 
 crypten = import_crypten()
 
-GRAD_SCALE = 32  # public integer: moments are kept for gradient * GRAD_SCALE
+GRAD_SCALE = 32  # public power of two: moments are kept for gradient * scale, from this
+# A failed root check (a wrap-around, see below) lowers this optimizer's scale by this much:
+# squared gradients, hence v and the wrap-around rate of its products, 16 times smaller.
+# Tables whose gradients are larger than fixed point's window at GRAD_SCALE (wide layouts,
+# many columns: the window [sqrt(EPS), sqrt(X_MAX)] / scale is [6e-4, 99] at 32) end up
+# where their gradients fit, at the cost of a larger effective eps; a public decision on
+# the already revealed check, so it reveals nothing more.
+SCALE_STEP = 4
+MIN_GRAD_SCALE = 2.0**-10
 EPS = 4e-4  # floor of the scaled second moment (26 units of fixed point): Adam eps ~6e-4
 WARM_DAMPING = 0.75  # the warm start passes SAFE_START only if x grew more than 3.2x
 WARM_ITERS = 3
@@ -87,8 +99,10 @@ class AdamSettings:
 class SharedAdam:
     """Adam on one flat MPCTensor of parameters."""
 
-    def __init__(self, settings: AdamSettings, size: int):
+    def __init__(self, settings: AdamSettings, size: int, grad_scale: float = GRAD_SCALE):
         self.s = settings
+        self.grad_scale = float(grad_scale)  # public; lowered by shrink_scale
+        self.max_scale = grad_scale  # what a rollback to an older state may restore
         zeros = torch.zeros(size)
         self.m = crypten.cryptensor(zeros, src=0)
         self.v = crypten.cryptensor(zeros, src=0)
@@ -109,9 +123,10 @@ class SharedAdam:
         self.t += 1
         c1 = (1 - s.beta1) / (1 - s.beta1**self.t)
         c2 = (1 - s.beta2) / (1 - s.beta2**self.t)
-        g = grad * GRAD_SCALE
+        scale = self.grad_scale
+        g = grad * (int(scale) if scale.is_integer() else scale)  # an int: exact, no truncation
         if s.weight_decay:
-            g = g + params * (s.weight_decay * GRAD_SCALE)
+            g = g + params * (s.weight_decay * self.grad_scale)
         self.m = _ema(self.m, g, c1)
         self.v = _ema(self.v, g.square(), c2)
         if self.t % V_CLAMP_EVERY == 0:
@@ -134,6 +149,23 @@ class SharedAdam:
         """Forget the warm start (after a rollback): the next step converges from cold."""
         self.inv_root = self.last_x = None
 
+    def shrink_scale(self) -> bool:
+        """After a failed root check: keep the moments for gradients :data:`SCALE_STEP`
+        times smaller from now on (m and v rescaled, the warm start forgotten). False if
+        the scale is at :data:`MIN_GRAD_SCALE` already."""
+        if self.grad_scale / SCALE_STEP < MIN_GRAD_SCALE:
+            return False
+        self.max_scale = self.grad_scale / SCALE_STEP
+        self._rescale(self.max_scale)
+        return True
+
+    def _rescale(self, scale: float) -> None:
+        ratio = scale / self.grad_scale
+        if ratio != 1:
+            self.m, self.v = self.m * ratio, self.v * ratio**2
+            self.grad_scale = scale
+            self.reset_root()
+
     def state(self) -> dict:
         return {
             "m": self.m.share.clone(),
@@ -141,15 +173,20 @@ class SharedAdam:
             "inv_root": _share_or_none(self.inv_root),
             "last_x": _share_or_none(self.last_x),
             "t": self.t,
+            "grad_scale": self.grad_scale,
         }
 
     def load(self, state: dict) -> None:
+        """Restore :meth:`state`, at the scale it was taken at or the lower one a failed
+        check has set since."""
         from_shares = crypten.mpc.MPCTensor.from_shares
         self.m, self.v = from_shares(state["m"]), from_shares(state["v"])
         root, last_x = state["inv_root"], state.get("last_x")
         self.inv_root = None if root is None else from_shares(root)
         self.last_x = None if last_x is None else from_shares(last_x)
         self.t = int(state["t"])
+        self.grad_scale = float(state.get("grad_scale", GRAD_SCALE))
+        self._rescale(min(self.grad_scale, self.max_scale))
 
 
 def _share_or_none(value):

@@ -8,9 +8,12 @@ that communicator. ``stop_crypten`` undoes all of it.
 
 from __future__ import annotations
 
+import datetime as dt
+import importlib
 import inspect
 import logging
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,6 +21,7 @@ from typing import Any, Literal
 
 import torch
 
+from smpc_synth.config import PROVIDERS, TRANSPORTS
 from smpc_synth.errors import InputError
 from smpc_synth.mpc import arithmetic, beaver, compare, compat, prg
 from smpc_synth.mpc.communicator import ChannelCommunicator, GlooCommunicator
@@ -25,20 +29,20 @@ from smpc_synth.mpc.compat import import_crypten
 from smpc_synth.mpc.dealer import DealerProvider
 from smpc_synth.mpc.link import DEALER, Link
 from smpc_synth.mpc.stats import TrafficRecorder
+from smpc_synth.mpc.transport import check_gloo, insecure_warning, rendezvous_address
 from smpc_synth.train.base import Channel, TrafficStats
 
 crypten = import_crypten()
 import crypten.communicator as crypten_comm  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 from crypten.gradients import AutogradMatMul, AutogradMul, AutogradReLU  # noqa: E402
 from crypten.mpc import MPCTensor  # noqa: E402
 from crypten.mpc.primitives import beaver as crypten_beaver  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-Transport = Literal["grpc", "gloo"]
-Provider = Literal["dealer", "tfp"]
-TRANSPORTS: tuple[str, ...] = ("grpc", "gloo")
-PROVIDERS: tuple[str, ...] = ("dealer", "tfp")
+Transport = Literal[TRANSPORTS]
+Provider = Literal[PROVIDERS]
 _CRYPTEN_PROVIDER_NAME = {"dealer": DealerProvider.NAME, "tfp": "TFP"}
 _PATCHED_COMM_FUNCTIONS = ("get", "is_initialized", "uninit")
 
@@ -88,18 +92,22 @@ def start_crypten(
     rendezvous: str | None = None,
     dealer: str = DEALER,
     insecure_debug_seed: int | None = None,
+    allow_insecure: bool = False,
 ) -> MpcSession:
     """Make CrypTen run as data party ``rank`` of ``parties`` (member names, in rank order).
 
     ``channel`` carries all traffic with transport ``grpc`` and the dealer's traffic with
     either transport (it may be None only for ``gloo`` with ``tfp``). ``rendezvous`` is the
-    gloo ``init_method`` (e.g. ``tcp://10.0.0.1:29500``). ``timeout`` bounds every wait.
-    ``insecure_debug_seed`` fixes CrypTen's PRG seeds so tests can compare transports.
+    gloo ``init_method`` (``tcp://HOST:PORT``), on loopback unless ``allow_insecure``
+    (``network.allow_insecure``). ``timeout`` bounds every wait. ``insecure_debug_seed``
+    fixes CrypTen's PRG seeds so tests can compare transports.
     """
     global _SESSION
     if _SESSION is not None:
         raise RuntimeError("a CrypTen session is already running in this process")
     _check_arguments(channel, provider, transport, insecure_dev, rendezvous, insecure_debug_seed)
+    if transport == "gloo" and check_gloo(rendezvous, allow_insecure):
+        log.warning("%s", insecure_warning(rendezvous))
     recorder = TrafficRecorder()
     link = None if channel is None else Link(channel, recorder, timeout=timeout, dealer=dealer)
     session = MpcSession(
@@ -158,6 +166,7 @@ def _start(
     if session.transport == "grpc":
         _install_channel_communicator(session, link)
     else:
+        session._restore["env.GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME")
         _init_gloo(session.parties, session.rank, rendezvous)
     if debug_seed is not None:
         _fix_seeds(debug_seed, len(session.parties), session.rank)
@@ -243,6 +252,8 @@ def _check_arguments(channel, provider, transport, insecure_dev, rendezvous, deb
         raise InputError("key 'mpc.insecure_dev': fixed PRG seeds are for tests only")
     if transport == "gloo" and not rendezvous:
         raise InputError("key 'mpc.transport': 'gloo' needs a rendezvous (tcp://HOST:PORT)")
+    if transport == "gloo":
+        rendezvous_address(rendezvous)
     if channel is None and (transport == "grpc" or provider == "dealer"):
         raise InputError("key 'mpc.transport': this transport and provider need a channel")
 
@@ -263,15 +274,77 @@ def _install_channel_communicator(session: MpcSession, link: Link) -> None:
 
 
 def _init_gloo(parties: Sequence[str], rank: int, rendezvous: str) -> None:
+    """CrypTen's own ``crypten.init`` for gloo, but with our object methods in place before
+    anything can be sent, and on loopback held to loopback: torch's tcp:// store listens on
+    every interface and gloo's pairs on the host name's address."""
+    host, port = rendezvous_address(rendezvous)
+    loopback = not check_gloo(rendezvous, allow_insecure=True)
+    if loopback:
+        _register_loopback_rendezvous()
+        rendezvous = f"{_LOOPBACK_SCHEME}://{host}:{port}"
+        interface = _loopback_interface()
+        if interface is not None:
+            os.environ["GLOO_SOCKET_IFNAME"] = interface
     os.environ.update(
         DISTRIBUTED_BACKEND="gloo",
         RENDEZVOUS=rendezvous,
         WORLD_SIZE=str(len(parties)),
         RANK=str(rank),
     )
-    crypten.init(party_name=parties[rank])
+    if crypten.mpc.ttp_required():  # its TTP talks pickle during init: never used here
+        raise InputError("key 'mpc.provider': CrypTen's TTP provider is not supported")
+    crypten_comm._init(use_threads=False, init_ttp=False)
     # CrypTen builds its own class; ours only replaces the pickle-based object methods.
-    crypten_comm.DistributedCommunicator.instance.__class__ = GlooCommunicator
+    communicator = crypten_comm.DistributedCommunicator.instance
+    communicator.__class__ = GlooCommunicator
+    communicator.parties = tuple(parties)
+    communicator.set_name(parties[rank])
+    crypten._setup_prng()
+
+
+_LOOPBACK_SCHEME = "smpc-loopback"
+
+
+def _loopback_store(url: str, timeout: dt.timedelta = dt.timedelta(minutes=5), **_kwargs):
+    """torch.distributed rendezvous for ``smpc-loopback://HOST:PORT?rank=R&world_size=N``:
+    torch's tcp:// one, but rank 0's store listens on HOST only."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(url)
+    query = {k: int(v[0]) for k, v in parse_qs(parts.query).items() if k in ("rank", "world_size")}
+    rank, world_size = query["rank"], query["world_size"]
+    host, port = parts.hostname, parts.port
+    if rank == 0:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(64)
+        store = dist.TCPStore(
+            host,
+            port,
+            world_size,
+            True,
+            timeout,
+            multi_tenant=True,
+            master_listen_fd=listener.detach(),
+        )
+    else:
+        store = dist.TCPStore(host, port, world_size, False, timeout, multi_tenant=True)
+    yield store, rank, world_size
+    raise RuntimeError(f"{_LOOPBACK_SCHEME}:// cannot rendezvous again")
+
+
+def _register_loopback_rendezvous() -> None:
+    handlers = vars(importlib.import_module("torch.distributed.rendezvous"))
+    if _LOOPBACK_SCHEME not in handlers["_rendezvous_handlers"]:
+        dist.register_rendezvous_handler(_LOOPBACK_SCHEME, _loopback_store)
+
+
+def _loopback_interface() -> str | None:
+    """The loopback interface's name (``lo`` on Linux, ``lo0`` on macOS), for gloo."""
+    names = [name for _, name in socket.if_nameindex()]
+    return next((n for n in names if n in ("lo", "lo0")), None)
 
 
 def _derive_seed(base: int, *labels: object) -> int:
@@ -305,6 +378,12 @@ def _teardown() -> None:
         elif crypten_comm.is_initialized():
             crypten.uninit()
     finally:
+        if "env.GLOO_SOCKET_IFNAME" in session._restore:  # _init_gloo may have pinned it
+            interface = session._restore["env.GLOO_SOCKET_IFNAME"]
+            if interface is None:
+                os.environ.pop("GLOO_SOCKET_IFNAME", None)
+            else:
+                os.environ["GLOO_SOCKET_IFNAME"] = interface
         session.use_protocols(False)
         _providers().pop(DealerProvider.NAME, None)
         crypten.cfg.mpc.provider = session._restore["provider"]

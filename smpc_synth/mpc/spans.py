@@ -1,11 +1,12 @@
 """The MPC twin of :mod:`smpc_synth.models.spans`: activate a shared output span by span.
 
-Continuous units go through ``tanh``; all one-hot spans go through ONE softmax call: they
-are gathered into a padded ``(rows, spans, widest)`` tensor (padding sits far below every
-real logit, so its probability is 0), which costs the rounds of a single softmax however
-many spans the table has. With the dealer the continuous units ride in that same call:
-``tanh(x) = 2 softmax([2x, 0])_0 - 1``, so each one is one more span of width 2, and their
-``tanh`` costs no rounds of its own (16 a step otherwise).
+Continuous units go through ``tanh``; all one-hot spans go through ONE softmax call. With
+the dealer they are laid out one after the other as segments of a flat ``(rows, slots)``
+tensor, no padding (a 200-category span next to binary ones costs what it holds), and every
+step takes all segments at once: the rounds of a single softmax of the widest span however
+many spans the table has. The continuous units ride in that same call: ``tanh(x) = 2
+softmax([2x, 0])_0 - 1``, so each one is one more segment of width 2, and their ``tanh``
+costs no rounds of its own (16 a step otherwise).
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from smpc_synth.mpc.session import comparison_provider
 
 crypten = import_crypten()
 
-PAD_OFFSET = 60.0  # padding logits sit this far below a real logit of their row
-
 
 class SpanMap:
     """Index bookkeeping for one layout (all public)."""
@@ -29,33 +28,24 @@ class SpanMap:
         self.width = layout.width
         cont = [i for s in layout.spans if s.kind == "continuous" for i in range(s.start, s.stop)]
         onehot = [s for s in layout.spans if s.kind == "onehot"]
+        self.onehot_spans = [(s.start, s.stop) for s in onehot]
         self.continuous = torch.tensor(cont, dtype=torch.long)
         self.onehot = torch.tensor([i for s in onehot for i in range(s.start, s.stop)])
         self.n_spans = len(onehot)
         self.widest = max((s.width for s in onehot), default=1)
-        # the gathered tensor: one-hot spans, then a [2x, 0] span per continuous column
-        self.slots = slots = max(self.widest, 2 if cont else 1)
-        gathered = self.n_spans + len(cont)
-        gather = torch.zeros(gathered, slots, dtype=torch.long)
-        offset = torch.full((gathered, slots), -PAD_OFFSET)
-        keep = torch.ones(gathered, slots, dtype=torch.long)  # integer factor on each logit
-        member = torch.zeros(len(self.onehot), self.n_spans)  # column -> span (0/1)
-        valid, col = [], 0
-        for k, s in enumerate(onehot):
-            gather[k, :] = s.start
-            gather[k, : s.width] = torch.arange(s.start, s.stop)
-            offset[k, : s.width] = 0.0
-            member[col : col + s.width, k] = 1.0
-            valid += [k * slots + j for j in range(s.width)]
-            col += s.width
-        for k, column in enumerate(cont, start=self.n_spans):
-            gather[k, :] = column  # padding: x - 60, at least 60 below max(2x, 0)
-            offset[k, :2] = 0.0
-            keep[k, 0], keep[k, 1] = 2, 0
-        self.gather, self.offset, self.member = gather, offset, member
-        self.keep = None if bool((keep == 1).all()) else keep
-        self.valid = torch.tensor(valid, dtype=torch.long)
-        self.tanh_slots = torch.arange(self.n_spans, gathered, dtype=torch.long) * slots
+        # segments: the one-hot spans, then a [2x, 0] per continuous column
+        self.lengths = [s.width for s in onehot] + [2] * len(cont)
+        self.segments = len(self.lengths)
+        source = [*self.onehot.tolist(), *(c for c in cont for _ in range(2))]
+        factor = [1] * len(self.onehot) + [2, 0] * len(cont)  # integer factor on each logit
+        self.source = torch.tensor(source, dtype=torch.long)
+        self.factor = None if all(f == 1 for f in factor) else torch.tensor(factor)
+        self.segment = torch.repeat_interleave(
+            torch.arange(self.segments), torch.tensor(self.lengths, dtype=torch.long)
+        )
+        self.span_of = self.segment[: len(self.onehot)]  # one-hot column -> its span
+        start = len(self.onehot)
+        self.tanh_slots = torch.arange(start, start + 2 * len(cont), 2, dtype=torch.long)
         # cat([continuous part, one-hot part]) -> layout order
         order = torch.cat([self.continuous, self.onehot.to(torch.long)])
         self.to_layout = torch.argsort(order)
@@ -64,11 +54,11 @@ class SpanMap:
         """Softmax within each one-hot span of ``raw`` (rows, width): (rows, one-hot cols).
 
         With the dealer: ``exp(l - max) / sum``, the max by a tournament of our comparisons
-        and the sum's reciprocal knowing the sum lies in ``[1, widest span]`` (the max's
-        own term is 1, padding's is 0). Otherwise CrypTen's softmax."""
+        and the sum's reciprocal knowing that a span of ``w`` categories has its sum in
+        ``[1, w]`` (the max's own term is 1). Otherwise CrypTen's softmax, span by span."""
         provider = comparison_provider()
         if provider is None:
-            return self._columns(self._gathered_onehot(raw).softmax(dim=2))
+            return self._cryptens_softmax(raw)
         return self._activations(raw, provider)[1]
 
     def activate_and_log_hit(self, raw, target=None):
@@ -77,13 +67,13 @@ class SpanMap:
         ``target`` is one-hot, as the one-hot columns; the log is per span: (rows, spans).
 
         With the dealer, one batched softmax gives all three (the log is
-        ``(l_true - max) - log(sum)``, the log of a value in ``[1, slots]`` from the powers
-        of the sum that its reciprocal computes, not the log of a probability that may be
-        tiny); otherwise CrypTen's functions."""
+        ``(l_true - max) - log(sum)``, the log of a value in ``[1, w]`` that rides on the
+        powers its reciprocal computes, not the log of a probability that may be tiny);
+        otherwise CrypTen's functions."""
         provider = comparison_provider()
         if provider is None:
             tanh = raw[:, self.continuous].tanh() if len(self.continuous) else None
-            probs = self.softmax(raw) if self.n_spans else None
+            probs = self._cryptens_softmax(raw) if self.n_spans else None
             log_hit = None
             if probs is not None and target is not None:
                 log_hit = self.span_sums(probs * target).log()
@@ -92,50 +82,54 @@ class SpanMap:
         tanh, probs, shifted, log_denominator = self._activations(raw, provider, with_log)
         log_hit = None
         if with_log:
-            true_logit = self.span_sums(self._columns(shifted) * target)
-            log_hit = true_logit - log_denominator[:, : self.n_spans].reshape(raw.size(0), -1)
+            true_logit = self.span_sums(shifted[:, : len(self.onehot)] * target)
+            log_hit = true_logit - log_denominator[:, : self.n_spans]
         return tanh, probs, log_hit
 
-    def _gathered_onehot(self, raw):
-        """(rows, spans, widest) one-hot logits, padding far below every real logit of its
-        row (CrypTen's softmax, without the dealer)."""
-        return raw[:, self.gather[: self.n_spans]] + self.offset[: self.n_spans]
-
-    def _columns(self, per_slot):
-        """(rows, spans, slots) -> (rows, one-hot cols): drop the padding."""
-        return per_slot.reshape(per_slot.size(0), -1)[:, self.valid]
+    def _cryptens_softmax(self, raw):
+        """CrypTen's softmax of each one-hot span (without the dealer: tests only)."""
+        if not self.n_spans:
+            return None
+        parts = [raw[:, a:b].softmax(dim=1) for a, b in self.onehot_spans]
+        return crypten.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     def _activations(self, raw, provider, with_log: bool = False):
         """One batched softmax over the one-hot spans and the continuous columns' [2x, 0]
-        spans: tanh (rows, continuous cols) and probabilities (rows, one-hot cols), each
-        None if there are none, the shifted logits ``l - max`` and, ``with_log``, the log of
-        the denominators (rows, spans, 1), which lie in ``[1, slots]``."""
-        logits = raw[:, self.gather]
-        if self.keep is not None:  # integer factors on the shares: exact, no truncation
-            logits = compare.shares_like(logits, logits.share * self.keep)
-        logits = logits + self.offset
-        shifted = logits - functions.maximum(logits, provider)
+        segments: tanh (rows, continuous cols) and probabilities (rows, one-hot cols), each
+        None if there are none, the shifted logits ``l - max`` (rows, slots) and,
+        ``with_log``, the log of each segment's denominator (rows, segments).
+
+        The denominator of a segment of ``w`` slots lies in ``[1, w]``: narrow layouts (the
+        widest span up to 7) take its reciprocal and log as polynomials, wider ones by
+        range reduction (:func:`~smpc_synth.mpc.functions.reciprocal_and_log_in_range`),
+        each segment compared only with the powers of two below its own width."""
+        logits = raw[:, self.source]
+        if self.factor is not None:  # integer factors on the shares: exact, no truncation
+            logits = compare.shares_like(logits, logits.share * self.factor)
+        maxima = functions.segment_maximum(logits, self.lengths, provider)
+        shifted = logits - maxima[:, self.segment]
         numerator = shifted.exp()
-        denominator = numerator.sum(dim=2, keepdim=True)
-        log_denominator = None
-        if with_log:
-            reciprocal, log_denominator = functions.reciprocal_and_log_in_range(
-                denominator, 1.0, self.slots
-            )
-        else:
-            reciprocal = functions.reciprocal_in_range(denominator, 1.0, self.slots)
-        flat = (numerator * reciprocal).reshape(raw.size(0), -1)
-        probs = flat[:, self.valid] if self.n_spans else None
+        denominator = functions.segment_sum(numerator, self.segment, self.segments)
+        flat, log_denominator = functions.reciprocal_and_log_in_range(
+            denominator,
+            1.0,
+            torch.tensor(self.lengths, dtype=torch.float64),
+            provider,
+            numerator=numerator,
+            index=self.segment,
+            log=with_log,
+        )
+        probs = flat[:, : len(self.onehot)] if self.n_spans else None
         tanh = flat[:, self.tanh_slots] * 2 - 1 if len(self.continuous) else None
         return tanh, probs, shifted, log_denominator
 
     def span_sums(self, values):
         """Per-span sums of one-hot columns: (rows, one-hot cols) -> (rows, spans)."""
-        return values.matmul(self.member)
+        return functions.segment_sum(values, self.span_of, self.n_spans)
 
     def spread(self, per_span):
         """Broadcast per-span values back to their columns: (rows, spans) -> (rows, cols)."""
-        return per_span.matmul(self.member.t())
+        return per_span[:, self.span_of]
 
     def assemble(self, continuous, onehot):
         """(rows, width) in layout order from the two parts."""

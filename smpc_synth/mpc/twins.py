@@ -12,6 +12,8 @@ last Newton step (about the number of parameters by construction: a check, see
 
 from __future__ import annotations
 
+import itertools
+import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -27,6 +29,7 @@ from smpc_synth.mpc.session import comparison_provider
 from smpc_synth.mpc.spans import Activation, SpanMap
 
 crypten = import_crypten()
+log = logging.getLogger(__name__)
 
 
 def _reveal_scalars(*values) -> list[float]:
@@ -40,6 +43,7 @@ class Twin:
 
     def __init__(self, model, groups: dict[str, tuple[str, ...]], settings: AdamSettings):
         self.phase: Callable[[str], AbstractContextManager] = lambda _name: nullcontext()
+        self.failed_checks: list[str] = []  # groups whose root check failed last step
         self.model = model
         self.spans = SpanMap(model.layout)
         nets = model.modules()
@@ -67,9 +71,13 @@ class Twin:
         with self.phase("reveal"):
             values = _reveal_scalars(*losses.values(), *(self.opts[g].root_check for g in groups))
         revealed = dict(zip(losses, values))
+        self.failed_checks = []
         for group, value in zip(groups, values[len(losses) :], strict=True):
             opt = self.opts[group]
-            revealed[f"{CHECK_PREFIX}adam {group}"] = opt.root_check_error(value)
+            error = opt.root_check_error(value)
+            revealed[f"{CHECK_PREFIX}adam {group}"] = error
+            if not error <= 1:
+                self.failed_checks.append(group)
             opt.root_check = None
         return revealed
 
@@ -80,8 +88,19 @@ class Twin:
         """Hook after each epoch (may reveal aggregates the released model needs)."""
 
     def reset_optimizer_roots(self) -> None:
-        for opt in self.opts.values():
+        """After a rollback: every optimizer converges from cold, and one whose root check
+        failed in the step rolled back keeps its moments at a lower scale (a gradient too
+        large for fixed point's window, see :mod:`.optim`)."""
+        for group, opt in self.opts.items():
             opt.reset_root()
+            if group in self.failed_checks and opt.shrink_scale():
+                log.warning(
+                    "%s: gradients too large for fixed point at their scale: moments now "
+                    "kept for gradients x %g",
+                    group,
+                    opt.grad_scale,
+                )
+        self.failed_checks = []
 
     def state(self) -> dict[str, Any]:
         """This party's shares of everything trainable, plus public buffers."""
@@ -123,6 +142,13 @@ class Twin:
     def step(self, batch, generator: torch.Generator) -> dict[str, float]:
         raise NotImplementedError
 
+    @classmethod
+    def largest_requests(cls, width: int, hparams) -> tuple[int, int]:
+        """Upper bounds, for an encoded ``width``, on the elements of the largest tuple and
+        of the largest comparison (not cut into pieces) one training step asks the dealer
+        for: what :mod:`.limits` checks a schema against before a session."""
+        raise NotImplementedError
+
 
 class VaeTwin(Twin):
     """:class:`~smpc_synth.models.vae.VAEGenerator` on shares."""
@@ -139,6 +165,17 @@ class VaeTwin(Twin):
 
     def begin_epoch(self) -> None:
         self.sq_err, self.rows = None, 0
+
+    @classmethod
+    def largest_requests(cls, width: int, hparams) -> tuple[int, int]:
+        hp, batch = hparams, hparams.batch_size
+        encoder = [width, *hp.hidden, 2 * hp.latent_dim]
+        decoder = [hp.latent_dim, *reversed(hp.hidden), width]
+        params = _parameters(encoder) + _parameters(decoder)
+        widest = max(hp.hidden, default=1)
+        # the span softmax's slots: a unit each, two per continuous unit
+        tuples = max(2 * batch * width, width * widest, params)
+        return tuples, max(batch * width, batch * widest, params)
 
     def _epoch_state(self) -> dict[str, Any]:
         share = None if self.sq_err is None else self.sq_err.share.clone()
@@ -225,6 +262,17 @@ class GanTwin(Twin):
         )
         self.activation = Activation(self.spans)
 
+    @classmethod
+    def largest_requests(cls, width: int, hparams) -> tuple[int, int]:
+        hp, batch = hparams, hparams.batch_size
+        generator = [hp.noise_dim, *hp.generator_hidden, width]
+        critic = [width * hp.pac, *hp.discriminator_hidden, 1]
+        params = max(_parameters(generator), _parameters(critic))
+        widest = max(*hp.generator_hidden, *hp.discriminator_hidden, 1)
+        # the moment loss's [F; R]^T [F; -R] is width x width
+        tuples = max(width * width, 2 * batch * width, width * hp.pac * widest, params)
+        return tuples, max(batch * width, batch * widest, params)
+
     def _fake(self, rows: int, generator: torch.Generator):
         z = torch.randn(rows, self.model.hparams.noise_dim, generator=generator)
         return self.activation.forward(self.nets["generator"].forward(z))
@@ -238,22 +286,21 @@ class GanTwin(Twin):
         real = batch[:rows]
         critic = self.nets["discriminator"]
 
+        provider = comparison_provider()
         fake = self._fake(rows, generator)
         logits = critic.forward(crypten.cat([real, fake]).reshape(2 * packs, width * hp.pac))
-        prob = logits.sigmoid()
+        prob, log_p, log_q = functions.sigmoid_and_logs(logits, provider)
         label = torch.cat([torch.full((packs, 1), 1.0 - hp.label_smoothing), torch.zeros(packs, 1)])
         critic.backward((prob - label) * (1.0 / packs))
         self._update("discriminator")
-        logs = crypten.cat([prob, 1 - prob]).log()
-        d_loss = -(logs[: 2 * packs] * label + logs[2 * packs :] * (1 - label)).sum() * (
-            1.0 / packs
-        )
+        d_loss = -(log_p * label + log_q * (1 - label)).sum() * (1.0 / packs)
 
         fake = self._fake(rows, generator)
-        prob = critic.forward(fake.reshape(packs, width * hp.pac)).sigmoid()
+        logits = critic.forward(fake.reshape(packs, width * hp.pac))
+        prob, log_p, _ = functions.sigmoid_and_logs(logits, provider)
         d_fake = critic.backward((prob - 1) * (1.0 / packs), accumulate=False, need_input=True)
         d_fake = d_fake.reshape(rows, width)
-        g_loss = -prob.log().sum() * (1.0 / packs)
+        g_loss = -log_p.sum() * (1.0 / packs)
         if hp.moment_weight:
             moment, d_moment = _moment_loss_and_grad(fake, real)
             g_loss = g_loss + moment * hp.moment_weight
@@ -261,6 +308,11 @@ class GanTwin(Twin):
         self.nets["generator"].backward(self.activation.backward(d_fake))
         self._update("generator")
         return self._reveal(discriminator=d_loss, generator=g_loss)
+
+
+def _parameters(sizes: list[int]) -> int:
+    """Weights and biases of an MLP whose layers have ``sizes`` units."""
+    return sum(a * b + b for a, b in itertools.pairwise(sizes))
 
 
 def _moment_loss_and_grad(fake, real):

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from google.protobuf.message import DecodeError
 
+from smpc_synth.errors import PeerError
+from smpc_synth.net.limits import MAX_DIMS, MAX_TAG_BYTES
 from smpc_synth.net.v1 import tensor_pb2 as pb
 from smpc_synth.train.base import Payload
 
@@ -146,6 +148,7 @@ def _read_varint(buffer: memoryview, at: int) -> tuple[int, int]:
 
 def encode(tag: str, payload: Payload, chunk_bytes: int) -> list[WireFrame]:
     """The serialized frames of one message; each copies its slice of ``payload`` once."""
+    _check_tag(tag.encode())
     header, view = _raw_view(payload)
     starts = range(0, max(view.nbytes, 1), chunk_bytes)
     frames = []
@@ -167,7 +170,17 @@ def frame_bytes(frames: list[WireFrame]) -> int:
 
 def parse_frame(wire: bytes) -> InFrame:
     """Read one serialized ``Frame`` without copying its data; malformed input (truncated,
-    unknown or repeated fields, wrong wire types) raises :class:`CodecError`."""
+    unknown or repeated fields, wrong wire types) raises :class:`CodecError`, and nothing
+    else."""
+    try:
+        return _parse_frame(wire)
+    except CodecError:
+        raise
+    except Exception as exc:  # the checks should have caught it: still the peer's fault
+        raise CodecError(f"unreadable frame ({type(exc).__name__}: {exc})") from exc
+
+
+def _parse_frame(wire: bytes) -> InFrame:
     buffer = memoryview(wire)
     fields: dict[int, memoryview | int] = {}
     at = 0
@@ -185,8 +198,10 @@ def parse_frame(wire: bytes) -> InFrame:
         if length > len(buffer) - at:
             raise CodecError("frame ends inside a field")
         fields[number], at = buffer[at : at + length], at + length
+    raw_tag = bytes(fields.get(pb.Frame.TAG_FIELD_NUMBER, b""))
+    _check_tag(raw_tag)
     try:
-        tag = bytes(fields.get(pb.Frame.TAG_FIELD_NUMBER, b"")).decode()
+        tag = raw_tag.decode()
         raw_header = fields.get(pb.Frame.HEADER_FIELD_NUMBER)
         header = None if raw_header is None else pb.TensorHeader.FromString(bytes(raw_header))
     except (UnicodeDecodeError, DecodeError) as err:
@@ -206,8 +221,9 @@ class Message(NamedTuple):
 class Assembler:
     """Rebuilds messages from the frames of one stream, checking every header and size."""
 
-    def __init__(self, max_payload_bytes: int, reserve: Callable[[int], None] | None = None):
-        """``reserve(nbytes)`` runs before a message's buffer is allocated (and may block)."""
+    def __init__(self, max_payload_bytes: int, reserve: Callable[[str, int], None] | None = None):
+        """``reserve(tag, nbytes)`` runs before a message's buffer is allocated (and may
+        block)."""
         self._max = max_payload_bytes
         self._reserve = reserve
         self._header: pb.TensorHeader | None = None
@@ -223,14 +239,28 @@ class Assembler:
         header = frame.header
         _check_header(header, self._max)
         if self._reserve is not None:
-            self._reserve(header.nbytes)
+            self._reserve(frame.tag, header.nbytes)
         self._header, self._tag, self._filled = header, frame.tag, 0
         is_bytes = header.kind == pb.PAYLOAD_KIND_BYTES
         self._raw = None if is_bytes else np.empty(header.nbytes, np.uint8)
         self._parts = []
 
+    @property
+    def pending(self) -> str | None:
+        """The tag of a message begun but not finished, if any."""
+        return None if self._header is None else self._tag
+
     def feed(self, frame: InFrame) -> Message | None:
-        """Take one frame; return the message it completes, if any."""
+        """Take one frame; return the message it completes, if any. Whatever is wrong with
+        the frame raises :class:`CodecError` (never another exception)."""
+        try:
+            return self._feed(frame)
+        except (CodecError, PeerError):
+            raise
+        except Exception as exc:  # the checks should have caught it: still the peer's fault
+            raise CodecError(f"undecodable message ({type(exc).__name__}: {exc})") from exc
+
+    def _feed(self, frame: InFrame) -> Message | None:
         if self._header is None:
             self._start(frame)
         elif frame.header is not None:
@@ -273,7 +303,15 @@ def _check_header(header: pb.TensorHeader, max_payload_bytes: int) -> None:
         raise CodecError(f"unknown dtype {header.dtype!r}; supported: {_supported()}")
     if header.dtype == "bfloat16" and header.kind != pb.PAYLOAD_KIND_TORCH:
         raise CodecError("bfloat16 travels only as a torch tensor")
-    expected = math.prod(header.shape) * DTYPES[header.dtype].itemsize
+    if len(header.shape) > MAX_DIMS:
+        raise CodecError(f"array of {len(header.shape)} dimensions (at most {MAX_DIMS})")
+    too_long = [dim for dim in header.shape if dim > max_payload_bytes]
+    if too_long:  # even next to a zero dimension: numpy cannot represent it
+        raise CodecError(
+            f"shape {tuple(header.shape)} has a dimension of {too_long[0]} "
+            f"(the limit is {max_payload_bytes})"
+        )
+    expected = math.prod(header.shape) * DTYPES[header.dtype].itemsize  # exact (Python ints)
     if expected != header.nbytes:
         raise CodecError(
             f"{header.dtype} of shape {tuple(header.shape)} needs {expected} bytes, "
@@ -288,6 +326,11 @@ def _as_array(header: pb.TensorHeader, raw: np.ndarray) -> np.ndarray | torch.Te
         return array
     tensor = torch.from_numpy(array)
     return tensor.view(torch.bfloat16) if header.dtype == "bfloat16" else tensor
+
+
+def _check_tag(raw: bytes) -> None:
+    if len(raw) > MAX_TAG_BYTES:
+        raise CodecError(f"tag of {len(raw)} bytes (at most {MAX_TAG_BYTES})")
 
 
 def _supported() -> str:

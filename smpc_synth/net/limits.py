@@ -13,6 +13,16 @@ from smpc_synth.config import NetworkConfig
 MIB = 1024 * 1024
 # Headroom for the frame's tag, header and protobuf framing on top of its data slice.
 FRAME_OVERHEAD_BYTES = 64 * 1024
+# A message's tag names its protocol step ("mpc", "fed/bound"); longer ones are refused.
+MAX_TAG_BYTES = 256
+# Dimensions of one array on the wire (numpy's own limit is 64).
+MAX_DIMS = 32
+# What a queued message costs besides its payload and tag (queue entry, tuple, bookkeeping,
+# the queue of a tag not seen before): counted against the inbox bound, so that a flood of
+# empty messages is bounded as surely as one of large ones.
+MESSAGE_OVERHEAD_BYTES = 1024
+# One object sent by CrypTen's ``*_obj`` calls (sizes, small tensors): encoded size bound.
+MAX_OBJECT_BYTES = 64 * MIB
 
 
 @dataclass(frozen=True)
@@ -21,6 +31,7 @@ class Limits:
 
     heartbeat_interval_s: float = NetworkConfig.heartbeat_interval_s
     peer_timeout_s: float = NetworkConfig.peer_timeout_s
+    progress_timeout_s: float = NetworkConfig.progress_timeout_s
     connect_timeout_s: float = NetworkConfig.connect_timeout_s
     call_deadline_s: float = NetworkConfig.call_deadline_s
     max_message_bytes: int = NetworkConfig.max_message_bytes  # one gRPC message (frame)
@@ -34,6 +45,10 @@ class Limits:
     backoff_multiplier: float = 2.0
     abort_deadline_s: float = 2.0  # telling peers about an abort is best effort
     shutdown_grace_s: float = 1.0
+    # What a member needs, once it knows the session is lost, to end its process: unwind,
+    # free its buffers, let the interpreter exit (a loaded 2-core machine takes a second or two).
+    exit_allowance_s: float = 3.0
+    status_deadline_s: float = 5.0  # asking a peer what it waits for, before blaming it
 
     @classmethod
     def from_network(cls, network: NetworkConfig) -> Limits:
@@ -41,6 +56,7 @@ class Limits:
         limits = cls(
             heartbeat_interval_s=network.heartbeat_interval_s,
             peer_timeout_s=network.peer_timeout_s,
+            progress_timeout_s=network.progress_timeout_s,
             connect_timeout_s=network.connect_timeout_s,
             call_deadline_s=network.call_deadline_s,
             max_message_bytes=network.max_message_bytes,
@@ -49,6 +65,20 @@ class Limits:
             chunk = max(limits.max_message_bytes - FRAME_OVERHEAD_BYTES, 4096)
             limits = replace(limits, chunk_bytes=chunk)
         return limits
+
+    @property
+    def silence_limit_s(self) -> float:
+        """How long a peer may stay silent (no heartbeat answered, no frame) before it is
+        declared dead: ``peer_timeout_s`` less what noticing (one heartbeat interval) and
+        stopping (telling peers, shutting down, exiting) take, so that every member has
+        stopped within ``peer_timeout_s`` of the fault. Never below half of it."""
+        stopping = (
+            self.heartbeat_interval_s
+            + self.abort_deadline_s
+            + self.shutdown_grace_s
+            + self.exit_allowance_s
+        )
+        return max(self.peer_timeout_s - stopping, self.peer_timeout_s / 2)
 
     @property
     def heartbeat_deadline_s(self) -> float:

@@ -24,6 +24,7 @@ from typing import Any
 
 from smpc_synth.errors import PeerError
 from smpc_synth.net.codec import WireFrame
+from smpc_synth.net.limits import MESSAGE_OVERHEAD_BYTES
 from smpc_synth.train.base import Payload
 
 # Sentinels (never payloads: those are arrays, tensors or bytes).
@@ -85,7 +86,11 @@ class _Room:
 
 
 class Inbox:
-    """Messages received from peers, queued by (peer, tag) until the protocol takes them."""
+    """Messages received from peers, queued by (peer, tag) until the protocol takes them.
+
+    A queued message counts against its peer's bound with its payload, its tag and
+    :data:`~smpc_synth.net.limits.MESSAGE_OVERHEAD_BYTES`, so empty messages are bounded too.
+    """
 
     def __init__(self, limit: int):
         self._limit = limit
@@ -96,12 +101,19 @@ class Inbox:
         self._ended_cond = threading.Condition(self._lock)
         self._failure: PeerError | None = None
 
-    def reserve(self, peer: str, nbytes: int) -> None:
-        """Wait until ``nbytes`` more from ``peer`` fit the limit (stalls that peer's stream)."""
-        if not self._room(peer).take(nbytes):
+    @staticmethod
+    def cost(tag: str, nbytes: int) -> int:
+        """Bytes a queued message of ``nbytes`` payload bytes counts for."""
+        return nbytes + len(tag.encode()) + MESSAGE_OVERHEAD_BYTES
+
+    def reserve(self, peer: str, tag: str, nbytes: int) -> None:
+        """Wait until a message of ``nbytes`` from ``peer`` fits the limit (stalls that
+        peer's stream meanwhile)."""
+        if not self._room(peer).take(self.cost(tag, nbytes)):
             raise self._failure  # type: ignore[misc]  # take fails only once failed
 
     def put(self, peer: str, tag: str, payload: Payload, nbytes: int) -> None:
+        """Queue a message whose room :meth:`reserve` took."""
         self._queue(peer, tag, creating=True).put((payload, nbytes))
 
     def end(self, peer: str) -> None:
@@ -142,7 +154,7 @@ class Inbox:
         if item is _ENDED:
             raise self._left(peer, tag)
         payload, nbytes = item
-        self._room(peer).give(nbytes)
+        self._room(peer).give(self.cost(tag, nbytes))
         return payload, nbytes
 
     def wait_ended(self, peers: set[str], timeout: float) -> set[str]:

@@ -3,8 +3,10 @@
 Every member runs one gRPC server and holds one client channel per peer. Data travels on one
 long-lived ``DataPlane.Stream`` per ordered pair (sender -> receiver), so per-(sender, tag)
 order is the stream's order and a small round costs no call set-up. Liveness: heartbeats to
-every peer; a peer silent for ``peer_timeout_s``, a broken stream or a ``recv`` that waits
-too long aborts the session, and every member's pending and later calls raise
+every peer; a peer silent for :attr:`Limits.silence_limit_s` (so that every member has
+stopped within ``peer_timeout_s``), a broken stream, or a ``recv`` that waits longer than
+its deadline (``progress_timeout_s`` unless given) for a peer that is not itself waiting for
+another member aborts the session, and every member's pending and later calls raise
 :class:`~smpc_synth.errors.PeerError` naming the member at fault.
 
 Lifecycle: ``start()`` (listen) -> ``connect()`` (reach every peer, with backoff) ->
@@ -58,6 +60,11 @@ _REFUSED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 # How gRPC reports a failed TLS handshake (untrusted or misnamed certificate): no retry helps.
 _TLS_FAILURE = re.compile(r"(?i)tls handshake|ssl_error|certificate_verify|hostname verification")
 _NO_PHASE = ""
+_POLL_S = 0.1  # how often a wait on a gRPC call checks whether the session was aborted
+# The last message of a stream that ends as agreed. A stream that stops without it broke
+# off, whatever gRPC says: a killed sender's stream can look half-closed to the receiver.
+_END_TAG = "mesh/end"
+_ABORTED = "has aborted the session"
 
 
 def _details(error: BaseException) -> str:
@@ -107,6 +114,9 @@ class PeerMesh:
         self._outboxes = {p: Outbox(p, self._limits.max_queued_bytes) for p in peers}
         self._last_heard = dict.fromkeys(peers, time.monotonic())
         self._reached: set[str] = set()  # peers connect() has reached: heartbeats go to these
+        # peers heard from at all (reached, or they called us): their silence is watched; one
+        # never heard from may still be starting (connect_timeout_s bounds that wait)
+        self._known: set[str] = set()
         self._departed: set[str] = set()
         self._hello: session_pb2.Hello | None = None
         self._hello_ready = threading.Event()
@@ -117,6 +127,7 @@ class PeerMesh:
         self._abort_lock = threading.Lock()
         self._last_op = ""
         self._phase = _NO_PHASE
+        self._waiting: tuple[str, float] | None = None  # (peer, since) while recv waits
         self._failure: PeerError | None = None
         self.abort_event = threading.Event()  # set once the session is aborted
         self._stopping = threading.Event()
@@ -136,6 +147,8 @@ class PeerMesh:
     def send(self, peer: str, tag: str, payload: Payload) -> None:
         """Queue ``payload`` for ``peer``; returns without waiting for the receiver."""
         self._check_peer(peer)
+        if tag == _END_TAG:
+            raise ValueError(f"tag {_END_TAG!r} is reserved")
         self._raise_if_failed()
         self._require_connected("send")
         frames = codec.encode(tag, payload, self._limits.chunk_bytes)
@@ -152,22 +165,40 @@ class PeerMesh:
     def recv(self, peer: str, tag: str, timeout: float | None = None) -> Payload:
         """The next message ``peer`` sent with ``tag``, as the kind it was sent.
 
-        Waits at most ``timeout`` seconds; running out aborts the session, since the
-        protocol cannot go on without it. ``None`` waits as long as the session lives: a
-        peer that dies, stalls or leaves still ends the wait (heartbeats, within
-        ``peer_timeout_s``), but a peer whose process is alive and merely slow does not.
+        Waits at most ``timeout`` seconds (``None``: ``progress_timeout_s``); running out
+        aborts the session naming ``peer``, since the protocol cannot go on without it. A
+        peer that dies, stalls or leaves ends the wait sooner (heartbeats, broken streams).
+        Heartbeats prove a process alive, not that it makes progress: the deadline catches
+        a peer whose protocol thread is stuck. A peer that is itself waiting for another
+        member's message is not at fault: the wait goes on (at most one deadline per
+        member in all) while the member at the end of that chain is found and named.
         """
         self._check_peer(peer)
+        limit = self._limits.progress_timeout_s if timeout is None else timeout
         started = time.monotonic()
+        self._waiting = (peer, started)
+        deadlines = 1
         try:
-            message = self._inbox.get(peer, tag, timeout)
+            message = self._inbox.get(peer, tag, limit)
+            while message is None and deadlines < len(self._members):
+                excuse = self._excuse(peer)
+                if excuse is None:
+                    break
+                log.info("%s: %s %s: waiting on", self._me, peer, excuse)
+                deadlines += 1
+                if excuse == _ABORTED:  # its verdict is on its way (Abort)
+                    message = self._inbox.get(peer, tag, self._limits.abort_deadline_s)
+                else:
+                    message = self._inbox.get(peer, tag, limit)
         finally:
+            self._waiting = None
             waited = time.monotonic() - started
             with self._lock:
                 for stats in (self._stats, self._phase_stats()):
                     _add(stats, "seconds_waiting", waited)
         if message is None:
-            self.abort(f"{peer} sent no {tag!r} message within {timeout:g} s", culprit=peer)
+            within = f"{limit:g} s" if deadlines == 1 else f"{deadlines} x {limit:g} s"
+            self.abort(f"{peer} sent no {tag!r} message within {within}", culprit=peer)
             self._raise_if_failed()
         payload, nbytes = message
         with self._lock:
@@ -267,7 +298,7 @@ class PeerMesh:
             }
             for peer, call in calls.items():
                 try:
-                    call.result()
+                    self._await(call)
                 except grpc.RpcError as exc:
                     errors[peer] = self._retryable(peer, exc)
                     continue
@@ -288,10 +319,25 @@ class PeerMesh:
                     pending[0],
                 )
             log.info("%s: waiting for %s (retry in %.1f s)", self._me, ", ".join(pending), delay)
-            time.sleep(min(delay, remaining))
+            self.abort_event.wait(min(delay, remaining))
+            self._raise_if_failed()
             delay = min(delay * limits.backoff_multiplier, limits.backoff_max_s)
         self._open_streams()
         self._state = "connected"
+
+    def _await(self, call: grpc.Future, timeout: float | None = None):
+        """``call.result(timeout)``, but this session's failure as soon as it is aborted: a
+        call to a stopped peer must not hold this member past the abort."""
+        done = threading.Event()
+        call.add_done_callback(lambda _: done.set())
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not done.wait(_POLL_S):
+            if self.aborted:
+                call.cancel()
+                self._raise_if_failed()
+            if deadline is not None and time.monotonic() > deadline:
+                raise grpc.FutureTimeoutError()
+        return call.result()
 
     def _retryable(self, peer: str, exc: grpc.RpcError) -> str:
         """Why ``peer`` was not reached, if retrying may help; else PeerError at once."""
@@ -324,16 +370,22 @@ class PeerMesh:
             for peer in self._peer_addresses
         }
         problems: list[tuple[str, str]] = []
+        unanswered = False
         for peer, call in calls.items():
             try:
-                reply = call.result()
+                reply = self._await(call)
             except grpc.RpcError as exc:
                 problems.append((peer, f"no handshake from {peer} ({_details(exc)})"))
+                unanswered = True
                 continue
             differences = _differences(self._hello, reply, peer)
             if differences:
                 problems.append((peer, f"{peer} differs in {'; '.join(differences)}"))
         if problems:
+            # a peer that stopped because of someone else answers no more but tells us whom
+            # to blame (Abort), maybe a moment later: blaming it at once names the messenger
+            if unanswered and self.abort_event.wait(self._limits.abort_deadline_s):
+                self._raise_if_failed()
             message = "handshake failed: " + "; ".join(text for _, text in problems)
             self.abort(message, culprit=problems[0][0])
             raise PeerError(message, problems[0][0])
@@ -373,6 +425,7 @@ class PeerMesh:
         """This member's state, phase, traffic and how long ago each peer was heard."""
         now = time.monotonic()
         stats = self.stats()
+        waiting = self._waiting
         return {
             "member": self._me,
             "state": self._state,
@@ -383,6 +436,8 @@ class PeerMesh:
             "messages_sent": stats.messages_sent,
             "rounds": stats.rounds,
             "abort_reason": str(self._failure) if self._failure else "",
+            "waiting_for": waiting[0] if waiting else "",
+            "waiting_seconds": now - waiting[1] if waiting else 0.0,
         }
 
     def peer_status(self, peer: str) -> dict[str, object]:
@@ -399,6 +454,25 @@ class PeerMesh:
         status = {field.name: getattr(reply, field.name) for field in reply.DESCRIPTOR.fields}
         status["seconds_since_heard"] = dict(reply.seconds_since_heard)
         return status
+
+    def _excuse(self, peer: str) -> str | None:
+        """Why ``peer``, late with a message, is not at fault (asked over the network): it
+        waits for another member, or it has aborted (and will say whom it blames).
+
+        None if it waits for nobody, or for us, or does not answer in time: then a wait for
+        ``peer`` that ran out is ``peer``'s fault."""
+        try:
+            reply = self._control[peer].Status(
+                control_pb2.StatusRequest(),
+                timeout=self._limits.status_deadline_s,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError:
+            return None
+        if reply.abort_reason:
+            return _ABORTED
+        other = reply.waiting_for
+        return f"waits for {other} itself" if other and other not in (self._me, peer) else None
 
     def abort(self, reason: str, culprit: str | None = None) -> None:
         """Stop the session: every pending and later ``recv``/``send`` raises PeerError
@@ -418,25 +492,38 @@ class PeerMesh:
 
     def close(self, timeout: float | None = None) -> None:
         """Leave the session: deliver everything sent, wait (at most ``timeout``, default
-        ``peer_timeout_s``) until every peer has finished sending to us, then stop."""
+        ``progress_timeout_s``) until every peer has finished sending to us, then stop.
+
+        The session has ended as agreed only if every peer finished: one that breaks off or
+        is late aborts it, naming that peer, and :attr:`failure` says so afterwards. close
+        itself never raises, since it also runs while an error unwinds."""
         if self._state == "closed":
             return
-        wait = self._limits.peer_timeout_s if timeout is None else timeout
+        wait = self._limits.progress_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + wait
         if self._streams and not self.aborted:
             self._state = "closing"
+            end = codec.encode(_END_TAG, b"", self._limits.chunk_bytes)
             for box in self._outboxes.values():
+                with contextlib.suppress(PeerError):  # aborted meanwhile: seen below
+                    box.put(end, 0, self._limits.peer_timeout_s)
                 box.close(f"{self._me} has closed its side of the session")
             for peer, call in self._streams.items():
                 try:
-                    call.result(timeout=max(deadline - time.monotonic(), 0))
+                    self._await(call, max(deadline - time.monotonic(), 0))
+                except PeerError:
+                    break  # aborted meanwhile
                 except (grpc.RpcError, grpc.FutureTimeoutError, grpc.FutureCancelledError):
+                    # a broken stream aborts the session (_stream_done); a late one below
                     log.warning("%s: could not confirm delivery to %s", self._me, peer)
             late = self._inbox.wait_ended(
                 set(self._peer_addresses), max(deadline - time.monotonic(), 0)
             )
             if late and not self.aborted:
-                log.warning("%s: closing while %s still connected", self._me, ", ".join(late))
+                names = sorted(late)
+                self.abort(
+                    f"{', '.join(names)} did not finish the session within {wait:g} s", names[0]
+                )
         self._stopping.set()
         try:
             if self._watcher is not None:
@@ -529,19 +616,35 @@ class PeerMesh:
         if peer in self._departed or self._stopping.is_set():
             self._outboxes[peer].close(f"{peer} has left the session")
             return
-        self.abort(f"lost the connection to {peer} ({_details(call.exception())})", peer)
+        reason = f"lost the connection to {peer} ({_details(call.exception())})"
+        # a gRPC callback thread must not wait: _lost does
+        threading.Thread(target=self._lost, args=(peer, reason), daemon=True).start()
+
+    def _lost(self, peer: str, reason: str) -> None:
+        """A link to ``peer`` broke: ``peer`` is at fault unless, within ``abort_deadline_s``,
+        the session is aborted otherwise. A member that stops because of another one tells
+        us so (Abort) before its streams close, but under load that call may arrive after
+        the break; blaming ``peer`` at once would then name the messenger."""
+        if self._stopping.is_set() or peer in self._departed:
+            return
+        if self.abort_event.wait(self._limits.abort_deadline_s):
+            return
+        if not self._stopping.is_set() and peer not in self._departed:
+            self.abort(reason, peer)
 
     def _watch(self) -> None:
-        """Heartbeat every reached peer each interval; abort if one stays silent too long."""
+        """Heartbeat every peer heard from each interval; abort if one stays silent too long
+        (also during connect: a peer that called us and died before we reached it)."""
         limits = self._limits
         while not self._stopping.wait(limits.heartbeat_interval_s) and not self.aborted:
             now = time.monotonic()
-            for peer in self._reached - self._departed:
+            for peer in self._known - self._departed:
                 silent = now - self._last_heard[peer]
-                if silent > limits.peer_timeout_s:
+                if silent > limits.silence_limit_s:
                     self.abort(
-                        f"{peer} silent for {silent:.1f} s "
-                        f"(peer_timeout_s = {limits.peer_timeout_s:g})",
+                        f"{peer} silent for {silent:.1f} s: declared dead after "
+                        f"{limits.silence_limit_s:g} s so that everyone stops within "
+                        f"peer_timeout_s = {limits.peer_timeout_s:g} s",
                         peer,
                     )
                     return
@@ -560,6 +663,7 @@ class PeerMesh:
             self.abort(f"{peer} refused our heartbeat: {error.details()}", peer)
 
     def _heard(self, peer: str) -> None:
+        self._known.add(peer)
         self._last_heard[peer] = time.monotonic()
 
     def _fail(self, message: str, culprit: str) -> bool:
@@ -580,13 +684,15 @@ class PeerMesh:
 
     def _tell_peers_abort(self, reason: str, culprit: str) -> None:
         request = control_pb2.AbortRequest(reason=reason, culprit=culprit)
-        calls = [
-            self._control[peer].Abort.future(
+        calls = {
+            peer: self._control[peer].Abort.future(
                 request, timeout=self._limits.abort_deadline_s, metadata=self._metadata
             )
             for peer in set(self._control) - self._departed
-        ]
-        for call in calls:  # all in flight at once; each ends by its deadline
+        }
+        for peer, call in calls.items():  # all in flight at once; each ends by its deadline
+            if peer == culprit:  # a dead or stopped culprit never answers: not worth a wait
+                continue
             with contextlib.suppress(grpc.RpcError):
                 call.result()
 
@@ -673,8 +779,12 @@ class _Servicer(
     def Exchange(self, request, context):
         self._caller(context)
         mesh = self._mesh
-        if not mesh._hello_ready.wait(mesh._limits.call_deadline_s):
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"{mesh.me} has not begun its handshake")
+        deadline = time.monotonic() + mesh._limits.call_deadline_s
+        while not mesh._hello_ready.wait(_POLL_S):
+            if mesh.aborted:
+                context.abort(grpc.StatusCode.ABORTED, f"{mesh.me}: {mesh.failure}")
+            if time.monotonic() > deadline:
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"{mesh.me} has not begun its handshake")
         return mesh._hello
 
     def Stream(self, request_iterator, context):
@@ -688,15 +798,26 @@ class _Servicer(
             mesh._limits.max_queued_bytes, reserve=partial(mesh._inbox.reserve, peer)
         )
         messages = total = 0
+        ended = False
         try:
             for wire in request_iterator:
                 mesh._heard(peer)
                 if mesh._tap.enabled:
                     mesh._tap.record(peer, wire)
                 message = assembler.feed(codec.parse_frame(wire))
-                if message is not None:
-                    mesh._inbox.put(peer, *message)
-                    messages, total = messages + 1, total + message.nbytes
+                if message is None:
+                    continue
+                if ended:
+                    raise codec.CodecError(
+                        f"a message after the end of the stream ({message.tag!r})"
+                    )
+                if message.tag == _END_TAG:
+                    ended = True
+                    continue
+                mesh._inbox.put(peer, *message)
+                messages, total = messages + 1, total + message.nbytes
+            if assembler.pending is not None:
+                raise codec.CodecError(f"stream ended inside message {assembler.pending!r}")
         except codec.CodecError as exc:
             reason = f"{peer} sent a malformed message: {exc}"
             mesh.abort(reason, peer)
@@ -704,8 +825,10 @@ class _Servicer(
         except PeerError as exc:  # aborted while waiting for inbox room
             context.abort(grpc.StatusCode.ABORTED, str(exc))
         except grpc.RpcError:  # the caller went away without closing the stream
-            if not mesh._stopping.is_set():
-                mesh.abort(f"the connection from {peer} broke", peer)
+            mesh._lost(peer, f"the connection from {peer} broke")
+            return data_pb2.StreamSummary()
+        if not ended:  # the caller's process or its connection is gone
+            mesh._lost(peer, f"the connection from {peer} broke")
             return data_pb2.StreamSummary()
         mesh._departed.add(peer)
         mesh._inbox.end(peer)

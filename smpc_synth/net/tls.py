@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 
 from smpc_synth.errors import InputError
+from smpc_synth.private import read_private
 
 MEMBER_METADATA_KEY = "smpc-member"  # the caller's member name, sent on every call
 
@@ -38,13 +39,22 @@ class TlsFiles:
             data = path.read_bytes()
         except OSError as exc:
             raise InputError(f"cannot read certificate file {path}: {exc.strerror}") from None
-        if b"-----BEGIN " not in data:
-            raise InputError(f"{path} is not a PEM file (expected '-----BEGIN ...')")
-        return data
+        return _pem(path, data)
+
+    @staticmethod
+    def read_key(path: Path) -> bytes:
+        """The bytes of a PEM private key, refused if group or others may read it."""
+        return _pem(path, read_private(path, "private key"))
 
     def read(self) -> tuple[bytes, bytes, bytes]:
         """(ca, cert, key) PEM bytes."""
-        return self.read_file(self.ca), self.read_file(self.cert), self.read_file(self.key)
+        return self.read_file(self.ca), self.read_file(self.cert), self.read_key(self.key)
+
+
+def _pem(path: Path, data: bytes) -> bytes:
+    if b"-----BEGIN " not in data:
+        raise InputError(f"{path} is not a PEM file (expected '-----BEGIN ...')")
+    return data
 
 
 def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:

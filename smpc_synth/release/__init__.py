@@ -38,16 +38,20 @@ __all__ = [
 ]
 
 
-def verify_main(path: str | Path, ca: str | Path | None = None) -> int:
-    """``smpc-synth verify``: print every check; 0 verified, 1 a check failed, 2 unreadable.
+def verify_main(
+    path: str | Path, ca: str | Path | None = None, allow_unsigned: bool = False
+) -> int:
+    """``smpc-synth verify``: print every check; 0 verified, 1 a check failed, 2 unreadable
+    or malformed (the message names the key).
 
-    ``path`` may be the manifest or its run directory; ``ca`` pins the session CA.
+    ``path`` may be the manifest or its run directory; ``ca`` pins the session CA;
+    ``allow_unsigned`` accepts a manifest without signatures (hashes still checked).
     """
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
     try:
-        result = verify_manifest(path, ca_path=ca)
+        result = verify_manifest(path, ca_path=ca, allow_unsigned=allow_unsigned)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

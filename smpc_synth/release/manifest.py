@@ -10,6 +10,9 @@ party can vouch for the same body independently and in any order.
 
 :func:`verify_manifest` checks every hash, every certificate (fingerprint, name, chain to the
 CA, validity at signing time) and every expected signature, and names each item that fails.
+A manifest must be signed (unless the caller accepts unsigned ones, as a plaintext
+``smpc-synth train`` run writes them), its file paths must stay inside the run directory, and
+its every field must have the shape written here: anything else is refused naming the key.
 """
 
 from __future__ import annotations
@@ -21,20 +24,22 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 
 from smpc_synth.errors import InputError
 
 FORMAT = "smpc-synth-manifest/1"
 MANIFEST_NAME = "manifest.json"
 SCHEMA_LABEL = "schema"
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a manifest holds hashes and certificates only
 _CHUNK = 1 << 20
 
 
@@ -159,7 +164,7 @@ def _load_private_key(path: Path):
     from smpc_synth.net.tls import TlsFiles
 
     try:
-        return serialization.load_pem_private_key(TlsFiles.read_file(path), password=None)
+        return serialization.load_pem_private_key(TlsFiles.read_key(path), password=None)
     except (ValueError, TypeError) as exc:
         raise InputError(f"{path}: not an unencrypted PEM private key ({exc})") from None
 
@@ -202,21 +207,126 @@ def write_manifest(manifest: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
+# -- the shape of a manifest --------------------------------------------------------------
+
+_Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+_Text = Annotated[str, Field(max_length=1 << 16)]
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Digest(_Shape):
+    sha256: _Hex64
+    value: JsonValue
+
+
+class _File(_Shape):
+    path: _Text
+    sha256: _Hex64
+    bytes: int = Field(ge=0)
+
+    @field_validator("path")
+    @classmethod
+    def _inside_run(cls, value: str) -> str:
+        """Relative, no '..': a manifest names files of its own run directory only."""
+        parts = PurePosixPath(value).parts
+        if not value or "\0" in value or "\\" in value or PurePosixPath(value).is_absolute():
+            raise ValueError("must be a relative path inside the run directory")
+        if ".." in parts or parts in ((), (".",)):
+            raise ValueError("must name a file inside the run directory (no '..')")
+        return value
+
+
+class _Certificate(_Shape):
+    fingerprint: _Hex64
+    pem: _Text
+
+
+class _Signature(_Shape):
+    algorithm: Literal["ed25519", "ecdsa-sha256", "rsa-pss-sha256"]
+    certificate: _Hex64
+    value: _Text
+
+
+class _Gate(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    released: bool | None = None
+    override: bool | None = None
+
+
+class _Package(_Shape):
+    name: _Text
+    version: _Text
+
+
+class _Manifest(_Shape):
+    format: Literal["smpc-synth-manifest/1"]
+    created: _Text
+    package: _Package
+    config: _Digest
+    metrics: _Digest
+    gate: _Gate
+    files: dict[str, _File]
+    ca: _Certificate | None
+    certificates: dict[str, _Certificate]
+    signers: list[_Text]
+    signatures: dict[str, _Signature]
+
+    @field_validator("created")
+    @classmethod
+    def _timestamp(cls, value: str) -> str:
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("must be an ISO 8601 time") from None
+        if parsed.tzinfo is None:
+            raise ValueError("must be an ISO 8601 time with a time zone")
+        return value
+
+    @field_validator("signers")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("names a signer twice")
+        return value
+
+
+def _key_of(location: tuple[str | int, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in location).lstrip(".")
+
+
+def _no_constant(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
+
+
 def load_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest at ``path``; InputError if it is missing, unreadable or not a manifest."""
+    """The manifest at ``path``; InputError if it is missing, unreadable or not a manifest,
+    or if any field lacks the shape :func:`build_manifest` writes (naming the key)."""
     path = Path(path)
     try:
-        manifest = json.loads(path.read_text())
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise InputError(f"{path}: larger than {MAX_MANIFEST_BYTES} bytes: not a manifest")
+        manifest = json.loads(path.read_text(), parse_constant=_no_constant)
     except OSError as exc:
         raise InputError(f"cannot read manifest {path}: {exc.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InputError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise InputError(f"{path} is not a smpc-synth manifest (expected format {FORMAT!r})")
-    shapes = {"files": dict, "certificates": dict, "signers": list, "signatures": dict}
-    bad = [k for k, kind in shapes.items() if not isinstance(manifest.get(k), kind)]
-    if bad:
-        raise InputError(f"{path}: manifest lacks a valid {', '.join(bad)}")
+    try:
+        _Manifest.model_validate(manifest)
+    except ValidationError as exc:
+        problems = [
+            f"key '{_key_of(e['loc'])}': {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors(include_url=False)[:3]
+        ]
+        more = exc.error_count() - len(problems)
+        tail = f" (and {more} more)" if more > 0 else ""
+        raise InputError(f"{path}: malformed manifest: {'; '.join(problems)}{tail}") from None
+    except RecursionError:
+        raise InputError(f"{path}: malformed manifest: nested too deeply") from None
     return manifest
 
 
@@ -263,22 +373,38 @@ class VerifyResult:
         return "\n".join([*lines, verdict])
 
 
-def verify_manifest(path: str | Path, *, ca_path: str | Path | None = None) -> VerifyResult:
+def verify_manifest(
+    path: str | Path, *, ca_path: str | Path | None = None, allow_unsigned: bool = False
+) -> VerifyResult:
     """Check every hash, certificate and signature of the manifest at ``path``.
 
-    Files are looked up relative to the manifest. ``ca_path`` pins the trust anchor (the
-    session CA distributed out of band); without it, certificates are checked against the
-    CA embedded in the manifest, which proves consistency but not origin. Raises InputError
-    only if the manifest itself cannot be read.
+    Files are looked up relative to the manifest and must lie inside its directory.
+    ``ca_path`` pins the trust anchor (the session CA distributed out of band); without it,
+    certificates are checked against the CA embedded in the manifest, which proves
+    consistency but not origin. A manifest without signatures fails unless
+    ``allow_unsigned``. Raises InputError only if the manifest (or ``ca_path``) cannot be
+    read or is malformed.
     """
     path = Path(path)
     manifest = load_manifest(path)
+    anchor = _pinned_anchor(ca_path)
     result = VerifyResult(path)
     _check_values(manifest, result)
     _check_files(manifest, path.parent, result)
-    certificates = _check_certificates(manifest, ca_path, result)
-    _check_signatures(manifest, certificates, ca_path is not None, result)
+    certificates = _check_certificates(manifest, anchor, result)
+    _check_signatures(manifest, certificates, anchor is not None, allow_unsigned, result)
     return result
+
+
+def _pinned_anchor(ca_path: str | Path | None) -> x509.Certificate | None:
+    if ca_path is None:
+        return None
+    from smpc_synth.net.tls import TlsFiles
+
+    try:
+        return x509.load_pem_x509_certificate(TlsFiles.read_file(Path(ca_path)))
+    except ValueError as exc:
+        raise InputError(f"--ca {ca_path}: not a PEM certificate ({exc})") from None
 
 
 def _check_values(manifest: dict[str, Any], result: VerifyResult) -> None:
@@ -296,15 +422,20 @@ def _check_values(manifest: dict[str, Any], result: VerifyResult) -> None:
 
 
 def _check_files(manifest: dict[str, Any], root: Path, result: VerifyResult) -> None:
+    inside = root.resolve()
     for label, entry in sorted(manifest["files"].items()):
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            result.add(f"file {label}", False, "entry has no path")
-            continue
         file = root / entry["path"]
+        if not file.resolve().is_relative_to(inside):  # a symbolic link out of the run
+            result.add(f"file {label}", False, f"{file} leads outside {root}")
+            continue
         if not file.is_file():
             result.add(f"file {label}", False, f"{file} is missing")
             continue
-        actual = sha256_file(file)
+        try:
+            actual = sha256_file(file)
+        except OSError as exc:
+            result.add(f"file {label}", False, f"{file} cannot be read ({exc.strerror})")
+            continue
         ok = actual == entry.get("sha256")
         detail = "sha256 matches" if ok else f"sha256 {actual[:16]}... differs from the manifest"
         result.add(f"file {label}", ok, detail)
@@ -323,10 +454,10 @@ def _check_files(manifest: dict[str, Any], root: Path, result: VerifyResult) -> 
 
 
 def _check_certificates(
-    manifest: dict[str, Any], ca_path: str | Path | None, result: VerifyResult
+    manifest: dict[str, Any], pinned: x509.Certificate | None, result: VerifyResult
 ) -> dict[str, x509.Certificate]:
     """Valid member certificates by name; each problem becomes a failed check."""
-    anchor = _trust_anchor(manifest, ca_path, result)
+    anchor = _trust_anchor(manifest, pinned, result)
     created = _created(manifest)
     valid: dict[str, x509.Certificate] = {}
     for name, entry in sorted(manifest["certificates"].items()):
@@ -336,7 +467,10 @@ def _check_certificates(
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             result.add(item, False, f"cannot be read: {exc!r}")
             continue
-        problem = _certificate_problem(cert, entry, name, anchor, created)
+        try:
+            problem = _certificate_problem(cert, entry, name, anchor, created)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # parsed lazily
+            problem = f"cannot be read: {exc!r}"
         result.add(item, problem is None, problem or "fingerprint, name and chain hold")
         if problem is None:
             valid[name] = cert
@@ -344,13 +478,10 @@ def _check_certificates(
 
 
 def _trust_anchor(
-    manifest: dict[str, Any], ca_path: str | Path | None, result: VerifyResult
+    manifest: dict[str, Any], pinned: x509.Certificate | None, result: VerifyResult
 ) -> x509.Certificate | None:
     embedded = manifest.get("ca")
-    if ca_path is not None:
-        from smpc_synth.net.tls import TlsFiles
-
-        pinned = x509.load_pem_x509_certificate(TlsFiles.read_file(Path(ca_path)))
+    if pinned is not None:
         fp = pinned.fingerprint(hashes.SHA256()).hex()
         ok = embedded is None or embedded.get("fingerprint") == fp
         result.add("ca", ok, f"pinned {fp[:16]}..." + ("" if ok else " differs from embedded CA"))
@@ -390,7 +521,7 @@ def _certificate_problem(
     if anchor is not None:
         try:
             cert.verify_directly_issued_by(anchor)
-        except (ValueError, TypeError, InvalidSignature):
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
             return "not issued by the CA"
     if created is not None and not (
         cert.not_valid_before_utc <= created <= cert.not_valid_after_utc
@@ -413,14 +544,22 @@ def _check_signatures(
     manifest: dict[str, Any],
     certificates: dict[str, x509.Certificate],
     pinned: bool,
+    allow_unsigned: bool,
     result: VerifyResult,
 ) -> None:
     body = signed_body(manifest)
     signatures = manifest["signatures"] or {}
     expected = list(manifest["signers"])
-    if not expected:
+    if not expected and not signatures:
         if pinned:
             result.add("signatures", False, "the manifest is not signed, but a CA was pinned")
+        elif not allow_unsigned:
+            result.add(
+                "signatures",
+                False,
+                "the manifest is not signed, so nothing proves who wrote it "
+                "(accept an unsigned run explicitly with --allow-unsigned)",
+            )
         else:
             result.notes.append("UNSIGNED manifest: hashes checked, origin not proven")
     for signer in sorted(set(expected) | set(signatures)):
@@ -445,6 +584,6 @@ def _signature_problem(entry: Any, cert: x509.Certificate, body: bytes) -> str |
     try:
         signature = base64.b64decode(entry.get("value", ""), validate=True)
         _verify_signature(cert.public_key(), str(entry.get("algorithm")), signature, body)
-    except (InvalidSignature, ValueError, TypeError):
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
         return "does not match the manifest body (the manifest or the signature was changed)"
     return None

@@ -1,12 +1,17 @@
-"""Per-party checkpoints on local disk, so a stopped run can ``--resume``."""
+"""Per-party checkpoints on local disk, so a stopped run can ``--resume``.
+
+A checkpoint holds this party's training state (its shares in MPC mode, the whole model in
+federated mode), so it is written 0600 in a 0700 directory.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from smpc_synth.private import private_writer
 
 
 class DirectoryCheckpoints:
@@ -19,14 +24,16 @@ class DirectoryCheckpoints:
         return self.directory / f"{key.replace('/', '_')}.pt"
 
     def save(self, key: str, state: dict[str, Any]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self._path(key)
-        partial = path.with_suffix(".pt.partial")
-        torch.save(state, partial)
-        os.replace(partial, path)  # a crash mid-write never leaves a torn checkpoint
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with private_writer(self._path(key)) as handle:  # never torn, never world-readable
+            torch.save(state, handle)
 
     def load(self, key: str) -> dict[str, Any] | None:
         path = self._path(key)
         if not path.is_file():
             return None
         return torch.load(path, weights_only=True)
+
+    def discard(self, key: str) -> None:
+        """Remove ``key``'s checkpoint (one this run wrote), if there is one."""
+        self._path(key).unlink(missing_ok=True)

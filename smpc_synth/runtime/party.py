@@ -2,7 +2,9 @@
 
 Order matters (docs/design.md §5): every input is validated before any network traffic; all
 members agree on the session and on one hash of (config, schema, version) before any work;
-a member that dies or hangs stops everyone within the configured timeout.
+a member that dies or hangs stops everyone within the configured timeout (docs/faults.md).
+A member reports every failure as a ``fault`` event naming the member at fault, and
+succeeds only if the whole session ended as agreed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import logging
 import resource
 import signal
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +22,7 @@ from typing import Any
 
 import torch
 
-from smpc_synth import __version__
+from smpc_synth import __version__, phases
 from smpc_synth.config import RunConfig
 from smpc_synth.data.schema import Schema
 from smpc_synth.errors import PeerError
@@ -27,6 +30,7 @@ from smpc_synth.release.run import PENDING_NAME
 from smpc_synth.runtime.checkpoints import DirectoryCheckpoints
 from smpc_synth.runtime.party_config import PartyConfig
 from smpc_synth.runtime.progress import ProgressEmitter
+from smpc_synth.runtime.supervision import follow_launcher, report_fault
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +86,24 @@ def run_member(
     A data party that receives the generator also gates its synthetic table (against its
     own rows), publishes or withholds it, and signs the manifest with its own key, unless
     ``party.release`` is false (a simulation launcher then does it against the holdout).
+    Any failure is also reported as a ``fault`` progress event naming the member at fault.
     """
+    try:
+        return _run_member(cfg, resume, override_gate, show_progress)
+    except BaseException as exc:
+        culprit = getattr(exc, "peer", None) or cfg.name
+        reason = str(exc) or type(exc).__name__
+        report_fault(cfg.name, culprit, reason)
+        if culprit != cfg.name:
+            log.error("%s stopped: %s is at fault: %s", cfg.name, culprit, reason)
+        raise
+
+
+def _run_member(
+    cfg: PartyConfig, resume: bool, override_gate: bool, show_progress: bool
+) -> dict[str, Any]:
     torch.set_num_threads(1)
+    phases.injected_fault()  # a malformed test hook is refused before any traffic
     schema, frame = _load_inputs(cfg)
     from smpc_synth.net import PeerMesh, TlsFiles
 
@@ -101,11 +121,15 @@ def run_member(
         cfg.name, f"{cfg.name}: {cfg.run.mode} · {cfg.run.generator}", show=show_progress
     )
     progress = _stop_when_aborted(mesh, emitter)
+    session_over = threading.Event()
+    follow_launcher(mesh, session_over)
     with _abort_on_signals(mesh, cfg.name), emitter:
         mesh.start()
         try:
+            phases.enter(cfg.name, "start-up")
             progress({"event": "stage", "stage": "connecting to peers"})
             mesh.connect()
+            phases.enter(cfg.name, "handshake")
             mesh.handshake(cfg.session, session_fingerprints(cfg, schema))
             log.info("session %r agreed with %s", cfg.session, ", ".join(m.name for m in cfg.peers))
             progress({"event": "stage", "stage": STAGES[cfg.role]})
@@ -122,6 +146,9 @@ def run_member(
             raise
         finally:
             mesh.close()
+            session_over.set()
+    if mesh.failure is not None:  # a peer failed or was late while the session closed
+        raise mesh.failure
     result["progress"] = emitter.progress.summary()
     result["wall_seconds"] = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -173,6 +200,10 @@ def _load_inputs(cfg: PartyConfig):
     from smpc_synth.data import Schema, read_table, validate
 
     schema = Schema.load(cfg.schema)
+    if cfg.run.mode == "mpc":
+        from smpc_synth.mpc.limits import check_mpc_inputs
+
+        check_mpc_inputs(schema, cfg.run.generator, cfg.run.generator_params, str(cfg.schema))
     if cfg.role != "data":
         return schema, None
     frame = validate(read_table(cfg.data, schema), schema, source=str(cfg.data))
@@ -201,6 +232,7 @@ def _run_data_party(
     )
     strategy = get_strategy(cfg.run.mode)
     result = strategy.run(ctx)
+    phases.enter(cfg.name, "release")
     traffic = mesh.stats()
     metrics = {
         "party": cfg.name,
@@ -230,6 +262,8 @@ def _stop_when_aborted(mesh, emit: ProgressEmitter):
         if mesh.aborted:
             raise mesh.failure or PeerError("the session was aborted")
         emit({**event, "sent_bytes": mesh.stats().bytes_sent})
+        if event.get("event") == "epoch":
+            phases.enter(mesh.me, "training")
 
     return progress
 
@@ -238,6 +272,7 @@ def _run_dealer(cfg: PartyConfig, mesh) -> dict[str, Any]:
     from smpc_synth.mpc.dealer import serve_dealer
 
     serve_dealer(mesh, list(cfg.data_parties), insecure_debug_seed=cfg.run.mpc.debug_seed)
+    phases.enter(cfg.name, "release")
     return {"party": cfg.name, "role": "dealer", "traffic": _as_dict(mesh.stats())}
 
 
@@ -245,6 +280,7 @@ def _run_aggregator(cfg: PartyConfig, mesh) -> dict[str, Any]:
     from smpc_synth.train.aggregation import serve_aggregator
 
     summary = serve_aggregator(mesh, cfg.data_parties, cfg.run)
+    phases.enter(cfg.name, "release")
     return {"party": cfg.name, "role": "aggregator", **summary, "traffic": _as_dict(mesh.stats())}
 
 

@@ -141,7 +141,15 @@ class PartyConfig:
         return self.tls_ca is not None
 
     def require_loopback_or_flag(self) -> None:
-        """Plain TCP only on loopback, or with ``allow_insecure`` (docs/design.md §4)."""
+        """Plain TCP only on loopback, or with ``allow_insecure`` (docs/design.md §4); gloo's
+        rendezvous only on loopback, or with the run's ``network.allow_insecure``."""
+        if self.run.mode == "mpc" and self.run.mpc.transport == "gloo":
+            from smpc_synth.mpc.transport import check_gloo
+
+            try:
+                check_gloo(self.run.mpc.rendezvous, self.run.network.allow_insecure)
+            except InputError as exc:
+                raise InputError(f"{self.source} [run]: {exc}") from None
         if self.uses_tls or self.allow_insecure:
             return
         for where, address in [("party.listen", self.listen)] + [

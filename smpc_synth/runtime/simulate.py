@@ -8,12 +8,12 @@ one place, and gathers outputs, logs and an evaluation against the holdout.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -30,8 +30,7 @@ from smpc_synth.config import RunConfig
 from smpc_synth.errors import InputError
 from smpc_synth.net.addresses import split_address
 from smpc_synth.net.netns import GLOO_PORT, Host
-from smpc_synth.release.manifest import MANIFEST_NAME
-from smpc_synth.release.run import PENDING_NAME, SYNTHETIC_NAME
+from smpc_synth.release.run import PENDING_NAME
 from smpc_synth.runtime.network import (
     LOOPBACK,
     PROFILES,
@@ -41,21 +40,20 @@ from smpc_synth.runtime.network import (
     plan_hosts,
     require_emulation,
 )
+from smpc_synth.runtime.outdir import check_output_dir, claim_output_dir, fresh_path
 from smpc_synth.runtime.progress import (
     EVENTS_ENV,
     ProgressView,
     RunProgress,
     parse_progress,
 )
+from smpc_synth.runtime.supervision import FAULT_EVENT, SUPERVISED_ENV, RootCause, Supervisor
 
 log = logging.getLogger(__name__)
 
 PARTY_NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi")
 MAX_PARTIES = len(PARTY_NAMES)
 DEFAULT_DATASET = "fair"
-# After the first member fails, how long the others get to notice (beyond peer_timeout)
-# before the launcher kills them: the promise is that nothing hangs.
-GRACE_AFTER_FAILURE_S = 15.0
 
 
 @dataclass
@@ -68,6 +66,16 @@ class SimulationResult:
     synthetic: pd.DataFrame | None = None
     exit_codes: dict[str, int] = field(default_factory=dict)
     gate: Any = None  # smpc_synth.release.GateDecision, once the synthetic table was gated
+    root_cause: RootCause | None = None  # whom a failed session is blamed on
+
+
+@dataclass
+class _Outcome:
+    """How the members ended: exit codes, when each exit was seen (Unix time), root cause."""
+
+    codes: dict[str, int]
+    exited_at: dict[str, float]
+    root_cause: RootCause | None
 
 
 @dataclass
@@ -149,10 +157,10 @@ def simulate(
     network = _network_for(session)
     view_mode = "auto" if show_progress else "off"
     with network or nullcontext(), ProgressView(progress, view_mode) as view:
-        codes = _run_members(session.members, session.run_dir, resume, cfg, view)
+        outcome = _run_members(session.members, session.run_dir, resume, cfg, view)
         link = network.describe() if network else session.network.as_dict()
-    result = _gather(session, codes, time.perf_counter() - started, override_gate, progress, link)
-    return result
+    wall = time.perf_counter() - started
+    return _gather(session, outcome, wall, override_gate, progress, link)
 
 
 def _network_for(session: Session) -> EmulatedNetwork | None:
@@ -182,6 +190,7 @@ def prepare_session(
     process starts.
     """
     from smpc_synth.models import check_epochs_apply
+    from smpc_synth.runtime.party_config import check_session
 
     cfg = config or RunConfig.from_dict(run_options, source="simulate options")
     check_epochs_apply(cfg.generator, cfg.epochs, "simulate(): epochs")
@@ -189,11 +198,25 @@ def prepare_session(
     require_emulation(profile)
     if cfg.mode == "mpc" and parties < 2:
         raise InputError("--mode mpc needs at least 2 parties")
+    if not 1 <= parties <= MAX_PARTIES:
+        raise InputError(f"--parties must be between 1 and {MAX_PARTIES}, got {parties}")
+    roles = _roles(parties, cfg)
+    services = {r: [n for n, role in roles.items() if role == r] for r in ("dealer", "aggregator")}
+    data_parties = tuple(n for n, role in roles.items() if role == "data")
+    check_session(cfg, data_parties, services, source="simulate")
+    run_dir = Path(out).resolve() if out else _default_run_dir()
+    if not resume:
+        check_output_dir(run_dir, "--out", resume_hint=True)
     table = split_table(parties, dataset=dataset, data=data, schema=schema, config=cfg, rows=rows)
-    run_dir = Path(out or f"runs/simulate-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    if cfg.mode == "mpc":
+        from smpc_synth.mpc.limits import check_mpc_inputs
+
+        check_mpc_inputs(
+            table.schema, cfg.generator, cfg.generator_params, str(schema or table.source)
+        )
     _prepare_run_dir(run_dir, resume)
     members = _write_session(
-        run_dir, cfg, table.schema, table.shares, table.holdout, table.source, profile
+        run_dir, cfg, table.schema, table.shares, table.holdout, table.source, roles, profile
     )
     split = describe_split(cfg.split, table.names, table.shares)
     return Session(
@@ -288,7 +311,7 @@ def _load_table(dataset, data, schema_path, cfg: RunConfig):
         frame = read_table(data, given)
         source = str(data)
         target = cfg.target
-        table_schema = given or infer_schema(frame, target=target)
+        table_schema = given or infer_schema(frame, target=target, source=source)
         if given is None:
             log.warning("no --schema given: inferred one from %s (review it for real use)", data)
     else:
@@ -313,33 +336,47 @@ def _is_discrete(schema, column: str | None) -> bool:
     return schema.column(column).kind in ("categorical", "boolean")
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
-    if resume:
-        if not (run_dir / "session.json").is_file():
-            raise InputError(f"{run_dir}: nothing to resume (no session.json)")
-        return
-    stale_files = ("generator.pt", SYNTHETIC_NAME, PENDING_NAME, "metrics.json", MANIFEST_NAME)
-    for stale in ("parties", "logs", "certs", "session.json", *stale_files):
-        target = run_dir / stale
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _write_session(
-    run_dir: Path, cfg: RunConfig, schema, shares, holdout, source, profile: NetworkProfile
-) -> list[_Member]:
-    """Data files, schema, certificates and one config per member."""
-    from smpc_synth.net import free_ports, write_certificates
-
-    names = list(PARTY_NAMES[: len(shares)])
-    roles = dict.fromkeys(names, "data")
+def _roles(parties: int, cfg: RunConfig) -> dict[str, str]:
+    """Member name -> role: the data parties, plus the dealer or aggregator the mode needs."""
+    roles = dict.fromkeys(PARTY_NAMES[:parties], "data")
     if cfg.mode == "mpc" and cfg.mpc.provider == "dealer":
         roles["dealer"] = "dealer"
     if cfg.mode == "federated":
         roles["aggregator"] = "aggregator"
+    return roles
+
+
+def _default_run_dir() -> Path:
+    """``runs/simulate-TIME``, with a suffix if a run started in the same second."""
+    return fresh_path(Path(f"runs/simulate-{time.strftime('%Y%m%d-%H%M%S')}").resolve())
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    """A new or empty folder; with ``resume``, the one a stopped run left.
+
+    Nothing already in the folder is deleted or overwritten: an earlier run's certificates
+    (and CA key), logs and outputs stay as they are, so a non-empty ``--out`` is refused.
+    """
+    if resume:
+        if not (run_dir / "session.json").is_file():
+            raise InputError(f"{run_dir}: nothing to resume (no session.json)")
+        return
+    claim_output_dir(run_dir, "--out", resume_hint=True)
+
+
+def _write_session(
+    run_dir: Path,
+    cfg: RunConfig,
+    schema,
+    shares,
+    holdout,
+    source,
+    roles: dict[str, str],
+    profile: NetworkProfile,
+) -> list[_Member]:
+    """Data files, schema, certificates and one config per member."""
+    from smpc_synth.net import free_ports, write_certificates
+
     hosts = plan_hosts(list(roles)) if profile.emulated else {}
     session_file = run_dir / "session.json"
     if session_file.is_file():  # resume: same addresses, same certificates, same network
@@ -365,9 +402,12 @@ def _write_session(
         }
         session_file.write_text(json.dumps(session, indent=2))
     if cfg.mode == "mpc" and cfg.mpc.transport == "gloo" and cfg.mpc.rendezvous is None:
-        host, _ = split_address(addresses[names[0]], names[0])
+        first = next(iter(roles))  # the first data party hosts the rendezvous
+        host, _ = split_address(addresses[first], first)
         port = GLOO_PORT if hosts else free_ports(1)[0]
         cfg.mpc.rendezvous = f"tcp://{host}:{port}"
+        if hosts:  # emulated links: plain TCP between namespaces, never off this machine
+            cfg.network.allow_insecure = True
 
     schema.save(run_dir / "schema.toml")
     holdout.to_csv(run_dir / "holdout.csv", index=False)
@@ -409,7 +449,11 @@ def _write_session(
     return members
 
 
-def _run_members(members, run_dir: Path, resume: bool, cfg: RunConfig, view) -> dict:
+def _run_members(members, run_dir: Path, resume: bool, cfg: RunConfig, view) -> _Outcome:
+    """Start every member, watch them until all have exited (telling the others at once
+    when one dies or is stopped), and name the root cause of a failure."""
+    from smpc_synth.net import Limits
+
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)
     env = dict(
@@ -418,8 +462,15 @@ def _run_members(members, run_dir: Path, resume: bool, cfg: RunConfig, view) -> 
         OMP_NUM_THREADS="1",
         MKL_NUM_THREADS="1",
         **{EVENTS_ENV: "json"},  # members report to this launcher, which shows one bar
+        **{SUPERVISED_ENV: "1"},  # and follow its notices (runtime.supervision)
     )
-    readers = []
+    limits = Limits.from_network(cfg.network)
+    supervisor = Supervisor(
+        {},
+        # as late as heartbeats would have named it: peers that heard from it decide first
+        stopped_limit_s=limits.silence_limit_s + limits.heartbeat_interval_s,
+        stop_within_s=limits.peer_timeout_s + limits.exit_allowance_s,
+    )
     for member in members:
         cmd = [
             sys.executable,
@@ -438,62 +489,56 @@ def _run_members(members, run_dir: Path, resume: bool, cfg: RunConfig, view) -> 
             cmd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,  # the launcher's notices (runtime.supervision)
             env=member_env,
             text=True,
             bufsize=1,
             start_new_session=True,  # Ctrl-C reaches the launcher, which stops members itself
         )
+        supervisor.processes[member.name] = member.process
         reader = threading.Thread(
-            target=_pump, args=(member, logs / f"{member.name}.log", view), daemon=True
+            target=_pump,
+            args=(member, logs / f"{member.name}.log", view, supervisor),
+            daemon=True,
         )
         reader.start()
-        readers.append(reader)
+        supervisor.readers[member.name] = reader
     try:
-        codes = _wait_all(members, cfg.network.peer_timeout_s + GRACE_AFTER_FAILURE_S)
+        codes = supervisor.wait()
     except KeyboardInterrupt:
         print("interrupted: stopping every member", file=sys.stderr)
-        for member in members:
-            if member.process.poll() is None:
-                member.process.send_signal(signal.SIGINT)
-        codes = _wait_all(members, cfg.network.peer_timeout_s)
-    for reader in readers:
+        supervisor.interrupt()
+        codes = supervisor.wait()
+    for reader in supervisor.readers.values():
         reader.join(timeout=5)
-    return codes
+    for member in members:
+        if member.process.stdin is not None:
+            with contextlib.suppress(OSError):
+                member.process.stdin.close()
+    return _Outcome(codes, dict(supervisor.exited_at), supervisor.root_cause(codes))
 
 
-def _pump(member: _Member, log_path: Path, view: ProgressView) -> None:
-    """Copy a member's output to its log file; hand its progress events to the view."""
-    with open(log_path, "w") as sink:
+def _pump(member: _Member, log_path: Path, view: ProgressView, supervisor: Supervisor) -> None:
+    """Copy a member's output to its log file; hand its progress events to the view and its
+    fault report to the supervisor."""
+    with open(log_path, "a") as sink:  # a resumed run keeps the stopped run's log
         for line in member.process.stdout:
             event = parse_progress(line)
             if event is None:
                 sink.write(line)
                 sink.flush()
+            elif event.get("event") == FAULT_EVENT:
+                supervisor.record(member.name, event)
+                culprit, reason = event.get("culprit"), event.get("reason")
+                sink.write(f"fault report: {culprit} is at fault: {reason}\n")
+                sink.flush()
             else:
                 view(event)
 
 
-def _wait_all(members, grace: float) -> dict[str, int]:
-    """Wait for every member; once one fails, give the rest ``grace`` seconds, then kill."""
-    deadline = None
-    while True:
-        codes = {m.name: m.process.poll() for m in members}
-        if all(code is not None for code in codes.values()):
-            return codes
-        if deadline is None and any(code not in (None, 0) for code in codes.values()):
-            deadline = time.monotonic() + grace
-        if deadline is not None and time.monotonic() > deadline:
-            for m in members:
-                if m.process.poll() is None:
-                    log.error("%s did not stop after a peer failed: killing it", m.name)
-                    m.process.kill()
-        time.sleep(0.1)
-
-
 def _gather(
     session: Session,
-    codes: dict[str, int],
+    outcome: _Outcome,
     wall: float,
     override_gate: bool,
     progress: RunProgress,
@@ -504,7 +549,8 @@ def _gather(
     from smpc_synth.release import certificates_in, release_run
 
     run_dir, cfg, members = session.run_dir, session.config, session.members
-    worst = max(codes.values())
+    codes, cause = outcome.codes, outcome.root_cause
+    worst = 0 if cause is None else cause.exit_code
     party_metrics = {}
     for m in members:
         path = m.config_path.parent / "metrics.json"
@@ -513,6 +559,7 @@ def _gather(
     metrics: dict[str, Any] = {
         "run": cfg.to_dict(),
         "exit_codes": codes,
+        "exited_at": outcome.exited_at,
         "wall_seconds": wall,
         "data": session.source,
         "progress": progress.summary(),
@@ -520,7 +567,9 @@ def _gather(
         "split": session.split,
         "network": link or session.network.as_dict(),
     }
-    result = SimulationResult(run_dir, worst, metrics, None, codes)
+    if cause is not None:
+        metrics["root_cause"] = cause.to_dict()
+    result = SimulationResult(run_dir, worst, metrics, None, codes, root_cause=cause)
     producers = [m for m in members if (m.config_path.parent / PENDING_NAME).is_file()]
     if worst != 0 or not producers:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
@@ -529,6 +578,8 @@ def _gather(
                 log.error(
                     "%s exited with code %d (log: %s)", name, code, run_dir / "logs" / f"{name}.log"
                 )
+        if cause is not None:
+            log.error("%s", cause.describe())
         return result
     folder = producers[0].config_path.parent
     shutil.copy(folder / "generator.pt", run_dir / "generator.pt")

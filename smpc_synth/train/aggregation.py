@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from smpc_synth import phases
 from smpc_synth.errors import PeerError
 from smpc_synth.net.v1.aggregation_pb2 import AggregationHeader, AggregationKind
 from smpc_synth.train.base import Channel
@@ -114,6 +115,7 @@ class AggregationClient:
         self.channel.send(self.aggregator, UP, header.SerializeToString())
         for payload in payloads:
             self.channel.send(self.aggregator, UP, payload)
+        phases.enter(self.me, "aggregation")
         reply = _header(self.channel, self.aggregator, DOWN)
         if reply.round != header.round:
             raise PeerError(
@@ -180,6 +182,7 @@ def serve_aggregator(channel: Channel, parties: tuple[str, ...], run_config) -> 
                         peer=party,
                     )
         submissions = {p: [channel.recv(p, UP) for _ in range(h.count)] for p, h in headers.items()}
+        phases.enter(channel.me, "aggregation")
         if reference.kind == CKKS:
             blobs = {p: [bytes(b) for b in subs] for p, subs in submissions.items()}
             result = aggregate(context, blobs, list(parties))
@@ -195,3 +198,5 @@ def serve_aggregator(channel: Channel, parties: tuple[str, ...], run_config) -> 
             for payload in result:
                 channel.send(party, DOWN, payload)
         rounds += 1
+        if rounds == 2:  # a model round answered: the parties train on
+            phases.enter(channel.me, "training")

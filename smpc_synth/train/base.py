@@ -65,6 +65,8 @@ class CheckpointStore(Protocol):
 
     def load(self, key: str) -> dict[str, Any] | None: ...
 
+    def discard(self, key: str) -> None: ...
+
 
 ProgressFn = Callable[[dict[str, Any]], None]
 

@@ -50,6 +50,13 @@ class FederatedStrategy(Strategy):
         if aggregator is None:
             raise InputError("federated mode needs a member with role 'aggregator' in [[peers]]")
         started = time.perf_counter()
+        if not ctx.is_output_party:
+            log.warning(
+                "%s is not an output party, but federated averaging gives every data party "
+                "the global model each round; it keeps no copy (checkpoint or generator) once "
+                "training ends",
+                ctx.name,
+            )
         client = AggregationClient(
             ctx.channel,
             ctx.name,
@@ -74,6 +81,10 @@ class FederatedStrategy(Strategy):
         else:
             metrics.update(_fedavg(ctx, client, model, X, total_rows, started))
         client.finish()
+        if not ctx.is_output_party:
+            # FedAvg hands every party the global model each round; one that is not to
+            # receive the generator keeps no copy of it once training is over
+            ctx.checkpoints.discard(CHECKPOINT)
         metrics["train_seconds"] = time.perf_counter() - started
         metrics["he"] = cfg.federated.he
         metrics["masking"] = client.masking

@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from smpc_synth import phases
 from smpc_synth.errors import PeerError
 from smpc_synth.train.base import PartyContext, Strategy, TrainingResult
 
@@ -46,6 +47,7 @@ class MpcStrategy(Strategy):
             insecure_debug_seed=cfg.mpc.debug_seed,
             timeout=cfg.network.peer_timeout_s,
             rendezvous=cfg.mpc.rendezvous,
+            allow_insecure=cfg.network.allow_insecure,
         ):
             with phase("encoder stats"):
                 encoder, sizes = _fit_encoder(ctx)
@@ -71,6 +73,7 @@ def _fit_encoder(ctx: PartyContext):
 
     gen_cls = get_generator(ctx.config.generator)
     encoder = TableEncoder(ctx.schema, numeric=gen_cls.numeric_encoding)
+    phases.enter(ctx.name, "aggregation")
     encoder.fit_stats(secure_sum(encoder.sufficient_stats(ctx.data), ctx.rank, ctx.world_size))
     return encoder, party_sizes(len(ctx.data), ctx.rank, ctx.world_size)
 

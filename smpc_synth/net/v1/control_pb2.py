@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsmpc_synth/v1/control.proto\x12\rsmpc_synth.v1\"\x05\n\x03\x41\x63k\"$\n\x04\x42\x65\x61t\x12\r\n\x05state\x18\x01 \x01(\t\x12\r\n\x05phase\x18\x02 \x01(\t\"\x1d\n\x0cStartRequest\x12\r\n\x05stage\x18\x01 \x01(\t\"/\n\x0c\x41\x62ortRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07\x63ulprit\x18\x02 \x01(\t\"\x0f\n\rStatusRequest\"\xae\x02\n\x0bStatusReply\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05phase\x18\x03 \x01(\t\x12N\n\x13seconds_since_heard\x18\x04 \x03(\x0b\x32\x31.smpc_synth.v1.StatusReply.SecondsSinceHeardEntry\x12\x12\n\nbytes_sent\x18\x05 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x06 \x01(\x04\x12\x15\n\rmessages_sent\x18\x07 \x01(\x04\x12\x0e\n\x06rounds\x18\x08 \x01(\x04\x12\x14\n\x0c\x61\x62ort_reason\x18\t \x01(\t\x1a\x38\n\x16SecondsSinceHeardEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xf8\x01\n\x07\x43ontrol\x12\x35\n\tHeartbeat\x12\x13.smpc_synth.v1.Beat\x1a\x13.smpc_synth.v1.Beat\x12\x38\n\x05Start\x12\x1b.smpc_synth.v1.StartRequest\x1a\x12.smpc_synth.v1.Ack\x12\x42\n\x06Status\x12\x1c.smpc_synth.v1.StatusRequest\x1a\x1a.smpc_synth.v1.StatusReply\x12\x38\n\x05\x41\x62ort\x12\x1b.smpc_synth.v1.AbortRequest\x1a\x12.smpc_synth.v1.Ackb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsmpc_synth/v1/control.proto\x12\rsmpc_synth.v1\"\x05\n\x03\x41\x63k\"$\n\x04\x42\x65\x61t\x12\r\n\x05state\x18\x01 \x01(\t\x12\r\n\x05phase\x18\x02 \x01(\t\"\x1d\n\x0cStartRequest\x12\r\n\x05stage\x18\x01 \x01(\t\"/\n\x0c\x41\x62ortRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07\x63ulprit\x18\x02 \x01(\t\"\x0f\n\rStatusRequest\"\xdc\x02\n\x0bStatusReply\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05phase\x18\x03 \x01(\t\x12N\n\x13seconds_since_heard\x18\x04 \x03(\x0b\x32\x31.smpc_synth.v1.StatusReply.SecondsSinceHeardEntry\x12\x12\n\nbytes_sent\x18\x05 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x06 \x01(\x04\x12\x15\n\rmessages_sent\x18\x07 \x01(\x04\x12\x0e\n\x06rounds\x18\x08 \x01(\x04\x12\x14\n\x0c\x61\x62ort_reason\x18\t \x01(\t\x12\x13\n\x0bwaiting_for\x18\n \x01(\t\x12\x17\n\x0fwaiting_seconds\x18\x0b \x01(\x01\x1a\x38\n\x16SecondsSinceHeardEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xf8\x01\n\x07\x43ontrol\x12\x35\n\tHeartbeat\x12\x13.smpc_synth.v1.Beat\x1a\x13.smpc_synth.v1.Beat\x12\x38\n\x05Start\x12\x1b.smpc_synth.v1.StartRequest\x1a\x12.smpc_synth.v1.Ack\x12\x42\n\x06Status\x12\x1c.smpc_synth.v1.StatusRequest\x1a\x1a.smpc_synth.v1.StatusReply\x12\x38\n\x05\x41\x62ort\x12\x1b.smpc_synth.v1.AbortRequest\x1a\x12.smpc_synth.v1.Ackb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,9 +44,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_start=171
   _globals['_STATUSREQUEST']._serialized_end=186
   _globals['_STATUSREPLY']._serialized_start=189
-  _globals['_STATUSREPLY']._serialized_end=491
-  _globals['_STATUSREPLY_SECONDSSINCEHEARDENTRY']._serialized_start=435
-  _globals['_STATUSREPLY_SECONDSSINCEHEARDENTRY']._serialized_end=491
-  _globals['_CONTROL']._serialized_start=494
-  _globals['_CONTROL']._serialized_end=742
+  _globals['_STATUSREPLY']._serialized_end=537
+  _globals['_STATUSREPLY_SECONDSSINCEHEARDENTRY']._serialized_start=481
+  _globals['_STATUSREPLY_SECONDSSINCEHEARDENTRY']._serialized_end=537
+  _globals['_CONTROL']._serialized_start=540
+  _globals['_CONTROL']._serialized_end=788
 # @@protoc_insertion_point(module_scope)

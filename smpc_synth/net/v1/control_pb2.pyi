@@ -37,7 +37,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("member", "state", "phase", "seconds_since_heard", "bytes_sent", "bytes_received", "messages_sent", "rounds", "abort_reason")
+    __slots__ = ("member", "state", "phase", "seconds_since_heard", "bytes_sent", "bytes_received", "messages_sent", "rounds", "abort_reason", "waiting_for", "waiting_seconds")
     class SecondsSinceHeardEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,8 @@ class StatusReply(_message.Message):
     MESSAGES_SENT_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     ABORT_REASON_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
+    WAITING_SECONDS_FIELD_NUMBER: _ClassVar[int]
     member: str
     state: str
     phase: str
@@ -63,4 +65,6 @@ class StatusReply(_message.Message):
     messages_sent: int
     rounds: int
     abort_reason: str
-    def __init__(self, member: _Optional[str] = ..., state: _Optional[str] = ..., phase: _Optional[str] = ..., seconds_since_heard: _Optional[_Mapping[str, float]] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., messages_sent: _Optional[int] = ..., rounds: _Optional[int] = ..., abort_reason: _Optional[str] = ...) -> None: ...
+    waiting_for: str
+    waiting_seconds: float
+    def __init__(self, member: _Optional[str] = ..., state: _Optional[str] = ..., phase: _Optional[str] = ..., seconds_since_heard: _Optional[_Mapping[str, float]] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., messages_sent: _Optional[int] = ..., rounds: _Optional[int] = ..., abort_reason: _Optional[str] = ..., waiting_for: _Optional[str] = ..., waiting_seconds: _Optional[float] = ...) -> None: ...
