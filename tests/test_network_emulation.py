@@ -124,3 +124,22 @@ def test_crypten_runs_over_emulated_links_on_either_transport(tmp_path, transpor
     for name in ("mul", "matmul", "relu", "exp"):
         assert torch.allclose(torch.tensor(got[name]), expected[name], atol=0.05), name
     assert carried > 50  # the parties' traffic crossed the router, not loopback
+
+
+@pytest.mark.slow
+def test_bench_network_measures_the_builtin_lan_and_wan_within_tolerance(cli, tmp_path):
+    """``bench network`` on the documented profiles: median RTT within 25% + 3 ms of the
+    profile (minimum within 1.5 ms), throughput between half and 105% of its bandwidth."""
+    import json
+
+    result = cli("bench", "network", "--out", tmp_path, timeout=600)
+    assert result.code == 0, result.output[-2000:]
+    report = json.loads((tmp_path / "network.json").read_text())
+    measured = {r["profile"]["name"]: (r["profile"], r["measured"]) for r in report["profiles"]}
+    assert set(measured) == {"lan", "wan"}
+    for profile, m in measured.values():
+        rtt, rate = profile["rtt_ms"], profile["bandwidth_mbit"]
+        assert rtt - 0.2 <= m["rtt_ms_min"] <= rtt + 1.5, (profile, m)
+        assert m["rtt_ms_median"] <= rtt * 1.25 + 3.0, (profile, m)
+        assert 0.5 * rate <= m["throughput_mbit"] <= 1.05 * rate, (profile, m)
+    assert "lan" in result.output and "wan" in result.output  # the table is printed

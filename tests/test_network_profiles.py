@@ -67,7 +67,7 @@ def test_an_unknown_profile_name_lists_the_builtins(tmp_path):
         load_profile(tmp_path / "absent.toml")
 
 
-def test_a_shaped_network_is_refused_with_exit_2_where_it_cannot_be_built(monkeypatch):
+def test_a_shaped_network_is_refused_with_exit_2_where_it_cannot_be_built(monkeypatch, tmp_path):
     from smpc_synth.cli import main
 
     monkeypatch.setattr(network.os, "geteuid", lambda: 1000)
@@ -77,9 +77,18 @@ def test_a_shaped_network_is_refused_with_exit_2_where_it_cannot_be_built(monkey
     network.require_emulation(PROFILES["loopback"])  # loopback needs nothing
     code = main(["simulate", "--network", "lan", "--parties", "2", "--quiet"])
     assert code == 2
+    out = tmp_path / "net"
+    assert main(["bench", "network", "--out", str(out)]) == 2  # measuring needs links too
+    assert not (out / "network.json").exists()
     monkeypatch.setattr(network.os, "geteuid", lambda: 0)
     monkeypatch.setattr(network.shutil, "which", lambda tool: None if tool == "tc" else "/bin/x")
     assert "iproute2 (tc not found)" in network.emulation_unavailable()
+    assert main(["simulate", "--network", "wan", "--parties", "2", "--quiet"]) == 2
+    monkeypatch.setattr(network.shutil, "which", lambda tool: "/bin/x")
+    real_exists = network.os.path.exists
+    monkeypatch.setattr(network.os.path, "exists", lambda p: p != "/dev/net/tun" and real_exists(p))
+    assert "/dev/net/tun" in network.emulation_unavailable()
+    assert main(["bench", "mpc-ops", "--network", "wan", "--out", str(tmp_path / "ops")]) == 2
 
 
 def test_bench_refuses_network_for_suites_that_send_nothing(tmp_path):
@@ -87,7 +96,7 @@ def test_bench_refuses_network_for_suites_that_send_nothing(tmp_path):
 
     with pytest.raises(InputError, match="--network: bench he-agg"):
         run_suite("he-agg", tmp_path, network="wan")
-    assert {"quick", "paper", "mpc-ops", "network"} <= set(networked_suites())
+    assert {"quick", "paper", "scale", "mpc-ops", "network"} <= set(networked_suites())
     assert not list(tmp_path.iterdir())  # refused before writing anything
 
 
