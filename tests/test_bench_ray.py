@@ -64,3 +64,17 @@ def test_paper_grid_on_local_ray_completes_resumes_and_writes_the_tables(cli, tm
     again = cli("bench", "paper", "--config", grid, "--ray", "local", "--out", out, timeout=900)
     assert again.code == 0, again.output[-3000:]
     assert len((out / "runs.jsonl").read_text().splitlines()) == 2  # nothing ran twice
+
+
+def test_a_cluster_without_a_node_large_enough_for_a_cell_is_refused():
+    ray = pytest.importorskip("ray")
+    from smpc_synth.bench.ray_grid import _check_room
+    from smpc_synth.errors import InputError
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        _check_room(ray, "head:6379", 2)  # two members fit on a 2-CPU node
+        with pytest.raises(InputError, match="runs 3 member processes.*has 2 CPUs"):
+            _check_room(ray, "head:6379", 3)  # its placement group would wait for ever
+    finally:
+        ray.shutdown()

@@ -58,7 +58,24 @@ def connect(address: str, largest_cell: int) -> Any:
             ray.init(address=address, **quiet)
         except ConnectionError as exc:
             raise InputError(f"--ray {address}: cannot reach the Ray cluster ({exc})") from None
+        _check_room(ray, address, largest_cell)
     return ray
+
+
+def _check_room(ray: Any, address: str, largest_cell: int) -> None:
+    """Refuse a cluster none of whose nodes could hold the largest cell (its placement
+    group would wait for ever)."""
+    need = largest_cell * CPUS_PER_MEMBER
+    largest = max(
+        (node.get("Resources", {}).get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")),
+        default=0.0,
+    )
+    if largest < need:
+        ray.shutdown()
+        raise InputError(
+            f"--ray {address}: the largest cell runs {largest_cell} member processes, placed "
+            f"together on one node, but the cluster's largest node has {largest:g} CPUs"
+        )
 
 
 def run_on_ray(

@@ -32,11 +32,12 @@ from smpc_synth.bench.grid import GridSpec, run_grid, run_key, with_networks
 from smpc_synth.errors import InputError
 
 MEMORY_SLACK = 0.1  # exponents up to 1.1 pass: a few MB of allocator noise on small tables
-# cell -> what its time is: an epoch (the VAE), a round (federated), the whole fit (gaussian)
-CELLS: dict[str, tuple[str, str]] = {
-    "mpc:vae": ("mpc", "vae"),
-    "mpc:gaussian": ("mpc", "gaussian"),
-    "federated+ckks:vae": ("federated+ckks", "vae"),
+# cell -> (mode, generator, the record's time): the last epoch (the VAE), the last round
+# (federated), the whole fit (the gaussian, whose "epoch" is only its last secure sum)
+CELLS: dict[str, tuple[str, str, str]] = {
+    "mpc:vae": ("mpc", "vae", "last_epoch_seconds"),
+    "mpc:gaussian": ("mpc", "gaussian", "train_seconds"),
+    "federated+ckks:vae": ("federated+ckks", "vae", "last_epoch_seconds"),
 }
 METRICS: dict[str, str] = {
     "seconds": "time (s)",
@@ -136,7 +137,8 @@ def cost_points(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         run, metrics = record["run"], record["metrics"]
         cell = f"{run['mode']}:{run['generator']}"
-        seconds = metrics.get("last_epoch_seconds") or metrics.get("train_seconds")
+        timed = CELLS[cell][2] if cell in CELLS else "last_epoch_seconds"
+        seconds = metrics.get(timed) or metrics.get("train_seconds")
         members = metrics.get("members") or {}
         data = [m for m in members.values() if m.get("role") == "data"]
         point = {
@@ -315,7 +317,8 @@ def write_plots(points: list[dict[str, Any]], fits: list[dict[str, Any]], out: P
         for ax, metric in zip(axes[0], ("seconds", "bytes_per_party")):
             lines = _lines(points, x, other, metric)
             for label, xs, ys in lines:
-                ax.plot(xs, ys, marker="o", label=label)
+                style = _style(label, [line[0] for line in lines])
+                ax.plot(xs, ys, marker="o", label=label, **style)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel(x)
@@ -328,15 +331,17 @@ def write_plots(points: list[dict[str, Any]], fits: list[dict[str, Any]], out: P
         plt.close(fig)
         drawn.append(f"{name}.png")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), squeeze=False)
-    for ax, (what, label) in zip(
-        axes[0], (("peak_memory_mb", "peak MB"), ("cpu_seconds", "CPU s"))
-    ):
-        for role in SERVICES:
-            for series_label, xs, ys in _lines(points, "parties", "rows", f"{role}_{what}"):
-                ax.plot(xs, ys, marker="o", label=f"{role}: {series_label}")
+    for ax, (what, unit) in zip(axes[0], (("peak_memory_mb", "peak MB"), ("cpu_seconds", "CPU s"))):
+        series = [
+            (f"{role}: {label}", xs, ys)
+            for role in SERVICES
+            for label, xs, ys in _lines(points, "parties", "rows", f"{role}_{what}")
+        ]
+        for label, xs, ys in series:
+            ax.plot(xs, ys, marker="o", label=label, **_style(label, [s[0] for s in series]))
         ax.set_xlabel("parties")
-        ax.set_ylabel(label)
-        ax.set_title(f"dealer and aggregator: {label} vs parties")
+        ax.set_ylabel(unit)
+        ax.set_title(f"dealer and aggregator: {unit} vs parties")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
     fig.tight_layout()
@@ -344,6 +349,23 @@ def write_plots(points: list[dict[str, Any]], fits: list[dict[str, Any]], out: P
     plt.close(fig)
     drawn.append("service_load.png")
     return drawn
+
+
+def _style(label: str, labels: list[str]) -> dict[str, Any]:
+    """One colour per series but its network, one line style per network."""
+    import matplotlib.pyplot as plt
+
+    def colour_key(text: str) -> str:
+        parts = text.split(" · ")
+        return " · ".join([parts[0], *parts[2:]])
+
+    keys = sorted({colour_key(other) for other in labels})
+    colours = plt.get_cmap("tab10").colors
+    network = label.split(" · ")[1]
+    return {
+        "color": colours[keys.index(colour_key(label)) % len(colours)],
+        "linestyle": {"loopback": "-", "lan": "--", "wan": ":"}.get(network, "-."),
+    }
 
 
 def _lines(points, x: str, other: str, metric: str) -> list[tuple[str, list, list]]:
