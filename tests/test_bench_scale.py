@@ -87,6 +87,7 @@ def test_a_bad_suite_file_is_refused_naming_file_and_key(tmp_path):
     assert full.networks == ["loopback", "lan", "wan"]
 
 
+@pytest.mark.slow  # two MPC sessions: about a minute on 2 shared cores
 def test_a_tiny_real_grid_ends_in_exponents_tables_and_plots(cli, tmp_path):
     config = tmp_path / "tiny.toml"
     config.write_text(
