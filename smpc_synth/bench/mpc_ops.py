@@ -281,7 +281,42 @@ def run_mpc_ops(
             print(f"network: {profile.describe()}")
         print(format_table(mine))
         print(format_ratios(mine))
+    if len(networks) > 1:
+        print(f"plot: {plot_by_network(records, out / 'mpc_ops_by_network.png')}")
     return records
+
+
+def plot_by_network(records: list[dict[str, Any]], path: Path) -> Path:
+    """Each op's time per set-up, one group of bars per network (log scale): how much a
+    link costs each set-up, measured in one run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [r for r in records if r.get("network") and r.get("seconds")]
+    networks = list(dict.fromkeys(r["network"] for r in measured))
+    setups = [s.name for s in SETUPS]
+    fig, axes = plt.subplots(1, len(OPS), figsize=(4 * len(OPS), 3.8), squeeze=False)
+    width = 0.8 / len(setups)
+    for ax, op in zip(axes[0], OPS):
+        for i, setup in enumerate(setups):
+            seconds = {
+                r["network"]: r["seconds"]
+                for r in measured
+                if r["op"] == op and r["transport"] == setup
+            }
+            xs = [n + (i - (len(setups) - 1) / 2) * width for n in range(len(networks))]
+            ax.bar(xs, [1e3 * seconds.get(net, 0.0) for net in networks], width, label=setup)
+        ax.set_xticks(range(len(networks)), networks)
+        ax.set_yscale("log")
+        ax.set_ylabel("ms per party")
+        ax.set_title(op.replace("_", " "))
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _on_network(profile: NetworkProfile, names: tuple[str, ...], trials: int) -> list[dict]:
