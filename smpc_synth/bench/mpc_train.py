@@ -364,6 +364,7 @@ def main(out: Path, config: BenchConfig | None = None, network: str | None = Non
     for profile in profiles:
         require_emulation(profile)
     out.mkdir(parents=True, exist_ok=True)
+    results = []
     for profile in profiles:
         result = run_on_network(config, profile)
         only_loopback = len(profiles) == 1 and not profile.emulated
@@ -372,4 +373,37 @@ def main(out: Path, config: BenchConfig | None = None, network: str | None = Non
         print(f"network: {profile.describe()}")
         print(format_table(result))
         print(f"written: {path}")
+        results.append(result)
+    if len(results) > 1:
+        print(f"plot: {plot_by_network(results, out / 'mpc_train_by_network.png')}")
     return 0
+
+
+def plot_by_network(results: list[dict[str, Any]], path: Path) -> Path:
+    """Seconds an epoch of ours, stock crypten.nn and plaintext torch, one group of bars per
+    network (log scale), from one run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = (
+        ("ours (MPC)", "ours_seconds_per_epoch"),
+        ("stock crypten.nn", "stock_seconds_per_epoch"),
+        ("plaintext torch", "plaintext_seconds_per_epoch"),
+    )
+    names = [r["network"] for r in results]
+    width = 0.8 / len(systems)
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for i, (label, key) in enumerate(systems):
+        xs = [n + (i - (len(systems) - 1) / 2) * width for n in range(len(names))]
+        ax.bar(xs, [r.get(key) or 0.0 for r in results], width, label=label)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds an epoch")
+    ax.set_title("VAE epoch on 'fair', 2 parties + dealer")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
