@@ -8,7 +8,7 @@ TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP := $(BIN)/python -m pip
 
-.PHONY: help install demo test test-all test-faults lint format protos docs clean
+.PHONY: help install demo test test-all test-faults crypten-suite lint format protos docs clean
 
 help:
 	@echo "make install   create $(VENV) and install smpc-synth with its dev tools"
@@ -16,6 +16,7 @@ help:
 	@echo "make test      install, then run the default test suite (under 15 minutes)"
 	@echo "make test-all  also run the slow tests (-m slow)"
 	@echo "make test-faults  the fault matrix: kill/stop every role at every phase (~1 hour)"
+	@echo "make crypten-suite  CrypTen's own tests, stock against our patches (hours)"
 	@echo "make lint      ruff check + format check"
 	@echo "make protos    regenerate the gRPC stubs from protos/"
 	@echo "make docs      regenerate the generated docs: configuration reference, results"
@@ -44,6 +45,12 @@ test-all: install
 
 test-faults: install
 	$(BIN)/python -m pytest -m faults tests/test_faults.py
+
+# CrypTen's own test suite (fetched at a pinned commit into a cache outside the repository)
+# run stock, patched over gloo and patched over gRPC; fails on a difference that
+# docs/crypten-compat.md does not explain. CRYPTEN_SUITE_ARGS: e.g. --files test_nn.py
+crypten-suite: install
+	$(BIN)/python scripts/crypten_suite.py $(CRYPTEN_SUITE_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "DEBUG" if args.verbose else "NONE")
     _configure_logging(args.verbose)
     code = _run(args)
-    if args.handler is _cmd_member:
+    if args.handler is _cmd_member and argv is None:  # the process itself, not a caller
         _exit_now(code)
     return code
 

@@ -10,8 +10,9 @@ from dataclasses import replace
 import grpc
 
 from smpc_synth.config import NetworkConfig
-from smpc_synth.net import PeerMesh, free_ports
+from smpc_synth.net import PeerMesh, codec, free_ports
 from smpc_synth.net.mailbox import Inbox
+from smpc_synth.net.mesh import _END_TAG
 from smpc_synth.net.tls import MEMBER_METADATA_KEY, TlsFiles, channel_credentials, channel_options
 from smpc_synth.net.v1 import data_pb2
 from smpc_synth.net.v1 import tensor_pb2 as pb
@@ -31,6 +32,11 @@ def receiver_mesh(certs, inbox_limit: int | None = None) -> PeerMesh:
         alice._inbox = Inbox(inbox_limit)
     alice.start()
     return alice
+
+
+def end_of_stream() -> list[bytes]:
+    """The frames an honest member sends last; a stream without them reads as broken."""
+    return [frame.wire for frame in codec.encode(_END_TAG, b"", 1 << 16)]
 
 
 def frame(

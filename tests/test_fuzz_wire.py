@@ -23,7 +23,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from rawpeer import RawPeer, TracebackCounter, receiver_mesh
+from rawpeer import RawPeer, TracebackCounter, end_of_stream, receiver_mesh
 
 from smpc_synth.errors import PeerError
 from smpc_synth.mpc import codec as objects
@@ -315,7 +315,8 @@ def _check_live(certs, frames: list[bytes], stats: Counter, memory: PeakMemory) 
     bob = RawPeer("bob", "alice", alice.address, certs["bob"])
     try:
         with memory:  # what alice's stream handler holds (and bob's frames, in this process)
-            status = bob.send(frames)
+            ending = end_of_stream() if expected.refused is None else []
+            status = bob.send(frames + ending)
         if expected.refused is not None:
             stats["refused"] += 1
             with pytest.raises(PeerError) as info:

@@ -26,7 +26,11 @@ NETWORK = NetworkConfig(
 RECV_TIMEOUT_S = 20.0
 # long sessions on a busy machine: a member may go without CPU for many seconds
 PATIENT_NETWORK = NetworkConfig(
-    heartbeat_interval_s=1.0, peer_timeout_s=600.0, connect_timeout_s=300.0, call_deadline_s=60.0
+    heartbeat_interval_s=1.0,
+    peer_timeout_s=600.0,
+    progress_timeout_s=600.0,
+    connect_timeout_s=300.0,
+    call_deadline_s=60.0,
 )
 SEED = 20240611
 
@@ -73,9 +77,13 @@ def dealer_member(
     seed: int | None,
     lookahead: int | None = None,
     recv_timeout: float = RECV_TIMEOUT_S,
+    limit: int | None = None,
 ) -> dict[str, int]:
+    from smpc_synth.mpc import dealer
     from smpc_synth.mpc.dealer import LOOKAHEAD_DEPTH, serve_dealer
 
+    if limit is not None:  # tests of large requests, at a small scale
+        dealer.MAX_TUPLE_ELEMENTS = limit
     depth = LOOKAHEAD_DEPTH if lookahead is None else lookahead
     return serve_dealer(
         mesh, parties, timeout=recv_timeout, insecure_debug_seed=seed, lookahead=depth
@@ -93,9 +101,12 @@ def run_mpc(
     timeout: float = 120.0,
     lookahead: int | None = None,
     network: NetworkConfig = NETWORK,
+    dealer_limit: int | None = None,
     **program_kwargs: Any,
 ) -> dict[str, MemberOutcome]:
-    """Run ``program`` on ``n_parties`` parties (+ the dealer) and return every outcome."""
+    """Run ``program`` on ``n_parties`` parties (+ the dealer) and return every outcome.
+    ``dealer_limit`` lowers the dealer's ``MAX_TUPLE_ELEMENTS`` (the program must lower
+    the parties' too)."""
     session = start_mpc(
         tmp_path,
         n_parties,
@@ -105,6 +116,7 @@ def run_mpc(
         seed=seed,
         lookahead=lookahead,
         network=network,
+        dealer_limit=dealer_limit,
         **program_kwargs,
     )
     return session.wait(timeout)
@@ -120,6 +132,7 @@ def start_mpc(
     seed: int | None = None,
     lookahead: int | None = None,
     network: NetworkConfig = NETWORK,
+    dealer_limit: int | None = None,
     **program_kwargs: Any,
 ):
     parties = PARTY_NAMES[:n_parties]
@@ -143,6 +156,7 @@ def start_mpc(
             "seed": seed,
             "lookahead": lookahead,
             "recv_timeout": max(RECV_TIMEOUT_S, network.peer_timeout_s),
+            "limit": dealer_limit,
         }
         members[DEALER] = (dealer_member, dealer_args)
     return launch(members, tmp_path, tls=True, network=network)
@@ -490,6 +504,95 @@ def arithmetic_program(rank: int) -> dict[str, Any]:
         stock = run()
     untouched = torch.equal(x.share, before[0]) and torch.equal(y.share, before[1])
     return {"ours": ours, "stock": stock, "untouched": untouched}
+
+
+def crypten_api_program(rank: int) -> dict[str, Any]:
+    """CrypTen API calls whose results over our communicator once differed from CrypTen's
+    (its own test suite makes them): what each party got."""
+    from smpc_synth.mpc import session
+
+    crypten = session.crypten
+    comm = crypten.communicator.get()
+    out: dict[str, Any] = {}
+    # parameters synced from party 0, as CrypTen's test helpers do (into .data)
+    torch.manual_seed(100 + rank)
+    layer = torch.nn.Linear(3, 2)
+    comm.broadcast(layer.weight, 0)
+    comm.broadcast([layer.bias], 0, batched=True)
+    out["weight"] = layer.weight.tolist()
+    out["bias"] = layer.bias.tolist()
+    received = torch.nn.Parameter(torch.zeros(4))
+    if rank == 0:
+        comm.send(torch.arange(4.0), 1)
+    elif rank == 1:
+        comm.irecv(received, 0).wait()
+    out["irecv"] = received.tolist()
+    # gathered tensors are copies: changing the input afterwards changes none of them
+    mine = torch.tensor([rank, rank])
+    everyone, at_zero = comm.all_gather(mine), comm.gather(mine, 0)
+    mine += 100
+    out["all_gather"] = [t.tolist() for t in everyone]
+    out["gather"] = [t.tolist() for t in at_zero] if rank == 0 else None
+    # ReLU's gradient is [x > 0]: 0 at exactly 0
+    x = crypten.cryptensor(torch.tensor([-1.5, 0.0, 0.0, 2.0]), src=0, requires_grad=True)
+    x.relu().sum().backward()
+    out["relu_grad"] = x.grad.get_plain_text().tolist()
+    model = crypten.nn.Sequential(crypten.nn.ReLU()).encrypt(src=0)
+    y = crypten.cryptensor(torch.tensor([[-1.0, 0.0, 3.0]]), src=0, requires_grad=True)
+    model(y).sum().backward()
+    out["module_relu_grad"] = y.grad.get_plain_text().tolist()
+    # an empty encrypted tensor is one
+    empty = crypten.cryptensor([])
+    out["empty"] = [list(empty.size()), (empty + 1).get_plain_text().tolist()]
+    return out
+
+
+def large_requests_program(rank: int, limit: int) -> dict[str, Any]:
+    """Products and comparisons larger than the dealer's ``limit`` (lowered for the test),
+    through CrypTen's API: the revealed results, and each relu's gradient."""
+    from smpc_synth.mpc import dealer, session
+
+    dealer.MAX_TUPLE_ELEMENTS = limit
+    crypten = session.crypten
+    t = large_inputs(limit)
+    x = crypten.cryptensor(t["x"], src=0)
+    y = crypten.cryptensor(t["y"], src=1)
+    column = crypten.cryptensor(t["column"], src=1)
+    a = crypten.cryptensor(t["a"], src=0)
+    b = crypten.cryptensor(t["b"], src=1)
+    image = crypten.cryptensor(t["image"], src=0)
+    kernel = crypten.cryptensor(t["kernel"], src=1)
+    grad_in = crypten.cryptensor(t["x"], src=0, requires_grad=True)
+    grad_in.relu().sum().backward()
+    out = {
+        "mul": x * y,
+        "broadcast_mul": x * column,
+        "square": x.square(),
+        "matmul": a.matmul(b),
+        "conv2d": image.conv2d(kernel, padding=1),
+        "relu": x.relu(),
+        "lt_zero": (x < 0),
+        # to binary (a carry adder: AND triples) and back (one random bit per element)
+        "binary": (x < 0).to(crypten.mpc.ptype.binary).to(crypten.mpc.ptype.arithmetic, bits=1),
+        "relu_grad": grad_in.grad,
+    }
+    return {name: value.get_plain_text().tolist() for name, value in out.items()}
+
+
+def large_inputs(limit: int) -> dict[str, torch.Tensor]:
+    """Inputs of :func:`large_requests_program`: every product, its operands or result,
+    and every comparison over the dealer's ``limit``."""
+    g = torch.Generator().manual_seed(11)
+    rows = limit // 8 + 3  # x: rows x 10 elements, over the limit
+    return {
+        "x": torch.randn(rows, 10, generator=g).round(decimals=1),  # exact zeros among them
+        "y": torch.randn(rows, 10, generator=g),
+        "column": torch.randn(rows, 1, generator=g),
+        "a": torch.randn(limit // 16 + 5, 4, generator=g),  # result (rows, limit // 16 + 5)...
+        "b": torch.randn(4, 20, generator=g),  # ...20 columns: over the limit
+        "image": torch.randn(limit // 64 + 2, 2, 6, 6, generator=g),
+        "kernel": torch.randn(3, 2, 3, 3, generator=g),
+    }
 
 
 def dealer_cpu_program(rank: int) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import tracemalloc
 import grpc
 import numpy as np
 import pytest
-from rawpeer import RawPeer, TracebackCounter, frame, receiver_mesh
+from rawpeer import RawPeer, TracebackCounter, end_of_stream, frame, receiver_mesh
 
 from smpc_synth.errors import PeerError
 from smpc_synth.net import PeerMesh, write_certificates
@@ -69,7 +69,7 @@ def test_valid_frames_from_a_raw_peer_are_delivered(certs):
     try:
         data = np.arange(3, dtype=np.int64).tobytes()
         wire = frame("ok", dtype="int64", shape=[3], data=data)
-        assert bob.send([wire]) == grpc.StatusCode.OK
+        assert bob.send([wire, *end_of_stream()]) == grpc.StatusCode.OK
         assert alice.recv("bob", "ok", timeout=20).tolist() == [0, 1, 2]
     finally:
         bob.close()

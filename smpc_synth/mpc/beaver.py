@@ -50,12 +50,85 @@ def make_beaver_protocol(original: Callable) -> Callable:
         if cfg.mpc.active_security:
             return original(op, x, y, *args, **kwargs)
         provider = crypten.mpc.get_default_provider()
-        a, b, c = provider.generate_additive_triple(x.size(), y.size(), op, None, *args, **kwargs)
+        fits = getattr(provider, "product_fits", None)
+        if not args and fits is not None and not fits(x.size(), y.size(), op, kwargs):
+            out = provider.product_size(x.size(), y.size(), op, kwargs)
+            return _in_pieces(beaver_protocol, op, x, y, out, provider.max_elements, kwargs)
+        # asked for as CrypTen asks (device by keyword): traced tuple caches share its keys
+        a, b, c = provider.generate_additive_triple(
+            x.size(), y.size(), op, *args, device=x.device, **kwargs
+        )
         with crypten_beaver.IgnoreEncodings([a, b, x, y]):
             epsilon, delta = ArithmeticSharedTensor.reveal_batch([x - a, y - b])
         return _combine(op, a, b, c, epsilon, delta, *args, **kwargs)
 
     return beaver_protocol
+
+
+# batched inputs of the convolutions: (batch, channels, *signal)
+_CONV_DIMS = {"conv1d": 3, "conv2d": 4, "conv_transpose1d": 3, "conv_transpose2d": 4}
+
+
+def _split_dims(op: str, x: torch.Size, y: torch.Size, out: torch.Size) -> list:
+    """For each dimension of ``op(x, y)``'s result ``out``: the dimension of ``x`` and of
+    ``y`` that its rows come from (None where an operand is broadcast along it)."""
+
+    def aligned(size: torch.Size, sizes: torch.Size) -> list:  # broadcasting, from the right
+        shift = len(sizes) - len(size)
+        return [
+            d - shift if d >= shift and size[d - shift] != 1 else None for d in range(len(sizes))
+        ]
+
+    if op == "mul":
+        return list(zip(aligned(x, out), aligned(y, out)))
+    if op in _CONV_DIMS:  # a batch splits by samples; an unbatched input cannot be split
+        batched = len(x) == _CONV_DIMS[op]
+        return [(0, None) if batched else (None, None)] + [(None, None)] * (len(out) - 1)
+    # matmul: batch dimensions broadcast; then x's rows and y's columns (a 1-D operand has
+    # neither, and the result drops that dimension)
+    rows = [(-2, None)] if len(x) > 1 else []
+    cols = [(None, -1)] if len(y) > 1 else []
+    batch = out[: len(out) - len(rows) - len(cols)]
+    x_batch = aligned(x[:-2], batch) if len(x) > 2 else [None] * len(batch)
+    y_batch = aligned(y[:-2], batch) if len(y) > 2 else [None] * len(batch)
+    return [*zip(x_batch, y_batch), *rows, *cols]
+
+
+def _in_pieces(protocol: Callable, op: str, x, y, out: torch.Size, limit: int, kwargs: dict):
+    """``op(x, y)`` (of size ``out``) of ArithmeticSharedTensors too large for one triple
+    from the dealer: the result is cut along one dimension into pieces, each the product of
+    the matching slices of the operands (cut again by ``protocol`` if still too large), each
+    a Beaver product of its own; the pieces are put together. A round per piece."""
+    sizes = {"x": x.size(), "y": y.size()}
+    numel = {"out": out.numel(), "x": x.size().numel(), "y": y.size().numel()}
+    large = {name for name, n in numel.items() if n > limit}
+    dims = _split_dims(op, sizes["x"], sizes["y"], out)
+    # the first dimension that cuts every operand too large; else the one that cuts most
+    candidates = [
+        (len(large & {"out", *(n for n, d in zip("xy", pair) if d is not None)}), -d, d)
+        for d, pair in enumerate(dims)
+        if out[d] > 1
+    ]
+    if not candidates or max(candidates)[0] == 0:
+        raise ValueError(
+            f"{op} of shapes {tuple(sizes['x'])} and {tuple(sizes['y'])} needs a triple of "
+            f"more than {limit} elements, and no dimension of it can be split"
+        )
+    _, _, d = max(candidates)
+    pieces = -(-max(numel[name] for name in large) // limit)
+    step = -(-out[d] // min(pieces, out[d]))
+    results = []
+    for start in range(0, out[d], step):
+        length = min(step, out[d] - start)
+        operands = [
+            t if dim is None else _slice(t, dim, start, length) for t, dim in zip((x, y), dims[d])
+        ]
+        results.append(protocol(op, *operands, **kwargs).share)
+    return ArithmeticSharedTensor.from_shares(torch.cat(results, d), precision=0)
+
+
+def _slice(t, dim: int, start: int, length: int):
+    return ArithmeticSharedTensor.from_shares(t.share.narrow(dim, start, length), precision=0)
 
 
 def _arithmetic(x) -> bool:
@@ -79,23 +152,28 @@ def products(items: Sequence[tuple[str, object, object]]) -> list:
     binary shares, active security, CrypTen's non-Beaver protocols) runs one product at a
     time.
     """
+    provider = crypten.mpc.get_default_provider()
+    fits = getattr(provider, "product_fits", None)
     batchable = (
         len(items) > 1
         and not cfg.mpc.active_security
         and cfg.mpc.protocol == "beaver"
         and all(_batchable(op, x, y) for op, x, y in items)
+        # a product too large for one triple is split (beaver_protocol): one at a time
+        and all(
+            fits is None or op == "square" or fits(x.size(), y.size(), op, {}) for op, x, y in items
+        )
     )
     if not batchable:
         return [x.square() if op == "square" else getattr(x, op)(y) for op, x, y in items]
-    provider = crypten.mpc.get_default_provider()
     tuples, masked = [], []
     for op, x, y in items:
         if op == "square":
-            r, r2 = provider.square(x.size())
+            r, r2 = provider.square(x.size(), device=x.device)
             tuples.append((r, r2))
             masked.append(x.share - r.share)
         else:
-            a, b, c = provider.generate_additive_triple(x.size(), y.size(), op, None)
+            a, b, c = provider.generate_additive_triple(x.size(), y.size(), op, device=x.device)
             tuples.append((a, b, c))
             masked += [x.share - a.share, y.share - b.share]
     opened = iter(crypten.communicator.get().all_reduce(masked, batched=True))

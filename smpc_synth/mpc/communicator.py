@@ -156,7 +156,7 @@ class ChannelCommunicator(Communicator):
         # receiving here, into ``tensor``, keeps its ordering semantics.
         if src is None:
             raise NotImplementedError("irecv from any source is not supported")
-        tensor.copy_(self._recv(tensor, src))
+        tensor.data.copy_(self._recv(tensor, src))  # .data: a Parameter receives too
         return _Done()
 
     # --- collectives ------------------------------------------------------------------------
@@ -173,7 +173,7 @@ class ChannelCommunicator(Communicator):
         if received.numel() != sum(t.numel() for t in tensors):
             raise self.link.malformed(self.parties[src], "broadcast of the wrong size")
         for tensor, piece in zip(tensors, _unflatten(received, tensors)):
-            tensor.copy_(piece)
+            tensor.data.copy_(piece)  # .data, as CrypTen's: a Parameter (requires grad) too
         return input
 
     @_logging
@@ -200,12 +200,15 @@ class ChannelCommunicator(Communicator):
         if self.rank != dst:
             self._send(tensor, dst)
             return [None]
-        return [tensor if r == dst else self._recv(tensor, r) for r in range(self.world_size)]
+        # this party's slot is a copy, as in CrypTen: the result outlives changes to the input
+        own = tensor.detach().clone()
+        return [own if r == dst else self._recv(tensor, r) for r in range(self.world_size)]
 
     @_logging
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         received = iter(self._exchange(tensor, self._others()))
-        return [tensor if r == self.rank else next(received) for r in range(self.world_size)]
+        own = tensor.detach().clone()  # a copy, as in gather
+        return [own if r == self.rank else next(received) for r in range(self.world_size)]
 
     @_logging
     def scatter(self, scatter_list, src: int, size=None, device=None) -> torch.Tensor:

@@ -427,6 +427,18 @@ class SignBits:
     def __init__(self, e: torch.Tensor, rho: torch.Tensor, prepared: list, comm: _Comm):
         self.e, self.rho, self.prepared, self.comm = e, rho, prepared, comm
 
+    @classmethod
+    def joined(cls, pieces: Sequence[SignBits]) -> SignBits:
+        """The bits of a tensor compared in ``pieces`` (flat, in order; every share the
+        dealer owed them has been settled), with their prepared products joined too."""
+        prepared = [
+            (torch.cat([a for a, _ in column]), torch.cat([a_rho for _, a_rho in column]))
+            for column in zip(*(piece.prepared for piece in pieces))
+        ]
+        e = torch.cat([piece.e for piece in pieces])
+        rho = torch.cat([piece.rho for piece in pieces])
+        return cls(e, rho, prepared, pieces[0].comm)
+
     def arithmetic(self) -> torch.Tensor:
         """Additive shares of ``b`` (no communication)."""
         return self.comm.public(self.e) + (1 - 2 * self.e) * self.rho
@@ -460,10 +472,30 @@ def sign_bits(
     tensors can be had from :meth:`SignBits.times` (at most :data:`MAX_PRODUCTS` in all).
 
     Returns (SignBits, shares of ``x * [x < 0]`` shaped like ``x_share``, or None).
-    ``provider`` is the dealer provider.
+    ``provider`` is the dealer provider; a tensor larger than its ``max_compared`` is
+    compared in pieces (4 rounds each), which :meth:`SignBits.joined` puts together.
     """
-    layout = Layout(x_share.numel(), later, width, times_x)
+    count = x_share.numel()
+    Layout(count, later, width, times_x)  # checks the arguments before any traffic
     comm = comm or _Comm()
+    limit = getattr(provider, "max_compared", None)
+    if limit is None or count <= limit:
+        return _sign_bits(x_share, provider, times_x, later, width, comm)
+    flat = x_share.reshape(-1)
+    pieces = [
+        _sign_bits(flat[start : start + limit], provider, times_x, later, width, comm)
+        for start in range(0, count, limit)
+    ]
+    bits = SignBits.joined([piece for piece, _ in pieces])
+    if not times_x:
+        return bits, None
+    return bits, torch.cat([negative for _, negative in pieces]).view_as(x_share)
+
+
+def _sign_bits(
+    x_share: torch.Tensor, provider, times_x: bool, later: int, width: int, comm: _Comm
+) -> tuple[SignBits, torch.Tensor | None]:
+    layout = Layout(x_share.numel(), later, width, times_x)
     free, own = provider.comparison_material(layout)
     bias = offset(width)  # K
     masked = x_share.reshape(-1) + free["r"]
@@ -544,22 +576,26 @@ def make_relu(provider, original: Callable) -> Callable:
 
 
 def make_autograd_relu(provider, original: staticmethod) -> tuple[staticmethod, staticmethod]:
-    """``forward`` and ``backward`` for CrypTen's autograd ReLU (``crypten.nn.ReLU``): the
-    fused :func:`relu`, whose sign bits keep the product the backward pass needs (one round,
-    8 bytes an element, where CrypTen's backward is a Beaver product). ``original`` is
-    CrypTen's forward, for inputs that are not arithmetic shares."""
+    """``forward`` and ``backward`` for CrypTen's autograd ReLU (``crypten.nn.ReLU``): one
+    comparison, whose sign bits keep the product the backward pass needs (one round, 8 bytes
+    an element, where CrypTen's backward is a Beaver product). ``original`` is CrypTen's
+    forward, for inputs that are not arithmetic shares.
+
+    The bits are those of ``-x``, i.e. ``[x > 0]``: the gradient is ``g [x > 0]``, 0 at
+    exactly 0 as in CrypTen and PyTorch (``x - x [x < 0]`` would pass ``g`` there), and
+    ``relu(x) = -((-x) [-x < 0])`` comes free with the comparison."""
 
     def forward(ctx, input):
         if not _ours(input):
             return original.__func__(ctx, input)  # saves CrypTen's 0/1 mask
-        out, bits = relu(input, provider, keep_product=True)
-        ctx.save_for_backward(bits)
-        return out
+        positive, negated = sign_bits(-input.share, provider, times_x=True, later=1)
+        ctx.save_for_backward(positive)
+        return shares_like(input, -negated)
 
     def backward(ctx, grad_output):
         (saved,) = ctx.saved_tensors
         if not isinstance(saved, SignBits):
             return grad_output.mul(saved)
-        return grad_output - shares_like(grad_output, saved.times(grad_output.share))
+        return shares_like(grad_output, saved.times(grad_output.share))
 
     return staticmethod(forward), staticmethod(backward)

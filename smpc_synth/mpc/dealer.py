@@ -47,6 +47,10 @@ PRODUCT_OPS = frozenset(
 )
 PRODUCT_KWARGS = frozenset({"stride", "padding", "dilation", "groups", "output_padding"})
 MAX_TUPLE_ELEMENTS = 1 << 26  # one request may not make the dealer allocate more (512 MiB)
+# A comparison's material is ~11 words an element (compare.Layout): one request compares
+# at most MAX_TUPLE_ELEMENTS / COMPARISON_FRACTION elements. Larger tuples and comparisons
+# are split by the parties (DealerProvider, beaver.py, compare.sign_bits).
+COMPARISON_FRACTION = 8
 # Parties may go a long time without needing a tuple (data preparation, sampling); a party
 # that dies meanwhile is caught by the channel's heartbeats, not by this wait.
 DEALER_IDLE_TIMEOUT_S = 24 * 3600.0
@@ -151,16 +155,19 @@ class DealerProvider(TupleProvider):
     def _bit(self, size: torch.Size) -> torch.Tensor:
         return self.stream.bits(size)
 
-    def _correlated(self, size: torch.Size) -> torch.Tensor:
-        """Party 0: the dealer's share; everyone else: a PRG share (in the dealer's order)."""
+    def _correlated(self, size: torch.Size, into: torch.Tensor | None = None) -> torch.Tensor:
+        """Party 0: the dealer's share; everyone else: a PRG share (in the dealer's order).
+        Written into ``into`` (of ``size``) if given, else into a new tensor."""
         if self.party_rank != 0:
-            return self._ring(size)  # a 64-bit binary share is drawn the same way
-        number, tag = self._current
-        if not self.deferred:
-            return self._checked(self._take(number, tag), size)
-        placeholder = torch.empty(size, dtype=torch.long)  # settle() overwrites it
-        self._pending.append((number, tag, placeholder))
-        return placeholder
+            share = self._ring(size)  # a 64-bit binary share is drawn the same way
+        else:
+            number, tag = self._current
+            if self.deferred:
+                placeholder = torch.empty(size, dtype=torch.long) if into is None else into
+                self._pending.append((number, tag, placeholder))  # settle() overwrites it
+                return placeholder
+            share = self._checked(self._take(number, tag), size)
+        return share if into is None else into.copy_(share)
 
     def _take(self, number: int, tag: int) -> torch.Tensor:
         """The dealer's share for request ``number`` tagged ``tag`` (unframed, flat)."""
@@ -194,44 +201,85 @@ class DealerProvider(TupleProvider):
             number, tag, placeholder = self._pending.popleft()
             placeholder.copy_(self._checked(self._take(number, tag), placeholder.shape))
 
+    @property
+    def max_elements(self) -> int:
+        """The most elements one tuple request may ask the dealer for."""
+        return MAX_TUPLE_ELEMENTS
+
+    @property
+    def max_compared(self) -> int:
+        """The most elements one comparison request may ask the dealer for."""
+        return MAX_TUPLE_ELEMENTS // COMPARISON_FRACTION
+
+    def product_size(self, size0: torch.Size, size1: torch.Size, op: str, kwargs: dict):
+        """The size of ``op`` of operands of ``size0`` and ``size1``."""
+        return _product_size(size0, size1, op, kwargs)
+
+    def product_fits(self, size0: torch.Size, size1: torch.Size, op: str, kwargs: dict) -> bool:
+        """Whether :meth:`generate_additive_triple` serves this product: its operands and
+        result are within :attr:`max_elements`, or it is elementwise on equal sizes (which
+        :meth:`_elementwise` splits); otherwise the protocol must split it."""
+        if op == "mul" and size0 == size1:
+            return True
+        sizes = (size0, size1, _product_size(size0, size1, op, kwargs))
+        return max(math.prod(s) for s in sizes) <= MAX_TUPLE_ELEMENTS
+
+    def _elementwise(
+        self, function: str, size: torch.Size, operands: int, *extra: Any, bits: bool = False
+    ) -> list[torch.Tensor]:
+        """One elementwise tuple of ``size``, asked for as ``operands`` copies of its size
+        and ``extra``: the free draws (one per operand; ``bits``: random bits) and the
+        correlated share. More than :attr:`max_elements` elements are asked for in flat
+        pieces, each a request (and a tuple) of its own, and put together."""
+        count = math.prod(size)
+        if count <= MAX_TUPLE_ELEMENTS:
+            self._begin(function, *[size] * operands, *extra)
+            draw = self._bit if bits else self._ring
+            return [*(draw(size) for _ in range(operands)), self._correlated(size)]
+        parts = [torch.empty(count, dtype=torch.long) for _ in range(operands + 1)]
+        for start in range(0, count, MAX_TUPLE_ELEMENTS):
+            piece = torch.Size((min(MAX_TUPLE_ELEMENTS, count - start),))
+            self._begin(function, *[piece] * operands, *extra)
+            for part in parts[:operands]:
+                part[start : start + piece[0]] = self._bit(piece) if bits else self._ring(piece)
+            self._correlated(piece, into=parts[operands][start : start + piece[0]])
+        return [part.view(size) for part in parts]
+
     def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
         """Generate multiplicative triples of given sizes"""
         size0, size1 = torch.Size(size0), torch.Size(size1)
-        self._begin("additive", size0, size1, op, *args, **kwargs)
-        a, b = self._ring(size0), self._ring(size1)
-        c = self._correlated(_product_size(size0, size1, op, kwargs))
+        if op == "mul" and size0 == size1 and not args and not kwargs:
+            a, b, c = self._elementwise("additive", size0, 2, op)
+        else:
+            self._begin("additive", size0, size1, op, *args, **kwargs)
+            a, b = self._ring(size0), self._ring(size1)
+            c = self._correlated(_product_size(size0, size1, op, kwargs))
         return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in (a, b, c))
 
     def square(self, size, device=None):
         """Generate square double of given size"""
-        size = torch.Size(size)
-        self._begin("square", size)
-        r = self._ring(size)
-        r2 = self._correlated(size)
+        r, r2 = self._elementwise("square", torch.Size(size), 1)
         return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in (r, r2))
 
     def generate_binary_triple(self, size0, size1, device=None):
         """Generate xor triples of given size"""
         size0, size1 = torch.Size(size0), torch.Size(size1)
-        self._begin("binary", size0, size1)
-        a, b = self._ring(size0), self._ring(size1)
-        c = self._correlated(_broadcast(size0, size1))
+        if size0 == size1:
+            a, b, c = self._elementwise("binary", size0, 2)
+        else:
+            self._begin("binary", size0, size1)
+            a, b = self._ring(size0), self._ring(size1)
+            c = self._correlated(_broadcast(size0, size1))
         return tuple(BinarySharedTensor.from_shares(t) for t in (a, b, c))
 
     def wrap_rng(self, size, device=None):
         """Generate random shared tensor of given size and sharing of its wraps"""
-        size = torch.Size(size)
-        self._begin("wraps", size)
-        r = self._ring(size)
-        theta_r = self._correlated(size)
+        r, theta_r = self._elementwise("wraps", torch.Size(size), 1)
         return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in (r, theta_r))
 
     def B2A_rng(self, size, device=None):
         """Generate random bit tensor as arithmetic and binary shared tensors"""
-        size = torch.Size(size)
-        self._begin("B2A", size)
-        r_bit = self._bit(size)
-        r_arith = self._correlated(size)
+        r_bit, r_arith = self._elementwise("B2A", torch.Size(size), 1, bits=True)
         return (
             ArithmeticSharedTensor.from_shares(r_arith, precision=0),
             BinarySharedTensor.from_shares(r_bit),
@@ -445,7 +493,7 @@ def _serve_one(maker: _TupleMaker, request: Any) -> torch.Tensor:
         _checked_size(_broadcast(size0, size1))
         return maker.binary(size0, size1)
     if function == "compare" and not kwargs:
-        layout = compare.Layout.from_request(args, MAX_TUPLE_ELEMENTS // 8)
+        layout = compare.Layout.from_request(args, MAX_TUPLE_ELEMENTS // COMPARISON_FRACTION)
         return compare.deal(maker.streams, layout)
     if function in ("square", "wraps", "B2A") and len(args) == 1 and not kwargs:
         return getattr(maker, function)(_checked_size(args[0]))
