@@ -74,7 +74,7 @@ def test_a_cluster_without_a_node_large_enough_for_a_cell_is_refused():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         _check_room(ray, "head:6379", 2)  # two members fit on a 2-CPU node
-        with pytest.raises(InputError, match="runs 3 member processes.*has 2 CPUs"):
+        with pytest.raises(InputError, match=r"runs 3 member processes.*has 2 CPUs"):
             _check_room(ray, "head:6379", 3)  # its placement group would wait for ever
     finally:
         ray.shutdown()
