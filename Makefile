@@ -17,7 +17,7 @@ help:
 	@echo "make test-all  also run the slow tests (-m slow)"
 	@echo "make test-faults  the fault matrix: kill/stop every role at every phase (~1 hour)"
 	@echo "make crypten-suite  CrypTen's own tests, stock against our patches (hours)"
-	@echo "make lint      ruff check + format check"
+	@echo "make lint      ruff check + format check + the layering contract"
 	@echo "make protos    regenerate the gRPC stubs from protos/"
 	@echo "make docs      regenerate the generated docs: configuration reference, results"
 
@@ -55,6 +55,7 @@ crypten-suite: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 format: install
 	$(BIN)/ruff format .

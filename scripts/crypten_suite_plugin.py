@@ -57,9 +57,11 @@ RECV_TIMEOUT_S = 600.0  # one wait for a peer's message (a party may compute for
 DEALER = "dealer"
 
 torch.set_num_threads(1)
-compat.apply()
+# for the whole process (never closed): every fix, or in stock only those CrypTen needs
+_PROCESS_PATCHES = contextlib.ExitStack()
+_PROCESS_PATCHES.enter_context(compat.patched_crypten())
 if CONFIG == "stock":
-    compat.shipped_crypten().__enter__()  # for the whole process: CrypTen's own code
+    _PROCESS_PATCHES.enter_context(compat.shipped_crypten())
 
 import crypten  # noqa: E402
 import crypten.communicator as comm  # noqa: E402
@@ -199,12 +201,17 @@ def _write_plan(file: str, world_size: int) -> None:
     from smpc_synth.net.addresses import free_ports
 
     names = [*_party_names(world_size), DEALER]
-    ports = free_ports(len(names))
+    ports = free_ports(len(names) + 1)
     plan = {
         "addresses": {n: f"127.0.0.1:{p}" for n, p in zip(names, ports)},
+        "rendezvous": f"tcp://127.0.0.1:{ports[-1]}",  # gloo's, on loopback as sessions require
         "tls": {n: {k: str(v) for k, v in vars(files).items()} for n, files in _certs().items()},
     }
     Path(file + ".plan.json").write_text(json.dumps(plan))
+
+
+def _plan(file: str) -> dict:
+    return json.loads(Path(file + ".plan.json").read_text())
 
 
 @functools.cache
@@ -223,7 +230,7 @@ def _mesh(file: str, me: str):
     from smpc_synth.net.mesh import PeerMesh
     from smpc_synth.net.tls import TlsFiles
 
-    plan = json.loads(Path(file + ".plan.json").read_text())
+    plan = _plan(file)
     addresses = plan["addresses"]
     network = NetworkConfig(heartbeat_interval_s=1.0, peer_timeout_s=120.0, call_deadline_s=60.0)
     peers = {name: address for name, address in addresses.items() if name != me}
@@ -275,7 +282,7 @@ def _party(file: str, rank: int, world_size: int):
             "dealer",
             CONFIG,
             timeout=RECV_TIMEOUT_S,
-            rendezvous=f"file://{file}" if CONFIG == "gloo" else None,
+            rendezvous=_plan(file)["rendezvous"] if CONFIG == "gloo" else None,
         ),
     ):
         yield

@@ -13,8 +13,7 @@ multi-party session on this machine.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from smpc_synth.api import evaluate, sample, simulate, train
+from smpc_synth.version import __version__
 
 __all__ = ["__version__", "evaluate", "sample", "simulate", "train"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import importlib
 import json
 import logging
 import os
@@ -16,9 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from smpc_synth import __version__
-from smpc_synth.bench import SUITES
 from smpc_synth.errors import InputError, SmpcSynthError
+from smpc_synth.version import __version__
 
 log = logging.getLogger("smpc_synth")
 
@@ -88,15 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="gaussian",
         help="one of %(choices)s",
     )
-    src = p.add_mutually_exclusive_group()
-    src.add_argument(
-        "--dataset",
-        choices=_DATASETS,
-        metavar="NAME",
-        help="a built-in data set: %(choices)s (default: fair, unless --data is given)",
-    )
-    src.add_argument("--data", type=Path, help="a CSV or Parquet file to split among parties")
-    p.add_argument("--schema", type=Path, help="public schema (default: inferred from the data)")
+    _add_shared_table(p, "a CSV or Parquet file to split among parties")
     p.add_argument("--split", default="iid", help="how rows are shared: iid | noniid:COLUMN")
     _add_epochs(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of training")
@@ -106,14 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(p)
     p.add_argument("--out", type=Path, help="run directory (default: runs/simulate-TIME)")
     p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
-    p.add_argument("--he", choices=("ckks", "none"), default="ckks", help="federated: encryption")
+    p.add_argument("--he", choices=_HE_SCHEMES, default="ckks", help="federated: encryption")
     p.add_argument("--dp", action="store_true", help="federated: differential privacy")
     p.add_argument(
         "--target-epsilon",
         type=float,
         help="federated + --dp: the privacy budget epsilon (no default: --dp needs it)",
     )
-    p.add_argument("--transport", choices=("grpc", "gloo"), default="grpc", help="mpc transport")
+    p.add_argument("--transport", choices=_TRANSPORTS, default="grpc", help="mpc transport")
     p.add_argument(
         "--insecure-dev",
         action="store_true",
@@ -123,27 +115,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_network(p)
     _add_override_gate(p)
 
-    for role in ("party", "dealer", "aggregator"):
-        p = _add(sub, role, _cmd_member, f"run one {role} of a session from its config file")
+    from smpc_synth.runtime.roles import ROLES
+
+    for role in ROLES.values():
+        p = _add(
+            sub,
+            role.command,
+            _cmd_member,
+            f"run one {role.command} of a session from its config file",
+        )
         p.add_argument("--config", type=Path, required=True, help="this member's TOML file")
         p.add_argument("--resume", action="store_true", help="continue from its checkpoints")
         p.add_argument(
             "--quiet", action="store_true", help="no progress bar; log warnings and errors only"
         )
-        p.set_defaults(role=None if role == "party" else role)
-        if role == "party":
+        p.set_defaults(role=None if role.name == "data" else role.name)
+        if role.name == "data":
             _add_override_gate(p)
 
     p = _add(sub, "split", _cmd_split, "write one CSV per party from a table, for a local test")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument(
-        "--dataset",
-        choices=_DATASETS,
-        metavar="NAME",
-        help="a built-in data set: %(choices)s (default: fair, unless --data is given)",
-    )
-    src.add_argument("--data", type=Path, help="a CSV or Parquet file to split")
-    p.add_argument("--schema", type=Path, help="public schema (default: inferred from the data)")
+    _add_shared_table(p, "a CSV or Parquet file to split")
     p.add_argument("--parties", type=int, default=3, help="number of data parties (1-8)")
     p.add_argument("--split", default="iid", help="how rows are shared: iid | noniid:COLUMN")
     p.add_argument("--seed", type=int, default=0, help="seed of the split")
@@ -230,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = _add(sub, "bench", _cmd_bench, "run a benchmark suite")
-    p.add_argument("suite", choices=tuple(SUITES), help="which suite")
+    p.add_argument("suite", choices=_SUITES, help="which suite")
     p.add_argument(
         "--out", type=Path, default=None, help="results folder (default: benchmarks/results/SUITE)"
     )
@@ -307,15 +298,30 @@ def _datasets() -> Sequence[str]:
     return list_builtin()
 
 
-def _modes() -> Sequence[str]:
-    from smpc_synth.config import MODES
+def _add_shared_table(p: argparse.ArgumentParser, data_help: str) -> None:
+    """--dataset | --data, and --schema: the table a local session shares among parties."""
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--dataset",
+        choices=_DATASETS,
+        metavar="NAME",
+        help="a built-in data set: %(choices)s (default: fair, unless --data is given)",
+    )
+    src.add_argument("--data", type=Path, help=data_help)
+    p.add_argument("--schema", type=Path, help="public schema (default: inferred from the data)")
 
-    return MODES
+
+def _listed(module: str, name: str) -> _Choices:
+    """Choices read, on first use, from the one place that lists them."""
+    return _Choices(lambda: tuple(getattr(importlib.import_module(module), name)))
 
 
 _GENERATORS = _Choices(_generators)
 _DATASETS = _Choices(_datasets)
-_MODES = _Choices(_modes)
+_MODES = _listed("smpc_synth.config", "MODES")
+_HE_SCHEMES = _listed("smpc_synth.config", "HE_SCHEMES")
+_TRANSPORTS = _listed("smpc_synth.config", "TRANSPORTS")
+_SUITES = _listed("smpc_synth.bench", "SUITES")
 
 
 def _add(sub, name: str, handler: Callable | None, help_text: str) -> argparse.ArgumentParser:

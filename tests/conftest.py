@@ -42,3 +42,13 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> CliRes
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="module")
+def crypten_patches():
+    """CrypTen with smpc-synth's fixes, for a module that uses it outside a session (as a
+    session does while it runs; nothing is patched at import)."""
+    from smpc_synth.mpc import compat
+
+    with compat.patched_crypten():
+        yield compat.import_crypten()

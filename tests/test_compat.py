@@ -2,7 +2,9 @@
 
 Every fix in :mod:`smpc_synth.mpc.compat` has two tests: one that fails if the fix stops
 working, one that fails once torch no longer needs it (then delete the fix). The "without the
-fix" cases run in a fresh interpreter so that nothing patched here leaks into them.
+fix" cases run in a fresh interpreter so that nothing patched here leaks into them. The tests
+here run with the fixes in (``compat.patched_crypten``, as a session has them);
+``tests/test_compat_scope.py`` checks when they are in and out.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from smpc_synth.mpc.compat import import_crypten
 
 torch.set_num_threads(1)
 crypten = import_crypten()
+pytestmark = pytest.mark.usefixtures("crypten_patches")
 
 OLD_REGISTRATION = "torch.onnx._internal.registration"
 
@@ -35,6 +38,21 @@ def _python(code: str) -> subprocess.CompletedProcess:
         timeout=120,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
+
+
+# in a fresh interpreter: crypten importable, and only the entries of compat's table named
+_ONLY = """
+from smpc_synth.mpc import compat
+crypten = compat.import_crypten()
+
+
+def only(*names):
+    for patch in compat.PATCHES:
+        if patch.when is None and f"{patch.owner}.{patch.attribute}" in names:
+            compat._install(patch, None)
+"""
+_LOADS = ("crypten.load", "crypten.mpc.provider.provider.torch")
+_EXPORT = "crypten.nn.onnx_converter._export_pytorch_model"
 
 
 def _small_model() -> torch.nn.Module:
@@ -160,19 +178,19 @@ def test_from_pytorch_works():
 
 def test_from_pytorch_export_fix_still_needed():
     proc = _python(
-        """
-        from smpc_synth.mpc import compat
-        compat._alias_onnx_registration()
-        import crypten
-        compat._patch_loads(crypten)
-        model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
-        try:
-            crypten.nn.from_pytorch(model, torch.zeros(1, 4))
-        except Exception as err:
-            print("FAILED", type(err).__name__)
-        else:
-            print("CONVERTED")
-        """
+        _ONLY
+        + textwrap.dedent(
+            f"""
+            only(*{_LOADS!r})
+            model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+            try:
+                crypten.nn.from_pytorch(model, torch.zeros(1, 4))
+            except Exception as err:
+                print("FAILED", type(err).__name__)
+            else:
+                print("CONVERTED")
+            """
+        )
     )
     assert proc.returncode == 0, proc.stderr
     assert "FAILED" in proc.stdout, "from_pytorch works without dynamo=False: remove the fix"
@@ -205,12 +223,9 @@ def test_from_pytorch_converts_identity_nodes():
 def test_from_pytorch_identity_fix_still_needed():
     proc = _python(
         _BATCHNORM_NET
-        + """
-from smpc_synth.mpc import compat
-compat._alias_onnx_registration()
-import crypten
-compat._patch_loads(crypten)
-compat._patch_onnx_export(crypten)
+        + _ONLY
+        + f"""
+only(*{_LOADS!r}, {_EXPORT!r})
 try:
     crypten.nn.from_pytorch(batchnorm_net(), torch.zeros(1, 6))
 except ValueError as err:
@@ -274,8 +289,9 @@ def _crypten_getattribute():
     """CrypTen's own dispatch, without the debug-validation wrapper."""
     from smpc_synth.mpc import compat
 
-    originals = [o for owner, name, _, o in compat._SPEED_PATCHES if name == "__getattribute__"]
-    return next(o for o in originals if o.__code__.co_name != "validate_attribute")
+    validated = compat.original(crypten.CrypTensor, "__getattribute__")
+    assert validated.__code__.co_name == "validate_attribute"
+    return validated.__wrapped__
 
 
 def test_remembered_attribute_dispatch_agrees_with_cryptens():

@@ -83,6 +83,7 @@ def test_requests_over_the_dealers_limit_are_split_not_refused(tmp_path):
         ("conv_transpose1d", (6, 2, 5), (2, 3, 3), {"stride": 2}),
     ],
 )
+@pytest.mark.usefixtures("crypten_patches")
 def test_products_split_into_pieces_equal_the_whole(op, x, y, kwargs):
     """``beaver._in_pieces`` cuts a product along one dimension of its result into products
     of the operands' matching slices; put together they are the product (on plain int64

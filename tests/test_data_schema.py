@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smpc_synth.data import ColumnSpec, Schema, infer_schema, list_builtin, load_builtin
 from smpc_synth.data.schema import round_outward
@@ -225,3 +227,29 @@ def test_round_outward_never_cuts_off_the_data_at_extreme_magnitudes():
     for lo, hi in [(5e-324, 1e-323), (1e20, 1e20 + 16384), (-1e300, -1e300), (0.0, 1e-310)]:
         new_lo, new_hi = round_outward(lo, hi)
         assert new_lo <= lo and hi <= new_hi and new_lo < new_hi
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    numbers=st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=40, max_size=300),
+    word_at=st.data(),
+)
+def test_stray_words_among_numbers_are_named_never_turned_into_categories(numbers, word_at):
+    """However few distinct numbers a column holds, a rare word among them is a bad cell."""
+    cells = [repr(x) for x in numbers]
+    stray = word_at.draw(st.integers(1, max(1, len(cells) // 20)))
+    rows = word_at.draw(
+        st.lists(st.integers(0, len(cells) - 1), min_size=stray, max_size=stray, unique=True)
+    )
+    for row in rows:
+        cells[row] = "oops"
+    with pytest.raises(InputError) as err:
+        infer_schema(pd.DataFrame({"x": cells}), source="t.csv")
+    first = min(rows)
+    assert f"row {first + 1} (line {first + 2}): 'oops'" in str(err.value)
+
+
+def test_codes_with_a_common_word_stay_categorical():
+    cells = ["1", "2", "3", "unknown"] * 30
+    spec = infer_schema(pd.DataFrame({"code": cells}), source="t.csv").column("code")
+    assert spec.kind == "categorical" and set(spec.categories) == {"1", "2", "3", "unknown"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -89,6 +90,7 @@ def test_gan_losses_match_bce_and_moment_loss_sees_differences():
     assert moment_loss(shifted, a) > moment_loss(a, a)
 
 
+@pytest.mark.usefixtures("crypten_patches")
 def test_losses_run_unchanged_on_crypten_tensors():
     """The MPC twin reuses these functions: on secret shares they match plaintext closely."""
     from smpc_synth.mpc.compat import import_crypten

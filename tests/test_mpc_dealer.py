@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from collections import defaultdict
 
 import pytest
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from memory_channel import MemoryChannel
 
-from smpc_synth.errors import PeerError
 from smpc_synth.mpc import codec, dealer, prg
 from smpc_synth.mpc.compat import import_crypten
 from smpc_synth.mpc.link import Link
@@ -19,6 +17,8 @@ from smpc_synth.mpc.stats import TrafficRecorder
 
 crypten = import_crypten()
 from crypten.common.util import count_wraps  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("crypten_patches")
 
 KEYS = tuple(prg.debug_key(seed) for seed in (11, -22, 33))
 
@@ -264,31 +264,11 @@ def _opened(shares) -> torch.Tensor:
     return sum(s.share for s in shares)
 
 
-class _ThreadChannel:
-    """Members in one process, on threads: ``recv`` blocks (the dealer serves on a thread)."""
-
-    def __init__(self, me: str, members: tuple[str, ...], boxes: dict) -> None:
-        self.me, self.peers, self._boxes = me, tuple(m for m in members if m != me), boxes
-
-    def send(self, peer: str, tag: str, payload) -> None:
-        self._boxes[self.me, peer].put(payload)
-
-    def recv(self, peer: str, tag: str, timeout: float | None = None):
-        try:
-            return self._boxes[peer, self.me].get(timeout=10)
-        except queue.Empty:
-            raise PeerError(f"{peer} sent nothing", peer) from None
-
-    def has_message(self, peer: str, tag: str) -> bool:
-        return not self._boxes[peer, self.me].empty()
-
-
 def test_parties_take_pushed_shares_and_drop_wrong_guesses_and_stale_ones():
     """Two providers and a dealer thread: every tuple reconstructs, whether its share came
     early, after a wrong guess, or after a re-key that voids the guesses in flight."""
     members = ("alice", "bob", "dealer")
-    boxes = defaultdict(queue.Queue)
-    channels = {m: _ThreadChannel(m, members, boxes) for m in members}
+    channels = MemoryChannel.connect(members, wait=10.0)
     served: dict = {}
 
     def serve() -> None:

@@ -307,7 +307,7 @@ def comparison_rounds_program(rank: int) -> dict[str, Any]:
     """Rounds and results of one relu with our comparison and with CrypTen's own."""
     from crypten.mpc.primitives import beaver as crypten_beaver
 
-    from smpc_synth.mpc import session
+    from smpc_synth.mpc import compat, session
     from smpc_synth.mpc.beaver import PROTOCOL_NAME
 
     x = session.crypten.cryptensor(torch.linspace(-3, 3, 256), src=0)
@@ -324,7 +324,7 @@ def comparison_rounds_program(rank: int) -> dict[str, Any]:
         }
 
     out = {"ours": run()}
-    with session.stock_protocols():
+    with compat.shipped_crypten():
         out["stock"] = run()
     out["after"] = run()
     return out
@@ -442,7 +442,7 @@ def rekey_program(rank: int) -> dict[str, Any]:
 def network_backward_program(rank: int) -> dict[str, Any]:
     """Rounds of one crypten.nn backward pass with our protocols and with CrypTen's, and
     the gradients each computed (the data needs no gradient)."""
-    from smpc_synth.mpc import session
+    from smpc_synth.mpc import compat, session
 
     crypten = session.crypten
     t = op_inputs()
@@ -461,7 +461,7 @@ def network_backward_program(rank: int) -> dict[str, Any]:
         return {"rounds": rounds, "grads": grads}
 
     out = {"ours": run()}
-    with session.stock_protocols():
+    with compat.shipped_crypten():
         out["stock"] = run()
     return out
 
@@ -469,7 +469,7 @@ def network_backward_program(rank: int) -> dict[str, Any]:
 def arithmetic_program(rank: int) -> dict[str, Any]:
     """Shares of the copy-free arithmetic ops (ours) and of CrypTen's (stock) on the same
     inputs, and whether updating a result in place changed an input."""
-    from smpc_synth.mpc import session
+    from smpc_synth.mpc import compat, session
 
     crypten = session.crypten
     x = crypten.cryptensor(torch.linspace(-3, 3, 64).view(8, 8), src=0)
@@ -500,7 +500,7 @@ def arithmetic_program(rank: int) -> dict[str, Any]:
         return out
 
     ours = run()
-    with session.stock_protocols():
+    with compat.shipped_crypten():
         stock = run()
     untouched = torch.equal(x.share, before[0]) and torch.equal(y.share, before[1])
     return {"ours": ours, "stock": stock, "untouched": untouched}

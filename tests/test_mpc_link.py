@@ -2,48 +2,22 @@
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
-
 import numpy as np
 import pytest
 import torch
+from memory_channel import MemoryChannel
 
 from smpc_synth.errors import PeerError
 from smpc_synth.mpc.link import TAG, Link
 from smpc_synth.mpc.stats import TrafficRecorder
-
-
-class MemoryChannel:
-    """Members in one process; ``recv`` of a missing message fails like a timeout."""
-
-    def __init__(self, me: str, members: tuple[str, ...], boxes: dict) -> None:
-        self._me, self._members, self._boxes = me, members, boxes
-
-    @property
-    def me(self) -> str:
-        return self._me
-
-    @property
-    def peers(self) -> tuple[str, ...]:
-        return tuple(m for m in self._members if m != self._me)
-
-    def send(self, peer: str, tag: str, payload) -> None:
-        self._boxes[self._me, peer, tag].append(payload)  # no copy (PeerMesh serialises)
-
-    def recv(self, peer: str, tag: str, timeout: float | None = None):
-        box = self._boxes[peer, self._me, tag]
-        if not box:
-            raise PeerError(f"{peer} sent nothing", peer)
-        return box.popleft()
-
 
 MEMBERS = ("alice", "bob", "carol", "dealer")
 
 
 @pytest.fixture
 def links() -> dict[str, Link]:
-    boxes: dict = defaultdict(deque)
-    return {m: Link(MemoryChannel(m, MEMBERS, boxes), TrafficRecorder()) for m in MEMBERS}
+    channels = MemoryChannel.connect(MEMBERS)
+    return {m: Link(channels[m], TrafficRecorder()) for m in MEMBERS}
 
 
 def test_tensors_and_objects_arrive_in_order_and_are_counted(links):

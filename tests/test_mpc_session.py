@@ -248,6 +248,7 @@ def test_rekeying_without_a_debug_seed_does_nothing(tmp_path):
         assert runs["first"]["shares"] != runs["again"]["shares"], party
 
 
+@pytest.mark.slow  # a minute or more of MPC sessions
 def test_party_zero_reads_the_dealers_cpu_clock_between_tuples(tmp_path):
     """Benchmarks charge the dealer's CPU time to each op; the query must not disturb the
     tuple stream, and only party 0 (the one the dealer answers) may ask."""
@@ -261,6 +262,7 @@ def test_party_zero_reads_the_dealers_cpu_clock_between_tuples(tmp_path):
     assert "only party 0" in outcomes[PARTY_NAMES[1]].result["result"]["refused"]
 
 
+@pytest.mark.slow  # a minute or more of MPC sessions
 def test_independent_products_share_one_round_and_match_one_at_a_time(tmp_path):
     """Same seed, same triples: the batched products' shares are those of the products one
     at a time, bit for bit, in one round instead of four."""
@@ -281,6 +283,7 @@ def test_independent_products_share_one_round_and_match_one_at_a_time(tmp_path):
         torch.testing.assert_close(torch.tensor(got), want, atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.slow  # a minute or more of MPC sessions
 def test_network_backward_skips_unneeded_products_and_batches_the_rest(tmp_path):
     """A from_pytorch network (Gemm, ReLU, Gemm) and MSE: each layer's input and weight
     gradients in one round, none for the data, and no product for the gradient of Gemm's
@@ -300,6 +303,7 @@ def test_network_backward_skips_unneeded_products_and_batches_the_rest(tmp_path)
             torch.testing.assert_close(torch.tensor(got), param.grad, atol=2e-3, rtol=2e-2)
 
 
+@pytest.mark.slow  # a minute or more of MPC sessions
 def test_dealer_working_ahead_changes_no_share(tmp_path):
     """The dealer computes the tuples it expects before party 0 asks, and rewinds its
     streams where the loop branches: every share is what it is without looking ahead."""

@@ -16,6 +16,7 @@ from smpc_synth.mpc.compat import import_crypten
 from smpc_synth.mpc.guard import MAX_RETRIES, WrapGuard
 
 crypten = import_crypten()
+pytestmark = pytest.mark.usefixtures("crypten_patches")
 
 LAYOUT = Layout(
     (

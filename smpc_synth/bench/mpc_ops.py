@@ -106,7 +106,7 @@ def _bench_party(
     """Runs on each party: every op, once to warm up, then ``REPEATS`` times measured."""
     import torch
 
-    from smpc_synth.mpc import session
+    from smpc_synth.mpc import compat, session
 
     crypten = session.crypten
     torch.manual_seed(0)
@@ -123,7 +123,7 @@ def _bench_party(
         # gloo between the namespaces of an emulated network: plain TCP within this machine
         allow_insecure=emulated_links,
     ):
-        as_shipped = session.stock_protocols() if setup.name == "stock" else nullcontext()
+        as_shipped = compat.shipped_crypten() if setup.name == "stock" else nullcontext()
         with as_shipped:
             for op in OPS:
                 step = _make_op(crypten, op, setup)

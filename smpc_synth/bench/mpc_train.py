@@ -13,7 +13,7 @@ run it measures, per party:
   :mod:`smpc_synth.mpc.optim`); every epoch's seconds are reported as well, with the mean
   epoch of a whole default-length run (300 epochs) that follows from them;
 - ``stock``: the same networks in stock ``crypten.nn`` with CrypTen autograd, CrypTen's own
-  protocols and code as shipped (:func:`smpc_synth.mpc.session.stock_protocols`), the
+  protocols and code as shipped (:func:`smpc_synth.mpc.compat.shipped_crypten`), the
   shared losses of :mod:`smpc_synth.models.losses` and ``update_parameters`` with its
   default settings (SGD, gradient clipping at 100) — a few steps, scaled to an epoch (over
   the same transport and dealer, so the gap is CrypTen's protocols and code);
@@ -93,7 +93,7 @@ def _party(mesh, parties: tuple[str, ...], config: BenchConfig) -> dict[str, Any
 
     from smpc_synth.data import TableEncoder
     from smpc_synth.models.vae import VAEGenerator
-    from smpc_synth.mpc import session
+    from smpc_synth.mpc import compat, session
     from smpc_synth.mpc.secure_stats import party_sizes, secure_sum
     from smpc_synth.mpc.trainer import TrainLoop, train
 
@@ -126,7 +126,7 @@ def _party(mesh, parties: tuple[str, ...], config: BenchConfig) -> dict[str, Any
         session.crypten.communicator.get().barrier()
         if rank == 0:
             _say(f"stock crypten.nn: {config.stock_steps} steps, then the summary")
-        with session.stock_protocols():  # stock: CrypTen's protocols and code as shipped
+        with compat.shipped_crypten():  # stock: CrypTen's protocols and code as shipped
             stock = _stock_steps(session, model, X, sizes, rank, config.stock_steps)
     steps = sum(sizes) // min(model.hparams.batch_size, sum(sizes))
     return {

@@ -17,6 +17,9 @@ MAX_EXACT_INTEGER = 2**53
 
 # Schema inference
 MAX_CATEGORIES = 200  # a text column with more distinct values is refused as free text / ids
+# A column whose cells are numbers but for at most this fraction is numeric with bad cells
+# (named, refused), not categorical: its numbers would otherwise become categories.
+RARE_TEXT_FRACTION = 0.05
 
 # Encoding
 NumericMode = Literal["mode", "standard", "quantile"]

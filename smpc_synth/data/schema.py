@@ -36,6 +36,7 @@ from smpc_synth.data.defaults import (
     MAX_EXACT_INTEGER,
     MAX_REPORTED_PROBLEMS,
     MISSING_TOKENS,
+    RARE_TEXT_FRACTION,
 )
 from smpc_synth.data.rows import row_label
 from smpc_synth.errors import InputError
@@ -298,19 +299,22 @@ def _infer_column(
     if set(text.str.lower()) <= {"true", "false"}:
         return ColumnSpec(name, "boolean")
     cats = sorted(set(text))
+    words = text[numbers.isna()]
+    # numbers with a few stray words (or, past the category limit, mostly numbers): bad
+    # cells to name, not categories
+    rare_words = len(words) <= RARE_TEXT_FRACTION * len(text)
+    if rare_words or (len(cats) > max_categories and len(words) < numbers.notna().sum()):
+        cells = "; ".join(
+            f"{row_label(int(p), source)}: {_show(words[p])}"
+            for p in words.index[:MAX_REPORTED_PROBLEMS]
+        )
+        more = len(words) - MAX_REPORTED_PROBLEMS
+        raise InputError(
+            f"{prefix}column '{name}' holds numbers but {len(words)} cell(s) are not: "
+            f"{cells}{f'; ... and {more} more' if more > 0 else ''} (fix them, leave a "
+            "missing value empty, or declare the column categorical in a schema)"
+        )
     if len(cats) > max_categories:
-        words = text[numbers.isna()]
-        if len(words) < numbers.notna().sum():  # mostly numbers: a few bad cells, not free text
-            cells = "; ".join(
-                f"{row_label(int(p), source)}: {_show(words[p])}"
-                for p in words.index[:MAX_REPORTED_PROBLEMS]
-            )
-            more = len(words) - MAX_REPORTED_PROBLEMS
-            raise InputError(
-                f"{prefix}column '{name}' holds numbers but {len(words)} cell(s) are not: "
-                f"{cells}{f'; ... and {more} more' if more > 0 else ''} (fix them, or leave a "
-                "missing value empty)"
-            )
         raise InputError(
             f"{prefix}column '{name}': {len(cats)} distinct text values, more than "
             f"max_categories={max_categories}; free text or identifiers cannot be modelled: "

@@ -104,12 +104,3 @@ def make_mul(original: Callable) -> Callable:
         return self._arithmetic_function(y, "mul")
 
     return mul
-
-
-def install(session) -> None:
-    """Install the copy-free ops for ``session`` (undone with its other protocols)."""
-    session.install_protocol(
-        ArithmeticSharedTensor, "_arithmetic_function", make_arithmetic_function
-    )
-    session.install_protocol(ArithmeticSharedTensor, "square", make_square)
-    session.install_protocol(ArithmeticSharedTensor, "mul", make_mul)

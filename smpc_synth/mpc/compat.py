@@ -1,8 +1,21 @@
-"""Every fix CrypTen 0.4.1 needs to run (and run fast) on torch 2.13, in one place.
+"""Every change smpc-synth makes to CrypTen 0.4.1, in one table, installed only on request.
 
-CrypTen is unmaintained since 2022. Import this module (``import smpc_synth.mpc.compat``)
-before ``crypten``; :func:`import_crypten` does both. Each fix says why it exists, and
-``tests/test_compat.py`` fails if a fix stops working or stops being needed.
+CrypTen is unmaintained since 2022. :data:`PATCHES` lists each attribute of CrypTen we
+replace, with why:
+
+- ``needed``: CrypTen cannot run on torch 2.13, or gives wrong results, without it;
+- ``speed``: the same results, faster;
+- ``protocol``: a session's wiring (our communicator, the dealer as tuple provider) and
+  the protocols that use the dealer.
+
+Importing this module (or any of smpc-synth's) changes nothing in CrypTen: only
+:func:`import_crypten`'s alias of a moved torch module, without which ``import crypten``
+fails. :func:`patched_crypten` installs the entries for a block and puts CrypTen's own
+objects back after it (a session holds one open while it runs); blocks nest, and the
+entries leave with the outermost. :func:`shipped_crypten` puts CrypTen's code back inside
+a patched block (the speed entries and our protocols), for stock baselines.
+``tests/test_compat.py`` checks each entry works and is still needed, and that outside a
+block every patched attribute is CrypTen's own object again.
 """
 
 from __future__ import annotations
@@ -10,21 +23,25 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import inspect
 import sys
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-_APPLIED = False
+Why = Literal["needed", "speed", "protocol"]
 
 
 def _alias_onnx_registration() -> None:
     # crypten/nn/onnx_converter.py does `from torch.onnx._internal.registration import
     # registry`; torch 2.13 moved that module under `torchscript_exporter`. Alias the old
-    # path so the import (and CrypTen's symbolic-registry update) keeps working.
+    # path so the import (and CrypTen's symbolic-registry update) keeps working. This
+    # touches torch's module table only, none of CrypTen's objects.
     old = "torch.onnx._internal.registration"
     if old in sys.modules:
         return
@@ -33,6 +50,16 @@ def _alias_onnx_registration() -> None:
     except ModuleNotFoundError:
         new = importlib.import_module("torch.onnx._internal.torchscript_exporter.registration")
         sys.modules[old] = new
+
+
+def import_crypten() -> ModuleType:
+    """Return the ``crypten`` module, importable on this torch, as CrypTen ships it (enter
+    :func:`patched_crypten` to use it)."""
+    _alias_onnx_registration()
+    return importlib.import_module("crypten")
+
+
+# --- needed: CrypTen on torch 2.13 ---------------------------------------------------------
 
 
 def _crypten_classes() -> list[Any]:
@@ -65,22 +92,21 @@ def _load_crypten_file(f, **kwargs):
         return torch.load(f, **kwargs)
 
 
-def _patch_loads(crypten: ModuleType) -> None:
-    original_load = crypten.load
+def _crypten_load(original: Callable) -> Callable:
+    """``crypten.load`` reading CrypTen's own files (see :func:`_load_crypten_file`)."""
 
-    @functools.wraps(original_load)
+    @functools.wraps(original)
     def load(f, load_closure=None, **kwargs):
         if load_closure is None or load_closure is torch.load:
             return _load_crypten_file(f, **kwargs)
         return load_closure(f, **kwargs)
 
-    crypten.load = load
-    provider_module = importlib.import_module("crypten.mpc.provider.provider")
-    provider_module.torch = _TorchWithCryptenLoad(torch)
+    return load
 
 
 class _TorchWithCryptenLoad:
-    """A view of ``torch`` whose ``load`` reads CrypTen's own cache files (see above)."""
+    """A view of ``torch`` whose ``load`` reads CrypTen's own cache files (see above): what
+    the tuple provider's module sees as ``torch``."""
 
     def __init__(self, wrapped: ModuleType):
         self._wrapped = wrapped
@@ -91,12 +117,9 @@ class _TorchWithCryptenLoad:
         return getattr(self._wrapped, name)
 
 
-def _patch_onnx_export(crypten: ModuleType) -> None:
+def _torchscript_export(original: Callable) -> Callable:
     # torch 2.13's `torch.onnx.export` uses the dynamo exporter by default, which ignores
     # CrypTen's custom symbolic registry; CrypTen's `from_pytorch` needs the TorchScript one.
-    converter = importlib.import_module("crypten.nn.onnx_converter")
-    original = converter._export_pytorch_model
-
     def _export_pytorch_model(f, pytorch_model, dummy_input):
         real_export = torch.onnx.export
 
@@ -110,16 +133,17 @@ def _patch_onnx_export(crypten: ModuleType) -> None:
         finally:
             torch.onnx.export = real_export
 
-    converter._export_pytorch_model = _export_pytorch_model
+    return _export_pytorch_model
 
 
-def _onnx_identity(crypten: ModuleType) -> None:
+@functools.cache
+def _onnx_identity(_absent: Any = None) -> type:
     # torch 2.13's TorchScript exporter stores equal initializers once and emits an ONNX
     # `Identity` node for each copy (a fresh BatchNorm's running_var equals its weight, its
     # running_mean its bias), which CrypTen's converter does not know: from_pytorch fails
     # with "CrypTen does not support ONNX op Identity". The node becomes a module that
     # passes its input on.
-    converter = importlib.import_module("crypten.nn.onnx_converter")
+    crypten = import_crypten()
 
     class Identity(crypten.nn.Module):
         """ONNX's Identity: the output is the input."""
@@ -131,17 +155,14 @@ def _onnx_identity(crypten: ModuleType) -> None:
         def from_onnx(attributes=None):
             return Identity()
 
-    converter.ONNX_TO_CRYPTEN.setdefault("Identity", Identity)
+    return Identity
 
 
-def _exact_decode(crypten: ModuleType) -> None:
+def _exact_decode(original: Callable) -> Callable:
     # FixedPointEncoder.decode splits a negative value into quotient and remainder with the
     # divisor `scale - 1` (a typo for `scale`), so values in (-n, -n + n/scale) decode as
     # x - 1: -1.99999 reveals as -2.99999, and 75 of CrypTen's own 10,368 conv test values
     # land there. The fix is the intended floor division.
-    encoder_class = crypten.encoder.FixedPointEncoder
-    original = encoder_class.decode
-
     @functools.wraps(original)
     def decode(self, tensor):
         if tensor is None or self._scale <= 1 or tensor.is_floating_point():
@@ -150,56 +171,28 @@ def _exact_decode(crypten: ModuleType) -> None:
         remainder = tensor - quotient * self._scale  # in [0, scale): exact in float32
         return quotient.float() + remainder.float() / self._scale
 
-    encoder_class.decode = decode
+    return decode
 
 
-# (owner, attribute, ours, CrypTen's) for the fixes below that only make CrypTen faster;
-# shipped_crypten() undoes them, so stock baselines measure CrypTen's own code.
-_SPEED_PATCHES: list[tuple[Any, str, Any, Any]] = []
+# --- speed: the same results, faster --------------------------------------------------------
 
 
-def _speed_patch(owner: Any, name: str, ours: Any) -> None:
-    original = owner.__dict__[name]
-    setattr(owner, name, ours)
-    _SPEED_PATCHES.append((owner, name, ours, original))
-
-
-@contextlib.contextmanager
-def shipped_crypten() -> Iterator[None]:
-    """Run CrypTen's own code inside the block: the fixes that only make it faster are
-    undone (for stock baselines); those it needs to run on this torch stay."""
-    for owner, name, _, original in reversed(_SPEED_PATCHES):  # a later patch may wrap
-        setattr(owner, name, original)
-    try:
-        yield
-    finally:
-        for owner, name, ours, _ in _SPEED_PATCHES:
-            setattr(owner, name, ours)
-        # writes made meanwhile went straight to omegaconf: drop the cached sections
-        vars(importlib.import_module("crypten").cfg).pop("_sections", None)
-
-
-def _skip_debug_validation(crypten: ModuleType) -> None:
+def _remembered_dispatch(original: Callable) -> Callable:
     # Every attribute access on an encrypted tensor goes through crypten.debug's
     # `validate_attribute`, which reads `cfg.debug.validation_mode` through omegaconf
     # (~75 us): a tenth of an MPC training step. smpc-synth never turns CrypTen's debug
-    # validation on, so the undecorated `__getattribute__` is put back.
-    tensor_class = crypten.CrypTensor
-    current = tensor_class.__dict__["__getattribute__"]
-    if current.__code__.co_name == "validate_attribute":
-        _speed_patch(tensor_class, "__getattribute__", current.__wrapped__)
-
-
-def _remembered_dispatch(crypten: ModuleType) -> None:
-    # CrypTensor.__getattribute__ decides on every attribute read of an encrypted tensor
-    # whether the name is an autograd function: a list scan, two dict lookups and several
-    # class-attribute reads, each through CrypTensorMetaclass.__getattribute__ (~8 us in
-    # all; ~3,400 reads in a VAE step). For a name it hands straight to the object (every
-    # non-function attribute: share, encoder, _tensor, size...) that answer depends on the
-    # name alone, since CrypTen's lists and function registry are fixed at import, so it
-    # is remembered per name; every other name takes CrypTen's path.
-    tensor_class = crypten.CrypTensor
-    original = tensor_class.__dict__["__getattribute__"]
+    # validation on, so the undecorated `__getattribute__` is the one called.
+    # That one decides on every read whether the name is an autograd function: a list
+    # scan, two dict lookups and several class-attribute reads, each through
+    # CrypTensorMetaclass.__getattribute__ (~8 us in all; ~3,400 reads in a VAE step). For
+    # a name it hands straight to the object (every non-function attribute: share,
+    # encoder, _tensor, size...) that answer depends on the name alone, since CrypTen's
+    # lists and function registry are fixed at import, so it is remembered per name;
+    # every other name takes CrypTen's path.
+    dispatch = original
+    if original.__code__.co_name == "validate_attribute":
+        dispatch = original.__wrapped__
+    tensor_class = importlib.import_module("crypten").CrypTensor
     gradients = importlib.import_module("crypten.gradients")
     read = object.__getattribute__
     direct: dict[str, bool] = {}
@@ -215,10 +208,18 @@ def _remembered_dispatch(crypten: ModuleType) -> None:
         known = direct.get(name)
         if known is None:
             known = direct[name] = is_direct(name)
-        return read(self, name) if known else original(self, name)
+        return read(self, name) if known else dispatch(self, name)
 
-    _speed_patch(tensor_class, "__getattribute__", __getattribute__)
+    return __getattribute__
 
+
+# CrypTen reads its omegaconf config on every operation (`cfg.encoder.precision_bits` in
+# each encoder, `cfg.mpc.provider` for each tuple, `cfg.communicator.verbose` for each
+# message): about 30 us a read through omegaconf's resolver, 300 reads in an MLP training
+# step. And `temp_override`, which the reciprocal, log and exp approximations enter on
+# every call, merges a copy of the whole config (about 6 ms). With the two entries for
+# CrypTenConfig, sections are cached as plain views (invalidated when the config object is
+# replaced), and overrides shadow the cached values.
 
 _UNSET = object()
 # undo actions of the temp_override blocks now open, innermost last: a write made inside a
@@ -402,20 +403,15 @@ def _config_temp_override(self, override_dict: dict[str, Any]) -> Iterator[None]
             self.config = root
 
 
-def _fast_config_reads(crypten: ModuleType) -> None:
-    # CrypTen reads its omegaconf config on every operation (`cfg.encoder.precision_bits`
-    # in each encoder, `cfg.mpc.provider` for each tuple, `cfg.communicator.verbose` for
-    # each message): about 30 us a read through omegaconf's resolver, 300 reads in an MLP
-    # training step. And `temp_override`, which the reciprocal, log and exp approximations
-    # enter on every call, merges a copy of the whole config (about 6 ms). Sections are
-    # cached as plain views (invalidated when the config object is replaced), and
-    # overrides shadow the cached values.
-    config_class = type(crypten.cfg)
-    _speed_patch(config_class, "__getattribute__", _config_getattribute)
-    _speed_patch(config_class, "temp_override", _config_temp_override)
+def _forget_config_cache() -> None:
+    """Drop the cached sections: writes made while CrypTen's own reads were in went
+    straight to omegaconf (and a config outside a patched block holds none of ours)."""
+    crypten = sys.modules.get("crypten")
+    if crypten is not None and hasattr(crypten, "cfg"):
+        vars(crypten.cfg).pop("_sections", None)
 
 
-def _cheap_empty_mpc_tensors(crypten: ModuleType) -> None:
+def _cheap_empty_mpc_tensors(original: Callable) -> Callable:
     # `MPCTensor([])` is CrypTen's idiom for "an empty shell whose `_tensor` I set next"
     # (from_shares, clone, shallow_copy, and a dummy for every crypten.cat/stack call), and
     # `MPCTensor.__init__` means to skip the sharing for it, but tests `tensor is []`, which
@@ -424,8 +420,7 @@ def _cheap_empty_mpc_tensors(crypten: ModuleType) -> None:
     # The fix skips the sharing but still gives the shell shares of nothing: a user's
     # `crypten.cryptensor([])` takes the same path and gets what CrypTen gives it, an empty
     # encrypted tensor.
-    mpc_class = crypten.mpc.MPCTensor
-    original = mpc_class.__init__
+    crypten = import_crypten()
     ptype = crypten.mpc.ptype.arithmetic
 
     @functools.wraps(original)
@@ -437,7 +432,7 @@ def _cheap_empty_mpc_tensors(crypten: ModuleType) -> None:
             return
         original(self, tensor, ptype, device, *args, **kwargs)
 
-    _speed_patch(mpc_class, "__init__", __init__)
+    return __init__
 
 
 def _empty_shares(crypten: ModuleType, shares_class: type, device: Any) -> Any:
@@ -451,25 +446,284 @@ def _empty_shares(crypten: ModuleType, shares_class: type, device: Any) -> Any:
     return shares
 
 
-def apply() -> None:
-    """Apply every fix once; safe to call many times."""
-    global _APPLIED
-    if _APPLIED:
-        return
-    _alias_onnx_registration()
-    crypten = importlib.import_module("crypten")
-    _patch_loads(crypten)
-    _patch_onnx_export(crypten)
-    _onnx_identity(crypten)
-    _exact_decode(crypten)
-    _skip_debug_validation(crypten)
-    _remembered_dispatch(crypten)
-    _fast_config_reads(crypten)
-    _cheap_empty_mpc_tensors(crypten)
-    _APPLIED = True
+def _ours(module: str, name: str) -> Any:
+    """``name`` from ``smpc_synth.mpc.<module>``: the protocols live above this module and
+    are imported only when a session installs them."""
+    return getattr(importlib.import_module(f"smpc_synth.mpc.{module}"), name)
 
 
-def import_crypten() -> ModuleType:
-    """Return the ``crypten`` module with every fix applied."""
-    apply()
-    return importlib.import_module("crypten")
+# --- protocol: a session's communicator, provider and the dealer's protocols -----------------
+
+
+class Wiring(Protocol):
+    """What the ``protocol`` entries (and those of one transport or provider) are made
+    from: the running session."""
+
+    provider: str  # "dealer" or "tfp"
+    transport: str  # "grpc" or "gloo"
+    dealer_provider: Any  # the DealerProvider, with the dealer
+
+
+def _dealer_provider(_absent: Any, wiring: Wiring) -> Any:
+    return wiring.dealer_provider
+
+
+def _dealer_ltz(original: Callable, wiring: Wiring) -> Callable:
+    return _ours("compare", "make_ltz")(wiring.dealer_provider, original)
+
+
+def _dealer_relu(original: Callable, wiring: Wiring) -> Callable:
+    return _ours("compare", "make_relu")(wiring.dealer_provider, original)
+
+
+def _relu_forward(original: staticmethod, wiring: Wiring) -> staticmethod:
+    return _ours("compare", "make_autograd_relu")(wiring.dealer_provider, original)[0]
+
+
+def _relu_backward(_original: staticmethod, wiring: Wiring) -> staticmethod:
+    # the backward reads what the forward saved; CrypTen's forward is its fallback only
+    forward = original(import_crypten().gradients.AutogradReLU, "forward")
+    return _ours("compare", "make_autograd_relu")(wiring.dealer_provider, forward)[1]
+
+
+def _with(module: str, name: str) -> Callable[[Any, Wiring], Any]:
+    """An entry's factory that is ``smpc_synth.mpc.<module>.<name>(original)``."""
+    return lambda original, _wiring: _ours(module, name)(original)
+
+
+def _channel(name: str) -> Callable[[Any, Wiring], Any]:
+    """``crypten.communicator.<function>`` answered by our ChannelCommunicator's ``name``."""
+    return lambda _original, _wiring: getattr(_ours("communicator", "ChannelCommunicator"), name)
+
+
+def _gloo_class(_original: type, _wiring: Wiring) -> type:
+    # `crypten.communicator._init` builds `DistributedCommunicator(...)` by this module-level
+    # name: in a gloo session it builds ours, which sends objects by our codec, not pickle
+    return _ours("communicator", "GlooCommunicator")
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One entry: ``owner.attribute`` (``owner[attribute]`` for a dict) becomes ``make(
+    original)``, or ``make(original, wiring)`` for an entry of one session's ``when``.
+    ``original`` is CrypTen's object (the inherited one, or None for a key a dict lacks)."""
+
+    owner: str  # "module" or "module:name" (a class or a dict in that module)
+    attribute: str
+    make: Callable[..., Any]
+    why: Why
+    when: Literal["dealer", "grpc", "gloo"] | None = None  # None: every patched block
+    wiring: bool = False  # the session cannot run without it: shipped_crypten keeps it
+    item: bool = False  # owner is a dict, attribute one of its keys
+
+    @property
+    def as_shipped(self) -> bool:
+        """Whether :func:`shipped_crypten` puts CrypTen's own object back."""
+        return self.why != "needed" and not self.wiring
+
+    def resolve(self) -> Any:
+        """The object that holds the attribute."""
+        module, _, name = self.owner.partition(":")
+        owner = importlib.import_module(module)
+        for part in filter(None, name.split(".")):
+            owner = getattr(owner, part)
+        return owner
+
+
+# fmt: off
+PATCHES: tuple[Patch, ...] = (
+    Patch("crypten", "load", _crypten_load, "needed"),
+    Patch("crypten.mpc.provider.provider", "torch", _TorchWithCryptenLoad, "needed"),
+    Patch("crypten.nn.onnx_converter", "_export_pytorch_model", _torchscript_export, "needed"),
+    Patch("crypten.nn.onnx_converter:ONNX_TO_CRYPTEN", "Identity", _onnx_identity, "needed",
+          item=True),
+    Patch("crypten.encoder:FixedPointEncoder", "decode", _exact_decode, "needed"),
+    Patch("crypten:CrypTensor", "__getattribute__", _remembered_dispatch, "speed"),
+    Patch("crypten.config.config:CrypTenConfig", "__getattribute__",
+          lambda _original: _config_getattribute, "speed"),
+    Patch("crypten.config.config:CrypTenConfig", "temp_override",
+          lambda _original: _config_temp_override, "speed"),
+    Patch("crypten.mpc:MPCTensor", "__init__", _cheap_empty_mpc_tensors, "speed"),
+    Patch("crypten.mpc.primitives.arithmetic:ArithmeticSharedTensor", "_arithmetic_function",
+          _with("arithmetic", "make_arithmetic_function"), "speed", "dealer"),
+    Patch("crypten.mpc.primitives.arithmetic:ArithmeticSharedTensor", "square",
+          _with("arithmetic", "make_square"), "speed", "dealer"),
+    Patch("crypten.mpc.primitives.arithmetic:ArithmeticSharedTensor", "mul",
+          _with("arithmetic", "make_mul"), "speed", "dealer"),
+    Patch("crypten.mpc:__SUPPORTED_PROVIDERS", "DEALER", _dealer_provider, "protocol", "dealer",
+          wiring=True, item=True),
+    Patch("crypten.mpc:MPCTensor", "_ltz", _dealer_ltz, "protocol", "dealer"),
+    Patch("crypten.mpc:MPCTensor", "relu", _dealer_relu, "protocol", "dealer"),
+    Patch("crypten.gradients:AutogradReLU", "forward", _relu_forward, "protocol", "dealer"),
+    Patch("crypten.gradients:AutogradReLU", "backward", _relu_backward, "protocol", "dealer"),
+    Patch("crypten.mpc.primitives.beaver", "__beaver_protocol",
+          _with("beaver", "make_beaver_protocol"), "protocol", "dealer"),
+    Patch("crypten.gradients:AutogradMatMul", "backward",
+          _with("beaver", "make_matmul_backward"), "protocol", "dealer"),
+    Patch("crypten.gradients:AutogradMul", "backward",
+          _with("beaver", "make_mul_backward"), "protocol", "dealer"),
+    Patch("crypten.communicator", "get", _channel("get"), "protocol", "grpc", wiring=True),
+    Patch("crypten.communicator", "is_initialized", _channel("is_initialized"), "protocol",
+          "grpc", wiring=True),
+    Patch("crypten.communicator", "uninit", _channel("shutdown"), "protocol", "grpc",
+          wiring=True),
+    Patch("crypten.communicator.distributed_communicator", "DistributedCommunicator",
+          _gloo_class, "protocol", "gloo", wiring=True),
+)
+# fmt: on
+
+
+# --- installing and undoing: one registry -------------------------------------------------------
+
+ABSENT = object()  # what an owner holds for an attribute it inherits, a dict for a key it lacks
+
+
+@dataclass
+class _Installed:
+    patch: Patch
+    owner: Any
+    original: Any  # CrypTen's own object, or ABSENT
+    ours: Any
+
+
+_LOCK = threading.RLock()
+_INSTALLED: dict[Patch, _Installed] = {}  # the one undo registry, in installation order
+_BLOCKS = 0  # patched_crypten blocks open
+_WIRING: Wiring | None = None  # the session whose entries are in
+_SHIPPED = 0  # shipped_crypten blocks open
+
+
+def holding(patch: Patch) -> Any:
+    """What ``patch``'s owner holds itself under its attribute now (:data:`ABSENT` when it
+    inherits it or, for a dict, lacks the key)."""
+    owner = patch.resolve()
+    if patch.item:
+        return owner.get(patch.attribute, ABSENT)
+    return vars(owner).get(patch.attribute, ABSENT)
+
+
+def original(owner: Any, attribute: str) -> Any:
+    """CrypTen's own ``owner.attribute`` (the inherited one if it has none), patched or not."""
+    for record in _INSTALLED.values():
+        if record.owner is owner and record.patch.attribute == attribute:
+            if record.original is not ABSENT:
+                return record.original
+            break
+    return inspect.getattr_static(owner, attribute)
+
+
+def _put(record: _Installed, value: Any) -> None:
+    owner, name = record.owner, record.patch.attribute
+    if record.patch.item:
+        if value is ABSENT:
+            owner.pop(name, None)
+        else:
+            owner[name] = value
+    elif value is ABSENT:
+        if name in vars(owner):
+            delattr(owner, name)
+    else:
+        setattr(owner, name, value)
+
+
+def _install(patch: Patch, wiring: Wiring | None) -> None:
+    if patch in _INSTALLED:
+        raise RuntimeError(f"{patch.owner}.{patch.attribute} is patched already")
+    owner = patch.resolve()
+    own = holding(patch)
+    if own is not ABSENT:
+        base = own
+    else:
+        base = None if patch.item else inspect.getattr_static(owner, patch.attribute)
+    ours = patch.make(base) if patch.when is None else patch.make(base, wiring)
+    record = _INSTALLED[patch] = _Installed(patch, owner, own, ours)
+    _put(record, own if _SHIPPED and patch.as_shipped else ours)
+
+
+def _uninstall(patch: Patch) -> None:
+    record = _INSTALLED.pop(patch)
+    _put(record, record.original)
+
+
+def _applies(patch: Patch, wiring: Wiring) -> bool:
+    return patch.when in (wiring.provider, wiring.transport)
+
+
+@contextlib.contextmanager
+def patched_crypten(wiring: Wiring | None = None) -> Iterator[None]:
+    """CrypTen with the table's entries inside the block: those for every block and, with
+    a ``wiring`` (a running session), that session's. Blocks nest (one session's at a
+    time); the entries leave with the block that brought them, and after the outermost
+    every patched attribute is CrypTen's own object again."""
+    global _BLOCKS, _WIRING
+    import_crypten()
+    with _LOCK:
+        if wiring is not None and _WIRING is not None:
+            raise RuntimeError("CrypTen is wired to a session already")
+        _BLOCKS += 1
+        if wiring is not None:
+            _WIRING = wiring
+        try:
+            for patch in PATCHES:
+                if patch.when is None and _BLOCKS == 1:
+                    _install(patch, None)
+                elif patch.when is not None and wiring is not None and _applies(patch, wiring):
+                    _install(patch, wiring)
+        except BaseException:
+            _leave(wiring)
+            raise
+        finally:
+            _forget_config_cache()
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _leave(wiring)
+            _forget_config_cache()
+
+
+def _leave(wiring: Wiring | None) -> None:
+    """Undo what the block with ``wiring`` brought (all of it, if it is the last open)."""
+    global _BLOCKS, _WIRING
+    if wiring is not None and _WIRING is wiring:
+        for patch in reversed(list(_INSTALLED)):
+            if patch.when is not None:
+                _uninstall(patch)
+        _WIRING = None
+    _BLOCKS -= 1
+    if _BLOCKS == 0:
+        for patch in reversed(list(_INSTALLED)):
+            _uninstall(patch)
+
+
+@contextlib.contextmanager
+def shipped_crypten() -> Iterator[None]:
+    """Run CrypTen as shipped inside the block, for stock baselines: CrypTen's own objects
+    for the ``speed`` entries and our protocols; what CrypTen needs on this torch, and a
+    session's communicator and tuple provider, stay. Blocks nest."""
+    global _SHIPPED
+    with _LOCK:
+        _SHIPPED += 1
+        if _SHIPPED == 1:
+            for record in reversed(list(_INSTALLED.values())):
+                if record.patch.as_shipped:
+                    _put(record, record.original)
+            _forget_config_cache()
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _SHIPPED -= 1
+            if _SHIPPED == 0:
+                for record in _INSTALLED.values():
+                    if record.patch.as_shipped:
+                        _put(record, record.ours)
+                _forget_config_cache()
+
+
+def shipped() -> bool:
+    """Whether a :func:`shipped_crypten` block is open."""
+    return _SHIPPED > 0

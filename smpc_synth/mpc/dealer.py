@@ -33,7 +33,7 @@ from smpc_synth.mpc import codec, compare, prg, ring
 from smpc_synth.mpc.compat import import_crypten
 from smpc_synth.mpc.link import Link
 from smpc_synth.mpc.stats import TrafficRecorder
-from smpc_synth.train.base import Channel
+from smpc_synth.net.channel import Channel
 
 crypten = import_crypten()
 from crypten.common.util import count_wraps  # noqa: E402

@@ -1,4 +1,4 @@
-"""Framing of MPC messages over a :class:`~smpc_synth.train.base.Channel`.
+"""Framing of MPC messages over a :class:`~smpc_synth.net.channel.Channel`.
 
 Four kinds of message travel on one tag, so that they stay in order per sender:
 tensors (as raw numpy arrays), objects (``b"O"`` + :mod:`smpc_synth.mpc.codec`), refusals
@@ -22,7 +22,7 @@ import torch
 from smpc_synth.errors import PeerError
 from smpc_synth.mpc import codec
 from smpc_synth.mpc.stats import TrafficRecorder, clock
-from smpc_synth.train.base import Channel
+from smpc_synth.net.channel import Channel
 
 TAG = "mpc"
 DEALER = "dealer"

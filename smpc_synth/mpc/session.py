@@ -3,19 +3,20 @@
 ``start_crypten`` installs the communicator (ours over the Channel, or CrypTen's own gloo
 one) and the tuple provider (the dealer, or — for tests only — CrypTen's trusted first
 party, which lets party 0 see every secret), then sets up CrypTen's shared PRG seeds over
-that communicator. ``stop_crypten`` undoes all of it.
+that communicator. Every CrypTen attribute it replaces is an entry of
+:data:`smpc_synth.mpc.compat.PATCHES`, in for the session's lifetime
+(:func:`~smpc_synth.mpc.compat.patched_crypten`). ``stop_crypten`` undoes all of it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import importlib
-import inspect
 import logging
 import os
 import socket
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,28 +24,24 @@ import torch
 
 from smpc_synth.config import PROVIDERS, TRANSPORTS
 from smpc_synth.errors import InputError
-from smpc_synth.mpc import arithmetic, beaver, compare, compat, prg
-from smpc_synth.mpc.communicator import ChannelCommunicator, GlooCommunicator
+from smpc_synth.mpc import compat, prg
+from smpc_synth.mpc.communicator import ChannelCommunicator
 from smpc_synth.mpc.compat import import_crypten
 from smpc_synth.mpc.dealer import DealerProvider
 from smpc_synth.mpc.link import DEALER, Link
 from smpc_synth.mpc.stats import TrafficRecorder
 from smpc_synth.mpc.transport import check_gloo, insecure_warning, rendezvous_address
-from smpc_synth.train.base import Channel, TrafficStats
+from smpc_synth.net.channel import Channel, TrafficStats
 
 crypten = import_crypten()
 import crypten.communicator as crypten_comm  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from crypten.gradients import AutogradMatMul, AutogradMul, AutogradReLU  # noqa: E402
-from crypten.mpc import MPCTensor  # noqa: E402
-from crypten.mpc.primitives import beaver as crypten_beaver  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 Transport = Literal[TRANSPORTS]
 Provider = Literal[PROVIDERS]
 _CRYPTEN_PROVIDER_NAME = {"dealer": DealerProvider.NAME, "tfp": "TFP"}
-_PATCHED_COMM_FUNCTIONS = ("get", "is_initialized", "uninit")
 
 
 @dataclass
@@ -58,23 +55,9 @@ class MpcSession:
     recorder: TrafficRecorder
     link: Link | None
     dealer_provider: DealerProvider | None
-    stock: bool = False  # inside stock_protocols()
     debug_seed: int | None = None  # tests only: every PRG key derives from it
     _restore: dict[str, Any] = field(default_factory=dict)
-    # (owner, attribute, ours, CrypTen's): our protocols installed over CrypTen's
-    _protocols: list[tuple[Any, str, Any, Any]] = field(default_factory=list)
-
-    def install_protocol(self, owner: Any, name: str, make: Any) -> None:
-        """Replace ``owner.name`` with ``make(original)`` until the session ends (``original``
-        as stored: a staticmethod stays one)."""
-        original = inspect.getattr_static(owner, name)
-        ours = make(original)
-        setattr(owner, name, ours)
-        self._protocols.append((owner, name, ours, original))
-
-    def use_protocols(self, ours: bool) -> None:
-        for owner, name, mine, original in self._protocols:
-            setattr(owner, name, mine if ours else original)
+    _patches: ExitStack = field(default_factory=ExitStack)  # compat's, while it runs
 
 
 _SESSION: MpcSession | None = None
@@ -136,35 +119,26 @@ def start_crypten(
 def _start(
     session: MpcSession, link: Link | None, rendezvous: str | None, debug_seed: int | None
 ) -> None:
-    crypten.cfg.communicator.verbose = True  # CrypTen's own counters, for comparison
     if session.provider == "dealer":
         deferred = session.transport == "grpc"  # settled by our link as rounds come back
         session.dealer_provider = DealerProvider(link, session.rank, deferred=deferred)
-        _providers()[DealerProvider.NAME] = session.dealer_provider
         if deferred:
             link.after_party_recv = session.dealer_provider.settle
-        # every comparison (relu, gt, max, sigmoid's sign...) runs the dealer's protocol
-        provider = session.dealer_provider
-        session.install_protocol(MPCTensor, "_ltz", lambda ltz: compare.make_ltz(provider, ltz))
-        session.install_protocol(MPCTensor, "relu", lambda relu: compare.make_relu(provider, relu))
-        forward, backward = compare.make_autograd_relu(
-            provider, inspect.getattr_static(AutogradReLU, "forward")
-        )
-        session.install_protocol(AutogradReLU, "forward", lambda _: forward)
-        session.install_protocol(AutogradReLU, "backward", lambda _: backward)
-        session.install_protocol(crypten_beaver, beaver.PROTOCOL_NAME, beaver.make_beaver_protocol)
-        session.install_protocol(AutogradMatMul, "backward", beaver.make_matmul_backward)
-        session.install_protocol(AutogradMul, "backward", beaver.make_mul_backward)
-        arithmetic.install(session)
     else:
         log.warning(
             "INSECURE: CrypTen's trusted-first-party provider lets %s see every secret; "
             "use it for tests only",
             session.parties[0],
         )
+    if session.transport == "grpc":
+        ChannelCommunicator.instance = ChannelCommunicator(link, session.parties, session.rank)
+    # CrypTen's fixes, this session's communicator and provider, and with the dealer every
+    # comparison (relu, gt, max, sigmoid's sign...) and product running the dealer's protocols
+    session._patches.enter_context(compat.patched_crypten(session))
+    crypten.cfg.communicator.verbose = True  # CrypTen's own counters, for comparison
     crypten.cfg.mpc.provider = _CRYPTEN_PROVIDER_NAME[session.provider]
     if session.transport == "grpc":
-        _install_channel_communicator(session, link)
+        crypten._setup_prng()  # exchanges the pairwise and global seeds over our links
     else:
         session._restore["env.GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME")
         _init_gloo(session.parties, session.rank, rendezvous)
@@ -258,24 +232,10 @@ def _check_arguments(channel, provider, transport, insecure_dev, rendezvous, deb
         raise InputError("key 'mpc.transport': this transport and provider need a channel")
 
 
-def _providers() -> dict[str, Any]:
-    # crypten.mpc keeps its provider instances in a module-level dict keyed by cfg name.
-    return vars(crypten.mpc)["__SUPPORTED_PROVIDERS"]
-
-
-def _install_channel_communicator(session: MpcSession, link: Link) -> None:
-    for name in _PATCHED_COMM_FUNCTIONS:
-        session._restore[f"comm.{name}"] = getattr(crypten_comm, name)
-    ChannelCommunicator.instance = ChannelCommunicator(link, session.parties, session.rank)
-    crypten_comm.get = ChannelCommunicator.get
-    crypten_comm.is_initialized = ChannelCommunicator.is_initialized
-    crypten_comm.uninit = ChannelCommunicator.shutdown
-    crypten._setup_prng()  # exchanges the pairwise and global seeds over our links
-
-
 def _init_gloo(parties: Sequence[str], rank: int, rendezvous: str) -> None:
     """CrypTen's own ``crypten.init`` for gloo, but with our object methods in place before
-    anything can be sent, and on loopback held to loopback: torch's tcp:// store listens on
+    anything can be sent (the session's compat entries have CrypTen build our
+    GlooCommunicator), and on loopback held to loopback: torch's tcp:// store listens on
     every interface and gloo's pairs on the host name's address."""
     host, port = rendezvous_address(rendezvous)
     loopback = not check_gloo(rendezvous, allow_insecure=True)
@@ -294,9 +254,7 @@ def _init_gloo(parties: Sequence[str], rank: int, rendezvous: str) -> None:
     if crypten.mpc.ttp_required():  # its TTP talks pickle during init: never used here
         raise InputError("key 'mpc.provider': CrypTen's TTP provider is not supported")
     crypten_comm._init(use_threads=False, init_ttp=False)
-    # CrypTen builds its own class; ours only replaces the pickle-based object methods.
     communicator = crypten_comm.DistributedCommunicator.instance
-    communicator.__class__ = GlooCommunicator
     communicator.parties = tuple(parties)
     communicator.set_name(parties[rank])
     crypten._setup_prng()
@@ -372,9 +330,6 @@ def _teardown() -> None:
     try:
         if session.transport == "grpc":
             ChannelCommunicator.shutdown()
-            for name in _PATCHED_COMM_FUNCTIONS:
-                if f"comm.{name}" in session._restore:
-                    setattr(crypten_comm, name, session._restore[f"comm.{name}"])
         elif crypten_comm.is_initialized():
             crypten.uninit()
     finally:
@@ -384,32 +339,15 @@ def _teardown() -> None:
                 os.environ.pop("GLOO_SOCKET_IFNAME", None)
             else:
                 os.environ["GLOO_SOCKET_IFNAME"] = interface
-        session.use_protocols(False)
-        _providers().pop(DealerProvider.NAME, None)
+        session._patches.close()
         crypten.cfg.mpc.provider = session._restore["provider"]
         crypten.cfg.communicator.verbose = session._restore["verbose"]
 
 
-@contextmanager
-def stock_protocols() -> Iterator[None]:
-    """Run CrypTen as shipped inside the block, for stock baselines: its own comparison and
-    Beaver products (with CrypTen's own provider they are in place already) and none of
-    the compat fixes that only make it faster. The transport and the dealer stay."""
-    session = _require_session()
-    session.use_protocols(False)
-    session.stock = True
-    try:
-        with compat.shipped_crypten():
-            yield
-    finally:
-        session.use_protocols(True)
-        session.stock = False
-
-
 def comparison_provider() -> DealerProvider | None:
     """The dealer provider, whose comparison protocol the MPC layers call directly; None
-    without a session or with CrypTen's own provider."""
-    if _SESSION is None or _SESSION.stock:
+    without a session, with CrypTen's own provider, or inside ``compat.shipped_crypten()``."""
+    if _SESSION is None or compat.shipped():
         return None
     return _SESSION.dealer_provider
 

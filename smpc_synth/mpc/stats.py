@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from smpc_synth.train.base import TrafficStats
+from smpc_synth.net.channel import TrafficStats
 
 DEFAULT_PHASE = "default"
 _COUNTERS = (

@@ -1,6 +1,6 @@
 """The network layer: gRPC between session members, mutual TLS, certificates, framing.
 
-:class:`PeerMesh` is the :class:`~smpc_synth.train.base.Channel` the runtime hands to
+:class:`PeerMesh` is the :class:`~smpc_synth.net.channel.Channel` the runtime hands to
 strategies; :func:`write_certificates` backs ``smpc-synth certs``. Names are imported on
 first use, so ``smpc-synth certs`` does not pay for importing torch.
 """

@@ -23,9 +23,9 @@ import torch
 from google.protobuf.message import DecodeError
 
 from smpc_synth.errors import PeerError
+from smpc_synth.net.channel import Payload
 from smpc_synth.net.limits import MAX_DIMS, MAX_TAG_BYTES
 from smpc_synth.net.v1 import tensor_pb2 as pb
-from smpc_synth.train.base import Payload
 
 _NUMPY_NAMES = (
     "bool",

@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from smpc_synth.errors import PeerError
+from smpc_synth.net.channel import Payload
 from smpc_synth.net.codec import WireFrame
 from smpc_synth.net.limits import MESSAGE_OVERHEAD_BYTES
-from smpc_synth.train.base import Payload
 
 # Sentinels (never payloads: those are arrays, tensors or bytes).
 _FAILED = object()  # the session was aborted

@@ -33,6 +33,7 @@ from smpc_synth.config import NetworkConfig
 from smpc_synth.errors import InputError, PeerError
 from smpc_synth.net import codec
 from smpc_synth.net.addresses import is_loopback, split_address
+from smpc_synth.net.channel import Payload, TrafficStats
 from smpc_synth.net.limits import Limits
 from smpc_synth.net.mailbox import Inbox, Outbox
 from smpc_synth.net.tap import WireTap
@@ -52,7 +53,6 @@ from smpc_synth.net.v1 import (
     session_pb2,
     session_pb2_grpc,
 )
-from smpc_synth.train.base import Payload, TrafficStats
 
 log = logging.getLogger(__name__)
 

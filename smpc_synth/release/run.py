@@ -17,10 +17,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from smpc_synth import __version__
 from smpc_synth.config import GateConfig
 from smpc_synth.release.gate import GateDecision, check_release
 from smpc_synth.release.manifest import MANIFEST_NAME, build_manifest, sign_manifest, write_manifest
+from smpc_synth.version import __version__
 
 log = logging.getLogger(__name__)
 

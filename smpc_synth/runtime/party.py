@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from smpc_synth import __version__, phases
+from smpc_synth import phases
 from smpc_synth.config import RunConfig
 from smpc_synth.data.schema import Schema
 from smpc_synth.errors import PeerError
@@ -30,13 +30,11 @@ from smpc_synth.release.run import PENDING_NAME
 from smpc_synth.runtime.checkpoints import DirectoryCheckpoints
 from smpc_synth.runtime.party_config import PartyConfig
 from smpc_synth.runtime.progress import ProgressEmitter
+from smpc_synth.runtime.roles import ROLES, SERVICE_ROLES, player
 from smpc_synth.runtime.supervision import follow_launcher, report_fault
+from smpc_synth.version import __version__
 
 log = logging.getLogger(__name__)
-
-
-# What a member's progress says once the session is agreed, by role.
-STAGES = {"data": "training", "dealer": "serving Beaver triples", "aggregator": "aggregating"}
 
 
 def session_fingerprints(cfg: PartyConfig, schema: Schema) -> dict[str, str]:
@@ -132,13 +130,8 @@ def _run_member(
             phases.enter(cfg.name, "handshake")
             mesh.handshake(cfg.session, session_fingerprints(cfg, schema))
             log.info("session %r agreed with %s", cfg.session, ", ".join(m.name for m in cfg.peers))
-            progress({"event": "stage", "stage": STAGES[cfg.role]})
-            if cfg.role == "data":
-                result = _run_data_party(cfg, schema, frame, mesh, resume, progress)
-            elif cfg.role == "dealer":
-                result = _run_dealer(cfg, mesh)
-            else:
-                result = _run_aggregator(cfg, mesh)
+            progress({"event": "stage", "stage": ROLES[cfg.role].stage})
+            result = player(cfg.role)(cfg, schema, frame, mesh, resume, progress)
             emitter({"event": "stage", "stage": "finished", "sent_bytes": mesh.stats().bytes_sent})
         except BaseException as exc:
             culprit = getattr(exc, "peer", None)
@@ -211,9 +204,10 @@ def _load_inputs(cfg: PartyConfig):
     return schema, frame
 
 
-def _run_data_party(
+def play_data_party(
     cfg: PartyConfig, schema, frame, mesh, resume: bool, progress
 ) -> dict[str, Any]:
+    """Train with the other data parties in the run's mode; sample if this party outputs."""
     from smpc_synth.train import PartyContext, get_strategy
 
     ctx = PartyContext(
@@ -226,7 +220,7 @@ def _run_data_party(
         channel=mesh,
         checkpoints=DirectoryCheckpoints(cfg.out / "checkpoints"),
         progress=progress,
-        services={r: n for r in ("dealer", "aggregator") if (n := cfg.service(r))},
+        services={r: n for r in SERVICE_ROLES if (n := cfg.service(r))},
         output_parties=tuple(cfg.run.output_parties),
         resume=resume,
     )
@@ -268,7 +262,8 @@ def _stop_when_aborted(mesh, emit: ProgressEmitter):
     return progress
 
 
-def _run_dealer(cfg: PartyConfig, mesh) -> dict[str, Any]:
+def play_dealer(cfg: PartyConfig, schema, frame, mesh, resume: bool, progress) -> dict[str, Any]:
+    """Deal correlated randomness (Beaver triples, shares of noise) to the data parties."""
     from smpc_synth.mpc.dealer import serve_dealer
 
     serve_dealer(mesh, list(cfg.data_parties), insecure_debug_seed=cfg.run.mpc.debug_seed)
@@ -276,7 +271,10 @@ def _run_dealer(cfg: PartyConfig, mesh) -> dict[str, Any]:
     return {"party": cfg.name, "role": "dealer", "traffic": _as_dict(mesh.stats())}
 
 
-def _run_aggregator(cfg: PartyConfig, mesh) -> dict[str, Any]:
+def play_aggregator(
+    cfg: PartyConfig, schema, frame, mesh, resume: bool, progress
+) -> dict[str, Any]:
+    """Sum the data parties' encrypted, masked updates without being able to read them."""
     from smpc_synth.train.aggregation import serve_aggregator
 
     summary = serve_aggregator(mesh, cfg.data_parties, cfg.run)

@@ -21,10 +21,10 @@ from smpc_synth.config import ADDRESS, SECTION_RULES, MemberName, RunConfig, bui
 from smpc_synth.errors import InputError
 from smpc_synth.net.addresses import is_loopback as _is_loopback_host
 from smpc_synth.net.addresses import split_address
+from smpc_synth.runtime.roles import ROLES, SERVICE_ROLES
 
-ROLES: tuple[str, ...] = ("data", "dealer", "aggregator")
-Role = Literal[ROLES]
-SERVICE_ROLES: tuple[str, ...] = ("dealer", "aggregator")
+ROLE_NAMES: tuple[str, ...] = tuple(ROLES)
+Role = Literal[ROLE_NAMES]
 
 
 def _host_port(address: str) -> str:

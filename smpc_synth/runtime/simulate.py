@@ -47,6 +47,7 @@ from smpc_synth.runtime.progress import (
     RunProgress,
     parse_progress,
 )
+from smpc_synth.runtime.roles import SERVICE_ROLES
 from smpc_synth.runtime.supervision import FAULT_EVENT, SUPERVISED_ENV, RootCause, Supervisor
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ def prepare_session(
     if not 1 <= parties <= MAX_PARTIES:
         raise InputError(f"--parties must be between 1 and {MAX_PARTIES}, got {parties}")
     roles = _roles(parties, cfg)
-    services = {r: [n for n, role in roles.items() if role == r] for r in ("dealer", "aggregator")}
+    services = {r: [n for n, role in roles.items() if role == r] for r in SERVICE_ROLES}
     data_parties = tuple(n for n, role in roles.items() if role == "data")
     check_session(cfg, data_parties, services, source="simulate")
     run_dir = Path(out).resolve() if out else _default_run_dir()

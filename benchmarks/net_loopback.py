@@ -1,6 +1,6 @@
 """Loopback figures for the data plane: small-message round trip and large-tensor throughput.
 
-``python -m smpc_synth.net.benchmark`` starts an echo member in a second process (its own
+``python benchmarks/net_loopback.py`` starts an echo member in a second process (its own
 GIL, as in a real session) and prints, with and without TLS, the median round-trip time of
 a small tensor (what a CrypTen round costs) and the throughput of a large tensor sent one
 way and acknowledged (what a CKKS ciphertext or a Beaver-triple batch costs).
