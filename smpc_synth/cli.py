@@ -96,14 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--holdout-fraction", type=float, default=0.2, help="rows kept out for evaluation"
     )
     _add_target(p)
+    p.add_argument(
+        "--sample-rows",
+        type=int,
+        help="rows of synthetic.csv (default: as many as trained on; under DP its noisy count)",
+    )
     p.add_argument("--out", type=Path, help="run directory (default: runs/simulate-TIME)")
     p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
     p.add_argument("--he", choices=_HE_SCHEMES, default="ckks", help="federated: encryption")
-    p.add_argument("--dp", action="store_true", help="federated: differential privacy")
+    _add_dp(p)
     p.add_argument(
-        "--target-epsilon",
-        type=float,
-        help="federated + --dp: the privacy budget epsilon (no default: --dp needs it)",
+        "--dp-unit",
+        choices=("record", "party"),
+        help="what DP protects: one record (default) or, federated only, one party (DP-FedAvg)",
+    )
+    p.add_argument("--dp", action="store_true", help="older spelling: --dp --target-epsilon E")
+    p.add_argument(
+        "--target-epsilon", type=float, help="with --dp: same as --epsilon (default: none)"
     )
     p.add_argument("--transport", choices=_TRANSPORTS, default="grpc", help="mpc transport")
     p.add_argument(
@@ -187,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(p)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    _add_dp(p)
     _add_override_gate(p)
 
     p = _add(sub, "sample", _cmd_sample, "draw synthetic rows from generator.pt")
@@ -228,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config",
         type=Path,
-        help="quick, paper: a grid file (default: quick's built-in grid; paper needs one)",
+        help="quick, paper: a grid file (default: quick's built-in grid; paper needs one); "
+        "dp-sgd: its settings",
     )
     p.add_argument("--full", action="store_true", help="he-agg: include the 1e7-parameter cases")
     p.add_argument(
@@ -336,7 +347,7 @@ def _add_epochs(p: argparse.ArgumentParser) -> None:
         "--epochs",
         type=int,
         help="training epochs of vae or gan (default: the generator's own); refused for "
-        "gaussian, which is fitted in one closed-form pass",
+        "gaussian, aim and mst, which are not trained in epochs",
     )
 
 
@@ -355,6 +366,54 @@ def _add_network(p: argparse.ArgumentParser) -> None:
         "PROFILE.toml (rtt_ms, bandwidth_mbit, jitter_ms): every member in its own network "
         "namespace over emulated links (needs root, iproute2 and /dev/net/tun)",
     )
+
+
+def _add_dp(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--epsilon",
+        type=float,
+        help="differential privacy: the run's whole budget, bounding everything the run "
+        "releases, for any generator (default: no DP; aim and mst need it)",
+    )
+    p.add_argument(
+        "--delta",
+        type=float,
+        help="with --epsilon: DP delta (default 1e-6; keep it well below 1 / rows)",
+    )
+
+
+def _dp_options(args) -> dict:
+    """The ``[dp]`` table from --epsilon/--delta/--dp-unit, or the older --dp --target-epsilon
+    (an error names the command line and the flag)."""
+    try:
+        return _dp_table(args)
+    except InputError as exc:
+        raise InputError(f"command line: {exc}") from None
+
+
+def _dp_table(args) -> dict:
+    from smpc_synth.config import DpConfig
+    from smpc_synth.dp.budget import check_budget
+
+    epsilon = args.epsilon
+    legacy = getattr(args, "dp", False)
+    target = getattr(args, "target_epsilon", None)
+    if target is not None and not legacy:
+        raise InputError("--target-epsilon needs --dp (or give the budget as --epsilon)")
+    if legacy:
+        if target is None and epsilon is None:
+            raise InputError("--dp needs --target-epsilon E (or give the budget as --epsilon E)")
+        if target is not None and epsilon is not None and target != epsilon:
+            raise InputError(f"--epsilon {epsilon} and --target-epsilon {target} disagree")
+        epsilon = epsilon if epsilon is not None else target
+    unit = getattr(args, "dp_unit", None)
+    if epsilon is None and (args.delta is not None or unit is not None):
+        raise InputError("--delta and --dp-unit need --epsilon")
+    if epsilon is not None:  # NaN, infinity, 0 and negatives are refused naming the flag
+        flag = "--epsilon" if args.epsilon is not None else "--target-epsilon"
+        delta = DpConfig().delta if args.delta is None else args.delta
+        check_budget(epsilon, delta, epsilon_name=flag, delta_name="--delta")
+    return {"epsilon": epsilon, "delta": args.delta, "unit": unit}
 
 
 def _add_override_gate(p: argparse.ArgumentParser) -> None:
@@ -378,6 +437,7 @@ def _configure_logging(verbose: bool) -> None:
 
 def _cmd_simulate(args) -> int:
     from smpc_synth.config import RunConfig, drop_none
+    from smpc_synth.dp.budget import describe_record
     from smpc_synth.models import check_epochs_apply
 
     raw = {
@@ -388,7 +448,9 @@ def _cmd_simulate(args) -> int:
         "holdout_fraction": args.holdout_fraction,
         "split": args.split,
         "target": args.target,
-        "federated": {"he": args.he, "dp": args.dp, "target_epsilon": args.target_epsilon},
+        "sample_rows": args.sample_rows,
+        "federated": {"he": args.he},
+        "dp": _dp_options(args),
         "mpc": {"transport": args.transport, "insecure_dev": args.insecure_dev},
     }
     if args.insecure_dev:
@@ -414,6 +476,8 @@ def _cmd_simulate(args) -> int:
     )
     if "evaluation" in result.metrics:
         print(format_report(result.metrics["evaluation"]))
+    if "privacy" in result.metrics:
+        print(describe_record(result.metrics["privacy"]))
     if result.gate is not None:
         print(result.gate.describe())
     status = "finished" if result.exit_code == 0 else f"failed (exit code {result.exit_code})"
@@ -515,6 +579,8 @@ def _cmd_train(args) -> int:
         read_table,
         validate,
     )
+    from smpc_synth.dp.budget import describe_record
+    from smpc_synth.dp.support import PUBLIC_SCHEMA_NEEDED
     from smpc_synth.eval import format_report
     from smpc_synth.models import check_epochs_apply, planned_epochs
     from smpc_synth.release import PENDING_NAME, enforce, release_run
@@ -529,6 +595,7 @@ def _cmd_train(args) -> int:
                 "seed": args.seed,
                 "holdout_fraction": args.holdout_fraction,
                 "target": args.target,
+                "dp": _dp_options(args),
             }
         ),
         source="command line",
@@ -536,6 +603,8 @@ def _cmd_train(args) -> int:
     check_epochs_apply(args.generator, args.epochs, "--epochs")
     check_output_dir(args.out)  # before the work, not after it
     given = Schema.load(args.schema) if args.schema else None
+    if config.dp.enabled and given is None and args.data is not None:
+        raise InputError(f"--epsilon: {PUBLIC_SCHEMA_NEEDED}")
     if args.data is not None:
         frame, target, source = read_table(args.data, given), args.target, str(args.data)
     else:
@@ -565,11 +634,14 @@ def _cmd_train(args) -> int:
             seed=args.seed,
             source=source,
             progress=view,
+            dp=config.dp,
+            params=config.generator_params,
         )
     claim_output_dir(args.out)
     model.save(args.out / "generator.pt")
     candidate = args.out / PENDING_NAME
-    synthetic = model.sample(len(fit_rows), seed=args.seed)
+    rows = model.meta["train_rows"] if model.privacy is not None else len(fit_rows)
+    synthetic = model.sample(rows, seed=args.seed)
     synthetic.to_csv(candidate, index=False)
     schema.save(args.out / "schema.toml")
     config.target = target
@@ -584,6 +656,8 @@ def _cmd_train(args) -> int:
         "progress": view.progress.summary(),
         "evaluation": report,
     }
+    if model.privacy is not None:
+        metrics["rows_released"] = model.meta["train_rows"]
     decision = release_run(
         args.out,
         candidate=candidate,
@@ -592,8 +666,11 @@ def _cmd_train(args) -> int:
         config=config.to_dict(),
         metrics=metrics,
         override=args.override_gate,
+        privacy=model.privacy,
     )
     print(format_report(report))
+    if model.privacy is not None:
+        print(describe_record(model.privacy))
     print(decision.describe())
     written = "generator.pt, metrics.json, manifest.json (unsigned: verify --allow-unsigned)"
     print(f"wrote {args.out}: {written}" + (", synthetic.csv" if decision.released else ""))

@@ -82,7 +82,7 @@ class ConfigProblem(ValueError):
 
 @dataclass(config=SECTION_RULES)
 class FederatedConfig:
-    """Federated averaging, CKKS encryption and differential privacy."""
+    """Federated averaging and CKKS encryption (differential privacy: :class:`DpConfig`)."""
 
     local_epochs: Annotated[int, Ge(1), doc("local epochs per round")] = 1
     he: Annotated[
@@ -101,34 +101,79 @@ class FederatedConfig:
         Positive,
         doc("max abs error of the decrypted sum (sets the fixed-point resolution)"),
     ] = 1e-6
-    dp: Annotated[
+
+
+@dataclass(config=SECTION_RULES)
+class DpConfig:
+    """Differential privacy: one (epsilon, delta) budget for everything the run releases."""
+
+    epsilon: Annotated[
+        Positive | None,
+        doc(
+            "the run's whole budget; set, it turns DP on for everything the run releases "
+            "(`--epsilon`, or the older `--dp --target-epsilon`); see docs/privacy.md"
+        ),
+    ] = None
+    delta: Annotated[
+        float,
+        Gt(0),
+        Lt(1),
+        doc(
+            "DP delta of the run (`--delta`); keep it well below 1 / rows (a run warns and "
+            "notes it otherwise)"
+        ),
+    ] = 1e-6
+    unit: Annotated[
+        Literal["record", "party"],
+        doc(
+            "what one guarantee protects: `record` (a row, every mode) or `party` (a party's "
+            "whole table: DP-FedAvg, federated only)"
+        ),
+    ] = "record"
+    accountant: Annotated[
+        str | None,
+        doc(
+            "unset = the generator's own: `rdp` (Opacus's RDP accountant) for gaussian, vae "
+            "and gan, `zcdp` for aim and mst; see the registry in `smpc_synth.dp.accountant`"
+        ),
+    ] = None
+    clip_norm: Annotated[
+        Positive,
+        doc("L2 bound of one example's gradient (record) or one party's update (party)"),
+    ] = 1.0
+    encoder_share: Annotated[
+        float, Gt(0), Lt(1), doc("share of the budget for the encoder's noisy statistics")
+    ] = 0.1
+    moments_share: Annotated[
+        float,
+        Gt(0),
+        Lt(1),
+        doc("`gan` only: share for the noisy moments its moment loss matches"),
+    ] = 0.1
+    insecure_debug_seed: Annotated[
+        Annotated[int, Ge(0), Le(MAX_DEBUG_SEED)] | None,
+        doc("tests only: reproducible noise, hence no privacy (the privacy record says so)"),
+    ] = None
+    insecure_null_data: Annotated[
         bool,
         doc(
-            "clip each party's update and add distributed Gaussian noise; needs "
-            "`target_epsilon` or `noise_multiplier` (one of them)"
+            "tests only, with `insecure_debug_seed`: every mechanism ignores its data (nothing "
+            "else may then depend on the rows)"
         ),
     ] = False
-    target_epsilon: Annotated[
-        Positive | None, doc("with `dp`: picks the noise multiplier (Opacus RDP accountant)")
-    ] = None
-    delta: Annotated[float, Gt(0), Lt(1), doc("DP delta")] = 1e-5
-    clip_norm: Annotated[Positive, doc("L2 bound of one party's update under DP")] = 1.0
-    noise_multiplier: Annotated[
-        Positive | None,
-        doc("with `dp` and no `target_epsilon`: the noise multiplier itself"),
-    ] = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.epsilon is not None
 
     @model_validator(mode="after")
-    def _dp_settings(self) -> FederatedConfig:
-        budget = [k for k in ("target_epsilon", "noise_multiplier") if getattr(self, k) is not None]
-        if self.dp and not budget:
-            raise ConfigProblem("dp", "needs 'target_epsilon' or 'noise_multiplier'")
-        if self.dp and len(budget) == 2:
-            raise ConfigProblem(
-                "noise_multiplier", "give 'target_epsilon' or 'noise_multiplier', not both"
-            )
-        if budget and not self.dp:
-            raise ConfigProblem(budget[0], "has no effect unless 'dp' = true")
+    def _insecure_needs_a_budget(self) -> DpConfig:
+        if self.epsilon is None and (
+            self.insecure_debug_seed is not None or self.insecure_null_data
+        ):
+            raise ConfigProblem("insecure_debug_seed", "the dp.insecure_* keys need 'dp.epsilon'")
+        if self.insecure_null_data and self.insecure_debug_seed is None:
+            raise ConfigProblem("insecure_null_data", "needs 'dp.insecure_debug_seed'")
         return self
 
 
@@ -257,6 +302,10 @@ class GateConfig:
     min_dcr_ratio: Annotated[
         NonNegative, doc("median distance to training rows, synthetic over holdout")
     ] = 0.5
+    max_epsilon: Annotated[
+        Positive | None,
+        doc("unset = not checked; else refuse unless the run is DP with `epsilon` at most this"),
+    ] = None
 
 
 @dataclass(config=SECTION_RULES)
@@ -296,7 +345,10 @@ class RunConfig:
     ] = None
     sample_rows: Annotated[
         Annotated[int, Ge(1)] | None,
-        doc("rows of `synthetic.csv`; unset = as many as the pooled training rows"),
+        doc(
+            "rows of `synthetic.csv`; unset = as many as the pooled training rows (with "
+            "`dp`: the model's noisy estimate of them)"
+        ),
     ] = None
     output_parties: Annotated[
         list[MemberName], doc("data parties that receive the generator; empty = all")
@@ -305,6 +357,7 @@ class RunConfig:
         dict[str, Any],
         doc("generator hyperparameters (table), e.g. `{ batch_size = 256 }`"),
     ] = field(default_factory=dict)
+    dp: DpConfig = field(default_factory=DpConfig)
     federated: FederatedConfig = field(default_factory=FederatedConfig)
     mpc: MpcConfig = field(default_factory=MpcConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -331,12 +384,12 @@ class RunConfig:
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
-        if self.federated.dp and self.mode != "federated":
-            raise ConfigProblem(
-                "federated.dp",
-                f"differential privacy is implemented for mode 'federated' only, not "
-                f"{self.mode!r}; no privacy guarantee would hold",
-            )
+        from smpc_synth.dp import support
+
+        try:
+            support.check_config(self)  # refuses what DP cannot honour; settles fixed params
+        except support.ConfigProblem as exc:
+            raise ConfigProblem(exc.key, str(exc)) from None
         if self.generator_params:
             from smpc_synth.models import get_generator
             from smpc_synth.models.base import parse_hparams
@@ -371,7 +424,22 @@ class RunConfig:
     def from_dict(cls, raw: Any, source: str = "config", prefix: str = "") -> RunConfig:
         """Build from a (TOML) mapping; any unknown key, wrong type or bad value is an
         :class:`InputError` naming ``source`` and the key (``prefix`` + its dotted path)."""
+        _refuse_moved_keys(raw, source, prefix)
         return build_section(cls, raw, source, prefix)
+
+
+MOVED_DP_KEYS = ("dp", "target_epsilon", "delta", "clip_norm", "noise_multiplier")
+
+
+def _refuse_moved_keys(raw: Any, source: str, prefix: str) -> None:
+    """Differential privacy moved from ``[federated]`` to ``[dp]``, which covers every mode."""
+    federated = raw.get("federated") if isinstance(raw, dict) else None
+    moved = [k for k in MOVED_DP_KEYS if isinstance(federated, dict) and k in federated]
+    if moved:
+        raise InputError(
+            f"{source}: key '{prefix}federated.{moved[0]}' has moved: set 'dp.epsilon' (the "
+            "run's whole budget), 'dp.delta' and 'dp.clip_norm' instead (docs/privacy.md)"
+        )
 
 
 def drop_none(value: Any) -> Any:
@@ -488,6 +556,7 @@ __all__ = [
     "MODES",
     "PROVIDERS",
     "TRANSPORTS",
+    "DpConfig",
     "FederatedConfig",
     "GateConfig",
     "MpcConfig",

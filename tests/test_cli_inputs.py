@@ -193,9 +193,11 @@ def test_train_refuses_a_non_empty_out_before_training(cli, tmp_path, table):
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
-        (["--mode", "federated", "--dp", "--target-epsilon", "-1"], "federated.target_epsilon"),
-        (["--mode", "mpc", "--dp", "--target-epsilon", "1"], "federated.dp"),
-        (["--mode", "federated", "--dp"], "key 'federated.dp': needs"),
+        (["--mode", "federated", "--dp", "--target-epsilon", "-1"], "--target-epsilon"),
+        (["--mode", "federated", "--epsilon", "nan"], "--epsilon"),
+        (["--mode", "mpc", "--epsilon", "1", "--dp-unit", "party"], "per party"),
+        (["--mode", "federated", "--dp"], "--dp needs --target-epsilon"),
+        (["--mode", "federated", "--generator", "mst", "--epsilon", "1"], "--mode federated"),
         (["--seed", "-3"], "key 'seed'"),
         (["--holdout-fraction", "1"], "key 'holdout_fraction'"),
         (["--generator", "vae", "--epochs", "0"], "key 'epochs'"),

@@ -16,19 +16,17 @@ from smpc_synth.runtime.party_config import is_loopback, load_party_config
 def test_equal_configs_share_a_fingerprint_and_any_change_alters_it():
     a = RunConfig.from_dict({"mode": "mpc", "epochs": 3})
     b = RunConfig.from_dict({"epochs": 3, "mode": "mpc"})
-    c = RunConfig.from_dict({"mode": "mpc", "epochs": 3, "federated": {"clip_norm": 2.0}})
+    c = RunConfig.from_dict({"mode": "mpc", "epochs": 3, "federated": {"local_epochs": 2}})
     assert a.fingerprint() == b.fingerprint()
     assert a.fingerprint() != c.fingerprint()
 
 
 def test_an_integer_in_a_float_key_hashes_as_the_float():
     """One member writes clip_norm = 2, another 2.0: the same config, the same handshake hash."""
-    as_int = RunConfig.from_dict({"federated": {"clip_norm": 2}, "network": {"peer_timeout_s": 9}})
-    as_float = RunConfig.from_dict(
-        {"federated": {"clip_norm": 2.0}, "network": {"peer_timeout_s": 9.0}}
-    )
+    as_int = RunConfig.from_dict({"dp": {"clip_norm": 2}, "network": {"peer_timeout_s": 9}})
+    as_float = RunConfig.from_dict({"dp": {"clip_norm": 2.0}, "network": {"peer_timeout_s": 9.0}})
     assert as_int.fingerprint() == as_float.fingerprint()
-    assert isinstance(as_int.federated.clip_norm, float)
+    assert isinstance(as_int.dp.clip_norm, float)
 
 
 @pytest.mark.parametrize(
@@ -37,7 +35,8 @@ def test_an_integer_in_a_float_key_hashes_as_the_float():
         ({"mdoe": "mpc"}, "mdoe"),
         ({"mode": "quantum"}, "mode"),
         ({"epochs": "ten"}, "epochs"),
-        ({"federated": {"clip_norm": "big"}}, "federated.clip_norm"),
+        ({"federated": {"update_bound": "big"}}, "federated.update_bound"),
+        ({"dp": {"clip_norm": "big"}}, "dp.clip_norm"),
         ({"mpc": {"transprt": "grpc"}}, "mpc.transprt"),
         ({"holdout_fraction": 1.5}, "holdout_fraction"),
         ({"split": "random"}, "split"),
@@ -48,9 +47,12 @@ def test_an_integer_in_a_float_key_hashes_as_the_float():
         ({"generator_params": {"ridge": "x"}}, "key 'generator_params'"),
         ({"generator": "vae", "generator_params": {"layers": 3}}, "unknown parameter 'layers'"),
         ({"mpc": {"provider": "tfp"}}, "key 'mpc.provider': 'tfp'"),
-        ({"federated": {"dp": True}}, "key 'federated.dp': needs"),
-        ({"mode": "mpc", "federated": {"dp": True, "noise_multiplier": 1.0}}, "federated.dp"),
+        ({"federated": {"dp": True}}, "key 'federated.dp' has moved"),
+        ({"mode": "mpc", "federated": {"noise_multiplier": 1.0}}, "federated.noise_multiplier"),
         ({"mode": "federated", "federated": {"target_epsilon": 1.0}}, "target_epsilon"),
+        ({"dp": {"epsilon": 0}}, "key 'dp.epsilon': must be > 0"),
+        ({"dp": {"epsilon": 1.0, "unit": "row"}}, "key 'dp.unit'"),
+        ({"mode": "mpc", "dp": {"epsilon": 1.0, "unit": "party"}}, "key 'dp.epsilon'"),
         ({"network": {"peer_timeout_s": -5}}, "key 'network.peer_timeout_s': must be > 0"),
         ({"network": {"connect_timeout_s": 1e9}}, "network.connect_timeout_s"),
         ({"network": {"call_deadline_s": 0}}, "network.call_deadline_s"),
@@ -62,8 +64,8 @@ def test_an_integer_in_a_float_key_hashes_as_the_float():
         ),
         ({"network": {"max_message_bytes": -1}}, "network.max_message_bytes': must be >="),
         ({"network": {"max_message_bytes": 2**40}}, "network.max_message_bytes"),
-        ({"federated": {"clip_norm": -1.0}}, "key 'federated.clip_norm': must be > 0"),
-        ({"federated": {"delta": 5}}, "key 'federated.delta': must be < 1"),
+        ({"dp": {"clip_norm": -1.0}}, "key 'dp.clip_norm': must be > 0"),
+        ({"dp": {"delta": 5}}, "key 'dp.delta': must be < 1"),
         ({"federated": {"update_bound": 0}}, "federated.update_bound"),
         ({"federated": {"local_epochs": 0}}, "federated.local_epochs"),
         ({"federated": {"he": "paillier"}}, "federated.he"),

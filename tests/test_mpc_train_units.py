@@ -80,11 +80,11 @@ def test_inverse_sqrt_converges_cold_and_from_a_warm_start_however_x_grew(mpc, g
     from smpc_synth.mpc.optim import EPS, X_MAX, inverse_sqrt
 
     x = torch.logspace(math.log10(EPS), math.log10(X_MAX), 60)
-    cold, _ = inverse_sqrt(mpc.cryptensor(x))
+    cold = inverse_sqrt(mpc.cryptensor(x)).root
     # 5% where fixed point can tell, else a few units of its last place (2^-16)
     torch.testing.assert_close(cold.get_plain_text(), x.rsqrt(), atol=LSB * 8, rtol=0.05)
     grown = (x * growth).clamp(max=X_MAX)
-    warm, _ = inverse_sqrt(mpc.cryptensor(grown), cold)
+    warm = inverse_sqrt(mpc.cryptensor(grown), cold).root
     torch.testing.assert_close(warm.get_plain_text(), grown.rsqrt(), atol=LSB * 8, rtol=0.05)
 
 
@@ -92,7 +92,7 @@ def test_bucket_start_is_within_half_a_bucket_of_the_root(mpc):
     from smpc_synth.mpc.optim import BUCKET_BASE, EPS, X_MAX, bucket_start
 
     x = torch.logspace(math.log10(EPS) + 0.01, math.log10(X_MAX) - 0.01, 200)
-    ratio = bucket_start(mpc.cryptensor(x)).get_plain_text() / x.rsqrt()
+    ratio = bucket_start(mpc.cryptensor(x))[0].get_plain_text() / x.rsqrt()
     # sqrt of half a bucket's ratio, plus fixed point's rounding of the smallest roots
     bound = BUCKET_BASE**0.25 * 1.03
     assert float(ratio.max()) < bound and float(ratio.min()) > 1 / bound, ratio
@@ -104,9 +104,9 @@ def test_steady_inverse_sqrt_tracks_x_and_restarts_when_it_jumps(mpc, growth, it
 
     x = torch.logspace(math.log10(EPS), math.log10(X_MAX / 10), 60)
     new = x * growth  # 5x: beyond SAFE_GROWTH, so the careful restarts must take over
-    got, _ = steady_inverse_sqrt(
+    got = steady_inverse_sqrt(
         mpc.cryptensor(new), mpc.cryptensor(x.rsqrt()), mpc.cryptensor(x), iters
-    )
+    ).root
     # 2%: x = EPS is 26 units of fixed point, so x itself is only known to 2%
     torch.testing.assert_close(got.get_plain_text(), new.rsqrt(), atol=LSB * 8, rtol=0.02)
 
@@ -145,13 +145,13 @@ def test_adam_root_check_passes_normal_steps_and_flags_a_wrapped_root(mpc):
     errors = []
     for _ in range(30):  # the cold start, the warm-up and the steady state
         params = shared.step(params, mpc.cryptensor(torch.randn(300, generator=g) * scales))
-        errors.append(shared.root_check_error(float(shared.root_check.get_plain_text())))
+        errors.append(shared.root_check_error(shared.root_check.get_plain_text().tolist()))
     assert max(errors) < 0.2, errors
     # one element of the previous root wrapped around (a truncation failure: 2^48 units)
     root = shared.inv_root
     root.share[7] += 2**48  # world size 1: the only share
     params = shared.step(params, mpc.cryptensor(torch.randn(300, generator=g) * scales))
-    assert shared.root_check_error(float(shared.root_check.get_plain_text())) > 1e3
+    assert shared.root_check_error(shared.root_check.get_plain_text().tolist()) > 1e3
 
 
 def test_guard_rolls_back_a_failed_health_check_and_records_no_checks(caplog):
@@ -384,35 +384,89 @@ def test_reduced_reciprocal_and_log_match_torch_on_spans_of_any_width(mpc):
 
 
 def test_adam_moves_gradients_too_large_for_fixed_point_into_its_window(mpc):
-    """Gradients of 3,000: at the starting scale their squares are 1e10, beyond the inverse
-    square root's range, and the root check fails; each shrink of the scale divides the
-    squares by 16 until the check passes, and the steps are then torch Adam's."""
-    from smpc_synth.mpc.optim import GRAD_SCALE, SCALE_STEP, AdamSettings, SharedAdam
+    """Gradients of 3,000 (up to 8,500): at the starting scale their squares are 1e10,
+    beyond the inverse square root's range, and the root check fails; each shrink of the
+    scale divides the squares by 16 until every element is in the window (the mean alone
+    passes while a few still are not), and the steps are then torch Adam's within fixed
+    point's bound (see :mod:`smpc_synth.mpc.optim`)."""
+    from smpc_synth.mpc.optim import (
+        EPS,
+        GRAD_SCALE,
+        ROOT_ERROR_UNITS,
+        SCALE_STEP,
+        STEP_ERROR_UNITS,
+        X_MAX,
+        AdamSettings,
+        SharedAdam,
+    )
 
+    lr = 1e-3
     g = torch.Generator().manual_seed(6)
     grads = [torch.randn(60, generator=g) * 3000 for _ in range(3)]
-    shared = SharedAdam(AdamSettings(lr=1e-3), 60)
+    shared = SharedAdam(AdamSettings(lr=lr), 60)
     start = mpc.cryptensor(torch.zeros(60))
     state = shared.state()
     shrinks = 0
     while True:
         params = shared.step(start, mpc.cryptensor(grads[0]))
-        if shared.root_check_error(float(shared.root_check.get_plain_text())) <= 1:
+        if shared.root_check_error(shared.root_check.get_plain_text().tolist()) <= 1:
             break
         shared.load(state)  # what the guard's rollback does, then the twin shrinks
         assert shared.shrink_scale()
         shrinks += 1
-    assert shrinks >= 1 and shared.grad_scale == GRAD_SCALE / SCALE_STEP**shrinks
-    plain = torch.zeros(60, requires_grad=True)
-    opt = torch.optim.Adam([plain], lr=1e-3)
-    plain.grad = grads[0].clone()
-    opt.step()
-    for grad in grads[1:]:
-        params = shared.step(params, mpc.cryptensor(grad))
-        plain.grad = grad.clone()
+    scale = GRAD_SCALE / SCALE_STEP**shrinks
+    assert shrinks >= 1 and shared.grad_scale == scale
+    # the first scale that fits the largest gradient: one shrink fewer would not
+    largest = float(grads[0].abs().max())
+    assert (largest * scale) ** 2 <= X_MAX < (largest * scale * SCALE_STEP) ** 2
+    plain = torch.zeros(60, requires_grad=True, dtype=torch.float64)
+    opt = torch.optim.Adam([plain], lr=lr)
+    lr_error = abs(round(lr / LSB) * LSB / lr - 1)  # lr as fixed point encodes it
+    bound = torch.zeros(60, dtype=torch.float64)
+    for t, grad in enumerate(grads, 1):
+        if t > 1:
+            params = shared.step(params, mpc.cryptensor(grad))
+        before = plain.detach().clone()
+        plain.grad = grad.double()
         opt.step()
-    torch.testing.assert_close(params.get_plain_text(), plain.detach(), atol=2e-4, rtol=0.05)
+        v_hat = opt.state[plain]["exp_avg_sq"] / (1 - 0.999**t)
+        x = v_hat * scale**2 + EPS  # what the root is taken of: in [EPS, X_MAX]
+        assert float(x.max()) <= X_MAX
+        step = (plain.detach() - before).abs()
+        bound += step * (lr_error + ROOT_ERROR_UNITS * LSB * x.sqrt()) + STEP_ERROR_UNITS * LSB
+    gap = (params.get_plain_text().double() - plain.detach()).abs()
+    assert bool((gap <= bound).all()), (gap / bound).max()
     # a rollback to a state from before the shrink keeps the lower scale
     shared.load(state)
-    assert shared.grad_scale == GRAD_SCALE / SCALE_STEP**shrinks
-    assert SharedAdam(AdamSettings(lr=1e-3), 60).grad_scale == GRAD_SCALE
+    assert shared.grad_scale == scale
+    assert SharedAdam(AdamSettings(lr=lr), 60).grad_scale == GRAD_SCALE
+
+
+@pytest.mark.parametrize("path", ["cold", "warm", "steady"])
+def test_adam_root_check_flags_one_element_beyond_the_window(mpc, path):
+    """One element of 400 above X_MAX moves the mean of x y^2 by far less than the
+    tolerance, yet the check fails on every path the root can take, so the optimizer
+    shrinks its scale; at X_MAX itself it passes."""
+    from smpc_synth.mpc.optim import EPS, SAFE_GROWTH, X_MAX, AdamSettings, SharedAdam
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.logspace(math.log10(EPS) + 1, math.log10(X_MAX) - 0.5, 400)
+    x = x[torch.randperm(400, generator=g)]
+    at = int(torch.randint(400, (1,), generator=g))
+    t = {"cold": 0, "warm": 1, "steady": 100}[path]
+    errors = {}
+    for name, top in (("at", X_MAX * 0.999), ("above", X_MAX * 1.5)):
+        shared = SharedAdam(AdamSettings(lr=1e-3), 400, grad_scale=1)
+        shared.t = t  # the step taken next is t + 1
+        previous = x.clone()
+        previous[at] = top / SAFE_GROWTH * 1.05  # within the steady path's growth
+        if t:
+            shared.inv_root = mpc.cryptensor(previous.rsqrt())
+            shared.last_x = mpc.cryptensor(previous)
+        wanted = x.clone()
+        wanted[at] = top
+        shared.v = mpc.cryptensor(wanted - EPS)
+        # a gradient equal to v's square root keeps v where it is, whatever its weight
+        shared.step(mpc.cryptensor(torch.zeros(400)), mpc.cryptensor((wanted - EPS).sqrt()))
+        errors[name] = shared.root_check_error(shared.root_check.get_plain_text().tolist())
+    assert errors["at"] <= 1 < errors["above"], errors

@@ -19,6 +19,8 @@ SUITES: dict[str, str] = {
     "generators": "smpc_synth.bench.generators:main",
     "network": "smpc_synth.bench.network:main",
     "scale": "smpc_synth.bench.scale:main",
+    "dp": "smpc_synth.bench.dp:main",
+    "dp-sgd": "smpc_synth.bench.dp_sgd:main",
 }
 
 

@@ -37,10 +37,7 @@ MODE_OPTIONS: dict[str, dict[str, Any]] = {
     "plaintext": {"mode": "plaintext"},
     "federated": {"mode": "federated", "federated": {"he": "none", "masking": False}},
     "federated+ckks": {"mode": "federated", "federated": {"he": "ckks"}},
-    "federated+ckks+dp": {
-        "mode": "federated",
-        "federated": {"he": "ckks", "dp": True, "target_epsilon": 8.0},
-    },
+    "federated+ckks+dp": {"mode": "federated", "federated": {"he": "ckks"}, "dp": {"epsilon": 8.0}},
     "mpc": {"mode": "mpc"},
 }
 BASELINE = "plaintext"
@@ -319,14 +316,7 @@ def extract_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
             (m.get("peak_memory_mb", 0.0) or 0.0 for m in metrics.get("parties", {}).values()),
             default=None,
         ),
-        "epsilon": next(
-            (
-                m["training"].get("epsilon")
-                for m in parties.values()
-                if m.get("training", {}).get("epsilon") is not None
-            ),
-            None,
-        ),
+        "epsilon": (metrics.get("privacy") or {}).get("epsilon"),
         "loss_curve": [{k: v for k, v in e.items() if isinstance(v, int | float)} for e in epochs],
         "members": {
             name: {

@@ -28,6 +28,8 @@ class ColumnCodec(ABC):
 
     name: ClassVar[str]
     stat_names: ClassVar[tuple[str, ...]] = ()  # keys of stats(), each a vector
+    # the largest squared L2 norm one row can add to stats(): the DP sensitivity's share
+    row_norm_sq: ClassVar[float] = 0.0
 
     def __init__(self, spec: ColumnSpec, n_bins: int = HIST_BINS):
         self.spec = spec
@@ -131,6 +133,7 @@ class StandardCodec(ScalarCodec):
 
     name = "standard"
     stat_names = ("sum", "sumsq")
+    row_norm_sq = 2.0  # u and u^2, each in [0, 1]
 
     def __init__(self, spec: ColumnSpec, n_bins: int = HIST_BINS):
         super().__init__(spec, n_bins)
@@ -164,6 +167,7 @@ class ModeCodec(NumericCodec):
 
     name = "mode"
     stat_names = ("hist",)
+    row_norm_sq = 1.0  # one count in one bin
 
     def __init__(self, spec: ColumnSpec, n_bins: int = HIST_BINS):
         super().__init__(spec, n_bins)
@@ -217,6 +221,7 @@ class QuantileCodec(ScalarCodec):
 
     name = "quantile"
     stat_names = ("hist",)
+    row_norm_sq = 1.0  # one count in one bin
 
     def __init__(self, spec: ColumnSpec, n_bins: int = HIST_BINS):
         super().__init__(spec, n_bins)
@@ -274,6 +279,55 @@ class QuantileCodec(ScalarCodec):
         self.hist = np.asarray(state["hist"], dtype=float)
 
 
+class BinsCodec(NumericCodec):
+    """Equal-width bins of the schema bounds, one-hot, and the position within the bin.
+
+    Needs no statistics at all: the binning follows from the public schema alone, so a
+    differentially private generator spends nothing on it. An integer column with at most
+    ``n_bins`` values gets one bin per value (and no position). Marginal generators model the
+    bins; the position is uniform within its bin (they sample it, it is never fitted).
+    """
+
+    name = "bins"
+
+    def __init__(self, spec: ColumnSpec, n_bins: int = HIST_BINS):
+        super().__init__(spec, n_bins)
+        values = int(spec.max - spec.min) + 1 if spec.kind == "integer" else None
+        self.exact = values is not None and values <= n_bins
+        self.bins = values if self.exact else n_bins
+
+    @property
+    def width(self) -> int:
+        return self.bins + (0 if self.exact else 1)
+
+    def spans(self, start: int) -> list[Span]:
+        spans = [Span(self.spec.name, start, self.bins, "onehot")]
+        if not self.exact:
+            spans.append(Span(self.spec.name, start + self.bins, 1, "continuous"))
+        return spans
+
+    def codes(self, values: pd.Series) -> np.ndarray:
+        """The bin of each value (int64)."""
+        if self.exact:
+            return np.rint(values.to_numpy(dtype=float) - self.spec.min).astype(np.int64)
+        scaled = self._unit(values) * self.bins
+        return np.minimum(scaled.astype(np.int64), self.bins - 1)
+
+    def encode(self, values: pd.Series) -> np.ndarray:
+        codes = self.codes(values)
+        out = np.zeros((len(values), self.width))
+        out[np.arange(len(values)), codes] = 1.0
+        if not self.exact:
+            out[:, self.bins] = np.clip(self._unit(values) * self.bins - codes, 0.0, 1.0)
+        return out
+
+    def _decode_unit(self, block: np.ndarray) -> np.ndarray:
+        codes = block[:, : self.bins].argmax(axis=1)
+        if self.exact:
+            return codes / (self.spec.max - self.spec.min)
+        return (codes + np.clip(block[:, self.bins], 0.0, 1.0)) / self.bins
+
+
 NUMERIC_CODECS: dict[str, type[NumericCodec]] = {
-    c.name: c for c in (StandardCodec, ModeCodec, QuantileCodec)
+    c.name: c for c in (StandardCodec, ModeCodec, QuantileCodec, BinsCodec)
 }

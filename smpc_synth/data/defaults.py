@@ -22,10 +22,11 @@ MAX_CATEGORIES = 200  # a text column with more distinct values is refused as fr
 RARE_TEXT_FRACTION = 0.05
 
 # Encoding
-NumericMode = Literal["mode", "standard", "quantile"]
-NUMERIC_MODES: tuple[str, ...] = ("mode", "standard", "quantile")
+NumericMode = Literal["mode", "standard", "quantile", "bins"]
+NUMERIC_MODES: tuple[str, ...] = ("mode", "standard", "quantile", "bins")
 DEFAULT_NUMERIC: NumericMode = "mode"
 HIST_BINS = 100  # bins of the public histogram over a numeric column's schema bounds
+MARGINAL_BINS = 32  # equal-width bins of a numeric column for marginal (DP) generators
 MAX_ABS_ENCODED = 5.0  # MPC uses fixed point: encoded values stay within +-this
 MAX_MODES = 5  # Gaussian components per numeric column in "mode" encoding
 MIN_MODE_WEIGHT = 0.02  # components lighter than this are dropped

@@ -11,6 +11,13 @@ fits the same encoder with :meth:`TableEncoder.fit_stats`. What is revealed, per
   bins of its schema bounds.
 
 Categorical and boolean columns need no statistics (their one-hot groups follow the schema).
+
+Under differential privacy the parties reveal these sums plus Gaussian noise instead
+(:meth:`TableEncoder.stats_sensitivity` bounds what one row adds, in L2), and
+:meth:`TableEncoder.fit_stats` is told the noise's scale, which it uses only to read the noisy
+histograms (post-processing). For party-level DP each party contributes its statistics
+divided by its own row count (:meth:`TableEncoder.normalized_stats`): a distribution whose
+L2 norm is bounded like one row's, with ``n_rows`` = 1.
 The fitted state is plain JSON types, stored in ``generator.pt`` (loaded with
 ``torch.load(weights_only=True)``): no pickle.
 """
@@ -30,6 +37,13 @@ from smpc_synth.errors import InputError
 
 STATE_FORMAT = "smpc_synth.TableEncoder/1"
 N_ROWS = "n_rows"
+NOISE_FLOOR = 2.0  # a noisy histogram bin below this many noise deviations counts as empty
+
+
+def noisy_count(value: np.ndarray, noise_std: float = 0.0) -> float:
+    """A summed row count: rounded (HE noise), and at least 1 when it carries DP noise."""
+    n = float(np.rint(np.asarray(value, dtype=float).sum()))
+    return max(n, 1.0) if noise_std > 0 else n
 
 
 class TableEncoder:
@@ -59,28 +73,59 @@ class TableEncoder:
                 stats[_key(stat, codec.spec.name)] = np.asarray(value, dtype=float)
         return stats
 
+    def stats_sensitivity(self) -> float:
+        """The largest L2 norm of one row's :meth:`sufficient_stats` (``n_rows`` included):
+        the sensitivity of their sum to adding or removing a row."""
+        return float(np.sqrt(1.0 + sum(codec.row_norm_sq for codec in self._codecs)))
+
+    def normalized_stats(self, df: pd.DataFrame) -> Stats:
+        """:meth:`sufficient_stats` divided by the row count: one party's distribution, whose
+        L2 norm is at most :meth:`stats_sensitivity` (a mean of rows' statistics)."""
+        stats = self.sufficient_stats(df)
+        n = max(float(stats[N_ROWS][0]), 1.0)
+        return {k: np.asarray(v, dtype=float) / n for k, v in stats.items()}
+
     def stats_template(self) -> Stats:
         """Zeros shaped like :meth:`sufficient_stats` (for packing before any data is read)."""
         return self.sufficient_stats(
             pd.DataFrame({name: pd.Series(dtype=float) for name in self.schema.names})
         )
 
-    def fit_stats(self, stats: Stats) -> TableEncoder:
-        """Fit from statistics summed over all parties; counts are rounded (HE noise)."""
+    def fit_stats(self, stats: Stats, noise_std: float = 0.0) -> TableEncoder:
+        """Fit from statistics summed over all parties; counts are rounded (HE noise).
+
+        ``noise_std`` > 0: the statistics carry Gaussian noise of that scale (DP). A
+        histogram bin then counts only above :data:`NOISE_FLOOR` standard deviations (a
+        bin of pure noise would otherwise spread mass over the whole range), and the row
+        count is at least 1.
+        """
         missing = sorted(set(self.stats_template()) - set(stats))
         if missing:
             raise ValueError(f"sufficient statistics lack key(s) {missing}")
-        n_rows = float(np.rint(np.asarray(stats[N_ROWS]).sum()))
+        n_rows = noisy_count(stats[N_ROWS], noise_std)
         for codec in self._codecs:
             own = {
                 stat: np.asarray(stats[_key(stat, codec.spec.name)], dtype=float)
                 for stat in codec.stat_names
             }
             if "hist" in own:
-                own["hist"] = np.rint(own["hist"])
+                own["hist"] = np.rint(own["hist"]) if noise_std == 0 else own["hist"]
+                if noise_std > 0:
+                    own["hist"] = np.where(own["hist"] > NOISE_FLOOR * noise_std, own["hist"], 0)
             codec.fit(own, n_rows)
         self.fitted = True
         return self
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether fitting reads the data (False: it follows from the public schema alone)."""
+        return any(codec.stat_names for codec in self._codecs)
+
+    def fit_public(self) -> TableEncoder:
+        """Fit an encoder that needs no data (:attr:`needs_data` false) without any."""
+        if self.needs_data:
+            raise ValueError(f"numeric encoding {self.numeric!r} is fitted from the data")
+        return self.fit_stats(self.stats_template())
 
     def fit(self, df: pd.DataFrame) -> TableEncoder:
         """Fit on one (pooled) table: the same as fit_stats(sufficient_stats(df))."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from smpc_synth.data.defaults import MAX_ABS_ENCODED
+
 SpanKind = Literal["continuous", "onehot"]
 
 
@@ -36,6 +38,13 @@ class Layout:
     @property
     def width(self) -> int:
         return self.spans[-1].stop if self.spans else 0
+
+    def max_row_norm_sq(self) -> float:
+        """The largest squared L2 norm of one encoded row: continuous units lie within
+        +-MAX_ABS_ENCODED, and a one-hot span holds a single 1 (a DP sensitivity bound)."""
+        continuous = sum(s.width for s in self.spans if s.kind == "continuous")
+        onehot = sum(1 for s in self.spans if s.kind == "onehot")
+        return MAX_ABS_ENCODED**2 * continuous + onehot
 
     def to_dict(self) -> list[dict]:
         return [asdict(s) for s in self.spans]

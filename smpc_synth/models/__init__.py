@@ -1,8 +1,12 @@
-"""Generators (gaussian, vae, gan) on encoded tables, and the released Synthesizer."""
+"""Generators (gaussian, vae, gan; aim, mst with differential privacy) on encoded tables, and
+the released Synthesizer."""
 
+from smpc_synth.models.aim import AIMGenerator, AIMParams
 from smpc_synth.models.base import Generator, NeuralGenerator, NeuralParams
 from smpc_synth.models.gan import GANGenerator, GANParams
 from smpc_synth.models.gaussian import GaussianGenerator, GaussianParams, sufficient_stats
+from smpc_synth.models.marginal import MarginalGenerator, Privacy
+from smpc_synth.models.mst import MSTGenerator, MSTParams
 from smpc_synth.models.registry import (
     available_generators,
     check_epochs_apply,
@@ -17,13 +21,19 @@ from smpc_synth.models.vae import VAEGenerator, VAEParams
 
 __all__ = [
     "GENERATOR_FILE",
+    "AIMGenerator",
+    "AIMParams",
     "GANGenerator",
     "GANParams",
     "GaussianGenerator",
     "GaussianParams",
     "Generator",
+    "MSTGenerator",
+    "MSTParams",
+    "MarginalGenerator",
     "NeuralGenerator",
     "NeuralParams",
+    "Privacy",
     "Synthesizer",
     "VAEGenerator",
     "VAEParams",

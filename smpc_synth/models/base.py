@@ -18,7 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from smpc_synth.data.defaults import HIST_BINS
+from smpc_synth.data.encoding import TableEncoder
 from smpc_synth.data.layout import Layout
+from smpc_synth.data.schema import Schema
 from smpc_synth.errors import InputError, SmpcSynthError
 from smpc_synth.models.spans import activate, sample_onehot
 
@@ -47,6 +50,10 @@ class Generator(ABC):
     numeric_encoding: ClassVar[str]  # the TableEncoder numeric mode this generator wants
     Params: ClassVar[type]  # dataclass of hyperparameters, with their defaults
     released_modules: ClassVar[tuple[str, ...]] = ()  # modules in the released artifact
+    # what reads real rows under DP, each with its share of the budget (dp.support)
+    dp_parts: ClassVar[tuple[str, ...]] = ("encoder", "training")
+    encoder_bins: ClassVar[int] = HIST_BINS  # bins of the encoder's numeric histograms
+    differentially_private: ClassVar[bool] = False  # fits only within a privacy budget
 
     def __init__(self, layout: Layout, **hparams: Any):
         if layout.width == 0:
@@ -76,6 +83,11 @@ class Generator(ABC):
     @abstractmethod
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore from :meth:`state_dict`; raises InputError if it does not fit."""
+
+    @classmethod
+    def make_encoder(cls, schema: Schema) -> TableEncoder:
+        """The (unfitted) table encoder this generator's layout comes from."""
+        return TableEncoder(schema, numeric=cls.numeric_encoding, n_bins=cls.encoder_bins)
 
     def hparams_dict(self) -> dict[str, Any]:
         return asdict(self.hparams)
@@ -110,6 +122,7 @@ class NeuralGenerator(Generator):
     """
 
     sampler: ClassVar[str]
+    private_modules: ClassVar[tuple[str, ...]] = ()  # networks whose gradients read real rows
 
     def __init__(self, layout: Layout, **hparams: Any):
         super().__init__(layout, **hparams)
@@ -148,6 +161,10 @@ class NeuralGenerator(Generator):
         for net in self._nets.values():
             widths += [m.out_features for m in net.modules() if isinstance(m, nn.Linear)]
         return max(widths)
+
+    def private_step(self, batch: torch.Tensor, generator: torch.Generator, private) -> dict:
+        """One DP-SGD step on a Poisson sample (:mod:`smpc_synth.models.private`)."""
+        raise NotImplementedError(f"generator '{self.name}' has no DP-SGD step")
 
     @abstractmethod
     def _build(self) -> dict[str, nn.Module]:

@@ -5,17 +5,29 @@ sees ``pac`` rows at a time (PacGAN), which counters mode collapse at no MPC-spe
 The generator's loss adds :func:`moment_loss` (means and second moments of the batch), which
 without a gradient penalty is what keeps category frequencies and correlations on track.
 Only the generator is released.
+
+Under DP-SGD (:meth:`GANGenerator.private_step`) the critic takes one pass over the Poisson
+sample of real rows together with a public number of generated ones, so that each real row
+is one example Opacus clips; the moment loss matches the noisy moments of all rows
+(:meth:`GANGenerator.fit_moments`), and the generator's step reads no real row.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from smpc_synth.models.base import NeuralGenerator, NeuralParams
-from smpc_synth.models.losses import discriminator_loss, generator_loss, moment_loss
+from smpc_synth.models.losses import (
+    discriminator_loss,
+    generator_loss,
+    moment_loss,
+    moment_loss_to,
+)
 from smpc_synth.models.nets import mlp
 from smpc_synth.models.registry import register
 from smpc_synth.models.spans import activate
@@ -47,7 +59,10 @@ class GANGenerator(NeuralGenerator):
     numeric_encoding = "mode"
     Params = GANParams
     released_modules = ("generator",)
+    private_modules = ("discriminator",)
+    dp_parts = ("encoder", "moments", "training")
     sampler = "generator"
+    moment_target: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def noise_dim(self) -> int:
@@ -101,3 +116,39 @@ class GANGenerator(NeuralGenerator):
         g_loss.backward()
         g_opt.step()
         return {"discriminator": d_loss.item(), "generator": g_loss.item()}
+
+    def fit_moments(self, mean, second) -> None:
+        """Column means and ``E[x x^T]`` the moment loss pulls generated rows toward (DP)."""
+        self.moment_target = tuple(
+            torch.as_tensor(np.asarray(m), dtype=torch.float32) for m in (mean, second)
+        )
+
+    def private_step(self, batch: torch.Tensor, generator: torch.Generator, private) -> dict:
+        hp = self.hparams
+        if hp.pac != 1:
+            raise ValueError("DP-SGD trains the GAN with pac = 1")
+        rows = max(1, round(private.plan.expected_batch))  # public, unlike len(batch)
+        fake = self._fake(rows, generator).detach()
+        logits = self._critic(torch.cat([batch, fake]))
+        labels = torch.cat(
+            [torch.full((batch.shape[0], 1), 1.0 - hp.label_smoothing), torch.zeros(rows, 1)]
+        )
+        d_rows = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")[:, 0]
+        private.step("discriminator", d_rows)
+        with private.public_pass():
+            g_loss = self.generator_step(rows, generator)
+        return {"discriminator": d_rows.mean().item(), "generator": g_loss}
+
+    def generator_step(self, rows: int, generator: torch.Generator) -> float:
+        """The generator's step under DP: through the critic, towards the noisy moments; it
+        reads no real row (``rows`` generated ones, a public number)."""
+        hp = self.hparams
+        fake = self._fake(rows, generator)
+        g_loss = generator_loss(self._critic(fake))
+        if hp.moment_weight and self.moment_target is not None:
+            g_loss = g_loss + hp.moment_weight * moment_loss_to(fake, *self.moment_target)
+        g_opt = self.optimizers["generator"]
+        g_opt.zero_grad(set_to_none=True)
+        g_loss.backward()
+        g_opt.step()
+        return g_loss.item()

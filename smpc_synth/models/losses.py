@@ -28,13 +28,18 @@ def reconstruction_loss(
     continuous units are ``tanh(raw)`` with noise scale ``sigma`` (one per unit, a constant
     here), so their term is the squared error divided by ``2 sigma^2``.
     """
-    rows = raw.shape[0]
+    return reconstruction_loss_rows(raw, target, layout, continuous, sigma).sum() / raw.shape[0]
+
+
+def reconstruction_loss_rows(raw, target, layout: Layout, continuous, sigma) -> torch.Tensor:
+    """:func:`reconstruction_loss` of each row (its mean over rows is that loss): the
+    per-example losses DP-SGD clips."""
     err = raw[:, continuous].tanh() - target[:, continuous]
-    loss = (err.square() / (2 * sigma.square())).sum() / rows
+    loss = (err.square() / (2 * sigma.square())).sum(dim=1)
     for s in layout.spans:
         if s.kind == "onehot":
             logp = raw[:, s.start : s.stop].log_softmax(dim=1)
-            loss = loss - (target[:, s.start : s.stop] * logp).sum() / rows
+            loss = loss - (target[:, s.start : s.stop] * logp).sum(dim=1)
     return loss
 
 
@@ -45,7 +50,12 @@ def bounded_logvar(raw: torch.Tensor, bound: float) -> torch.Tensor:
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)), summed over latent units, mean over rows."""
-    return 0.5 * (mu.square() + logvar.exp() - logvar - 1.0).sum() / mu.shape[0]
+    return kl_divergence_rows(mu, logvar).sum() / mu.shape[0]
+
+
+def kl_divergence_rows(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """:func:`kl_divergence` of each row."""
+    return 0.5 * (mu.square() + logvar.exp() - logvar - 1.0).sum(dim=1)
 
 
 def bce_with_logits(logits: torch.Tensor, label: float) -> torch.Tensor:
@@ -83,4 +93,12 @@ def moment_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     rows = fake.shape[0]
     mean_gap = fake.mean(dim=0) - real.mean(dim=0)
     second_gap = (fake.t() @ fake - real.t() @ real) / rows
+    return mean_gap.square().sum() + second_gap.square().sum()
+
+
+def moment_loss_to(fake: torch.Tensor, mean: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """:func:`moment_loss` against given moments (column ``mean``, ``second`` = E[x x^T]):
+    under DP, the noisy moments of all rows instead of a real batch's."""
+    mean_gap = fake.mean(dim=0) - mean
+    second_gap = fake.t() @ fake / fake.shape[0] - second
     return mean_gap.square().sum() + second_gap.square().sum()

@@ -47,8 +47,9 @@ def epochs_problem(name: str, epochs: int | None) -> str | None:
         return None
     neural = [g for g in available_generators() if trains_in_epochs(g)]
     return (
-        f"{epochs} does not apply to generator {name!r}: it is fitted in one closed-form "
-        f"pass, not in epochs; drop it or choose one of {', '.join(neural)}"
+        f"{epochs} does not apply to generator {name!r}: it is not trained in epochs (a "
+        f"closed-form fit, or rounds of noisy marginals); drop it or choose one of "
+        f"{', '.join(neural)}"
     )
 
 

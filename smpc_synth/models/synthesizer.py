@@ -54,6 +54,11 @@ class Synthesizer:
         self.generator = generator
         self.meta: dict[str, Any] = dict(meta or {})
 
+    @property
+    def privacy(self) -> dict[str, Any] | None:
+        """The DP ledger of the run that trained it (None: trained without DP)."""
+        return self.meta.get("dp")
+
     @classmethod
     def fit(
         cls,
@@ -65,15 +70,42 @@ class Synthesizer:
         params: Mapping[str, Any] | None = None,
         on_epoch: EpochCallback | None = None,
         source: str = "training data",
+        dp: Any = None,
     ) -> Synthesizer:
-        """Validate ``df`` against ``schema``, fit the encoder, then train ``generator``."""
+        """Validate ``df`` against ``schema``, fit the encoder, then train ``generator``.
+
+        With ``dp`` (a :class:`~smpc_synth.config.DpConfig` with ``epsilon`` set) every part
+        that reads the rows is a mechanism of one ledger (:mod:`smpc_synth.models.private`,
+        or the marginal mechanisms of :mod:`smpc_synth.models.marginal`), kept in
+        :attr:`privacy` and in ``meta``; the model then records no exact row count.
+        """
         gen_cls = get_generator(generator)
         gen_params = dict(params or {})  # bad parameters fail before the data is touched
+        check_privacy(gen_cls, dp)
         rows = validate(df, schema, source)
-        encoder = TableEncoder(schema, numeric=gen_cls.numeric_encoding).fit(rows)
+        if dp is not None and dp.enabled and not gen_cls.differentially_private:
+            from smpc_synth.models.private import fit_private
+
+            encoder, model, ledger, released_rows = fit_private(
+                rows, schema, gen_cls, gen_params, dp, epochs=epochs, seed=seed, on_epoch=on_epoch
+            )
+            privacy = ledger.to_dict()
+            meta = {"train_rows": released_rows, "seed": seed, "epochs": epochs, "dp": privacy}
+            return cls(schema, encoder, model, meta=meta)
+        encoder = gen_cls.make_encoder(schema)
+        # a DP-only generator's encoder follows from the public schema alone
+        encoder = encoder.fit_public() if gen_cls.differentially_private else encoder.fit(rows)
         model = gen_cls(encoder.layout, **gen_params)
-        model.fit(encoder.transform(rows), epochs=epochs, seed=seed, on_epoch=on_epoch)
-        meta = {"train_rows": len(rows), "seed": seed, "epochs": epochs}
+        X = encoder.transform(rows)
+        if gen_cls.differentially_private:
+            from smpc_synth.models.marginal import Privacy
+
+            privacy = Privacy.from_run(dp)
+            model.fit(X, epochs=epochs, seed=seed, on_epoch=on_epoch, privacy=privacy)
+            meta = {"train_rows": model.estimated_rows, "seed": seed, "dp": model.privacy_report}
+        else:
+            model.fit(X, epochs=epochs, seed=seed, on_epoch=on_epoch)
+            meta = {"train_rows": len(rows), "seed": seed, "epochs": epochs}
         return cls(schema, encoder, model, meta=meta)
 
     @classmethod
@@ -183,6 +215,15 @@ def _batch_seed(seed: int, index: int) -> int:
     if index == 0:
         return seed
     return int(np.random.SeedSequence([seed % 2**63, index]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def check_privacy(gen_cls: type[Generator], dp: Any) -> None:
+    """A generator that fits only under DP (aim, mst) needs a budget (else refused)."""
+    if gen_cls.differentially_private and (dp is None or not dp.enabled):
+        raise InputError(
+            f"--epsilon: generator '{gen_cls.name}' is differentially private and needs a "
+            "privacy budget (--epsilon, and optionally --delta)"
+        )
 
 
 def _file(path: str | Path) -> Path:

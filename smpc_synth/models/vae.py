@@ -16,7 +16,13 @@ import torch
 from torch import nn
 
 from smpc_synth.models.base import NeuralGenerator, NeuralParams
-from smpc_synth.models.losses import bounded_logvar, kl_divergence, reconstruction_loss
+from smpc_synth.models.losses import (
+    bounded_logvar,
+    kl_divergence,
+    kl_divergence_rows,
+    reconstruction_loss,
+    reconstruction_loss_rows,
+)
 from smpc_synth.models.nets import mlp
 from smpc_synth.models.registry import register
 from smpc_synth.models.spans import continuous_index
@@ -47,6 +53,7 @@ class VAEGenerator(NeuralGenerator):
     numeric_encoding = "mode"
     Params = VAEParams
     released_modules = ("decoder",)
+    private_modules = ("encoder", "decoder")
     sampler = "decoder"
 
     @property
@@ -72,14 +79,19 @@ class VAEGenerator(NeuralGenerator):
             )
         }
 
-    def train_step(self, batch: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
+    def _forward(self, batch: torch.Tensor, generator: torch.Generator):
+        """``(mu, logvar, raw decoder output)`` of a batch."""
         hp = self.hparams
         out = self._nets["encoder"](batch)
         mu = out[:, : hp.latent_dim]
         logvar = bounded_logvar(out[:, hp.latent_dim :], hp.logvar_bound)
         eps = torch.randn(mu.shape, generator=generator)
         z = mu + eps * (0.5 * logvar).exp()
-        raw = self._nets["decoder"](z)
+        return mu, logvar, self._nets["decoder"](z)
+
+    def train_step(self, batch: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
+        hp = self.hparams
+        mu, logvar, raw = self._forward(batch, generator)
         recon = reconstruction_loss(
             raw, batch, self.layout, self._continuous, self.buffers["sigma"]
         )
@@ -94,6 +106,19 @@ class VAEGenerator(NeuralGenerator):
             self._sq_err += err.square().sum(dim=0)
             self._rows += batch.shape[0]
         return {"loss": loss.item(), "reconstruction": recon.item(), "kl": kl.item()}
+
+    def private_step(self, batch: torch.Tensor, generator: torch.Generator, private) -> dict:
+        """:meth:`train_step` under DP-SGD, one loss per row (``sigma`` stays put: it is
+        an error over real rows)."""
+        hp = self.hparams
+        mu, logvar, raw = self._forward(batch, generator)
+        sigma = self.buffers["sigma"]
+        recon = reconstruction_loss_rows(raw, batch, self.layout, self._continuous, sigma)
+        kl = kl_divergence_rows(mu, logvar)
+        private.step("vae", hp.recon_weight * recon + hp.kl_weight * kl)
+        if not len(batch):
+            return {}
+        return {"reconstruction": recon.mean().item(), "kl": kl.mean().item()}
 
     def train_epoch(
         self, X: torch.Tensor | np.ndarray, generator: torch.Generator

@@ -12,6 +12,7 @@ where CrypTen spends a round on each (a layer's weight and input gradients, a lo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -141,10 +142,14 @@ def _batchable(op: str, x, y) -> bool:
     return op in ("mul", "matmul") and _arithmetic(x) and _arithmetic(y)
 
 
-def products(items: Sequence[tuple[str, object, object]]) -> list:
+def products(items: Sequence[tuple[str, object, object]], *, exact: bool = False) -> list:
     """Independent products of MPCTensors with every masked operand opened in one round:
     ``("mul", x, y)``, ``("matmul", x, y)`` or ``("square", x, None)`` each give
     ``getattr(x, op)(y)`` (``x.square()``).
+
+    ``exact``: no truncation: each product keeps the scale of its factors' scales
+    multiplied (2^32 for two values at CrypTen's 2^16), so it is exact in Z/2^64 and free
+    of two-party truncation's rare wrap-around; the caller keeps the magnitudes in range.
 
     The tuples are asked for in the same order as one product at a time would, so with two
     parties each share is the same, bit for bit (with more, each truncation draws a tuple of
@@ -164,6 +169,8 @@ def products(items: Sequence[tuple[str, object, object]]) -> list:
             fits is None or op == "square" or fits(x.size(), y.size(), op, {}) for op, x, y in items
         )
     )
+    if not batchable and exact:
+        raise ValueError("exact products need shared arithmetic operands and Beaver triples")
     if not batchable:
         return [x.square() if op == "square" else getattr(x, op)(y) for op, x, y in items]
     tuples, masked = [], []
@@ -188,8 +195,19 @@ def products(items: Sequence[tuple[str, object, object]]) -> list:
             y = x
         else:
             share = _combine(op, *held, next(opened), next(opened)).share
-        results.append(_product_like(x, y, share))
+        results.append(_exact_product(x, y, share) if exact else _product_like(x, y, share))
     return results
+
+
+def _exact_product(x, y, share: torch.Tensor):
+    """An MPCTensor holding ``share`` of the untruncated product of ``x`` and ``y``."""
+    from crypten.encoder import FixedPointEncoder
+
+    bits = round(math.log2(x.encoder.scale)) + round(math.log2(y.encoder.scale))
+    result = x.shallow_copy()
+    result._tensor = ArithmeticSharedTensor.from_shares(share, precision=bits)
+    result._tensor.encoder = FixedPointEncoder(precision_bits=bits)
+    return result
 
 
 @dataclass

@@ -13,6 +13,10 @@ Party 0 asks for each tuple as CrypTen requests it; the dealer only accepts the 
 and keyword arguments that CrypTen's protocols use. Tuples are numbered, and each is drawn
 from streams of its own (:func:`~smpc_synth.mpc.prg.request_nonce`), so the dealer can
 send the share of a tuple it expects before party 0 asks for it (:class:`_Lookahead`).
+
+For differential privacy the dealer also deals noise (:meth:`DealerProvider.noise_share`):
+it draws the noise from a key of its own and shares it like any correlated value, so no data
+party, nor all but one of them together, knows it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 import torch
 
 from smpc_synth import phases
+from smpc_synth.dp import sampling
 from smpc_synth.errors import PeerError
 from smpc_synth.mpc import codec, compare, prg, ring
 from smpc_synth.mpc.compat import import_crypten
@@ -320,6 +325,20 @@ class DealerProvider(TupleProvider):
         flat = self._correlated(torch.Size((layout.correlated_size,)))
         return free, layout.split(flat)
 
+    def noise_share(self, kind: str, size: torch.Size, tag: int, *params: float) -> torch.Tensor:
+        """This party's additive share (int64, mod 2^64) of DP noise that the dealer draws
+        from its own key (:func:`smpc_synth.dp.sampling.draw_noise`: ``kind``, ``params``)
+        and no data party knows: every party but 0 draws its share from its own stream,
+        party 0 gets the noise minus those shares from the dealer. ``tag`` names the draw:
+        a session must never repeat one (the dealer refuses). Party 0 waits for its share
+        here: noise is added to a value before it is opened, not after."""
+        size = torch.Size(size)
+        self._begin("noise", kind, size, tag, *params)
+        if self.party_rank != 0:
+            return self._ring(size)
+        self.settle()
+        return self._checked(self._take(*self._current), size)
+
     def dealer_cpu_seconds(self) -> float:
         """The dealer process's CPU time so far, all threads (party 0 only; benchmarks
         difference two readings to charge the dealer's work to what ran in between)."""
@@ -352,10 +371,13 @@ class DealerProvider(TupleProvider):
 class _TupleMaker:
     """The dealer's arithmetic (that of CrypTen's ``TTPServer``) over every party's stream:
     it replays each party's draws to learn the tuple, and returns party 0's share of the
-    correlated value."""
+    correlated value. ``noise_key`` is the dealer's own key for DP noise (:meth:`noise`),
+    which no party holds."""
 
-    def __init__(self, keys: Sequence[bytes]) -> None:
+    def __init__(self, keys: Sequence[bytes], noise_key: bytes | None = None) -> None:
         self.keys = list(keys)
+        self.noise_key = noise_key if noise_key is not None else prg.fresh_key()
+        self.noise_tags: set[int] = set()  # tags of noise already drawn: never twice
         self.streams = [prg.Stream(key) for key in keys]
         self.number = 0  # of the request being served
         # masks (A, B) of served "kept" triples by request number, oldest first
@@ -435,6 +457,16 @@ class _TupleMaker:
         r = self._xor(size, bits=True)
         return r.sub_(self._sum(size, skip_first=True))
 
+    def noise(self, kind: str, size: torch.Size, tag: int, params: Sequence[float]):
+        """Party 0's share of noise ``z`` drawn from the dealer's own key: ``z`` minus the
+        other parties' stream shares, so no coalition of data parties learns ``z``."""
+        if tag in self.noise_tags:
+            raise ValueError(f"noise tag {tag} was used before: each draw needs its own")
+        values = sampling.draw_noise(self.noise_key, kind, tag, math.prod(size), params)
+        self.noise_tags.add(tag)
+        z = torch.from_numpy(values).view(size)
+        return z.sub_(self._sum(size, skip_first=True))
+
 
 def _checked_size(value: Any) -> torch.Size:
     if not isinstance(value, torch.Size) or any(d < 0 for d in value):
@@ -495,6 +527,14 @@ def _serve_one(maker: _TupleMaker, request: Any) -> torch.Tensor:
     if function == "compare" and not kwargs:
         layout = compare.Layout.from_request(args, MAX_TUPLE_ELEMENTS // COMPARISON_FRACTION)
         return compare.deal(maker.streams, layout)
+    if function == "noise" and len(args) >= 3 and not kwargs:
+        kind, size, tag, *params = args
+        if kind not in sampling.NOISE_KINDS or type(tag) is not int or tag < 0:
+            raise ValueError(f"unexpected noise arguments {args!r}")
+        size = _checked_size(size)
+        if math.prod(size) > sampling.MAX_NOISE_ELEMENTS:
+            raise ValueError(f"noise of size {tuple(size)} is more than one request may ask")
+        return maker.noise(kind, size, tag, params)
     if function in ("square", "wraps", "B2A") and len(args) == 1 and not kwargs:
         return getattr(maker, function)(_checked_size(args[0]))
     raise ValueError(f"unknown request {function!r}")
@@ -569,6 +609,8 @@ class _Lookahead:
             request, encoded = self._requests[expected]
             if request["f"] == "backward" and number - request["args"][0] >= self.number:
                 return  # its triple is itself a guess: wait until it has been asked for
+            if request["f"] == "noise":
+                return  # every draw of noise has its own tag: never the same request twice
             nonce = prg.request_nonce(number, encoded)
             share = _serve_at(self.maker, nonce, request, number)
             self._ahead.append((expected, self.maker.last_kept))
@@ -581,6 +623,7 @@ class _Lookahead:
         self._ahead.clear()
         self.number = 0
         self.maker.kept.clear()
+        self.maker.noise_tags.clear()  # debug seeds only: a resumed run draws the same noise
         self._recent.append(-2)
 
     def _learn(self, request: Any, encoded: bytes, known: int | None) -> None:
@@ -609,6 +652,12 @@ def _framed(generation: int, number: int, tag: int, share: torch.Tensor) -> torc
 def dealer_key(debug_seed: int, party: str, *labels: int) -> bytes:
     """The key ``party`` shares with the dealer in a debug-seeded run (tests only)."""
     return prg.debug_key(debug_seed, "dealer", party, *labels)
+
+
+def noise_key(debug_seed: int | None) -> bytes:
+    """The dealer's own key for DP noise: fresh from the OS CSPRNG, or (tests only) derived
+    from the debug seed, so that a plaintext run with the same seed draws the same noise."""
+    return sampling.noise_key(debug_seed)
 
 
 def send_keys(link: Link, parties: Sequence[str], debug_seed: int | None = None) -> list[bytes]:
@@ -647,7 +696,9 @@ def serve_dealer(
     if insecure_debug_seed is not None:
         log.warning("INSECURE: the dealer's PRG keys are derived from a fixed debug seed")
     link = Link(channel, recorder or TrafficRecorder(), timeout=timeout, dealer=channel.me)
-    maker = _TupleMaker(send_keys(link, parties, insecure_debug_seed))
+    maker = _TupleMaker(
+        send_keys(link, parties, insecure_debug_seed), noise_key(insecure_debug_seed)
+    )
     phases.enter(channel.me, "aggregation")  # the parties sum statistics: no triples needed
     ahead = _Lookahead(maker, lookahead)
     first = parties[0]

@@ -207,3 +207,47 @@ def named_parameters(nets: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
         for net_name, net in nets.items()
         for key, value in net.state_dict().items()
     }
+
+
+class PublicLinear:
+    """``x W^T + b`` with public ``W``, ``b`` (DP-SGD in MPC releases them every step): local
+    products on shares. Its backward pass keeps ``(input, output gradient)`` for the
+    per-example clip (:mod:`smpc_synth.mpc.dp_sgd`) instead of summing a weight gradient."""
+
+    def __init__(self, layer: nn.Linear, name: str):
+        self.layer, self.name = layer, name
+        self.kept: list[tuple[object, object]] = []
+
+    def forward(self, x):
+        self.x = x
+        w, b = self.layer.weight.detach(), self.layer.bias.detach()
+        if isinstance(x, torch.Tensor):
+            return x @ w.t() + b
+        return x.matmul(w.t()) + b
+
+    def backward(self, grad, *, accumulate: bool = True, need_input: bool = True):
+        if accumulate:
+            self.kept.append((self.x, grad))
+        return grad.matmul(self.layer.weight.detach()) if need_input else None
+
+
+class PublicMlp(Mlp):
+    """The twin of one ``nn.Sequential`` whose weights are public, on shared inputs."""
+
+    def __init__(self, net: nn.Sequential, prefix: str):
+        self.layers = []
+        self.names = []
+        for index, layer in enumerate(net):
+            if isinstance(layer, nn.Linear):
+                self.layers.append(PublicLinear(layer, f"{prefix}.{index}"))
+                self.names += [f"{prefix}.{index}.weight", f"{prefix}.{index}.bias"]
+            elif isinstance(layer, nn.ReLU):
+                self.layers.append(LeakyReLU(0.0))
+            elif isinstance(layer, nn.LeakyReLU):
+                self.layers.append(LeakyReLU(layer.negative_slope))
+            else:
+                raise NotImplementedError(f"no MPC twin for layer {type(layer).__name__}")
+
+    @property
+    def linears(self) -> list[PublicLinear]:
+        return [layer for layer in self.layers if isinstance(layer, PublicLinear)]

@@ -8,9 +8,22 @@ Fixed point has 16 fractional bits, too coarse for squared gradients (1e-3 squar
 one unit), so the moments are kept for gradients scaled by a public power of two
 (:data:`GRAD_SCALE` to begin with); Adam is invariant to that scale except for ``eps``,
 which is therefore interpreted in scaled units. The inverse square root covers ``x`` in
-``[EPS, X_MAX]``: gradients of 6e-4 to 99 at scale 32. A table whose gradients are larger
-(wide layouts, many columns) fails a root check (below), and the optimizer then keeps its
-moments at a lower scale (:meth:`SharedAdam.shrink_scale`), until its gradients fit.
+``[EPS, X_MAX]``: gradients of 6e-4 to 99 at scale 32. Above it the root is a few units
+of fixed point, and past the last bucket (2.7e7) a cold start's guess is above
+``sqrt(3/x)``: Newton goes to the negative root or to 0. The comparison each step makes
+anyway also marks every ``x`` above X_MAX; their count rides with the root check (below),
+and a single one fails it. A table whose gradients are larger (wide layouts, many
+columns) thus fails the check, and the optimizer keeps its moments at a lower scale
+(:meth:`SharedAdam.shrink_scale`) until every element fits. That count is all it
+reveals of them.
+
+Within the window a step differs from torch Adam's only by fixed point: ``lr`` is encoded
+as ``round(lr 2^16) / 2^16`` (0.7% off at 1e-3, 2^-17 / lr at most), the converged root
+is within :data:`ROOT_ERROR_UNITS` units of 2^-16, i.e. a relative ``2 * 2^-16 sqrt(x)``
+(up to 9.6% at X_MAX, where the root is 21 units; 3.1% at 1e6), and the update within
+:data:`STEP_ERROR_UNITS` units besides: per element and step, ``|u| (e_lr + 2^-15
+sqrt(x)) + 2^-15`` for torch's update ``u``.
+
 Two-party truncation fails (wraps around) with a probability proportional to the magnitude of
 a product, about value / 2^31 per element, so every product here is kept small: moments
 are updated as ``avg + c * (new - avg)`` and Newton multiplies ``x * y`` before ``y``.
@@ -26,16 +39,19 @@ A wrap-around inside Newton's iteration need not show in the loss: the next iter
 squares the wrapped value past fixed point's range, and what comes out can be a root a
 million times too large, not one that wrecks the model outright (it happened: a KL jump from
 0.2 to 7 that the guard let through). Newton's last step computes ``s = x y^2`` of its
-input, about 1 for every element; :attr:`SharedAdam.root_check` is its sum, which every
-party reveals with the step's losses. A mean off by more than
-:data:`ROOT_CHECK_TOLERANCE` means a wrap-around (then it is off by 10^4 or more), and the
-guard rolls the step back. It costs no round and no product.
+input, about 1 for every element; :attr:`SharedAdam.root_check` is its sum and the count
+of elements above X_MAX, which every party reveals with the step's losses. A mean off by
+more than :data:`ROOT_CHECK_TOLERANCE` means a wrap-around (then it is off by 10^4 or
+more), and any element above X_MAX a gradient too large for the scale: the guard rolls
+the step back. It costs no round and no product.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -84,6 +100,11 @@ V_CLAMP_EVERY = 8
 # |mean of x y^2 - 1| over Newton's last step: a few 1e-3 normally, up to 0.06 when the
 # gradients jump 6-fold (measured), 1e4 or more after a wrap-around
 ROOT_CHECK_TOLERANCE = 0.5
+# How far a step is from torch Adam's (module docstring): the converged root within this many
+# units of fixed point (Newton's last step rounds twice), and the update within this many
+# units besides (truncation of m * root and of its product with lr; m's own rounding)
+ROOT_ERROR_UNITS = 2
+STEP_ERROR_UNITS = 2
 
 
 @dataclass
@@ -134,16 +155,19 @@ class SharedAdam:
         x = self.v + EPS
         steady = next((n for weight, n in STEADY_ITERS if c2 <= weight), None)
         if steady is not None and self.inv_root is not None and self.last_x is not None:
-            self.inv_root, s_last = steady_inverse_sqrt(x, self.inv_root, self.last_x, steady)
+            root = steady_inverse_sqrt(x, self.inv_root, self.last_x, steady)
         else:
-            self.inv_root, s_last = inverse_sqrt(x, self.inv_root)
-        self.root_check = s_last.sum()
+            root = inverse_sqrt(x, self.inv_root)
+        self.inv_root = root.root
+        self.root_check = crypten.stack([root.check.sum(), fixed_mask(root.over).sum()])
         self.last_x = x
         return params - (self.m * self.inv_root) * s.lr
 
-    def root_check_error(self, revealed_sum: float) -> float:
-        """The revealed :attr:`root_check` as a health check: above 1 means a wrap-around."""
-        return abs(revealed_sum / self.size - 1) / ROOT_CHECK_TOLERANCE
+    def root_check_error(self, revealed: Sequence[float]) -> float:
+        """The revealed :attr:`root_check` as a health check: above 1 means a wrap-around
+        or an element beyond the window (each adds 2)."""
+        total, over = revealed
+        return abs(total / self.size - 1) / ROOT_CHECK_TOLERANCE + 2 * round(over)
 
     def reset_root(self) -> None:
         """Forget the warm start (after a rollback): the next step converges from cold."""
@@ -201,65 +225,86 @@ def _ema(average, new, weight: float):
     return average + (new - average) * weight
 
 
-def inverse_sqrt(x, warm=None):
-    """``1/sqrt(x)`` for x in [EPS, X_MAX] by Newton's iteration, from ``warm`` if given,
-    and ``x y^2`` of the last step's input (see :func:`_newton`).
+class Root(NamedTuple):
+    """``1/sqrt(x)`` by Newton's iteration, with what the health check needs of it."""
+
+    root: object  # MPCTensor: 1/sqrt(x)
+    check: object  # MPCTensor: x y^2 of Newton's last step's input, about 1 (see _newton)
+    over: object  # 0/1 MPCTensor (CrypTen's scale 1): x above X_MAX, beyond the window
+
+
+def inverse_sqrt(x, warm=None, over=None) -> Root:
+    """``1/sqrt(x)`` for x in [EPS, X_MAX] by Newton's iteration, from ``warm`` if given.
 
     Newton's step for 1/sqrt diverges when it starts above sqrt(3/x), which a warm start
     does where x grew more than ~5x since the last step (a gradient that suddenly appears).
     A comparison finds those elements and only their COUNT is revealed; while it is not
     zero, they restart 32x lower (and the vector takes the Newton steps that needs), and
-    if some still are unsafe the whole vector starts from :func:`bucket_start`.
+    if some still are unsafe the whole vector starts from :func:`bucket_start`. The first
+    comparison also marks the elements above X_MAX (``over``, unless given): none is
+    revealed here, their count rides with the root check.
     """
     if warm is not None:
         y0 = warm * WARM_DAMPING
-        unsafe = _unsafe_starts(x, y0)
+        unsafe, found = _unsafe_starts(x, y0, over is None)
+        over = found if over is None else over
         if unsafe is None:
-            return _newton(x, y0, WARM_ITERS)
+            return Root(*_newton(x, y0, WARM_ITERS), over)
         # lower, but not to a few units of fixed point, where Newton cannot move
         y0 = y0 + fixed_mask(unsafe) * (RESTART_FLOOR - y0 * (1 - RESTART_LOWER))
-        if _unsafe_starts(x, y0) is None:
-            return _newton(x, y0, RESTART_ITERS)
-    return _newton(x, bucket_start(x), BUCKET_ITERS)
+        if _unsafe_starts(x, y0)[0] is None:
+            return Root(*_newton(x, y0, RESTART_ITERS), over)
+    guess, found = bucket_start(x)
+    return Root(*_newton(x, guess, BUCKET_ITERS), found if over is None else over)
 
 
 def bucket_start(x):
     """A guess of ``1/sqrt(x)`` within ``BUCKET_BASE^(1/4)``: the root at the geometric
     middle of x's bucket ``[EPS B^k, EPS B^(k+1))``, from one comparison against every
-    bucket boundary.
+    bucket boundary, and X_MAX; returns the guess and the 0/1 mask of ``x > X_MAX``.
 
     ``y0 = v_0 + sum_k [x > EPS B^k] (v_k - v_(k-1))``; the 0/1 comparison results are
     integers, so multiplying them by the encoded differences is exact and local. The
     differences are taken between rounded values, so the sum is exactly the encoded v_k.
+    Above the last boundary the guess is more than sqrt(3/x) and Newton would diverge
+    (to the negative root): such an x is above X_MAX, which the mask reports.
     """
     k = torch.arange(BUCKETS + 1, dtype=torch.float64)
-    boundaries = (EPS * BUCKET_BASE ** k[1:]).float()
+    boundaries = torch.cat([EPS * BUCKET_BASE ** k[1:], torch.tensor([X_MAX])]).float()
     encoded = torch.round((EPS * BUCKET_BASE ** (k + 0.5)) ** -0.5 * FIXED.scale).long()
-    steps = (encoded[1:] - encoded[:-1]).view(-1, *([1] * x.dim()))
-    stacked = crypten.stack([x] * BUCKETS)
+    steps = torch.cat([encoded[1:] - encoded[:-1], torch.zeros(1, dtype=torch.long)])
+    steps = steps.view(-1, *([1] * x.dim()))
+    stacked = crypten.stack([x] * (BUCKETS + 1))
     above = (stacked - boundaries.view(-1, *([1] * x.dim()))).gt(0)
     guess = crypten.mpc.MPCTensor.from_shares((above.share * steps).sum(0))
-    return guess + float(encoded[0]) / FIXED.scale
+    return guess + float(encoded[0]) / FIXED.scale, above[BUCKETS]
 
 
-def steady_inverse_sqrt(x, previous_root, previous_x, iters: int):
+def steady_inverse_sqrt(x, previous_root, previous_x, iters: int) -> Root:
     """``1/sqrt(x)`` by ``iters`` Newton steps from the previous root, unless some element
     grew more than :data:`SAFE_GROWTH`-fold (only their count is revealed): then
-    :func:`inverse_sqrt`. No multiplication is needed for the check. Returns the root and
-    ``x y^2`` of the last step's input, as :func:`inverse_sqrt`."""
-    grown = (x - previous_x * SAFE_GROWTH).gt(0)
+    :func:`inverse_sqrt`. No multiplication is needed for the check; the same comparison
+    marks the elements above X_MAX."""
+    bits = crypten.stack([x - previous_x * SAFE_GROWTH, x - X_MAX]).gt(0)
+    grown, over = bits[0], bits[1]
     if round(float(grown.sum().get_plain_text())) == 0:
-        return _newton(x, previous_root, iters)
-    return inverse_sqrt(x, previous_root)
+        return Root(*_newton(x, previous_root, iters), over)
+    return inverse_sqrt(x, previous_root, over)
 
 
-def _unsafe_starts(x, y0):
-    """The 0/1 mask of elements Newton would diverge from, or None if there are none."""
+def _unsafe_starts(x, y0, with_range: bool = False):
+    """The 0/1 mask of elements Newton would diverge from, or None if there are none, and
+    (``with_range``) the 0/1 mask of ``x > X_MAX`` from the same comparison, else None."""
     # x * y0^2 as (x * y0/8) * (8 y0): precise for a small x, whose y0 may be large, and
     # a smaller first product for a large x (two-party truncation fails more on large ones)
     start = (x * (y0 * (1.0 / START_CHECK_SPLIT))) * (y0 * START_CHECK_SPLIT)
-    unsafe = start.gt(SAFE_START)
-    return None if round(float(unsafe.sum().get_plain_text())) == 0 else unsafe
+    over = None
+    if with_range:
+        bits = crypten.stack([start - SAFE_START, x - X_MAX]).gt(0)
+        unsafe, over = bits[0], bits[1]
+    else:
+        unsafe = start.gt(SAFE_START)
+    return (None if round(float(unsafe.sum().get_plain_text())) == 0 else unsafe), over
 
 
 def _newton(x, y, iters: int):

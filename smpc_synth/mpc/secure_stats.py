@@ -32,9 +32,18 @@ def share_from_each(local: torch.Tensor, sizes: list[torch.Size], rank: int) -> 
 
 
 def secure_sum(
-    stats: Mapping[str, np.ndarray], rank: int, world_size: int
+    stats: Mapping[str, np.ndarray],
+    rank: int,
+    world_size: int,
+    noise_std: float | None = None,
+    noise_tag: int = 0,
+    null_data: bool = False,
 ) -> dict[str, np.ndarray]:
-    """The element-wise sum over parties of ``stats`` (same keys and shapes everywhere)."""
+    """The element-wise sum over parties of ``stats`` (same keys and shapes everywhere).
+
+    ``noise_std``: the dealer's discrete Gaussian noise (draw ``noise_tag``, see
+    :mod:`smpc_synth.mpc.noise`) is added before the sum is opened: the Gaussian mechanism
+    on CrypTen's 2^-16 grid (``null_data``, tests only: on zeros instead of the sum)."""
     keys = sorted(stats)
     shapes = [np.shape(stats[k]) for k in keys]
     flat = torch.cat(
@@ -48,6 +57,8 @@ def secure_sum(
     total = shared[0]
     for other in shared[1:]:
         total = total + other
+    if noise_std is not None:
+        total = add_dealt_noise(total, noise_std, noise_tag, null_data)
     summed = reveal_float64(total).numpy()
     out, start = {}, 0
     for key, shape in zip(keys, shapes, strict=True):
@@ -55,6 +66,20 @@ def secure_sum(
         out[key] = summed[start : start + size].reshape(shape)
         start += size
     return out
+
+
+def add_dealt_noise(value, std: float, tag: int, null_data: bool = False):
+    """``value`` (an MPCTensor at CrypTen's 16 fractional bits) plus the dealer's discrete
+    Gaussian noise of standard deviation ``std`` on the same grid."""
+    from smpc_synth.mpc.noise import discrete_gaussian_shares
+
+    if null_data:
+        value = value * 0  # an integer product: exactly zero, no truncation
+    if value.encoder.scale != 2**16:
+        raise ValueError("dealt noise is for values at 16 fractional bits")
+    ring_std = std * 2.0**16
+    noise = discrete_gaussian_shares(value.size(), ring_std * ring_std, tag=tag)
+    return crypten.mpc.MPCTensor.from_shares(value.share + noise)
 
 
 def reveal_float64(value) -> torch.Tensor:

@@ -15,6 +15,7 @@ import importlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -174,6 +175,23 @@ def crypten_session(*args: Any, **kwargs: Any) -> Iterator[MpcSession]:
 def traffic() -> TrafficStats:
     """What this party has sent and received in the running session, by phase."""
     return _require_session().recorder.snapshot()
+
+
+def cpu_clock() -> dict[str, float]:
+    """This process's CPU seconds so far (all threads) and, on party 0 with the dealer, the
+    dealer's (one small request): differences of two readings charge an epoch its CPU,
+    which a busy machine changes less than its wall time."""
+    session = _require_session()
+    out = {"cpu_seconds": time.process_time()}
+    if session.dealer_provider is not None and session.rank == 0:
+        out["dealer_cpu_seconds"] = session.dealer_provider.dealer_cpu_seconds()
+    return out
+
+
+def cpu_since(before: dict[str, float]) -> dict[str, float]:
+    """The CPU seconds of :func:`cpu_clock` spent since the reading ``before``."""
+    now = cpu_clock()
+    return {key: now[key] - value for key, value in before.items() if key in now}
 
 
 def crypten_counters() -> dict[str, float]:

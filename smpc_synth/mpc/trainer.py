@@ -19,7 +19,7 @@ import torch
 from smpc_synth.mpc.compat import import_crypten
 from smpc_synth.mpc.guard import WrapGuard, losses_only
 from smpc_synth.mpc.secure_stats import share_from_each
-from smpc_synth.mpc.session import phase, rekey, traffic
+from smpc_synth.mpc.session import cpu_clock, cpu_since, phase, rekey, traffic
 from smpc_synth.mpc.twins import TWINS, Twin
 
 crypten = import_crypten()
@@ -127,10 +127,12 @@ class _EpochState:
     results: list[dict[str, float]] = field(default_factory=list)
     traffic_before: Any = None
     started: float = 0.0
+    cpu_before: dict[str, float] = field(default_factory=dict)
 
     def start(self, order: torch.Tensor, traffic_now: Any) -> None:
         self.order, self.results = order, []
         self.traffic_before, self.started = traffic_now, time.perf_counter()
+        self.cpu_before = cpu_clock()
 
     def copy(self) -> _EpochState:
         return replace(self, results=list(self.results))
@@ -154,6 +156,7 @@ def _end_epoch(
         "bytes": after.bytes_sent - state.traffic_before.bytes_sent,
         "rounds": after.rounds - state.traffic_before.rounds,
         "rollbacks": rollbacks,
+        **cpu_since(state.cpu_before),
     }
     loop.history.append(record)
     loop.progress({"event": "epoch", "epochs": loop.epochs, **record})

@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 
 def _reveal_scalars(*values) -> list[float]:
-    """Open several shared scalars in one round."""
-    stacked = crypten.stack([v.reshape(1) for v in values]).reshape(-1)
+    """Open several shared scalars (or short vectors, flattened in turn) in one round."""
+    stacked = crypten.cat([v.reshape(-1) for v in values])
     return [float(x) for x in stacked.get_plain_text()]
 
 
@@ -72,9 +72,12 @@ class Twin:
             values = _reveal_scalars(*losses.values(), *(self.opts[g].root_check for g in groups))
         revealed = dict(zip(losses, values))
         self.failed_checks = []
-        for group, value in zip(groups, values[len(losses) :], strict=True):
+        at = len(losses)
+        for group in groups:
             opt = self.opts[group]
-            error = opt.root_check_error(value)
+            width = opt.root_check.nelement()
+            error = opt.root_check_error(values[at : at + width])
+            at += width
             revealed[f"{CHECK_PREFIX}adam {group}"] = error
             if not error <= 1:
                 self.failed_checks.append(group)
@@ -194,60 +197,84 @@ class VaeTwin(Twin):
         self.model.buffers["sigma"] = rms.float().clamp(self.model.hparams.min_sigma, 1.0)
 
     def step(self, batch, generator: torch.Generator) -> dict[str, float]:
-        hp, spans = self.model.hparams, self.spans
-        n, latent, bound = batch.size(0), hp.latent_dim, hp.logvar_bound
-        with self.phase("forward"):
-            out = self.nets["encoder"].forward(batch)
-            mu, r = out[:, :latent], out[:, latent:]
-            t = functions.tanh(r * (1.0 / bound), comparison_provider())
-            logvar = t * bound
-            eps = torch.randn((n, latent), generator=generator)
-            std = functions.exp_in_range(logvar * 0.5, -bound / 2, bound / 2)  # 3 rounds
-            z = mu + std * eps
-            raw = self.nets["decoder"].forward(z)
-        with self.phase("loss"):
-            sigma = self.model.buffers["sigma"]
-            recon = 0
-            d_cont = d_oh = sq_err = None
-            target = batch[:, spans.onehot] if spans.n_spans else None
-            c, p, log_hit = spans.activate_and_log_hit(raw, target)
-            # every square the loss and the backward pass need, in one round
-            squares = [("square", v, None) for v in (std, mu, t)]
-            if c is not None:
-                err = c - batch[:, spans.continuous]
-                squares += [("square", err, None), ("square", c, None)]
-            var, mu_sq, t_sq, *continuous_squares = beaver.products(squares)
-            # and every product of the gradients' factors, in one more: tanh's derivative
-            # 1 - t^2 goes into the factors of d_logvar here, so the backward pass is left
-            # with one product for it instead of two
-            d_tanh = 1 - t_sq
-            factors = [("mul", std, d_tanh), ("mul", var, d_tanh)]
-            if c is not None:
-                sq_err, c_sq = continuous_squares
-                # public factors folded into one multiplication: smaller products (see optim)
-                recon = (sq_err * (1.0 / (2 * n * sigma.square()))).sum()
-                factors.append(("mul", err * (hp.recon_weight / n / sigma.square()), 1 - c_sq))
-            std_d_tanh, var_d_tanh, *continuous_grad = beaver.products(factors)
-            if c is not None:
-                (d_cont,) = continuous_grad
-            if p is not None:
-                recon = recon - log_hit.sum() * (1.0 / n)
-                d_oh = (p - target) * (hp.recon_weight / n)
-            kl = (mu_sq + var - logvar - 1).sum() * (0.5 / n)
-            loss = recon * hp.recon_weight + kl * hp.kl_weight
-        with self.phase("backward"):
-            dz = self.nets["decoder"].backward(spans.assemble(d_cont, d_oh), need_input=True)
-            d_mu = dz + mu * (hp.kl_weight / n)
-            # d_logvar = (dz eps) std / 2 + (var - 1) kl_weight / (2n), times tanh's derivative
-            kl_part = (var_d_tanh - d_tanh) * (0.5 * hp.kl_weight / n)
-            d_r = (dz * eps) * std_d_tanh * 0.5 + kl_part
-            self.nets["encoder"].backward(crypten.cat([d_mu, d_r], dim=1))
+        loss, recon, kl, sq_err = vae_backprop(
+            self.model, self.spans, self.nets, batch, generator, batch.size(0), self.phase
+        )
         self._update("vae")
         if sq_err is not None:
             sq = sq_err.sum(0)
             self.sq_err = sq if self.sq_err is None else self.sq_err + sq
-            self.rows += n
+            self.rows += batch.size(0)
         return self._reveal(loss=loss, reconstruction=recon, kl=kl)
+
+
+def vae_backprop(model, spans: SpanMap, nets, batch, generator, per: int, phase):
+    """The VAE's forward pass, losses and backward pass on a shared ``batch``: each
+    network's ``backward`` receives its output gradient. Returns ``(loss, reconstruction,
+    kl, squared errors of the continuous units or None)``.
+
+    ``per`` divides every loss: the batch size for the batch mean (training), 1 for each
+    row's own loss, whose gradients DP-SGD clips one by one (:mod:`.dp_sgd`).
+    """
+    hp = model.hparams
+    n, latent, bound = batch.size(0), hp.latent_dim, hp.logvar_bound
+    with phase("forward"):
+        out = nets["encoder"].forward(batch)
+        mu, r = out[:, :latent], out[:, latent:]
+        t = functions.tanh(r * (1.0 / bound), comparison_provider())
+        logvar = t * bound
+        eps = torch.randn((n, latent), generator=generator)
+        std = functions.exp_in_range(logvar * 0.5, -bound / 2, bound / 2)  # 3 rounds
+        z = mu + std * eps
+        raw = nets["decoder"].forward(z)
+    with phase("loss"):
+        sigma = model.buffers["sigma"]
+        recon = 0
+        d_cont = d_oh = sq_err = None
+        target = batch[:, spans.onehot] if spans.n_spans else None
+        c, p, log_hit = spans.activate_and_log_hit(raw, target)
+        # every square the loss and the backward pass need, in one round
+        squares = [("square", v, None) for v in (std, mu, t)]
+        if c is not None:
+            err = c - batch[:, spans.continuous]
+            squares += [("square", err, None), ("square", c, None)]
+        var, mu_sq, t_sq, *continuous_squares = beaver.products(squares)
+        # and every product of the gradients' factors, in one more: tanh's derivative
+        # 1 - t^2 goes into the factors of d_logvar here, so the backward pass is left
+        # with one product for it instead of two
+        d_tanh = 1 - t_sq
+        factors = [("mul", std, d_tanh), ("mul", var, d_tanh)]
+        if c is not None:
+            sq_err, c_sq = continuous_squares
+            # public factors folded into one multiplication: smaller products (see optim)
+            recon = (sq_err * (1.0 / (2 * per * sigma.square()))).sum()
+            factors.append(("mul", err * (hp.recon_weight / per / sigma.square()), 1 - c_sq))
+        std_d_tanh, var_d_tanh, *continuous_grad = beaver.products(factors)
+        if c is not None:
+            (d_cont,) = continuous_grad
+        if p is not None:
+            recon = recon - log_hit.sum() * (1.0 / per)
+            d_oh = (p - target) * (hp.recon_weight / per)
+        kl = (mu_sq + var - logvar - 1).sum() * (0.5 / per)
+        loss = recon * hp.recon_weight + kl * hp.kl_weight
+    with phase("backward"):
+        dz = nets["decoder"].backward(spans.assemble(d_cont, d_oh), need_input=True)
+        d_mu = dz + mu * (hp.kl_weight / per)
+        # d_logvar = (dz eps) std / 2 + (var - 1) kl_weight / (2 per), times tanh's derivative
+        kl_part = (var_d_tanh - d_tanh) * (0.5 * hp.kl_weight / per)
+        d_r = (dz * eps) * std_d_tanh * 0.5 + kl_part
+        nets["encoder"].backward(crypten.cat([d_mu, d_r], dim=1))
+    return loss, recon, kl, sq_err
+
+
+def critic_backprop(model, nets, batch) -> None:
+    """The GAN critic's pass over shared real rows under DP-SGD (``pac`` = 1): each row's
+    own loss, binary cross-entropy against ``1 - label_smoothing``, whose gradient with
+    respect to its logit is ``sigmoid(logit) - label``; ``sigmoid(x) = (1 + tanh(x/2)) / 2``."""
+    critic = nets["discriminator"]
+    logits = critic.forward(batch)
+    prob = (functions.tanh(logits * 0.5, comparison_provider()) + 1) * 0.5
+    critic.backward(prob - (1.0 - model.hparams.label_smoothing))
 
 
 class GanTwin(Twin):

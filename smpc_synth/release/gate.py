@@ -12,7 +12,9 @@ there). Each rule reads one metric of the evaluation report (``smpc_synth.eval.e
   coarse discrete tables fresh real rows coincide with training rows too);
 - ``dcr_ratio`` = median DCR(synthetic -> train) / median DCR(holdout -> train) at least
   ``min_dcr_ratio``: synthetic rows sitting much closer to the training rows than unseen real
-  rows do are copies or near-copies.
+  rows do are copies or near-copies;
+- ``epsilon`` (the report's ``dp`` section: the run's differential-privacy budget) at most
+  ``max_epsilon``, when that is set: a run without DP then fails.
 
 A metric that cannot apply to the table (no numeric columns for the variance ratio, no
 categorical columns for category coverage, holdout rows at distance zero for the DCR ratio)
@@ -57,6 +59,7 @@ class GateDecision:
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it did not apply
     enabled: bool = True
     override: bool = False
+    reason: str = ""  # why the gate did not apply (not enabled)
 
     @property
     def released(self) -> bool:
@@ -66,7 +69,9 @@ class GateDecision:
     def describe(self) -> str:
         """A few readable lines: the verdict, each failed metric, the skipped ones."""
         if not self.enabled:
-            return "release gate disabled in the run config: synthetic data released unchecked"
+            return self.reason or (
+                "release gate disabled in the run config: synthetic data released unchecked"
+            )
         if self.passed:
             head = f"release gate passed ({len(self.checked)} metrics checked)"
         elif self.override:
@@ -91,6 +96,7 @@ class GateDecision:
             ],
             "checked": dict(self.checked),
             "skipped": dict(self.skipped),
+            **({"reason": self.reason} if self.reason else {}),
         }
 
 
@@ -99,7 +105,7 @@ class _Rule:
     metric: str
     section: str
     rule: str
-    threshold: Callable[[GateConfig, dict[str, Any]], float]
+    threshold: Callable[[GateConfig, dict[str, Any]], float | None]  # None: rule not set
     not_applicable: Callable[[dict[str, Any]], str | None]
 
 
@@ -150,29 +156,52 @@ RULES: tuple[_Rule, ...] = (
     ),
     _Rule("exact_copy_rate", "privacy", "<=", _copy_threshold, _always),
     _Rule("dcr_ratio", "privacy", ">=", lambda p, _: p.min_dcr_ratio, _holdout_at_zero),
+    _Rule("epsilon", "dp", "<=", lambda p, _: p.max_epsilon, _always),
 )
 
 
 def check_release(
-    report: dict[str, Any], policy: GateConfig, *, override: bool = False
+    report: dict[str, Any],
+    policy: GateConfig,
+    *,
+    override: bool = False,
+    rules: tuple[_Rule, ...] = RULES,
 ) -> GateDecision:
     """Apply ``policy`` to an evaluation ``report``; ``override`` records an explicit release."""
     if not policy.enabled:
         return GateDecision(passed=True, enabled=False, override=override)
     decision = GateDecision(passed=True, override=override)
-    for rule in RULES:
+    for rule in rules:
         reason = rule.not_applicable(report)
         if reason is not None:
             decision.skipped[rule.metric] = reason
             continue
-        value = _metric(report, rule.section, rule.metric)
         threshold = rule.threshold(policy, report)
+        if threshold is None:
+            continue
+        value = _metric(report, rule.section, rule.metric)
         ok = value is not None and (value >= threshold if rule.rule == ">=" else value <= threshold)
         if ok:
             decision.checked[rule.metric] = value
         else:
             decision.failures.append(GateFailure(rule.metric, value, threshold, rule.rule))
     decision.passed = not decision.failures
+    return decision
+
+
+def check_private_release(
+    privacy: dict[str, Any], policy: GateConfig, *, override: bool = False, reason: str = ""
+) -> GateDecision:
+    """The gate of a DP run: only ``max_epsilon``, against the privacy record's epsilon (a
+    public value); the rules that read real rows do not decide (``reason`` says why)."""
+    epsilon_rules = tuple(r for r in RULES if r.section == "dp")
+    if not policy.enabled or policy.max_epsilon is None:
+        return GateDecision(passed=True, enabled=False, override=override, reason=reason)
+    report = {"dp": {"epsilon": privacy.get("epsilon")}}
+    decision = check_release(report, policy, override=override, rules=epsilon_rules)
+    for rule in RULES:
+        if rule not in epsilon_rules:
+            decision.skipped[rule.metric] = "reads real rows: not applied under DP"
     return decision
 
 

@@ -90,8 +90,12 @@ def build_manifest(
     gate: Mapping[str, Any],
     ca_path: str | Path | None = None,
     signers: Iterable[str] | None = None,
+    privacy: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """An unsigned manifest for the files of ``run_dir``.
+
+    ``privacy`` is the DP ledger of a run with ``dp.epsilon`` (epsilon, delta, accountant,
+    unit, and each part with its mechanism): signed with the rest; None for a run without.
 
     ``artifacts`` maps a label (``generator.pt``) to a file; ``certificates`` a member name to
     its certificate. ``signers`` are the members whose signature :func:`verify_manifest` will
@@ -113,6 +117,7 @@ def build_manifest(
         "config": {"sha256": sha256_json(config_value), "value": config_value},
         "metrics": {"sha256": sha256_json(metrics_value), "value": metrics_value},
         "gate": plain(dict(gate)),
+        "privacy": plain(dict(privacy)) if privacy is not None else None,
         "files": files,
         "ca": _certificate_entry(Path(ca_path)) if ca_path is not None else None,
         "certificates": {n: _certificate_entry(Path(p)) for n, p in sorted(certificates.items())},
@@ -268,6 +273,7 @@ class _Manifest(_Shape):
     config: _Digest
     metrics: _Digest
     gate: _Gate
+    privacy: dict[str, JsonValue] | None = None  # the DP ledger of a run with dp.epsilon
     files: dict[str, _File]
     ca: _Certificate | None
     certificates: dict[str, _Certificate]

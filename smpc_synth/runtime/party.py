@@ -146,7 +146,7 @@ def _run_member(
     result["wall_seconds"] = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["peak_memory_mb"] = usage.ru_maxrss / 1024
-    result["cpu_seconds"] = usage.ru_utime + usage.ru_stime
+    result["cpu_seconds"] = usage.ru_utime + usage.ru_stime  # unlike wall time, not load
     cfg.out.mkdir(parents=True, exist_ok=True)
     candidate = cfg.out / PENDING_NAME
     if cfg.release and candidate.is_file():
@@ -169,7 +169,11 @@ def _release(cfg: PartyConfig, schema, frame, candidate: Path, metrics, override
         frame, pd.read_csv(candidate), target=cfg.run.target, schema=schema, seed=cfg.run.seed
     )
     report["meta"]["reference"] = f"{cfg.name}'s own rows (no common holdout)"
-    metrics["evaluation"] = report
+    privacy = metrics.get("training", {}).get("privacy")
+    if privacy is None:
+        metrics["evaluation"] = report
+    else:
+        metrics["rows_released"] = metrics["training"]["rows_released"]
     (cfg.out / "config.toml").write_text(tomli_w.dumps(cfg.run.to_toml_dict()))
     schema.save(cfg.out / "schema.toml")
     certificates = {cfg.name: cfg.tls_cert} if cfg.tls_cert else {}
@@ -184,6 +188,7 @@ def _release(cfg: PartyConfig, schema, frame, candidate: Path, metrics, override
         certificates=certificates,
         ca_path=cfg.tls_ca,
         keys={cfg.name: cfg.tls_key} if cfg.tls_key else {},
+        privacy=privacy,
     )
     enforce(decision)
 
@@ -240,11 +245,19 @@ def play_data_party(
     if result.synthesizer is not None:
         model_path = cfg.out / "generator.pt"
         result.synthesizer.save(model_path)
-        rows = cfg.run.sample_rows or int(result.metrics.get("rows_trained", len(frame)))
+        rows = cfg.run.sample_rows or released_rows(result.metrics, len(frame))
         synthetic = result.synthesizer.sample(rows, seed=cfg.run.seed)
         synthetic.to_csv(cfg.out / PENDING_NAME, index=False)
         metrics["outputs"] = {"generator": str(model_path), "synthetic_rows": rows}
     return metrics
+
+
+def released_rows(training: dict[str, Any], local_rows: int) -> int:
+    """How many synthetic rows to draw by default: as many as were trained on, as far as the
+    run may say (under DP, the noisy count it released)."""
+    if "privacy" in training:
+        return int(training["rows_released"])
+    return int(training.get("rows_trained", local_rows))
 
 
 def _stop_when_aborted(mesh, emit: ProgressEmitter):

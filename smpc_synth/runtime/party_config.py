@@ -286,7 +286,8 @@ def check_session(
                 f"{source}: key 'run.output_parties[{i}]': {name!r} is not a data party of this "
                 f"session ({', '.join(data_parties)})"
             )
-    if run.mode == "federated" and run.federated.he == "ckks" and not run.federated.dp:
+    dp_fedavg = run.dp.enabled and run.dp.unit == "party"  # its own layout (dp.noise)
+    if run.mode == "federated" and run.federated.he == "ckks" and not dp_fedavg:
         from smpc_synth.he.params import choose_layout
 
         try:

@@ -27,10 +27,11 @@ import pandas as pd
 import tomli_w
 
 from smpc_synth.config import RunConfig
+from smpc_synth.dp.support import PUBLIC_SCHEMA_NEEDED
 from smpc_synth.errors import InputError
 from smpc_synth.net.addresses import split_address
 from smpc_synth.net.netns import GLOO_PORT, Host
-from smpc_synth.release.run import PENDING_NAME
+from smpc_synth.release.run import PENDING_NAME, released_metrics
 from smpc_synth.runtime.network import (
     LOOPBACK,
     PROFILES,
@@ -115,7 +116,7 @@ class Session:
             epochs = planned_epochs(cfg.generator, cfg.epochs, cfg.generator_params)
             length = f"{epochs} epochs"
         else:
-            length = "one closed-form pass"
+            length = "no epochs"
         network = f"; network {self.network.describe()}" if self.network.emulated else ""
         return (
             f"simulate: {cfg.mode} mode, generator {cfg.generator}, data {self.source} "
@@ -309,6 +310,8 @@ def _load_table(dataset, data, schema_path, cfg: RunConfig):
         raise InputError("give either --dataset or --data, not both")
     if data is not None:
         given = Schema.load(schema_path) if schema_path is not None else None
+        if given is None and cfg.dp.enabled:
+            raise InputError(f"--epsilon: {PUBLIC_SCHEMA_NEEDED}")
         frame = read_table(data, given)
         source = str(data)
         target = cfg.target
@@ -572,8 +575,15 @@ def _gather(
         metrics["root_cause"] = cause.to_dict()
     result = SimulationResult(run_dir, worst, metrics, None, codes, root_cause=cause)
     producers = [m for m in members if (m.config_path.parent / PENDING_NAME).is_file()]
+    privacy = _privacy(party_metrics, [m.name for m in producers]) if cfg.dp.enabled else None
+    if privacy is not None:
+        metrics["privacy"] = privacy["privacy"]
+        metrics["rows_released"] = privacy["rows_released"]
     if worst != 0 or not producers:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+        written = (
+            released_metrics(metrics, metrics.get("privacy", {})) if cfg.dp.enabled else metrics
+        )
+        (run_dir / "metrics.json").write_text(json.dumps(written, indent=2, default=str) + "\n")
         for name, code in codes.items():
             if code != 0:
                 log.error(
@@ -601,7 +611,8 @@ def _gather(
         )
         metrics["evaluation"] = report
     names = [m.name for m in members]
-    policy = cfg.gate if report else dataclasses.replace(cfg.gate, enabled=False)
+    gated = report or cfg.dp.enabled  # under DP the gate reads the privacy record alone
+    policy = cfg.gate if gated else dataclasses.replace(cfg.gate, enabled=False)
     result.gate = release_run(
         run_dir,
         candidate=candidate,
@@ -613,7 +624,17 @@ def _gather(
         certificates=certificates_in(run_dir / "certs", names),
         ca_path=run_dir / "certs" / "ca.pem",
         keys={m.name: run_dir / "certs" / f"{m.name}.key" for m in members if m.role == "data"},
+        privacy=metrics.get("privacy"),
     )
     if result.gate.released:
         result.synthetic = synthetic
     return result
+
+
+def _privacy(party_metrics: dict[str, Any], producers: list[str]) -> dict[str, Any] | None:
+    """The DP ledger and released row count of the run, from a party that produced it."""
+    for name in producers:
+        training = party_metrics.get(name, {}).get("training", {})
+        if "privacy" in training:
+            return {"privacy": training["privacy"], "rows_released": training.get("rows_released")}
+    return None

@@ -1,4 +1,4 @@
-"""Federated mode: local training, secure aggregation of updates, optional DP (DP-FedAvg).
+"""Federated mode: local training, secure aggregation of updates, optional DP.
 
 Round structure, identical on every data party:
 
@@ -6,17 +6,26 @@ Round structure, identical on every data party:
 2. ``gaussian``: one secure sum of (n, sum, sum of outer products) and the closed-form fit;
 3. neural generators (same initial weights everywhere, from the run seed): per round, local
    epochs on local rows, then the secure sum of the weighted update (weight n_k / N, so the
-   sum is FedAvg's weighted mean). With ``--dp`` each party clips its update to
-   ``clip_norm`` and adds its share of Gaussian noise; the mean is unweighted and epsilon is
-   accounted per round with Opacus's RDP accountant (sample rate 1: every party every round).
-   This is party-level DP (DP-FedAvg, McMahan et al. 2018), which covers any row a party holds.
+   sum is FedAvg's weighted mean).
+
+With ``dp.epsilon`` every secure sum carries Gaussian noise, planned by one ledger
+(:mod:`smpc_synth.models.private`) and drawn from the CSPRNG; the mean of updates is
+unweighted (a weight n_k / N would read the rows outside the ledger). Two units of privacy:
+
+- ``record`` (default): each party adds the full noise to its own statistics, and trains
+  locally with Opacus DP-SGD (Poisson rate ``q`` = batch size / noisy total rows,
+  ``round(1/q)`` steps per local epoch): everything a party sends is a DP release of its own
+  rows, so its rows are protected against the other parties and the aggregator as well.
+- ``party`` (DP-FedAvg, McMahan et al. 2018): each party's statistics are divided by its own
+  row count, its update is clipped to ``clip_norm``, both are rounded to the noise grid and
+  carry a share of the noise (the shares sum to the full noise); one step per round at
+  sample rate 1. A coalition of k parties knows k shares (docs/federated-security.md).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import secrets
 import time
 from typing import Any
 
@@ -24,12 +33,14 @@ import numpy as np
 import torch
 
 from smpc_synth.errors import InputError, PeerError
+from smpc_synth.models.private import train_private
 from smpc_synth.train.aggregation import AggregationClient, serve_aggregator
 from smpc_synth.train.base import PartyContext, Strategy, TrainingResult
 
 log = logging.getLogger(__name__)
 
 STATS_MAX_ERROR = 0.05  # counts are rounded after the sum: any error below 0.5 is exact
+MOMENTS_MAX_ERROR = 1e-3  # moments need finer resolution: they are divided by n afterwards
 BOUND_TAG = "fed/bound"
 RESUME_TAG = "fed/resume"
 CHECKPOINT = "federated"
@@ -41,7 +52,6 @@ class FederatedStrategy(Strategy):
     name = "federated"
 
     def run(self, ctx: PartyContext) -> TrainingResult:
-        from smpc_synth.data import TableEncoder
         from smpc_synth.data.encoding import N_ROWS
         from smpc_synth.models import Synthesizer, get_generator
 
@@ -68,18 +78,29 @@ class FederatedStrategy(Strategy):
         )
         client.setup()
         gen_cls = get_generator(cfg.generator)
-        encoder = TableEncoder(ctx.schema, numeric=gen_cls.numeric_encoding)
-        stats = _secure_stats(ctx, client, encoder.sufficient_stats(ctx.data), "encoder stats")
-        encoder.fit_stats(stats)
-        total_rows = round(float(np.sum(stats[N_ROWS])))
+        encoder = gen_cls.make_encoder(ctx.schema)
+        private = _Private.start(ctx) if cfg.dp.enabled else None
+        metrics: dict[str, Any] = {"local_rows": len(ctx.data)}
+        if private is None:
+            stats = _secure_stats(ctx, client, encoder.sufficient_stats(ctx.data), "encoder stats")
+            encoder.fit_stats(stats)
+            total_rows = round(float(np.sum(stats[N_ROWS])))
+            metrics["rows_trained"] = total_rows
+        else:
+            total_rows = private.fit_encoder(ctx, client, encoder)
         X = encoder.transform(ctx.data)
         model = gen_cls(encoder.layout, **cfg.generator_params)
-        metrics: dict[str, Any] = {"rows_trained": total_rows, "local_rows": len(ctx.data)}
-        if hasattr(model, "fit_stats"):
-            _fit_gaussian(ctx, client, model, X)
+        if private is not None and private.needs_moments(gen_cls):
+            private.fit_moments(ctx, client, model, X, total_rows)
+        if "training" not in gen_cls.dp_parts:
+            if private is None:
+                _fit_gaussian(ctx, client, model, X)
+            ctx.progress({"event": "epoch", "epoch": 1, "epochs": 1})
             metrics["epochs"] = [{"epoch": 1, "seconds": time.perf_counter() - started}]
         else:
-            metrics.update(_fedavg(ctx, client, model, X, total_rows, started))
+            metrics.update(_fedavg(ctx, client, model, X, total_rows, started, private))
+        if private is not None:
+            metrics.update(private.record(total_rows))
         client.finish()
         if not ctx.is_output_party:
             # FedAvg hands every party the global model each round; one that is not to
@@ -91,6 +112,8 @@ class FederatedStrategy(Strategy):
         synthesizer = None
         if ctx.is_output_party:
             meta = {"train_rows": total_rows, "seed": cfg.seed, "mode": "federated"}
+            if private is not None:
+                meta.update(train_rows=metrics.get("rows_released"), dp=metrics["privacy"])
             synthesizer = Synthesizer.from_parts(ctx.schema, encoder, model, meta=meta)
         return TrainingResult(synthesizer, metrics)
 
@@ -111,11 +134,17 @@ def _public_bound(ctx: PartyContext, local_max: float) -> float:
     return max(bounds)
 
 
-def _secure_stats(ctx, client: AggregationClient, stats: dict[str, np.ndarray], name: str):
+def _secure_stats(
+    ctx,
+    client: AggregationClient,
+    stats: dict[str, np.ndarray],
+    name: str,
+    max_error: float = STATS_MAX_ERROR,
+):
     tensors = {k: torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in stats.items()}
     local_max = max((float(t.abs().max()) for t in tensors.values() if t.numel()), default=1.0)
     bound = _public_bound(ctx, local_max)
-    summed = client.sum(name, tensors, max_abs=bound, max_error=STATS_MAX_ERROR)
+    summed = client.sum(name, tensors, max_abs=bound, max_error=max_error)
     return {k: v.numpy() for k, v in summed.items()}
 
 
@@ -123,7 +152,6 @@ def _fit_gaussian(ctx, client, model, X: np.ndarray) -> None:
     from smpc_synth.models.gaussian import sufficient_stats
 
     n, total, outer = sufficient_stats(X)
-    # Moments need finer resolution than counts: they are divided by n afterwards.
     tensors = {
         "n": torch.tensor([float(n)]),
         "sum": torch.as_tensor(total),
@@ -131,9 +159,8 @@ def _fit_gaussian(ctx, client, model, X: np.ndarray) -> None:
     }
     local_max = max(float(t.abs().max()) for t in tensors.values())
     bound = _public_bound(ctx, local_max)
-    summed = client.sum("gaussian moments", tensors, max_abs=bound, max_error=1e-3)
+    summed = client.sum("gaussian moments", tensors, max_abs=bound, max_error=MOMENTS_MAX_ERROR)
     model.fit_stats(round(float(summed["n"][0])), summed["sum"].numpy(), summed["outer"].numpy())
-    ctx.progress({"event": "epoch", "epoch": 1, "epochs": 1})
 
 
 def _parameters(model) -> dict[str, torch.Tensor]:
@@ -156,26 +183,24 @@ def _load_parameters(model, values: dict[str, torch.Tensor]) -> None:
         module.load_state_dict(state)
 
 
-def _fedavg(ctx, client, model, X, total_rows: int, started: float) -> dict[str, Any]:
-    from smpc_synth.dp.accountant import epsilon, noise_multiplier_for
+def _fedavg(ctx, client, model, X, total_rows, started: float, private) -> dict[str, Any]:
     from smpc_synth.dp.clip import clip_update
-    from smpc_synth.dp.noise import add_noise_share, value_bound
+    from smpc_synth.dp.noise import add_noise_share, grid_max_error, on_grid, value_bound
 
     cfg = ctx.config
     fed = cfg.federated
     rounds = cfg.epochs or model.hparams.epochs
     model.initialize(cfg.seed)  # the same starting point on every party
     rng = torch.Generator().manual_seed(cfg.seed * 7919 + ctx.rank + 1)
-    noise_rng = torch.Generator().manual_seed(secrets.randbits(63))  # never from the run seed
     parties = len(ctx.parties)
-    weight = len(X) / total_rows
-    sigma = None
-    if fed.dp:
-        sigma = fed.noise_multiplier
-        if fed.target_epsilon is not None:
-            sigma = noise_multiplier_for(fed.target_epsilon, 1.0, rounds, fed.delta)
-        if sigma is None:
-            raise InputError("key 'federated.dp' needs 'target_epsilon' or 'noise_multiplier'")
+    unit = private.unit if private is not None else None
+    weight = len(X) / total_rows if private is None else 1.0 / parties
+    sigma = plan = None
+    if unit == "party":
+        sigma = private.plan_updates(model, rounds)
+    elif unit == "record":
+        plan = private.plan_local_sgd(model, rounds * fed.local_epochs, total_rows)
+        secret = private.source.generator()  # the model's draws: see NoiseSource.generator
     initial_buffers = {k: v.clone() for k, v in getattr(model, "buffers", {}).items()}
     history: list[dict[str, Any]] = []
     first = 0
@@ -192,13 +217,20 @@ def _fedavg(ctx, client, model, X, total_rows: int, started: float) -> dict[str,
         global_params = _parameters(model)
         losses: dict[str, float] = {}
         for _ in range(fed.local_epochs):
-            losses = model.train_epoch(X, rng)
+            if plan is None:
+                losses = model.train_epoch(X, rng)
+            else:
+                steps = plan.steps_per_epoch
+                train_private(model, X, plan, private.source, secret, steps=steps)
         delta = {k: v - global_params[k] for k, v in _parameters(model).items()}
         if sigma is not None:
-            delta, _norm = clip_update(delta, fed.clip_norm)
-            delta = add_noise_share(delta, sigma, fed.clip_norm, parties, noise_rng)
+            clip = cfg.dp.clip_norm
+            delta, _norm = clip_update(delta, clip)
+            delta = {k: torch.from_numpy(on_grid(v.double().numpy())) for k, v in delta.items()}
+            delta = add_noise_share(delta, sigma, clip, parties, private.source)
             n_values = sum(t.numel() for t in delta.values())
-            bound, max_error = value_bound(fed.clip_norm, sigma, parties, n_values), 1e-4
+            bound = value_bound(clip, sigma, parties, n_values)
+            max_error = grid_max_error(parties)
         else:
             delta = {k: v * weight for k, v in delta.items()}
             bound, max_error = fed.update_bound, fed.max_error
@@ -213,7 +245,8 @@ def _fedavg(ctx, client, model, X, total_rows: int, started: float) -> dict[str,
                 for k in global_params
             },
         )
-        _average_buffers(client, model, r, weight, frozen=initial_buffers if sigma else None)
+        frozen = initial_buffers if private is not None else None
+        _average_buffers(client, model, r, weight, frozen=frozen)
         record = {"epoch": r + 1, "seconds": time.perf_counter() - started, **losses}
         history.append(record)
         ctx.progress({"event": "epoch", "epochs": rounds, **record})
@@ -229,18 +262,138 @@ def _fedavg(ctx, client, model, X, total_rows: int, started: float) -> dict[str,
         )
     if clamped:
         log.warning("%d update values exceeded federated.update_bound and were clamped", clamped)
-    result: dict[str, Any] = {"epochs": history, "rounds": rounds, "clamped_values": clamped}
-    if sigma is not None:
-        result.update(
-            {
-                "noise_multiplier": sigma,
-                "epsilon": epsilon(sigma, 1.0, rounds, fed.delta),
-                "delta": fed.delta,
-                "clip_norm": fed.clip_norm,
-                "dp_unit": "party (DP-FedAvg); implies the same bound for any single row",
-            }
+    return {"epochs": history, "rounds": rounds, "clamped_values": clamped}
+
+
+class _Private:
+    """A DP run's side of federated mode: its ledger, noise and the unit protected."""
+
+    def __init__(self, ctx: PartyContext, ledger, source) -> None:
+        self.ledger, self.source = ledger, source
+        self.dp = ctx.config.dp
+        self.unit = self.dp.unit
+        self.parties = len(ctx.parties)
+
+    @classmethod
+    def start(cls, ctx: PartyContext) -> _Private:
+        from smpc_synth.models.private import start_ledger
+
+        ledger, source = start_ledger(ctx.config.dp, ctx.config.generator, f"federated/{ctx.name}")
+        ledger.note("noise", UNIT_NOISE[ctx.config.dp.unit])
+        return cls(ctx, ledger, source)
+
+    def share_std(self, std: float) -> float:
+        """What each party adds: all of it (record), or its share (party)."""
+        return std if self.unit == "record" else std / math.sqrt(self.parties)
+
+    def total_std(self, std: float) -> float:
+        """The noise the secure sum carries."""
+        return std * math.sqrt(self.parties) if self.unit == "record" else std
+
+    def sensitivity(self, bound: float, n_values: int) -> float:
+        """Party-level sums are rounded to the noise grid before noise: account for it."""
+        from smpc_synth.dp.noise import grid_sensitivity
+
+        return grid_sensitivity(bound, n_values) if self.unit == "party" else bound
+
+    def _noisy_sum(self, ctx, client, stats: dict[str, np.ndarray], std: float, name: str):
+        from smpc_synth.dp.noise import grid_max_error, on_grid
+
+        if self.unit == "party":  # grid values, and a sum on the grid: exact packing
+            stats = {k: on_grid(v) for k, v in stats.items()}
+            max_error = grid_max_error(self.parties)
+        else:  # a DP release of this party's rows: any rounding after it is post-processing
+            max_error = STATS_MAX_ERROR
+        noisy = {k: self.source.privatize(v, self.share_std(std)) for k, v in stats.items()}
+        return _secure_stats(ctx, client, noisy, name, max_error)
+
+    def fit_encoder(self, ctx, client, encoder) -> float:
+        """Fit ``encoder`` from noisy sums; the noisy count of rows (record) or parties."""
+        from smpc_synth.data.encoding import N_ROWS, noisy_count
+        from smpc_synth.models.private import plan_encoder
+
+        stats = (
+            encoder.sufficient_stats(ctx.data)
+            if self.unit == "record"
+            else encoder.normalized_stats(ctx.data)
         )
-    return result
+        size = sum(np.asarray(v).size for v in stats.values())
+        bound = self.sensitivity(encoder.stats_sensitivity(), size)
+        mechanism = plan_encoder(self.ledger, encoder, self.dp, bound)
+        summed = self._noisy_sum(ctx, client, stats, mechanism.noise_std, "encoder stats")
+        noise = self.total_std(mechanism.noise_std)
+        encoder.fit_stats(summed, noise_std=noise)
+        count = noisy_count(summed[N_ROWS], noise)
+        if self.unit == "record":
+            self.ledger.check_delta(count)
+        return count
+
+    def needs_moments(self, gen_cls) -> bool:
+        """The Gaussian generator always; the GAN's moment target only per record (per
+        party, its local training reads its rows freely: only the clipped update leaves)."""
+        if "moments" not in gen_cls.dp_parts:
+            return False
+        return "training" not in gen_cls.dp_parts or self.unit == "record"
+
+    def fit_moments(self, ctx, client, model, X: np.ndarray, count: float) -> None:
+        from smpc_synth.dp.noise import grid_max_error, on_grid
+        from smpc_synth.models.gaussian import (
+            clip_rows,
+            moments_sensitivity,
+            noisy_moments,
+            sufficient_stats,
+        )
+        from smpc_synth.models.private import apply_moments, plan_moments
+
+        n, total, outer = sufficient_stats(clip_rows(X, model.layout))
+        size = total.size + outer.shape[0] * (outer.shape[0] + 1) // 2
+        bound = self.sensitivity(moments_sensitivity(model.layout), size)
+        mechanism = plan_moments(self.ledger, type(model), model.layout, self.dp, bound)
+        std = self.share_std(mechanism.noise_std)
+        if self.unit == "party":  # this party's distribution, on the grid (see sensitivity)
+            total, outer = on_grid(total / max(n, 1)), on_grid(outer / max(n, 1))
+        total, outer = noisy_moments(total, outer, std, self.source)
+        exact = grid_max_error(self.parties) if self.unit == "party" else MOMENTS_MAX_ERROR
+        summed = _secure_stats(ctx, client, {"sum": total, "outer": outer}, "moments", exact)
+        apply_moments(model, count, summed["sum"], summed["outer"])
+
+    def plan_updates(self, model, rounds: int) -> float:
+        """DP-FedAvg: the noise multiplier of the rounds' clipped updates."""
+        n_values = sum(t.numel() for t in _parameters(model).values())
+        mechanism = self.ledger.sgd(
+            "training",
+            1.0,
+            rounds,
+            self.sensitivity(self.dp.clip_norm, n_values),
+            "each party's clipped model update, summed over parties, once per round",
+        )
+        return mechanism.noise_multiplier * mechanism.sensitivity / self.dp.clip_norm
+
+    def plan_local_sgd(self, model, epochs: int, rows: float):
+        from smpc_synth.models.private import SGD_WHAT, plan_sgd
+
+        batch = model.hparams.batch_size
+        return plan_sgd(self.ledger, epochs, batch, rows, self.dp.clip_norm, SGD_WHAT)
+
+    def record(self, count: float) -> dict[str, Any]:
+        """The party's training metrics: the ledger, and the released row count."""
+        out: dict[str, Any] = {"privacy": self.ledger.to_dict(), "dp_unit": self.unit}
+        if self.unit == "record":
+            out["rows_released"] = round(count)
+        return out
+
+
+UNIT_NOISE = {
+    "record": (
+        "every party adds the full noise to what it sends, so its rows are protected "
+        "against the other parties and the aggregator too; the sums carry that noise once "
+        "per party"
+    ),
+    "party": (
+        "each party adds a 1/n share of the noise variance; against a coalition of k "
+        "parties only (n - k)/n of it remains (docs/federated-security.md)"
+    ),
+}
 
 
 BUFFER_BOUND = 1.0  # released buffers are scales in (0, 1] (the VAE clamps its sigma)

@@ -94,10 +94,16 @@ def fit_centrally(frame: pd.DataFrame, ctx: PartyContext):
         seed=cfg.seed,
         params=cfg.generator_params,
         on_epoch=on_epoch,
+        dp=cfg.dp,
     )
     metrics = {
         "rows_trained": len(frame),
         "train_seconds": time.perf_counter() - started,
         "epochs": history,
     }
+    if synthesizer.privacy is not None:
+        metrics["privacy"] = synthesizer.privacy
+        metrics["rows_released"] = synthesizer.meta["train_rows"]
+        if hasattr(synthesizer.generator, "selected"):  # aim, mst: the chosen marginals
+            metrics["selected"] = [list(c) for c in synthesizer.generator.selected]
     return synthesizer, metrics
