@@ -1,6 +1,7 @@
 """MPC training cost of the VAE on the 5,000-row mixed table, ours vs stock CrypTen vs torch.
 
     python benchmarks/mpc_train.py --out benchmarks/results/mpc_train [--epochs 8]
+                                   [--network loopback,lan,wan]
 
 See :mod:`smpc_synth.bench.mpc_train` for what is measured.
 """
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 from smpc_synth.bench.mpc_train import BenchConfig, main
+from smpc_synth.errors import InputError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,6 +30,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--stock-steps", type=int, default=defaults.stock_steps)
     p.add_argument("--plaintext-epochs", type=int, default=defaults.plaintext_epochs)
+    p.add_argument(
+        "--network",
+        help="loopback | lan | wan | PROFILE.toml, or several comma-separated, measured in "
+        "turn in this run (default: loopback)",
+    )
     args = p.parse_args(argv)
     if not 1 <= args.steady_epochs <= args.epochs:
         p.error(f"--steady-epochs must be between 1 and --epochs ({args.epochs})")  # exit 2
@@ -43,4 +50,8 @@ if __name__ == "__main__":
         stock_steps=args.stock_steps,
         plaintext_epochs=args.plaintext_epochs,
     )
-    sys.exit(main(args.out, config))
+    try:
+        sys.exit(main(args.out, config, network=args.network))
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="mpc: allow CrypTen's trusted-first-party provider (party 0 sees everything)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    _add_network(p)
     _add_override_gate(p)
 
     from smpc_synth.runtime.roles import ROLES
@@ -241,6 +242,20 @@ def build_parser() -> argparse.ArgumentParser:
         "dp-sgd: its settings",
     )
     p.add_argument("--full", action="store_true", help="he-agg: include the 1e7-parameter cases")
+    p.add_argument(
+        "--network",
+        help="loopback | lan | wan | PROFILE.toml, or several comma-separated, measured in "
+        "turn: members run over emulated links of that RTT, bandwidth and jitter (suites "
+        "quick, paper, scale, mpc-ops, network; needs root, iproute2, /dev/net/tun; default: "
+        "loopback, or a grid file's networks)",
+    )
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="quick, paper, scale: run each grid cell as a Ray task on the cluster at ADDRESS "
+        "(host:port), or 'local' for one on this machine (default: no Ray, cells run here "
+        "one after another; needs pip install 'smpc-synth[ray]')",
+    )
     return parser
 
 
@@ -340,6 +355,16 @@ def _add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--target",
         help="column for utility (TSTR) evaluation (default: a built-in data set's own)",
+    )
+
+
+def _add_network(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--network",
+        default="loopback",
+        help="loopback | lan (1 Gbit/s, 0.5 ms RTT) | wan (100 Mbit/s, 50 ms RTT) | "
+        "PROFILE.toml (rtt_ms, bandwidth_mbit, jitter_ms): every member in its own network "
+        "namespace over emulated links (needs root, iproute2 and /dev/net/tun)",
     )
 
 
@@ -447,6 +472,7 @@ def _cmd_simulate(args) -> int:
         resume=args.resume,
         show_progress=not args.quiet,
         override_gate=args.override_gate,
+        network=args.network,
     )
     if "evaluation" in result.metrics:
         print(format_report(result.metrics["evaluation"]))
@@ -702,7 +728,9 @@ def _cmd_bench(args) -> int:
     from smpc_synth.bench import describe_results, run_suite
 
     out = args.out or Path("benchmarks/results") / args.suite
-    code = run_suite(args.suite, out, config=args.config, full=args.full)
+    code = run_suite(
+        args.suite, out, config=args.config, full=args.full, network=args.network, ray=args.ray
+    )
     print(describe_results(args.suite, out, code))
     return code
 

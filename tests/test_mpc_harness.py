@@ -48,6 +48,7 @@ def party_member(
     seed: int | None,
     rendezvous: str | None,
     recv_timeout: float = RECV_TIMEOUT_S,
+    allow_insecure: bool = False,
 ) -> dict[str, Any]:
     from smpc_synth.mpc.session import crypten, crypten_session, traffic
 
@@ -62,6 +63,7 @@ def party_member(
         timeout=recv_timeout,
         rendezvous=rendezvous,
         insecure_debug_seed=seed,
+        allow_insecure=allow_insecure,
     ):
         result = program(rank=rank, **program_kwargs)
         stats = asdict(traffic())

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Any
 
+from smpc_synth.errors import InputError
 from smpc_synth.registry import resolve
 
-# suite -> "module:function(out_dir, config, [full]) -> exit code"
+# suite -> "module:function(out_dir, config, [full], [network]) -> exit code"
 SUITES: dict[str, str] = {
     "quick": "smpc_synth.bench.grid:run_quick",
     "paper": "smpc_synth.bench.grid:run_paper",
@@ -14,17 +17,50 @@ SUITES: dict[str, str] = {
     "he-agg": "smpc_synth.bench.he_agg:main",
     "collapse": "smpc_synth.bench.collapse:main",
     "generators": "smpc_synth.bench.generators:main",
+    "network": "smpc_synth.bench.network:main",
+    "scale": "smpc_synth.bench.scale:main",
     "dp": "smpc_synth.bench.dp:main",
     "dp-sgd": "smpc_synth.bench.dp_sgd:main",
 }
 
 
-def run_suite(suite: str, out: Path, config: Path | None = None, full: bool = False) -> int:
-    """Run one suite, writing its files under ``out``."""
+def run_suite(
+    suite: str,
+    out: Path,
+    config: Path | None = None,
+    full: bool = False,
+    network: str | None = None,
+    **options: Any,
+) -> int:
+    """Run one suite, writing its files under ``out``. ``network`` (a profile name, a TOML
+    file, or several comma-separated) is refused by suites that do not measure links."""
     run = resolve(SUITES, suite, "benchmark suite")
+    accepted = inspect.signature(run).parameters
+    extra: dict[str, Any] = {"full": True} if full else {}  # the paper-size variant
+    if network is not None:
+        if "network" not in accepted:
+            raise InputError(
+                f"--network: bench {suite} does not send anything over links between members; "
+                f"suites that take it: {', '.join(networked_suites())}"
+            )
+        extra["network"] = network
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key not in accepted:
+            raise InputError(f"--{key.replace('_', '-')}: bench {suite} does not take it")
+        extra[key] = value
     out.mkdir(parents=True, exist_ok=True)
-    extra = {"full": True} if full else {}  # the paper-size variant, where a suite has one
     return int(run(out, config, **extra) or 0)
+
+
+def networked_suites() -> list[str]:
+    """Suites that run over ``--network`` profiles."""
+    return [
+        suite
+        for suite in SUITES
+        if "network" in inspect.signature(resolve(SUITES, suite, "benchmark suite")).parameters
+    ]
 
 
 def describe_results(suite: str, out: Path, code: int) -> str:

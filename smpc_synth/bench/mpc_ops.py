@@ -30,6 +30,14 @@ from smpc_synth.bench.member_cpu import MemberCpu, cores, floor_seconds
 from smpc_synth.config import NetworkConfig
 from smpc_synth.errors import PeerError
 from smpc_synth.net.addresses import free_ports
+from smpc_synth.net.netns import GLOO_PORT, Host
+from smpc_synth.runtime.network import (
+    PROFILES,
+    NetworkProfile,
+    emulated,
+    load_profiles,
+    require_emulation,
+)
 
 MATMUL_SIZE = 256
 RELU_ELEMENTS = 65_536
@@ -89,7 +97,11 @@ def theoretical_bytes(op: str, parties: int) -> int:
 
 
 def _bench_party(
-    mesh, parties: tuple[str, ...], setup: Setup, rendezvous: str | None
+    mesh,
+    parties: tuple[str, ...],
+    setup: Setup,
+    rendezvous: str | None,
+    emulated_links: bool = False,
 ) -> list[dict[str, Any]]:
     """Runs on each party: every op, once to warm up, then ``REPEATS`` times measured."""
     import torch
@@ -108,6 +120,8 @@ def _bench_party(
         setup.transport,
         insecure_dev=setup.provider == "tfp",
         rendezvous=rendezvous,
+        # gloo between the namespaces of an emulated network: plain TCP within this machine
+        allow_insecure=emulated_links,
     ):
         as_shipped = compat.shipped_crypten() if setup.name == "stock" else nullcontext()
         with as_shipped:
@@ -189,18 +203,33 @@ def _record(session, op: str, setup: Setup, parties: int, seconds: list[float]) 
     }
 
 
-def _run_setup(setup: Setup, parties: tuple[str, ...], workdir: Path) -> list[list[dict]]:
+def _run_setup(
+    setup: Setup, parties: tuple[str, ...], workdir: Path, hosts: dict[str, Host] | None = None
+) -> list[list[dict]]:
     from smpc_synth.mpc.dealer import serve_dealer
     from smpc_synth.mpc.local import launch
 
-    rendezvous = f"tcp://127.0.0.1:{free_ports(1)[0]}" if setup.transport == "gloo" else None
+    rendezvous = None
+    if setup.transport == "gloo":
+        host = hosts[parties[0]].ip if hosts else "127.0.0.1"
+        port = GLOO_PORT if hosts else free_ports(1)[0]
+        rendezvous = f"tcp://{host}:{port}"
     members: dict[str, tuple[Any, dict[str, Any]]] = {
-        name: (_bench_party, {"parties": parties, "setup": setup, "rendezvous": rendezvous})
+        name: (
+            _bench_party,
+            {
+                "parties": parties,
+                "setup": setup,
+                "rendezvous": rendezvous,
+                "emulated_links": bool(hosts),
+            },
+        )
         for name in parties
     }
     if setup.provider == "dealer":
         members[DEALER] = (serve_dealer, {"parties": parties})
-    outcomes = launch(members, workdir, tls=True, network=NetworkConfig()).wait(MEMBER_TIMEOUT_S)
+    session = launch(members, workdir, tls=True, network=NetworkConfig(), hosts=hosts)
+    outcomes = session.wait(MEMBER_TIMEOUT_S)
     failed = [o for o in outcomes.values() if not o.ok]
     if failed:
         first = failed[0]
@@ -224,29 +253,89 @@ def _merge(per_party: list[list[dict]]) -> list[dict]:
 
 
 def run_mpc_ops(
-    out_dir: str | Path, parties: int = 2, trials: int = TRIALS
+    out_dir: str | Path,
+    parties: int = 2,
+    trials: int = TRIALS,
+    networks: list[NetworkProfile] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every set-up ``trials`` times (interleaved, keeping each op's fastest trial, so a
-    burst of load on a shared machine hits all set-ups alike), write ``mpc_ops.json`` in
+    burst of load on a shared machine hits all set-ups alike) on each network profile (all
+    set-ups of a profile over the same emulated links), write ``mpc_ops.json`` in
     ``out_dir``, print a table and return the records."""
     if not 2 <= parties <= len(PARTY_NAMES):
         raise ValueError(f"parties must be between 2 and {len(PARTY_NAMES)}")
+    networks = networks or [PROFILES["loopback"]]
+    for profile in networks:
+        require_emulation(profile)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = PARTY_NAMES[:parties]
-    runs: dict[str, list[list[dict]]] = {setup.name: [] for setup in SETUPS}
-    for _ in range(trials):
-        for setup in SETUPS:
-            with tempfile.TemporaryDirectory(prefix=f"mpc-ops-{setup.transport}-") as workdir:
-                runs[setup.name].append(_merge(_run_setup(setup, names, Path(workdir))))
     records: list[dict[str, Any]] = []
-    for trial_records in runs.values():
-        for per_op in zip(*trial_records):
-            records.append(min(per_op, key=lambda record: record["seconds"]))
+    for profile in networks:
+        records += _on_network(profile, names, trials)
     records += [_theory_record(op, parties) for op in OPS]
     (out / "mpc_ops.json").write_text(json.dumps(records, indent=2))
-    print(format_table(records))
-    print(format_ratios(records))
+    for profile in networks:
+        mine = [r for r in records if r.get("network") in (profile.name, None)]
+        if len(networks) > 1:
+            print(f"network: {profile.describe()}")
+        print(format_table(mine))
+        print(format_ratios(mine))
+    if len(networks) > 1:
+        print(f"plot: {plot_by_network(records, out / 'mpc_ops_by_network.png')}")
+    return records
+
+
+def plot_by_network(records: list[dict[str, Any]], path: Path) -> Path:
+    """Each op's time per set-up, one group of bars per network (log scale): how much a
+    link costs each set-up, measured in one run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [r for r in records if r.get("network") and r.get("seconds")]
+    networks = list(dict.fromkeys(r["network"] for r in measured))
+    setups = [s.name for s in SETUPS]
+    fig, axes = plt.subplots(1, len(OPS), figsize=(4 * len(OPS), 3.8), squeeze=False)
+    width = 0.8 / len(setups)
+    for ax, op in zip(axes[0], OPS):
+        for i, setup in enumerate(setups):
+            seconds = {
+                r["network"]: r["seconds"]
+                for r in measured
+                if r["op"] == op and r["transport"] == setup
+            }
+            xs = [n + (i - (len(setups) - 1) / 2) * width for n in range(len(networks))]
+            ax.bar(xs, [1e3 * seconds.get(net, 0.0) for net in networks], width, label=setup)
+        ax.set_xticks(range(len(networks)), networks)
+        ax.set_yscale("log")
+        ax.set_ylabel("ms per party")
+        ax.set_title(op.replace("_", " "))
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _on_network(profile: NetworkProfile, names: tuple[str, ...], trials: int) -> list[dict]:
+    """Every set-up's fastest trial over ``profile``'s links, tagged with the profile."""
+    network = emulated(profile, [*names, DEALER])
+    runs: dict[str, list[list[dict]]] = {setup.name: [] for setup in SETUPS}
+    with network or nullcontext():
+        hosts = network.hosts if network else None
+        for _ in range(trials):
+            for setup in SETUPS:
+                with tempfile.TemporaryDirectory(prefix=f"mpc-ops-{setup.transport}-") as workdir:
+                    merged = _merge(_run_setup(setup, names, Path(workdir), hosts))
+                    runs[setup.name].append(merged)
+        link = network.describe() if network else profile.as_dict()
+    records = []
+    for trial_records in runs.values():
+        for per_op in zip(*trial_records):
+            best = min(per_op, key=lambda record: record["seconds"])
+            records.append({**best, "network": profile.name, "link": link})
     return records
 
 
@@ -324,8 +413,12 @@ if __name__ == "__main__":
     run_mpc_ops(sys.argv[1] if len(sys.argv) > 1 else "results/mpc_ops")
 
 
-def main(out: Path, config: Path | None = None, full: bool = False) -> int:
-    """``smpc-synth bench mpc-ops --out DIR``: 2 parties (``--full``: also 3)."""
+def main(
+    out: Path, config: Path | None = None, full: bool = False, network: str | None = None
+) -> int:
+    """``smpc-synth bench mpc-ops --out DIR [--network lan,wan]``: 2 parties (``--full``:
+    also 3)."""
+    networks = load_profiles(network)
     for parties in (2, 3) if full else (2,):
-        run_mpc_ops(out / f"{parties}-parties" if full else out, parties=parties)
+        run_mpc_ops(out / f"{parties}-parties" if full else out, parties=parties, networks=networks)
     return 0

@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ from typing import Any
 from smpc_synth.bench.member_cpu import MemberCpu, cores
 from smpc_synth.config import NetworkConfig
 from smpc_synth.errors import PeerError
+from smpc_synth.net.netns import Host
+from smpc_synth.runtime.network import NetworkProfile, emulated, load_profiles, require_emulation
 
 PARTIES = ("alice", "bob")
 DEALER = "dealer"
@@ -219,8 +222,11 @@ def _plaintext_seconds(config: BenchConfig) -> float:
     return statistics.median(seconds)
 
 
-def run_mpc_train(config: BenchConfig, workdir: Path) -> dict[str, Any]:
-    """Run the parties and the dealer; return the figures per party and their summary."""
+def run_mpc_train(
+    config: BenchConfig, workdir: Path, hosts: dict[str, Host] | None = None
+) -> dict[str, Any]:
+    """Run the parties and the dealer (each on its host of an emulated network, if
+    ``hosts``); return the figures per party and their summary."""
     from smpc_synth.mpc.dealer import serve_dealer
     from smpc_synth.mpc.local import launch
 
@@ -228,7 +234,8 @@ def run_mpc_train(config: BenchConfig, workdir: Path) -> dict[str, Any]:
         name: (_party, {"parties": PARTIES, "config": config}) for name in PARTIES
     }
     members[DEALER] = (serve_dealer, {"parties": PARTIES})
-    outcomes = launch(members, workdir, tls=True, network=NetworkConfig()).wait(MEMBER_TIMEOUT_S)
+    session = launch(members, workdir, tls=True, network=NetworkConfig(), hosts=hosts)
+    outcomes = session.wait(MEMBER_TIMEOUT_S)
     failed = [o for o in outcomes.values() if not o.ok]
     if failed:
         raise PeerError(f"mpc-train: {failed[0].name} failed: {failed[0].error}", failed[0].peer)
@@ -339,12 +346,64 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(out: Path, config: BenchConfig | None = None) -> int:
+def run_on_network(config: BenchConfig, profile: NetworkProfile) -> dict[str, Any]:
+    """:func:`run_mpc_train` with every member on ``profile``'s emulated links."""
+    network = emulated(profile, [*PARTIES, DEALER])
+    with tempfile.TemporaryDirectory(prefix="mpc-train-") as workdir, network or nullcontext():
+        result = run_mpc_train(config, Path(workdir), network.hosts if network else None)
+        link = network.describe() if network else profile.as_dict()
+    return {**result, "network": profile.name, "link": link}
+
+
+def main(out: Path, config: BenchConfig | None = None, network: str | None = None) -> int:
+    """Measure on each profile of ``network`` (comma-separated; default loopback) in turn.
+    Loopback alone writes ``mpc_train.json``; otherwise each profile writes
+    ``mpc_train_NAME.json``."""
     config = config or BenchConfig()
-    with tempfile.TemporaryDirectory(prefix="mpc-train-") as workdir:
-        result = run_mpc_train(config, Path(workdir))
+    profiles = load_profiles(network)
+    for profile in profiles:
+        require_emulation(profile)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "mpc_train.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(format_table(result))
-    print(f"written: {out / 'mpc_train.json'}")
+    results = []
+    for profile in profiles:
+        result = run_on_network(config, profile)
+        only_loopback = len(profiles) == 1 and not profile.emulated
+        path = out / ("mpc_train.json" if only_loopback else f"mpc_train_{profile.name}.json")
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"network: {profile.describe()}")
+        print(format_table(result))
+        print(f"written: {path}")
+        results.append(result)
+    if len(results) > 1:
+        print(f"plot: {plot_by_network(results, out / 'mpc_train_by_network.png')}")
     return 0
+
+
+def plot_by_network(results: list[dict[str, Any]], path: Path) -> Path:
+    """Seconds an epoch of ours, stock crypten.nn and plaintext torch, one group of bars per
+    network (log scale), from one run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = (
+        ("ours (MPC)", "ours_seconds_per_epoch"),
+        ("stock crypten.nn", "stock_seconds_per_epoch"),
+        ("plaintext torch", "plaintext_seconds_per_epoch"),
+    )
+    names = [r["network"] for r in results]
+    width = 0.8 / len(systems)
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for i, (label, key) in enumerate(systems):
+        xs = [n + (i - (len(systems) - 1) / 2) * width for n in range(len(names))]
+        ax.bar(xs, [r.get(key) or 0.0 for r in results], width, label=label)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds an epoch")
+    ax.set_title("VAE epoch on 'fair', 2 parties + dealer")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -11,10 +11,14 @@ from typing import Any
 
 import pandas as pd
 
-from smpc_synth.bench.netem import PROFILES, NetworkProfile, netem_unavailable_reason
+from smpc_synth.runtime.network import LOOPBACK, PROFILES, NetworkProfile
 from smpc_synth.runtime.progress import loss_terms
 
 GROUP = ["mode", "generator", "dataset", "parties"]
+# grid dimensions shown only when a grid varies them
+OPTIONAL_GROUP = {"network": LOOPBACK, "rows": None}
+NESTED = ("loss_curve", "members", "link")  # per-run detail kept out of the tables
+MODELLED = [name for name, profile in PROFILES.items() if profile.emulated]
 # column -> (header, format); the order is the order of the tables
 COLUMNS: dict[str, tuple[str, str]] = {
     "quality_score": ("quality", "{:.3f}"),
@@ -39,13 +43,15 @@ def with_ratios(records: list[dict[str, Any]]) -> pd.DataFrame:
     for record in records:
         if record.get("exit_code") != 0:
             continue
-        row = dict(record["run"])
-        row.update({k: v for k, v in record["metrics"].items() if k != "loss_curve"})
+        row = {**dict.fromkeys(OPTIONAL_GROUP), **record["run"]}
+        row["network"] = _network_name(row["network"])
+        row.update({k: v for k, v in record["metrics"].items() if k not in NESTED})
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    keys = ["generator", "dataset", "parties", "seed"]
+    keys = ["generator", "dataset", "parties", "seed", "network", "rows"]
+    frame["rows"] = frame["rows"].astype(object).where(frame["rows"].notna(), -1)
     base = frame[frame["mode"] == "plaintext"].set_index(keys)
     ratios = {
         "train_seconds": "time_ratio",
@@ -60,22 +66,47 @@ def with_ratios(records: list[dict[str, Any]]) -> pd.DataFrame:
             else None
             for _, row in frame.iterrows()
         ]
-    for name, profile in PROFILES.items():
+    for name in MODELLED:
         frame[f"{name}_seconds"] = [
             modelled_seconds(
-                row["train_seconds"], row["rounds_per_party"], row["bytes_per_party"], profile
+                row["train_seconds"],
+                row["rounds_per_party"],
+                row["bytes_per_party"],
+                PROFILES[name],
             )
+            if row["network"] == LOOPBACK
+            else None
             for _, row in frame.iterrows()
         ]
     frame["bytes_per_party"] = frame["bytes_per_party"].astype(float) / 1e6
+    frame["rows"] = frame["rows"].map(lambda r: None if r == -1 else r)
     return frame
+
+
+def _network_name(network: Any) -> str:
+    """A grid's network entry (a profile name or a TOML file) as the tables name it."""
+    if network in (None, LOOPBACK):
+        return LOOPBACK
+    return str(network) if str(network) in PROFILES else Path(str(network)).stem
+
+
+def group_columns(frame: pd.DataFrame) -> list[str]:
+    """The grid dimensions a table shows: the usual four, and network and rows where the
+    grid set them."""
+    extra = [
+        column
+        for column, default in OPTIONAL_GROUP.items()
+        if column in frame.columns
+        and any(value != default and not pd.isna(value) for value in frame[column])
+    ]
+    return GROUP + extra
 
 
 def modelled_seconds(seconds, rounds, nbytes, profile: NetworkProfile) -> float | None:
     """Loopback time plus what ``profile`` adds: a round trip per round, bytes at its rate.
 
-    The lower-bound model (bytes / bandwidth + rounds x latency + compute),
-    used where links cannot be emulated; marked * in the tables.
+    The lower-bound model (bytes / bandwidth + rounds x latency + compute), shown for
+    loopback runs (marked * in the tables); runs over ``--network`` are measured.
     """
     try:
         seconds, rounds, nbytes = float(seconds), float(rounds), float(nbytes)
@@ -83,7 +114,7 @@ def modelled_seconds(seconds, rounds, nbytes, profile: NetworkProfile) -> float 
         return None
     if any(math.isnan(v) for v in (seconds, rounds, nbytes)):
         return None
-    return seconds + rounds * 2 * profile.delay_ms / 1e3 + nbytes * 8 / (profile.rate_mbit * 1e6)
+    return seconds + rounds * profile.rtt_ms / 1e3 + nbytes * 8 / (profile.bandwidth_mbit * 1e6)
 
 
 def _ratio(value: Any, baseline: Any) -> float | None:
@@ -99,10 +130,11 @@ def _ratio(value: Any, baseline: Any) -> float | None:
 def summarise(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation over seeds for each cell of the grid."""
     metrics = [c for c in COLUMNS if c in frame.columns]
-    numeric = frame[GROUP + metrics].copy()
+    group = group_columns(frame)
+    numeric = frame[group + metrics].copy()
     for column in metrics:
         numeric[column] = pd.to_numeric(numeric[column], errors="coerce")
-    grouped = numeric.groupby(GROUP, sort=False)
+    grouped = numeric.groupby(group, sort=False, dropna=False)
     mean = grouped.mean().add_suffix("_mean")
     std = grouped.std(ddof=0).add_suffix("_std")
     seeds = grouped.size().rename("seeds")
@@ -121,28 +153,40 @@ def _cell(summary_row: pd.Series, column: str, latex: bool) -> str:
     return text
 
 
+def _summary_group(summary: pd.DataFrame) -> list[str]:
+    return GROUP + [c for c in OPTIONAL_GROUP if c in summary.columns]
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def to_markdown(summary: pd.DataFrame) -> str:
     metrics = [c for c in COLUMNS if f"{c}_mean" in summary.columns]
-    header = GROUP + [COLUMNS[c][0] for c in metrics]
+    group = _summary_group(summary)
+    header = group + [COLUMNS[c][0] for c in metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in summary.iterrows():
-        cells = [str(row[g]) for g in GROUP] + [_cell(row, c, latex=False) for c in metrics]
+        cells = [_show(row[g]) for g in group] + [_cell(row, c, latex=False) for c in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def to_latex(summary: pd.DataFrame) -> str:
     metrics = [c for c in COLUMNS if f"{c}_mean" in summary.columns]
-    header = GROUP + [COLUMNS[c][0].replace("×", r"$\times$") for c in metrics]
+    group = _summary_group(summary)
+    header = group + [COLUMNS[c][0].replace("×", r"$\times$") for c in metrics]
     header = [h.replace("ε", r"$\varepsilon$").replace("_", r"\_") for h in header]
     lines = [
-        r"\begin{tabular}{" + "l" * len(GROUP) + "r" * len(metrics) + "}",
+        r"\begin{tabular}{" + "l" * len(group) + "r" * len(metrics) + "}",
         r"\toprule",
         " & ".join(header) + r" \\",
         r"\midrule",
     ]
     for _, row in summary.iterrows():
-        cells = [str(row[g]).replace("_", r"\_").replace("+", r"{+}") for g in GROUP]
+        cells = [_show(row[g]).replace("_", r"\_").replace("+", r"{+}") for g in group]
         cells += [_cell(row, c, latex=True) for c in metrics]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
@@ -158,21 +202,27 @@ def write_summaries(records: list[dict[str, Any]], out: Path) -> pd.DataFrame:
     summary = summarise(frame)
     summary.to_csv(out / "summary.csv", index=False)
     plots = write_plots(frame, records, out)
-    (out / "summary.md").write_text(to_markdown(summary) + _network_note() + _plots_note(plots))
+    note = _network_note(frame)
+    (out / "summary.md").write_text(to_markdown(summary) + note + _plots_note(plots))
     (out / "summary.tex").write_text(to_latex(summary))
     return summary
 
 
-def _network_note() -> str:
-    reason = netem_unavailable_reason()
+def _network_note(frame: pd.DataFrame) -> str:
     profiles = ", ".join(
-        f"{p.name} {2 * p.delay_ms:g} ms RTT {p.rate_mbit:g} Mbit/s" for p in PROFILES.values()
+        f"{name} {PROFILES[name].rtt_ms:g} ms RTT {PROFILES[name].bandwidth_mbit:g} Mbit/s"
+        for name in MODELLED
     )
-    how = f"not emulated here ({reason})" if reason else "emulation available"
-    return (
-        f"\n\\* LAN/WAN columns are modelled from the measured loopback time, rounds and bytes "
-        f"({profiles}); link {how}.\n"
+    measured = sorted(set(frame["network"]) - {LOOPBACK}) if "network" in frame else []
+    text = (
+        f"\n\\* LAN/WAN columns of loopback runs are modelled from their time, rounds and "
+        f"bytes ({profiles}): a lower bound."
     )
+    if measured:
+        text += f" Runs on network {', '.join(measured)} are measured over emulated links."
+    else:
+        text += " Measured figures: run the grid with `--network lan,wan`."
+    return text + "\n"
 
 
 def _plots_note(plots: dict[str, str | None]) -> str:
@@ -212,8 +262,9 @@ def plot_data(frame: pd.DataFrame, records: list[dict[str, Any]]) -> dict[str, P
     party count, traffic is drawn as bars, and a cell seen at one party count only is left
     to the tables); loss curves show loss terms only."""
     label = _labeller(frame)
+    cell = ["mode", "generator", "dataset", *group_columns(frame)[len(GROUP) :]]
     quality = []
-    for key, group in frame.groupby(["mode", "generator", "dataset"], sort=False):
+    for key, group in frame.groupby(cell, sort=False, dropna=False):
         pairs = [
             (float(t), float(q))
             for t, q in zip(group["time_ratio"], group["quality_score"])
@@ -222,7 +273,7 @@ def plot_data(frame: pd.DataFrame, records: list[dict[str, Any]]) -> dict[str, P
         if pairs:
             quality.append(Series(label(*key), [p[0] for p in pairs], [p[1] for p in pairs]))
     traffic = []
-    for key, group in frame.groupby(["mode", "generator", "dataset"], sort=False):
+    for key, group in frame.groupby(cell, sort=False, dropna=False):
         means = (
             pd.to_numeric(group["bytes_per_party"], errors="coerce")
             .groupby(group["parties"])
@@ -252,9 +303,16 @@ def plot_data(frame: pd.DataFrame, records: list[dict[str, Any]]) -> dict[str, P
 
 def _labeller(frame: pd.DataFrame):
     datasets = frame["dataset"].nunique() > 1
+    extras = group_columns(frame)[len(GROUP) :]
 
-    def label(mode: str, generator: str, dataset: str) -> str:
-        return f"{mode} · {generator}" + (f" · {dataset}" if datasets else "")
+    def label(mode: str, generator: str, dataset: str, *rest: Any) -> str:
+        text = f"{mode} · {generator}" + (f" · {dataset}" if datasets else "")
+        for column, value in zip(extras, rest):
+            if column == "rows" and _number(value):
+                text += f" · {int(value):,} rows"
+            elif column == "network":
+                text += f" · {value}"
+        return text
 
     return label
 

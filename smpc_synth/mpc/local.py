@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from smpc_synth.config import NetworkConfig
+from smpc_synth.net import netns
+from smpc_synth.net.netns import Host
 
 MemberFn = Callable[..., Any]
 
@@ -94,13 +96,18 @@ def launch(
     *,
     tls: bool = True,
     network: NetworkConfig | None = None,
+    hosts: dict[str, Host] | None = None,
 ) -> LocalSession:
-    """Start one process per member (``name -> (fn, kwargs)``) on loopback ports."""
+    """Start one process per member (``name -> (fn, kwargs)``) on loopback ports, or, with
+    ``hosts`` (an emulated network's), each in its namespace at its address there."""
     from smpc_synth.net.addresses import free_ports
     from smpc_synth.net.certs import write_certificates
 
     names = list(members)
-    addresses = {n: f"127.0.0.1:{p}" for n, p in zip(names, free_ports(len(names)))}
+    if hosts is None:
+        addresses = {n: f"127.0.0.1:{p}" for n, p in zip(names, free_ports(len(names)))}
+    else:
+        addresses = {n: hosts[n].address() for n in names}
     certs = write_certificates(names, Path(workdir) / "certs") if tls else {}
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
@@ -108,7 +115,7 @@ def launch(
         name: ctx.Process(
             target=_member_main,
             args=(name, addresses, certs.get(name), network or NetworkConfig(), fn, kwargs),
-            kwargs={"results": results},
+            kwargs={"results": results, "host": hosts.get(name) if hosts else None},
             name=f"mpc-{name}",
             daemon=True,
         )
@@ -119,7 +126,10 @@ def launch(
     return LocalSession(processes, results)
 
 
-def _member_main(name, addresses, tls_files, network, fn, kwargs, *, results) -> None:
+def _member_main(name, addresses, tls_files, network, fn, kwargs, *, results, host=None) -> None:
+    if host is not None:  # first, before any thread or socket exists
+        netns.enter(host.netns)
+        os.environ.update(host.env())
     import torch
 
     from smpc_synth.errors import PeerError

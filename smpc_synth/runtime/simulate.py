@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,18 @@ import tomli_w
 from smpc_synth.config import RunConfig
 from smpc_synth.dp.support import PUBLIC_SCHEMA_NEEDED
 from smpc_synth.errors import InputError
+from smpc_synth.net.addresses import split_address
+from smpc_synth.net.netns import GLOO_PORT, Host
 from smpc_synth.release.run import PENDING_NAME, released_metrics
+from smpc_synth.runtime.network import (
+    LOOPBACK,
+    PROFILES,
+    EmulatedNetwork,
+    NetworkProfile,
+    load_profile,
+    plan_hosts,
+    require_emulation,
+)
 from smpc_synth.runtime.outdir import check_output_dir, claim_output_dir, fresh_path
 from smpc_synth.runtime.progress import (
     EVENTS_ENV,
@@ -75,6 +87,7 @@ class _Member:
     address: str
     config_path: Path
     process: subprocess.Popen | None = None
+    host: Host | None = None  # its place on an emulated network; None on loopback
 
 
 @dataclass
@@ -89,6 +102,7 @@ class Session:
     schema: Any
     split: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # where the rows came from: "built-in:NAME" or the file given
+    network: NetworkProfile = field(default_factory=lambda: PROFILES[LOOPBACK])
 
     def describe(self) -> str:
         """One line saying what runs: mode, generator, data, members, epochs, directory."""
@@ -103,10 +117,11 @@ class Session:
             length = f"{epochs} epochs"
         else:
             length = "no epochs"
+        network = f"; network {self.network.describe()}" if self.network.emulated else ""
         return (
             f"simulate: {cfg.mode} mode, generator {cfg.generator}, data {self.source} "
             f"({len(self.train)} training rows, {len(self.holdout)} held out); {who}; "
-            f"{length}; run directory {self.run_dir}"
+            f"{length}{network}; run directory {self.run_dir}"
         )
 
     @property
@@ -126,7 +141,9 @@ def simulate(
     """Run ``parties`` data parties (plus dealer/aggregator as the mode needs) locally.
 
     ``options`` are those of :func:`prepare_session` (dataset or data, schema, out, config,
-    resume) and :class:`RunConfig` fields (mode, generator, epochs, seed, split, ...).
+    resume, rows, network) and :class:`RunConfig` fields (mode, generator, epochs, seed,
+    split, ...). With an emulated ``network`` every member runs in its own namespace over
+    links shaped to the profile (:mod:`smpc_synth.runtime.network`).
     """
     from smpc_synth.models import planned_epochs
 
@@ -139,9 +156,19 @@ def simulate(
     )
     started = time.perf_counter()
     resume = bool(options.get("resume", False))
-    with ProgressView(progress, "auto" if show_progress else "off") as view:
+    network = _network_for(session)
+    view_mode = "auto" if show_progress else "off"
+    with network or nullcontext(), ProgressView(progress, view_mode) as view:
         outcome = _run_members(session.members, session.run_dir, resume, cfg, view)
-    return _gather(session, outcome, time.perf_counter() - started, override_gate, progress)
+        link = network.describe() if network else session.network.as_dict()
+    wall = time.perf_counter() - started
+    return _gather(session, outcome, wall, override_gate, progress, link)
+
+
+def _network_for(session: Session) -> EmulatedNetwork | None:
+    if not session.network.emulated:
+        return None
+    return EmulatedNetwork(session.network, {m.name: m.host for m in session.members})
 
 
 def prepare_session(
@@ -153,17 +180,24 @@ def prepare_session(
     out: str | Path | None = None,
     config: RunConfig | None = None,
     resume: bool = False,
+    rows: int | None = None,
+    network: str | Path | NetworkProfile | None = None,
     **run_options: Any,
 ) -> Session:
     """Validate the input, split it, and write data, certificates and member configs.
 
-    Everything a user can get wrong is checked here, before any process starts.
+    ``rows`` resamples the table to that many rows first (with replacement when it has
+    fewer; seeded), for cost curves. ``network`` is a profile name, a TOML file or a
+    :class:`NetworkProfile`. Everything a user can get wrong is checked here, before any
+    process starts.
     """
     from smpc_synth.models import check_epochs_apply
     from smpc_synth.runtime.party_config import check_session
 
     cfg = config or RunConfig.from_dict(run_options, source="simulate options")
     check_epochs_apply(cfg.generator, cfg.epochs, "simulate(): epochs")
+    profile = load_profile(network)
+    require_emulation(profile)
     if cfg.mode == "mpc" and parties < 2:
         raise InputError("--mode mpc needs at least 2 parties")
     if not 1 <= parties <= MAX_PARTIES:
@@ -175,7 +209,7 @@ def prepare_session(
     run_dir = Path(out).resolve() if out else _default_run_dir()
     if not resume:
         check_output_dir(run_dir, "--out", resume_hint=True)
-    table = split_table(parties, dataset=dataset, data=data, schema=schema, config=cfg)
+    table = split_table(parties, dataset=dataset, data=data, schema=schema, config=cfg, rows=rows)
     if cfg.mode == "mpc":
         from smpc_synth.mpc.limits import check_mpc_inputs
 
@@ -183,16 +217,20 @@ def prepare_session(
             table.schema, cfg.generator, cfg.generator_params, str(schema or table.source)
         )
     _prepare_run_dir(run_dir, resume)
-    if cfg.mode == "mpc" and cfg.mpc.transport == "gloo" and cfg.mpc.rendezvous is None:
-        from smpc_synth.net import free_ports
-
-        cfg.mpc.rendezvous = f"tcp://127.0.0.1:{free_ports(1)[0]}"
     members = _write_session(
-        run_dir, cfg, table.schema, table.shares, table.holdout, table.source, roles
+        run_dir, cfg, table.schema, table.shares, table.holdout, table.source, roles, profile
     )
     split = describe_split(cfg.split, table.names, table.shares)
     return Session(
-        run_dir, cfg, members, table.train, table.holdout, table.schema, split, table.source
+        run_dir,
+        cfg,
+        members,
+        table.train,
+        table.holdout,
+        table.schema,
+        split,
+        table.source,
+        profile,
     )
 
 
@@ -215,18 +253,27 @@ def split_table(
     data: str | Path | None = None,
     schema: str | Path | None = None,
     config: RunConfig | None = None,
+    rows: int | None = None,
 ) -> SplitTable:
     """Load and validate a table, keep a holdout, and share the rest among ``parties``.
 
     Uses ``config``'s seed, split, holdout fraction and target; a built-in data set's own
-    target fills in ``config.target`` when it is unset.
+    target fills in ``config.target`` when it is unset. ``rows`` resamples the validated
+    table to that many rows (seeded; with replacement only when it has fewer).
     """
     from smpc_synth.data import holdout_split, split_parties
 
     cfg = config or RunConfig()
     if not 1 <= parties <= MAX_PARTIES:
         raise InputError(f"--parties must be between 1 and {MAX_PARTIES}, got {parties}")
+    if rows is not None and rows < 2 * parties:
+        raise InputError(f"--rows must be at least {2 * parties} for {parties} parties, got {rows}")
     frame, table_schema, target, source = _load_table(dataset, data, schema, cfg)
+    if rows is not None:
+        frame = frame.sample(n=rows, replace=rows > len(frame), random_state=cfg.seed).reset_index(
+            drop=True
+        )
+        source = f"{source} resampled to {rows} rows"
     if cfg.target is None and target is not None:
         cfg.target = target
     stratify = cfg.target if _is_discrete(table_schema, cfg.target) else None
@@ -322,21 +369,49 @@ def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
 
 
 def _write_session(
-    run_dir: Path, cfg: RunConfig, schema, shares, holdout, source, roles: dict[str, str]
+    run_dir: Path,
+    cfg: RunConfig,
+    schema,
+    shares,
+    holdout,
+    source,
+    roles: dict[str, str],
+    profile: NetworkProfile,
 ) -> list[_Member]:
     """Data files, schema, certificates and one config per member."""
     from smpc_synth.net import free_ports, write_certificates
 
+    hosts = plan_hosts(list(roles)) if profile.emulated else {}
     session_file = run_dir / "session.json"
-    if session_file.is_file():  # resume: same ports, same certificates
+    if session_file.is_file():  # resume: same addresses, same certificates, same network
         session = json.loads(session_file.read_text())
         addresses = session["addresses"]
+        before = session.get("network", {}).get("name", LOOPBACK)
+        if before != profile.name:
+            raise InputError(
+                f"{session_file}: the run started on network {before!r}; resume it with "
+                f"--network {before}, not {profile.name!r}"
+            )
     else:
-        ports = free_ports(len(roles))
-        addresses = {name: f"127.0.0.1:{port}" for name, port in zip(roles, ports)}
+        if hosts:
+            addresses = {name: hosts[name].address() for name in roles}
+        else:
+            ports = free_ports(len(roles))
+            addresses = {name: f"127.0.0.1:{port}" for name, port in zip(roles, ports)}
         write_certificates(list(roles), run_dir / "certs")
-        session = {"session": f"sim-{os.getpid()}-{int(time.time())}", "addresses": addresses}
+        session = {
+            "session": f"sim-{os.getpid()}-{int(time.time())}",
+            "addresses": addresses,
+            "network": profile.as_dict(),
+        }
         session_file.write_text(json.dumps(session, indent=2))
+    if cfg.mode == "mpc" and cfg.mpc.transport == "gloo" and cfg.mpc.rendezvous is None:
+        first = next(iter(roles))  # the first data party hosts the rendezvous
+        host, _ = split_address(addresses[first], first)
+        port = GLOO_PORT if hosts else free_ports(1)[0]
+        cfg.mpc.rendezvous = f"tcp://{host}:{port}"
+        if hosts:  # emulated links: plain TCP between namespaces, never off this machine
+            cfg.network.allow_insecure = True
 
     schema.save(run_dir / "schema.toml")
     holdout.to_csv(run_dir / "holdout.csv", index=False)
@@ -373,7 +448,7 @@ def _write_session(
         }
         path = folder / "party.toml"
         path.write_text(tomli_w.dumps(doc))
-        members.append(_Member(name, role, addresses[name], path))
+        members.append(_Member(name, role, addresses[name], path, host=hosts.get(name)))
     log.info("session written to %s (%s; data from %s)", run_dir, ", ".join(roles), source)
     return members
 
@@ -410,12 +485,16 @@ def _run_members(members, run_dir: Path, resume: bool, cfg: RunConfig, view) -> 
         cmd += ["--config", str(member.config_path)]
         if resume:
             cmd.append("--resume")
+        member_env = env
+        if member.host is not None:  # inside its namespace, on its own address
+            cmd = member.host.command(cmd)
+            member_env = {**env, **member.host.env()}
         member.process = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.PIPE,  # the launcher's notices (runtime.supervision)
-            env=env,
+            env=member_env,
             text=True,
             bufsize=1,
             start_new_session=True,  # Ctrl-C reaches the launcher, which stops members itself
@@ -467,6 +546,7 @@ def _gather(
     wall: float,
     override_gate: bool,
     progress: RunProgress,
+    link: dict[str, Any] | None = None,
 ) -> SimulationResult:
     """Collect every member's metrics; evaluate against the holdout; gate, publish, sign."""
     from smpc_synth.eval import evaluate
@@ -489,6 +569,7 @@ def _gather(
         "progress": progress.summary(),
         "parties": party_metrics,
         "split": session.split,
+        "network": link or session.network.as_dict(),
     }
     if cause is not None:
         metrics["root_cause"] = cause.to_dict()
