@@ -95,7 +95,7 @@ def test_mismatched_run_configs_stop_every_party_naming_the_difference(tmp_path)
     bob = next(m for m in session.members if m.name == "bob")
     doc = tomllib.loads(bob.config_path.read_text())
     doc["run"]["seed"] = 7
-    doc["run"]["federated"] = {"clip_norm": 2.5}
+    doc["run"]["federated"] = {"local_epochs": 3}
     bob.config_path.write_text(tomli_w.dumps(doc))
     procs = {m.name: _start(m.config_path) for m in session.members}
     results = _finish(procs, timeout=60)
@@ -104,7 +104,7 @@ def test_mismatched_run_configs_stop_every_party_naming_the_difference(tmp_path)
     # each side names the keys that differ, with both values; nothing else
     alice, bob_err = results["alice"][1], results["bob"][1]
     assert "config key 'seed' (0 here, 7 at bob)" in alice, alice
-    assert "config key 'federated.clip_norm' (1.0 here, 2.5 at bob)" in alice, alice
+    assert "config key 'federated.local_epochs' (1 here, 3 at bob)" in alice, alice
     assert "config key 'seed' (7 here, 0 at alice)" in bob_err, bob_err
     verdict = next(line for line in alice.splitlines() if line.startswith("error: handshake"))
     assert "config key 'mode'" not in verdict and "schema" not in verdict, verdict
