@@ -90,18 +90,7 @@ class GridSpec:
 
     @classmethod
     def load(cls, path: Path) -> GridSpec:
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise InputError(f"{path}: file not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"{path}: not valid TOML ({exc})") from None
-        grid = raw.get("grid", raw)
-        known = {f for f in cls.__dataclass_fields__}
-        for key in grid:
-            if key not in known:
-                raise InputError(f"{path}: unknown key 'grid.{key}' (known: {sorted(known)})")
-        spec = cls(**grid)
+        spec = cls(**read_section(path, "grid", set(cls.__dataclass_fields__)))
         for mode in spec.modes:
             if mode not in MODE_OPTIONS:
                 raise InputError(f"{path}: key 'grid.modes': unknown mode {mode!r}")
@@ -117,6 +106,22 @@ class GridSpec:
         if BASELINE not in spec.modes:
             spec.modes.insert(0, BASELINE)  # every ratio needs its baseline
         return spec
+
+
+def read_section(path: Path, section: str, known: set[str]) -> dict[str, Any]:
+    """The ``[section]`` of a benchmark's TOML file (or the whole file), whose keys must be
+    ``known``; InputError naming the file and key otherwise."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: not valid TOML ({exc})") from None
+    table = raw.get(section, raw)
+    for key in table:
+        if key not in known:
+            raise InputError(f"{path}: unknown key '{section}.{key}' (known: {sorted(known)})")
+    return table
 
 
 def _beside(grid_file: Path, network: str) -> str:

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from smpc_synth.bench.grid import GridSpec, run_grid, run_key, with_networks
+from smpc_synth.bench.grid import GridSpec, read_section, run_grid, run_key, with_networks
 from smpc_synth.errors import InputError
 
 MEMORY_SLACK = 0.1  # exponents up to 1.1 pass: a few MB of allocator noise on small tables
@@ -70,18 +69,7 @@ class ScaleSpec:
 
     @classmethod
     def load(cls, path: Path) -> ScaleSpec:
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise InputError(f"{path}: file not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"{path}: not valid TOML ({exc})") from None
-        table = raw.get("scale", raw)
-        known = set(cls.__dataclass_fields__)
-        for key in table:
-            if key not in known:
-                raise InputError(f"{path}: unknown key 'scale.{key}' (known: {sorted(known)})")
-        spec = cls(**table)
+        spec = cls(**read_section(path, "scale", set(cls.__dataclass_fields__)))
         for cell in spec.cells:
             if cell not in CELLS:
                 raise InputError(
