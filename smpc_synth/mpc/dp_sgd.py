@@ -61,6 +61,7 @@ from smpc_synth.mpc.optim import inverse_sqrt
 from smpc_synth.mpc.secure_stats import share_from_each
 from smpc_synth.mpc.session import comparison_provider, cpu_clock, cpu_since, phase, traffic
 from smpc_synth.mpc.spans import SpanMap
+from smpc_synth.mpc.trainer import resume_point
 
 crypten = import_crypten()
 
@@ -211,12 +212,7 @@ def train_dp(model, X, loop: DpLoop, agree: Callable[[int], int]) -> None:
     rng = torch.Generator().manual_seed(loop.seed)  # the model's own draws, per slot
     counts = [slots(n, plan.sample_rate, plan.steps, parties, loop.delta) for n in loop.sizes]
     check_range(sum(counts), plan.clip_norm, loop.noise_std)
-    first = 0
-    state = loop.checkpoints.load(CHECKPOINT) if loop.resume else None
-    if state is not None:
-        first = int(state["epoch"]) + 1
-    if agree(first) != first:
-        raise RuntimeError("parties disagree on the epoch to resume from")
+    first, state = resume_point(loop.checkpoints, CHECKPOINT, loop.resume, agree)
     if state is not None:
         model.load_training_state_dict(state["training"])
         rng.set_state(state["rng"])

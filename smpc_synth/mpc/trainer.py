@@ -49,6 +49,17 @@ def pooled_table(X: np.ndarray, sizes: list[int], rank: int):
     return crypten.cat(shared, dim=0)
 
 
+def resume_point(
+    checkpoints, key: str, resume: bool, agree: Callable[[int], int]
+) -> tuple[int, dict[str, Any] | None]:
+    """The epoch to start from and the checkpoint it continues; every party must agree."""
+    state = checkpoints.load(key) if resume else None
+    first = 0 if state is None else int(state["epoch"]) + 1
+    if agree(first) != first:
+        raise RuntimeError("parties disagree on the epoch to resume from")
+    return first, state
+
+
 def make_twin(model) -> Twin:
     return TWINS[model.name](model)
 
@@ -68,12 +79,7 @@ def train(model, X: np.ndarray, loop: TrainLoop, agree: Callable[[int], int]) ->
         twin = make_twin(model)
     twin.phase = phase
     rng = torch.Generator().manual_seed(loop.seed)
-    first = 0
-    state = loop.checkpoints.load(CHECKPOINT) if loop.resume else None
-    if state is not None:
-        first = int(state["epoch"]) + 1
-    if agree(first) != first:
-        raise RuntimeError("parties disagree on the epoch to resume from")
+    first, state = resume_point(loop.checkpoints, CHECKPOINT, loop.resume, agree)
     if state is not None:
         twin.load(state["twin"])
         rng.set_state(state["rng"])
