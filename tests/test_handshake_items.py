@@ -55,7 +55,10 @@ def _candidates(value):
     if isinstance(value, float):
         return [value / 2, value * 2, value + 1]
     if isinstance(value, str):
-        return ["federated", "mpc", "none", "gloo", "tfp", "noniid:age", "vae", value + "x"]
+        return [
+            *("federated", "mpc", "none", "gloo", "tfp", "noniid:age", "vae", "party", "record"),
+            value + "x",
+        ]
     if isinstance(value, list):
         return [["alice"]]
     if isinstance(value, dict):
@@ -67,8 +70,11 @@ def _candidates(value):
 # MPC settings) may change one at a time.
 BASES = [
     {},
-    {"mode": "federated", "federated": {"dp": True, "target_epsilon": 8.0}},
-    {"mode": "federated", "federated": {"dp": True, "noise_multiplier": 1.0}},
+    {"mode": "federated", "dp": {"epsilon": 8.0}},
+    {"mode": "federated", "dp": {"epsilon": 8.0, "unit": "party"}, "sample_rows": 100},
+    {"mode": "mpc", "dp": {"epsilon": 8.0}},
+    {"mode": "mpc", "dp": {"epsilon": 8.0, "insecure_debug_seed": 3}},
+    {"dp": {"epsilon": 8.0}},
     {"mode": "mpc", "mpc": {"insecure_dev": True, "provider": "tfp"}},
     {"mode": "mpc", "mpc": {"insecure_dev": True}},
 ]
@@ -89,28 +95,27 @@ def _changed(key: str) -> tuple[RunConfig, RunConfig] | None:
                 theirs = RunConfig.from_dict(raw)
             except InputError:
                 continue
-            if config_items(theirs)[key] != config_items(mine)[key]:
+            differ = {k for k, v in config_items(theirs).items() if config_items(mine).get(k) != v}
+            if differ == {key}:
                 return mine, theirs
     return None
 
 
-def test_dp_and_its_budget_are_named_together():
-    """federated.dp cannot change alone (DP needs a budget): both keys are named."""
+def test_a_member_with_dp_on_is_named_by_its_budget():
+    """DP is on exactly when a budget is set: the one key names the difference."""
     plain = RunConfig.from_dict({"mode": "federated"})
-    private = RunConfig.from_dict(
-        {"mode": "federated", "federated": {"dp": True, "target_epsilon": 8.0}}
-    )
+    private = RunConfig.from_dict({"mode": "federated", "dp": {"epsilon": 8.0}})
     schema = _schema()
     found = _differences(
         _hello(_member("alice", plain), schema), _hello(_member("bob", private), schema), "bob"
     )
     assert found == [
-        "config key 'federated.dp' (false here, true at bob)",
-        "config key 'federated.target_epsilon' (unset here, 8.0 at bob)",
+        "config key 'dp.accountant' (unset here, \"rdp\" at bob)",  # resolved with the budget
+        "config key 'dp.epsilon' (unset here, 8.0 at bob)",
     ]
 
 
-@pytest.mark.parametrize("key", [k for k in FLAT_KEYS if k != "federated.dp"])
+@pytest.mark.parametrize("key", FLAT_KEYS)
 def test_exactly_the_changed_config_key_is_named_with_both_values(key):
     pair = _changed(key)
     assert pair is not None, f"no valid pair of configs differs in {key} alone"
