@@ -74,6 +74,8 @@ class MpcStrategy(Strategy):
             synthesizer = _release_marginal(ctx, model, encoder, received, metrics)
         elif private is not None:
             metrics.update({"privacy": private[0].to_dict(), "rows_released": round(rows)})
+        else:  # without DP the pooled row count is opened anyway (the table's shape)
+            metrics.setdefault("rows_trained", sum(sizes))
         metrics.update(
             {
                 "local_rows": len(ctx.data),
