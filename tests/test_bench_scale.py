@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from smpc_synth.bench.scale import (
@@ -52,9 +52,10 @@ def test_a_variable_with_one_value_gets_no_exponent_and_bad_values_are_left_out(
     assert partial["points"] == 2  # a zero cannot be fitted on logarithms
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, derandomize=True)
 @given(exponent=st.floats(0.0, 2.0), member=st.sampled_from(["alice", "dealer", "aggregator"]))
 def test_memory_growing_faster_than_rows_is_flagged_for_that_member(exponent, member):
+    assume(abs(exponent - (1 + MEMORY_SLACK)) > 1e-6)  # at the bound, rounding decides
     points = [
         {
             "cell": "mpc:vae",
