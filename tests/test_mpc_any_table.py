@@ -201,6 +201,7 @@ def test_wide_and_skewed_tables_train_like_plaintext(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(7200)  # six sessions of ten schemas each
 @seed(20261123)
 @settings(
     # the first example hypothesis draws is the simplest (one binary column each): one more
