@@ -84,3 +84,14 @@ def test_default_grid_and_committed_configs_load():
     assert configs
     for config in configs:  # an unknown key would raise here
         assert list(dp._jobs(dp.DpGridSpec.load(config))), config
+
+
+def test_a_reference_stopped_at_its_timeout_runs_again_only_when_allowed_longer():
+    stopped = {"exit_code": 124, "timeout_s": 300.0}
+    assert not dp._again(stopped, dp.DpGridSpec(reference_timeout_s=300.0))
+    assert dp._again(stopped, dp.DpGridSpec(reference_timeout_s=900.0))
+    assert dp._again(stopped, dp.DpGridSpec())
+    assert dp._again({"exit_code": 1}, dp.DpGridSpec())
+    assert not dp._again({"exit_code": 2}, dp.DpGridSpec())
+    table = dp.to_markdown([{**stopped, **_record("reference", [], 0.0), "unfinished": "late"}])
+    assert "stopped: late" in table

@@ -92,6 +92,7 @@ class DpGridSpec:
     scaling_generators: list[str] = field(default_factory=lambda: list(GENERATORS))
     scaling_rows: list[int] = field(default_factory=lambda: list(SCALING_ROWS))
     debug_seed: int | None = None  # grid sessions only: same noise in plaintext and MPC
+    reference_timeout_s: float | None = None  # a reference fit still running then is stopped
     generator_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
@@ -111,14 +112,16 @@ def main(out: Path, config: Path | None = None, full: bool = False) -> int:
     # sessions (with their keys and data), the reference's virtualenv and its inputs stay local
     (out / ".gitignore").write_text(".reference-venv/\nruns/\nreference/\ndata/\n")
     ledger = out / "dp.jsonl"
-    # a run that failed (not refused: exit 2) is run again
-    done = {r["key"]: r for r in _read(ledger) if r.get("exit_code") in (0, 2)}
+    # a run that failed (not refused: exit 2) is run again, and one stopped at its timeout
+    # when the config now allows it longer
+    done = {r["key"]: r for r in _read(ledger) if not _again(r, spec)}
     environment = describe_environment()
     for key, job in _jobs(spec):
         if key in done:
             continue
         started = time.perf_counter()
-        record = {"key": key, **job, **job_result(job, out), "environment": environment}
+        # the job's own fields (its budget, mode, rows) win over same-named measurements
+        record = {"key": key, **job_result(job, out), **job, "environment": environment}
         record["bench_seconds"] = time.perf_counter() - started
         with ledger.open("a") as sink:
             sink.write(json.dumps(record, default=str) + "\n")
@@ -129,6 +132,13 @@ def main(out: Path, config: Path | None = None, full: bool = False) -> int:
     write_plot(records, out / "utility_vs_epsilon.png")
     print(to_markdown(records))
     return 0
+
+
+def _again(record: dict[str, Any], spec: DpGridSpec) -> bool:
+    if record.get("exit_code") == 124:
+        limit = spec.reference_timeout_s
+        return limit is None or limit > (record.get("timeout_s") or 0)
+    return record.get("exit_code") not in (0, 2)
 
 
 def _jobs(spec: DpGridSpec):
@@ -143,6 +153,7 @@ def _jobs(spec: DpGridSpec):
                     job = {"kind": "grid", "generator": generator, "epsilon": epsilon}
                     job |= {"mode": mode, "seed": seed, "rows": None}
                     job |= {"debug_seed": debug, "generator_params": params}
+                    job |= {"timeout_s": spec.reference_timeout_s} if mode == "reference" else {}
                     suffix = "" if debug is None or mode == "reference" else f"|debug{debug}"
                     suffix += f"|{json.dumps(params, sort_keys=True)}" if params else ""
                     yield f"grid|{generator}|{epsilon}|{mode}|{seed}{suffix}", job
@@ -318,12 +329,16 @@ def run_reference(job: dict[str, Any], out: Path) -> dict[str, Any]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     children_before = before.ru_utime + before.ru_stime
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    done = subprocess.run(
-        [str(python), str(work / "run.py"), str(work / "job.json")],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    try:
+        done = subprocess.run(
+            [str(python), str(work / "run.py"), str(work / "job.json")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=job.get("timeout_s"),
+        )
+    except subprocess.TimeoutExpired:
+        return {"exit_code": 124, "unfinished": f"still running after {job['timeout_s']:g} s"}
     wall = time.perf_counter() - started
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -379,11 +394,10 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(grid, key=lambda r: (r["generator"], r["epsilon"], r["seed"], r["mode"])):
-        if r.get("refused"):
-            reason = r["refused"].splitlines()[0][:80]
-            lines.append(
-                f"| {r['generator']} | {r['epsilon']:g} | {r['mode']} | refused: {reason} |||||||"
-            )
+        if r.get("refused") or r.get("unfinished"):
+            reason = (r.get("refused") or "").splitlines()[0][:80] if r.get("refused") else ""
+            note = f"refused: {reason}" if r.get("refused") else f"stopped: {r['unfinished']}"
+            lines.append(f"| {r['generator']} | {r['epsilon']:g} | {r['mode']} | {note} |||||||")
             continue
         base = plain.get((r["generator"], r["epsilon"], r["seed"]), {})
         ratio = _ratio(r.get("wall_seconds"), base.get("wall_seconds"))
@@ -399,7 +413,7 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
             _fmt(ratio, 2),
             _fmt(r.get("cpu_seconds_max"), 1),
             _fmt(mb / 1e6 if mb else None, 2),
-            _fmt(r.get("rounds_per_party")),
+            _fmt(r.get("rounds_per_party"), 0),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += _parity_lines(grid, plain)
@@ -420,7 +434,7 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
                 f"| {r['generator']} | {r['rows']} | {_fmt(r.get('wall_seconds'), 1)} "
                 f"| {_fmt(ratio, 2)} | {_fmt(r.get('train_seconds'), 1)} "
                 f"| {_fmt(r.get('cpu_seconds_max'), 1)} | {_fmt(mb / 1e6 if mb else None, 2)} "
-                f"| {_fmt(r.get('rounds_per_party'))} |"
+                f"| {_fmt(r.get('rounds_per_party'), 0)} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -430,7 +444,7 @@ def _parity_lines(grid: list[dict[str, Any]], plain: dict[tuple, dict[str, Any]]
     lines = []
     for r in sorted(grid, key=lambda r: (r["generator"], r["epsilon"], r["seed"])):
         base = plain.get((r["generator"], r["epsilon"], r["seed"]))
-        if r["mode"] != "mpc" or r.get("refused") or not base or r.get("debug_seed") is None:
+        if r["mode"] != "mpc" or r.get("exit_code") or not base or r.get("debug_seed") is None:
             continue
         if base.get("debug_seed") != r["debug_seed"]:
             continue
@@ -465,7 +479,7 @@ def write_plot(records: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    grid = [r for r in records if r["kind"] == "grid" and not r.get("refused")]
+    grid = [r for r in records if r["kind"] == "grid" and r.get("exit_code") == 0]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric, label in (
         (axes[0], "quality_score", "quality"),
