@@ -52,6 +52,7 @@ def test_jobs_cover_the_config_once_each_in_its_own_folder(
 
 def _record(mode: str, selected: list, quality: float) -> dict:
     return {
+        "exit_code": 0,
         "kind": "grid",
         "generator": "mst",
         "epsilon": 1.0,

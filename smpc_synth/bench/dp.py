@@ -114,7 +114,8 @@ def main(out: Path, config: Path | None = None, full: bool = False) -> int:
     ledger = out / "dp.jsonl"
     # a run that failed (not refused: exit 2) is run again, and one stopped at its timeout
     # when the config now allows it longer
-    done = {r["key"]: r for r in _read(ledger) if not _again(r, spec)}
+    latest = {r["key"]: r for r in _read(ledger)}  # the table shows failures too
+    done = {key: r for key, r in latest.items() if not _again(r, spec)}
     environment = describe_environment()
     for key, job in _jobs(spec):
         if key in done:
@@ -125,9 +126,9 @@ def main(out: Path, config: Path | None = None, full: bool = False) -> int:
         record["bench_seconds"] = time.perf_counter() - started
         with ledger.open("a") as sink:
             sink.write(json.dumps(record, default=str) + "\n")
-        done[key] = record
+        done[key] = latest[key] = record
         log.info("%s: %s", key, {k: record.get(k) for k in ("quality_score", "wall_seconds")})
-    records = [_with_cpu(r, out) for r in done.values()]
+    records = [_with_cpu(r, out) for r in latest.values()]
     (out / "dp.md").write_text(to_markdown(records))
     write_plot(records, out / "utility_vs_epsilon.png")
     print(to_markdown(records))
@@ -394,6 +395,10 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(grid, key=lambda r: (r["generator"], r["epsilon"], r["seed"], r["mode"])):
+        if r.get("exit_code") not in (0, 2, 124):
+            note = f"failed (exit code {r.get('exit_code')})"
+            lines.append(f"| {r['generator']} | {r['epsilon']:g} | {r['mode']} | {note} |||||||")
+            continue
         if r.get("refused") or r.get("unfinished"):
             reason = (r.get("refused") or "").splitlines()[0][:80] if r.get("refused") else ""
             note = f"refused: {reason}" if r.get("refused") else f"stopped: {r['unfinished']}"
@@ -427,6 +432,12 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
         ]
         smallest: dict[str, dict[str, Any]] = {}
         for r in sorted(scaling, key=lambda r: (r["generator"], r["rows"])):
+            if r.get("exit_code"):
+                lines.append(
+                    f"| {r['generator']} | {r['rows']} | stopped after "
+                    f"{_fmt(r.get('bench_seconds'), 0)} s (exit code {r['exit_code']}) ||||||"
+                )
+                continue
             first = smallest.setdefault(r["generator"], r)
             mb = r.get("bytes_per_party")
             ratio = _ratio(r.get("wall_seconds"), first.get("wall_seconds"))
