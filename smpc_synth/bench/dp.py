@@ -390,27 +390,26 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
         "TSTR AUC, DCR ratio, end-to-end wall seconds (ratio to plaintext), bytes and rounds "
         "per party.",
         "",
-        "| generator | epsilon | mode | quality | TSTR | DCR ratio | wall s | x plaintext "
+        "| generator | epsilon | seed | mode | quality | TSTR | DCR ratio | wall s | x plaintext "
         "| busiest member's CPU s | MB/party | rounds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(grid, key=lambda r: (r["generator"], r["epsilon"], r["seed"], r["mode"])):
+        head = f"{r['generator']} | {r['epsilon']:g} | {r['seed']} | {r['mode']}"
         if r.get("exit_code") not in (0, 2, 124):
             note = f"failed (exit code {r.get('exit_code')})"
-            lines.append(f"| {r['generator']} | {r['epsilon']:g} | {r['mode']} | {note} |||||||")
+            lines.append(f"| {head} | {note} ||||||||")
             continue
         if r.get("refused") or r.get("unfinished"):
             reason = (r.get("refused") or "").splitlines()[0][:80] if r.get("refused") else ""
             note = f"refused: {reason}" if r.get("refused") else f"stopped: {r['unfinished']}"
-            lines.append(f"| {r['generator']} | {r['epsilon']:g} | {r['mode']} | {note} |||||||")
+            lines.append(f"| {head} | {note} ||||||||")
             continue
         base = plain.get((r["generator"], r["epsilon"], r["seed"]), {})
         ratio = _ratio(r.get("wall_seconds"), base.get("wall_seconds"))
         mb = r.get("bytes_per_party")
         cells = [
-            r["generator"],
-            f"{r['epsilon']:g}",
-            r["mode"],
+            head,
             _fmt(r.get("quality_score")),
             _fmt(r.get("tstr_auc")),
             _fmt(r.get("dcr_ratio")),
