@@ -357,6 +357,41 @@ def collapse(results: Path) -> str | None:
     )
 
 
+def dp_marginal(results: Path) -> str | None:
+    """AIM and MST under a privacy budget (``bench dp``): the suite's own table."""
+    records = _load_jsonl(results / "dp" / "dp.jsonl")
+    table = results / "dp" / "dp.md"
+    if not records or not table.is_file():
+        return None
+    return "\n\n".join(
+        [
+            "## Differentially private synthesis: AIM and MST",
+            "`smpc-synth bench dp` (the configs in `benchmarks/configs/dp-*.toml` narrow it); "
+            "wall seconds run from the members' start to `synthetic.csv`, evaluation excluded; "
+            "`docs/marginal-generators.md` explains the mechanisms. " + _environment(records),
+            table.read_text().strip(),
+        ]
+    )
+
+
+def dp_sgd(results: Path) -> str | None:
+    """DP-SGD for the VAE: utility against epsilon and the MPC epoch's cost (``bench dp-sgd``)."""
+    records = _load_jsonl(results / "dp-sgd" / "dp_sgd.jsonl")
+    table = results / "dp-sgd" / "dp_sgd.md"
+    if not records or not table.is_file():
+        return None
+    spec = records[0]["spec"]
+    return "\n\n".join(
+        [
+            "## DP-SGD: utility against epsilon",
+            f"`smpc-synth bench dp-sgd`: the {spec['generator']} on `{spec['dataset']}`, "
+            f"{spec['parties']} parties, {spec['epochs']} epochs, delta {spec['delta']:g}, "
+            f"seed {spec['seed']}; `docs/privacy.md` explains the mechanisms.",
+            table.read_text().strip(),
+        ]
+    )
+
+
 SECTIONS: list[Callable[[Path], str | None]] = [
     quick,
     generators,
@@ -364,6 +399,8 @@ SECTIONS: list[Callable[[Path], str | None]] = [
     mpc_train,
     he_agg,
     collapse,
+    dp_marginal,
+    dp_sgd,
 ]
 
 

@@ -239,9 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         help="quick, paper: a grid file (default: quick's built-in grid; paper needs one); "
-        "dp-sgd: its settings",
+        "dp, dp-sgd: their settings (TOML)",
     )
-    p.add_argument("--full", action="store_true", help="he-agg: include the 1e7-parameter cases")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="he-agg: include the 1e7-parameter cases; dp: seeds 0, 1, 2",
+    )
     p.add_argument(
         "--network",
         help="loopback | lan | wan | PROFILE.toml, or several comma-separated, measured in "

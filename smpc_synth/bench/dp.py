@@ -13,6 +13,12 @@ reference at the same budget.
 - Scaling: MST and AIM in MPC at epsilon 1 on 5,000 and 50,000 rows resampled from ``fair``:
   the cost follows the marginals' domains, not the rows.
 
+``--config FILE.toml`` narrows the grid (any field of :class:`DpGridSpec`), e.g. epsilon 1
+only, or the reference alone. With ``debug_seed`` the grid's sessions draw their noise from
+that seed (the dealer's debug keys in MPC, the same key in plaintext): an MPC run then must
+select what the plaintext run selects, and the table compares the two (no privacy: tests and
+benchmarks only; the protocol and its cost are unchanged).
+
 Writes ``dp.jsonl`` (one line per run, resumable), ``dp.md`` and ``utility_vs_epsilon.png``.
 """
 
@@ -25,6 +31,8 @@ import resource
 import subprocess
 import sys
 import time
+import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,51 +80,93 @@ out.to_csv(job["sample"], index=False)
 """
 
 
+@dataclass
+class DpGridSpec:
+    """What the suite runs (``--config FILE.toml`` overrides any field)."""
+
+    epsilons: list[float] = field(default_factory=lambda: list(EPSILONS))
+    generators: list[str] = field(default_factory=lambda: list(GENERATORS))
+    # "reference": the independent implementation at the same budget
+    modes: list[str] = field(default_factory=lambda: [*MODES, "reference"])
+    seeds: list[int] | None = None  # default (0,), or (0, 1, 2) with --full
+    scaling_generators: list[str] = field(default_factory=lambda: list(GENERATORS))
+    scaling_rows: list[int] = field(default_factory=lambda: list(SCALING_ROWS))
+    debug_seed: int | None = None  # grid sessions only: same noise in plaintext and MPC
+    reference_timeout_s: float | None = None  # a reference fit still running then is stopped
+    generator_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path | None, full: bool = False) -> DpGridSpec:
+        spec = cls(**tomllib.loads(Path(path).read_text())) if path else cls()
+        if spec.seeds is None:
+            spec.seeds = [0, 1, 2] if full else [0]
+        return spec
+
+
 def main(out: Path, config: Path | None = None, full: bool = False) -> int:
     """The grid, the reference and the scaling runs; one table and one plot."""
     from smpc_synth.bench.environment import describe_environment
 
+    spec = DpGridSpec.load(config, full)
     out.mkdir(parents=True, exist_ok=True)
     # sessions (with their keys and data), the reference's virtualenv and its inputs stay local
     (out / ".gitignore").write_text(".reference-venv/\nruns/\nreference/\ndata/\n")
     ledger = out / "dp.jsonl"
-    # a run that failed (not refused: exit 2) is run again
-    done = {r["key"]: r for r in _read(ledger) if r.get("exit_code") in (0, 2)}
+    # a run that failed (not refused: exit 2) is run again, and one stopped at its timeout
+    # when the config now allows it longer
+    latest = {r["key"]: r for r in _read(ledger)}  # the table shows failures too
+    done = {key: r for key, r in latest.items() if not _again(r, spec)}
     environment = describe_environment()
-    for key, job in _jobs(full):
+    for key, job in _jobs(spec):
         if key in done:
             continue
         started = time.perf_counter()
-        record = {"key": key, **job, **job_result(job, out), "environment": environment}
+        # the job's own fields (its budget, mode, rows) win over same-named measurements
+        record = {"key": key, **job_result(job, out), **job, "environment": environment}
         record["bench_seconds"] = time.perf_counter() - started
         with ledger.open("a") as sink:
             sink.write(json.dumps(record, default=str) + "\n")
-        done[key] = record
+        done[key] = latest[key] = record
         log.info("%s: %s", key, {k: record.get(k) for k in ("quality_score", "wall_seconds")})
-    records = [_with_cpu(r, out) for r in done.values()]
+    records = [_with_cpu(r, out) for r in latest.values()]
     (out / "dp.md").write_text(to_markdown(records))
     write_plot(records, out / "utility_vs_epsilon.png")
     print(to_markdown(records))
     return 0
 
 
-def _jobs(full: bool):
+def _again(record: dict[str, Any], spec: DpGridSpec) -> bool:
+    if record.get("exit_code") == 124:
+        limit = spec.reference_timeout_s
+        return limit is None or limit > (record.get("timeout_s") or 0)
+    return record.get("exit_code") not in (0, 2)
+
+
+def _jobs(spec: DpGridSpec):
     """Epsilon 1 first (the headline), then the scaling runs, then the other budgets."""
-    seeds = (0, 1, 2) if full else (0,)
-    order = sorted(EPSILONS, key=lambda e: e != 1.0)
+    order = sorted(spec.epsilons, key=lambda e: e != 1.0)
+    debug = spec.debug_seed
     for index, epsilon in enumerate(order):
-        for seed in seeds:
-            for generator in GENERATORS:
-                for mode in (*MODES, "reference"):
+        for seed in spec.seeds or (0,):
+            for generator in spec.generators:
+                params = spec.generator_params.get(generator, {})
+                for mode in spec.modes:
                     job = {"kind": "grid", "generator": generator, "epsilon": epsilon}
                     job |= {"mode": mode, "seed": seed, "rows": None}
-                    yield f"grid|{generator}|{epsilon}|{mode}|{seed}", job
+                    job |= {"debug_seed": debug, "generator_params": params}
+                    job |= {"timeout_s": spec.reference_timeout_s} if mode == "reference" else {}
+                    suffix = "" if debug is None or mode == "reference" else f"|debug{debug}"
+                    suffix += f"|{json.dumps(params, sort_keys=True)}" if params else ""
+                    yield f"grid|{generator}|{epsilon}|{mode}|{seed}{suffix}", job
         if index == 0:
-            for generator in GENERATORS:
-                for rows in SCALING_ROWS:
+            for generator in spec.scaling_generators:
+                params = spec.generator_params.get(generator, {})
+                for rows in spec.scaling_rows:
                     job = {"kind": "scaling", "generator": generator, "epsilon": 1.0}
                     job |= {"mode": "mpc", "seed": 0, "rows": rows}
-                    yield f"scaling|{generator}|{rows}", job
+                    job |= {"debug_seed": None, "generator_params": params}
+                    suffix = f"|{json.dumps(params, sort_keys=True)}" if params else ""
+                    yield f"scaling|{generator}|{rows}{suffix}", job
 
 
 def job_result(job: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -137,12 +187,18 @@ def run_session(job: dict[str, Any], out: Path) -> dict[str, Any]:
         options |= _resampled(job["rows"], out)
     else:
         options["dataset"] = DATASET
+    dp: dict[str, Any] = {"epsilon": job["epsilon"], "delta": DELTA}
+    if job.get("debug_seed") is not None:  # the plaintext key the dealer's debug seed gives
+        dp["insecure_debug_seed"] = job["debug_seed"]
+        options["mpc"] = {"insecure_dev": True, "debug_seed": job["debug_seed"]}
+    if job.get("generator_params"):
+        options["generator_params"] = job["generator_params"]
     try:
         result = simulate(
             PARTIES,
             mode=job["mode"],
             generator=job["generator"],
-            dp={"epsilon": job["epsilon"], "delta": DELTA},
+            dp=dp,
             seed=job["seed"],
             out=out / "runs" / name,
             show_progress=False,
@@ -173,12 +229,18 @@ def run_session(job: dict[str, Any], out: Path) -> dict[str, Any]:
         "epsilon_spent": dp.get("epsilon"),
         "delta_tails": dp.get("delta_tails"),
         "selected": training.get("selected"),
+        "train_seconds": training.get("train_seconds"),
         "train_rows": result.metrics.get("split", {}).get("rows"),
     }
 
 
 def _run_name(job: dict[str, Any]) -> str:
-    return f"{job['kind']}-{job['generator']}-{job['epsilon']}-{job['mode']}-{job['seed']}"
+    name = f"{job['kind']}-{job['generator']}-{job['epsilon']}-{job['mode']}-{job['seed']}"
+    if job.get("rows"):
+        name += f"-{job['rows']}rows"
+    if job.get("debug_seed") is not None:
+        name += f"-debug{job['debug_seed']}"
+    return name
 
 
 def _with_cpu(record: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -268,12 +330,16 @@ def run_reference(job: dict[str, Any], out: Path) -> dict[str, Any]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     children_before = before.ru_utime + before.ru_stime
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    done = subprocess.run(
-        [str(python), str(work / "run.py"), str(work / "job.json")],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    try:
+        done = subprocess.run(
+            [str(python), str(work / "run.py"), str(work / "job.json")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=job.get("timeout_s"),
+        )
+    except subprocess.TimeoutExpired:
+        return {"exit_code": 124, "unfinished": f"still running after {job['timeout_s']:g} s"}
     wall = time.perf_counter() - started
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -324,24 +390,26 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
         "TSTR AUC, DCR ratio, end-to-end wall seconds (ratio to plaintext), bytes and rounds "
         "per party.",
         "",
-        "| generator | epsilon | mode | quality | TSTR | DCR ratio | wall s | x plaintext "
+        "| generator | epsilon | seed | mode | quality | TSTR | DCR ratio | wall s | x plaintext "
         "| busiest member's CPU s | MB/party | rounds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(grid, key=lambda r: (r["generator"], r["epsilon"], r["seed"], r["mode"])):
-        if r.get("refused"):
-            reason = r["refused"].splitlines()[0][:80]
-            lines.append(
-                f"| {r['generator']} | {r['epsilon']:g} | {r['mode']} | refused: {reason} |||||||"
-            )
+        head = f"{r['generator']} | {r['epsilon']:g} | {r['seed']} | {r['mode']}"
+        if r.get("exit_code") not in (0, 2, 124):
+            note = f"failed (exit code {r.get('exit_code')})"
+            lines.append(f"| {head} | {note} ||||||||")
+            continue
+        if r.get("refused") or r.get("unfinished"):
+            reason = (r.get("refused") or "").splitlines()[0][:80] if r.get("refused") else ""
+            note = f"refused: {reason}" if r.get("refused") else f"stopped: {r['unfinished']}"
+            lines.append(f"| {head} | {note} ||||||||")
             continue
         base = plain.get((r["generator"], r["epsilon"], r["seed"]), {})
         ratio = _ratio(r.get("wall_seconds"), base.get("wall_seconds"))
         mb = r.get("bytes_per_party")
         cells = [
-            r["generator"],
-            f"{r['epsilon']:g}",
-            r["mode"],
+            head,
             _fmt(r.get("quality_score")),
             _fmt(r.get("tstr_auc")),
             _fmt(r.get("dcr_ratio")),
@@ -349,24 +417,69 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
             _fmt(ratio, 2),
             _fmt(r.get("cpu_seconds_max"), 1),
             _fmt(mb / 1e6 if mb else None, 2),
-            _fmt(r.get("rounds_per_party")),
+            _fmt(r.get("rounds_per_party"), 0),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _parity_lines(grid, plain)
     scaling = [r for r in records if r["kind"] == "scaling"]
     if scaling:
         lines += ["", "Scaling (MPC, epsilon 1): wall seconds by training rows.", ""]
         lines += [
-            "| generator | rows | wall s | train s | MB/party | rounds |",
-            "|---|---|---|---|---|---|",
+            "| generator | rows | wall s | x smallest | train s | busiest member's CPU s "
+            "| MB/party | rounds |",
+            "|---|---|---|---|---|---|---|---|",
         ]
+        smallest: dict[str, dict[str, Any]] = {}
         for r in sorted(scaling, key=lambda r: (r["generator"], r["rows"])):
+            if r.get("exit_code"):
+                lines.append(
+                    f"| {r['generator']} | {r['rows']} | stopped after "
+                    f"{_fmt(r.get('bench_seconds'), 0)} s (exit code {r['exit_code']}) ||||||"
+                )
+                continue
+            first = smallest.setdefault(r["generator"], r)
             mb = r.get("bytes_per_party")
+            ratio = _ratio(r.get("wall_seconds"), first.get("wall_seconds"))
             lines.append(
                 f"| {r['generator']} | {r['rows']} | {_fmt(r.get('wall_seconds'), 1)} "
+                f"| {_fmt(ratio, 2)} | {_fmt(r.get('train_seconds'), 1)} "
                 f"| {_fmt(r.get('cpu_seconds_max'), 1)} | {_fmt(mb / 1e6 if mb else None, 2)} "
-                f"| {_fmt(r.get('rounds_per_party'))} |"
+                f"| {_fmt(r.get('rounds_per_party'), 0)} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _parity_lines(grid: list[dict[str, Any]], plain: dict[tuple, dict[str, Any]]) -> list[str]:
+    """Each MPC run against the plaintext run with the same seed and the same noise."""
+    lines = []
+    for r in sorted(grid, key=lambda r: (r["generator"], r["epsilon"], r["seed"])):
+        base = plain.get((r["generator"], r["epsilon"], r["seed"]))
+        if r["mode"] != "mpc" or r.get("exit_code") or not base or r.get("debug_seed") is None:
+            continue
+        if base.get("debug_seed") != r["debug_seed"]:
+            continue
+        diff = {
+            m: abs(r[m] - base[m])
+            for m in ("quality_score", "tstr_auc")
+            if isinstance(r.get(m), float) and isinstance(base.get(m), float)
+        }
+        same = r.get("selected") is not None and r.get("selected") == base.get("selected")
+        lines.append(
+            f"- {r['generator']}, epsilon {r['epsilon']:g}, seed {r['seed']}: MPC selected "
+            f"{'the same' if same else 'different'} marginals as plaintext "
+            f"({len(r.get('selected') or [])}); |quality difference| "
+            f"{_fmt(diff.get('quality_score'), 4)}, |TSTR difference| "
+            f"{_fmt(diff.get('tstr_auc'), 4)}"
+        )
+    if lines:
+        lines = [
+            "",
+            "MPC against plaintext with the same seed and the same noise (the dealer's debug "
+            "seed; otherwise the same protocol):",
+            "",
+            *lines,
+        ]
+    return lines
 
 
 def write_plot(records: list[dict[str, Any]], path: Path) -> None:
@@ -376,7 +489,7 @@ def write_plot(records: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    grid = [r for r in records if r["kind"] == "grid" and not r.get("refused")]
+    grid = [r for r in records if r["kind"] == "grid" and r.get("exit_code") == 0]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric, label in (
         (axes[0], "quality_score", "quality"),
