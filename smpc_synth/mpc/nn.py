@@ -172,11 +172,15 @@ class Mlp:
     """The twin of one ``nn.Sequential`` of Linear / ReLU / LeakyReLU layers."""
 
     def __init__(self, net: nn.Sequential, params: ParameterVector, prefix: str):
+        self._build(net, prefix, lambda _layer, name: Linear(params, name))
+
+    def _build(self, net: nn.Sequential, prefix: str, linear) -> None:
+        """One twin per layer; ``linear(layer, name)`` makes the twin of a Linear layer."""
         self.layers: list = []
         self.names: list[str] = []
         for index, layer in enumerate(net):
             if isinstance(layer, nn.Linear):
-                self.layers.append(Linear(params, f"{prefix}.{index}"))
+                self.layers.append(linear(layer, f"{prefix}.{index}"))
                 self.names += [f"{prefix}.{index}.weight", f"{prefix}.{index}.bias"]
             elif isinstance(layer, nn.ReLU):
                 self.layers.append(LeakyReLU(0.0))
@@ -235,18 +239,7 @@ class PublicMlp(Mlp):
     """The twin of one ``nn.Sequential`` whose weights are public, on shared inputs."""
 
     def __init__(self, net: nn.Sequential, prefix: str):
-        self.layers = []
-        self.names = []
-        for index, layer in enumerate(net):
-            if isinstance(layer, nn.Linear):
-                self.layers.append(PublicLinear(layer, f"{prefix}.{index}"))
-                self.names += [f"{prefix}.{index}.weight", f"{prefix}.{index}.bias"]
-            elif isinstance(layer, nn.ReLU):
-                self.layers.append(LeakyReLU(0.0))
-            elif isinstance(layer, nn.LeakyReLU):
-                self.layers.append(LeakyReLU(layer.negative_slope))
-            else:
-                raise NotImplementedError(f"no MPC twin for layer {type(layer).__name__}")
+        self._build(net, prefix, PublicLinear)
 
     @property
     def linears(self) -> list[PublicLinear]:
