@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from smpc_synth.mpc import compat
+from smpc_synth.crypten_backend import compat
 
 CONFIGS = ("stock", "gloo", "grpc")
 CONFIG = os.environ.get("CRYPTEN_SUITE_CONFIG", "stock")
@@ -242,7 +242,7 @@ def _mesh(file: str, me: str):
 
 
 def _dealer_main(file: str, world_size: int, results) -> None:
-    from smpc_synth.mpc.dealer import serve_dealer
+    from smpc_synth.mpc.dealer.server import serve_dealer
 
     tb = None
     try:
@@ -321,8 +321,8 @@ def _check_configuration() -> None:
     ltz = crypten.mpc.MPCTensor._ltz.__module__
     expected = {
         "stock": ({"TrustedFirstParty"}, "DistributedCommunicator", "crypten.mpc.mpc"),
-        "gloo": ({"DealerProvider"}, "GlooCommunicator", "smpc_synth.mpc.compare"),
-        "grpc": ({"DealerProvider"}, "ChannelCommunicator", "smpc_synth.mpc.compare"),
+        "gloo": ({"DealerProvider"}, "GlooCommunicator", "smpc_synth.mpc.primitives.compare"),
+        "grpc": ({"DealerProvider"}, "ChannelCommunicator", "smpc_synth.mpc.primitives.compare"),
     }[CONFIG]
     got = (provider, communicator, ltz)
     if provider not in expected[0] or got[1:] != expected[1:]:

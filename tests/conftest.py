@@ -48,7 +48,7 @@ def cli():
 def crypten_patches():
     """CrypTen with smpc-synth's fixes, for a module that uses it outside a session (as a
     session does while it runs; nothing is patched at import)."""
-    from smpc_synth.mpc import compat
+    from smpc_synth.crypten_backend import compat
 
     with compat.patched_crypten():
         yield compat.import_crypten()

@@ -46,12 +46,12 @@ def clip_program(rank: int, wrap_row: int) -> dict[str, Any]:
     """One chunk's clip on shares; returns every opened intermediate the test checks.
     ``wrap_row``: that example's first output gradient gets the error of a two-party
     truncation's wrap-around (2^64 / 2^16 ring units)."""
-    from smpc_synth.mpc import dp_sgd
-    from smpc_synth.mpc.compat import import_crypten
-    from smpc_synth.mpc.nn import PublicMlp
+    from smpc_synth.crypten_backend.compat import import_crypten
+    from smpc_synth.mpc.primitives.spans import SpanMap
     from smpc_synth.mpc.session import phase
-    from smpc_synth.mpc.spans import SpanMap
-    from smpc_synth.mpc.twins import vae_backprop
+    from smpc_synth.train.mpc import dp_sgd
+    from smpc_synth.train.mpc.nn import PublicMlp
+    from smpc_synth.train.mpc.twins import vae_backprop
 
     crypten = import_crypten()
     vae = model()
@@ -75,7 +75,7 @@ def clip_program(rank: int, wrap_row: int) -> dict[str, Any]:
         for pair in sums
         for w in pair
     ]
-    from smpc_synth.mpc.noise import discrete_gaussian_shares
+    from smpc_synth.mpc.dealer.noise import discrete_gaussian_shares
 
     size = torch.Size([4000])
     noise16 = discrete_gaussian_shares(size, (0.5 * 2.0**16) ** 2, tag=100)
@@ -105,7 +105,7 @@ def party(mesh, parties: tuple[str, ...], program, program_kwargs: dict[str, Any
 
 
 def dealer(mesh, parties: tuple[str, ...]) -> dict[str, int]:
-    from smpc_synth.mpc.dealer import serve_dealer
+    from smpc_synth.mpc.dealer.server import serve_dealer
 
     return serve_dealer(mesh, parties, timeout=TIMEOUT_S)
 
@@ -113,7 +113,7 @@ def dealer(mesh, parties: tuple[str, ...]) -> dict[str, int]:
 def run(tmp_path, n_parties: int, program, **program_kwargs) -> dict:
     """Every member's outcome of ``program`` on ``n_parties`` parties and the dealer."""
     from smpc_synth.config import NetworkConfig
-    from smpc_synth.mpc.local import launch
+    from smpc_synth.runtime.local import launch
 
     parties = ("alice", "bob", "carol")[:n_parties]
     network = NetworkConfig(peer_timeout_s=TIMEOUT_S, connect_timeout_s=120, call_deadline_s=120)

@@ -1,6 +1,6 @@
 """CrypTen and TenSEAL work in this environment, and each CrypTen fix is both working and needed.
 
-Every fix in :mod:`smpc_synth.mpc.compat` has two tests: one that fails if the fix stops
+Every fix in :mod:`smpc_synth.crypten_backend.compat` has two tests: one that fails if the fix stops
 working, one that fails once torch no longer needs it (then delete the fix). The "without the
 fix" cases run in a fresh interpreter so that nothing patched here leaks into them. The tests
 here run with the fixes in (``compat.patched_crypten``, as a session has them);
@@ -19,7 +19,7 @@ import textwrap
 import pytest
 import torch
 
-from smpc_synth.mpc.compat import import_crypten
+from smpc_synth.crypten_backend.compat import import_crypten
 
 torch.set_num_threads(1)
 crypten = import_crypten()
@@ -42,7 +42,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
 
 # in a fresh interpreter: crypten importable, and only the entries of compat's table named
 _ONLY = """
-from smpc_synth.mpc import compat
+from smpc_synth.crypten_backend import compat
 crypten = compat.import_crypten()
 
 
@@ -114,7 +114,7 @@ def test_two_party_crypten_matches_plaintext(two_party_run, op, expected, atol):
 def test_onnx_registration_alias_works():
     proc = _python(
         """
-        from smpc_synth.mpc.compat import import_crypten
+        from smpc_synth.crypten_backend.compat import import_crypten
         crypten = import_crypten()
         import crypten.nn.onnx_converter as conv
         print(type(conv.registry).__name__)
@@ -271,7 +271,7 @@ def test_encrypted_tensors_skip_the_debug_validation_lookup():
 def test_debug_validation_lookup_is_still_there_without_the_fix():
     result = _python(
         """
-        from smpc_synth.mpc import compat
+        from smpc_synth.crypten_backend import compat
         compat._alias_onnx_registration()  # needed to import crypten at all
         import crypten
         getter = crypten.CrypTensor.__dict__["__getattribute__"]
@@ -287,7 +287,7 @@ def test_debug_validation_lookup_is_still_there_without_the_fix():
 
 def _crypten_getattribute():
     """CrypTen's own dispatch, without the debug-validation wrapper."""
-    from smpc_synth.mpc import compat
+    from smpc_synth.crypten_backend import compat
 
     validated = compat.original(crypten.CrypTensor, "__getattribute__")
     assert validated.__code__.co_name == "validate_attribute"
@@ -423,7 +423,7 @@ def test_temp_override_behaves_as_cryptens():
     config lacks added for the block, writes inside a block dropped at its end."""
     from hypothesis import given, settings
 
-    from smpc_synth.mpc import compat
+    from smpc_synth.crypten_backend import compat
 
     cfg = crypten.cfg
 
@@ -445,7 +445,7 @@ def test_temp_override_behaves_as_cryptens():
 def test_config_sections_are_still_omegaconf_without_the_fix():
     result = _python(
         """
-        from smpc_synth.mpc import compat
+        from smpc_synth.crypten_backend import compat
         compat._alias_onnx_registration()  # needed to import crypten at all
         import crypten
         print(type(crypten.cfg.functions).__name__)
@@ -479,7 +479,7 @@ def test_empty_mpc_tensor_shells_skip_the_sharing():
 def test_empty_mpc_tensor_shells_still_share_without_the_fix():
     result = _python(
         """
-        from smpc_synth.mpc import compat
+        from smpc_synth.crypten_backend import compat
         compat._alias_onnx_registration()  # needed to import crypten at all
         import crypten
         try:
@@ -519,7 +519,7 @@ def test_decode_is_exact_for_every_value():
 def test_decode_is_still_wrong_without_the_fix():
     result = _python(
         """
-        from smpc_synth.mpc import compat
+        from smpc_synth.crypten_backend import compat
         compat._alias_onnx_registration()  # needed to import crypten at all
         import crypten
         encoder = crypten.encoder.FixedPointEncoder()
@@ -534,7 +534,7 @@ def test_decode_is_still_wrong_without_the_fix():
 
 
 def test_shipped_crypten_undoes_only_the_speed_fixes_and_restores_them():
-    from smpc_synth.mpc import compat
+    from smpc_synth.crypten_backend import compat
 
     getter = crypten.CrypTensor.__dict__["__getattribute__"]
     with compat.shipped_crypten():

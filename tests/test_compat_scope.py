@@ -6,6 +6,7 @@ No fixture patches CrypTen in this module: each test starts from CrypTen as ship
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -18,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from smpc_synth.mpc import compat
+from smpc_synth.crypten_backend import compat
 
 crypten = compat.import_crypten()
 
@@ -93,7 +94,7 @@ print(json.dumps(result))
 
 _IMPORT_CRYPTEN_ONLY = """
 import importlib
-from smpc_synth.mpc.compat import _alias_onnx_registration
+from smpc_synth.crypten_backend.compat import _alias_onnx_registration
 
 _alias_onnx_registration()  # torch's module table only: crypten cannot import without it
 for name in json.loads(sys.argv[1]):
@@ -118,9 +119,11 @@ def _python(code: str, *args: str, timeout: float = 600) -> dict:
 def test_importing_every_module_leaves_crypten_as_shipped():
     everything = _python(_FINGERPRINT + _IMPORT_EVERYTHING)
     imported = everything["imported"]
-    assert {"smpc_synth.mpc.compat", "smpc_synth.mpc.session", "smpc_synth.mpc.twins"} <= set(
-        imported
-    )
+    assert {
+        "smpc_synth.crypten_backend.compat",
+        "smpc_synth.mpc.session",
+        "smpc_synth.train.mpc.twins",
+    } <= set(imported)
     assert len(imported) > 50  # the whole package was walked
     modules = everything["modules"]
     assert {"crypten.mpc.mpc", "crypten.nn.onnx_converter", "crypten.gradients"} <= set(modules)
@@ -179,7 +182,7 @@ def shipped():
 
 
 def test_the_table_names_each_attribute_once_and_each_exists():
-    from smpc_synth.mpc.dealer import DealerProvider
+    from smpc_synth.mpc.dealer.provider import DealerProvider
 
     keys = [(patch.owner, patch.attribute) for patch in compat.PATCHES]
     assert len(keys) == len(set(keys))
@@ -194,6 +197,19 @@ def test_the_table_names_each_attribute_once_and_each_exists():
         ("crypten.mpc:MPCTensor", "relu"),  # inherited from CrypTensor
     }
     assert {patch.why for patch in compat.PATCHES} == {"needed", "speed", "protocol"}
+
+
+def test_every_object_an_entry_imports_on_install_exists():
+    """The entries import our protocols by name when a session installs them (out of the
+    import contract's sight): each name must still lead to an object after a move."""
+    assert {module for module, _ in compat.LAZY} >= {
+        "smpc_synth.crypten_backend.arithmetic",
+        "smpc_synth.crypten_backend.communicator",
+        "smpc_synth.mpc.primitives.beaver",
+        "smpc_synth.mpc.primitives.compare",
+    }
+    for module, name in compat.LAZY:
+        assert callable(getattr(importlib.import_module(module), name)), (module, name)
 
 
 def test_the_docs_list_every_entry_of_the_table():
@@ -288,7 +304,7 @@ def test_blocks_in_threads_leave_crypten_as_shipped(shipped):
 _SESSION = """
 import json
 import torch
-from smpc_synth.mpc import compat
+from smpc_synth.crypten_backend import compat
 from smpc_synth.mpc.session import crypten, start_crypten, stop_crypten
 from smpc_synth.net.addresses import free_ports
 

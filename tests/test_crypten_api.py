@@ -89,8 +89,8 @@ def test_products_split_into_pieces_equal_the_whole(op, x, y, kwargs):
     of the operands' matching slices; put together they are the product (on plain int64
     tensors standing in for shares, with a product function that refuses anything over
     the limit)."""
-    from smpc_synth.mpc import beaver
-    from smpc_synth.mpc.compat import import_crypten
+    from smpc_synth.crypten_backend.compat import import_crypten
+    from smpc_synth.mpc.primitives import beaver
 
     crypten = import_crypten()
     shares = crypten.mpc.primitives.ArithmeticSharedTensor.from_shares

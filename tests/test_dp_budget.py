@@ -133,7 +133,7 @@ def test_a_delta_near_one_over_the_rows_is_noted_in_the_record():
 def test_mpc_slots_hold_every_poisson_sample_but_for_the_reserved_delta(rows, rate, steps, parties):
     from scipy.stats import binom
 
-    from smpc_synth.mpc.dp_sgd import SLOT_DELTA_SHARE, slots
+    from smpc_synth.train.mpc.dp_sgd import SLOT_DELTA_SHARE, slots
 
     delta = 1e-6
     k = slots(rows, rate, steps, parties, delta)

@@ -12,7 +12,7 @@ from dp_mpc_programs import CLIP, LAYOUT, ROWS, clip_program, model, rows, run
 from scipy import stats
 
 from smpc_synth.models.losses import kl_divergence_rows, reconstruction_loss_rows
-from smpc_synth.mpc.dp_sgd import CLIP_MARGIN, CLIP_TOLERANCE, MAX_NORM_RATIO_SQ
+from smpc_synth.train.mpc.dp_sgd import CLIP_MARGIN, CLIP_TOLERANCE, MAX_NORM_RATIO_SQ
 
 WRAPPED = 7  # the example whose output gradient the program pushes out of range
 

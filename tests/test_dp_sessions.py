@@ -82,8 +82,8 @@ def _parts(n_parties: int) -> list[list[list[int]]]:
 def tapped_program(rank: int, parts: list, leak: bool) -> dict:
     import torch
 
+    from smpc_synth.crypten_backend.compat import import_crypten
     from smpc_synth.dp.marginals import plan_selection
-    from smpc_synth.mpc.compat import import_crypten
     from smpc_synth.mpc.marginals import SecureQueries
 
     queries = SecureQueries(np.asarray(parts[rank]), SHAPE)
@@ -105,7 +105,7 @@ def _run_patiently(tmp_path, program, **kwargs):
     machine, four fresh interpreters importing CrypTen can take longer than 30 s to listen."""
     import dataclasses
 
-    from smpc_synth.mpc.local import launch
+    from smpc_synth.runtime.local import launch
 
     parties = PARTY_NAMES[:3]
     party_args = {

@@ -93,7 +93,7 @@ def test_gan_losses_match_bce_and_moment_loss_sees_differences():
 @pytest.mark.usefixtures("crypten_patches")
 def test_losses_run_unchanged_on_crypten_tensors():
     """The MPC twin reuses these functions: on secret shares they match plaintext closely."""
-    from smpc_synth.mpc.compat import import_crypten
+    from smpc_synth.crypten_backend.compat import import_crypten
 
     crypten = import_crypten()
     crypten.init()

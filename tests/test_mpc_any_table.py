@@ -30,7 +30,7 @@ from test_mpc_harness import (
 
 from smpc_synth.data.generated import ColumnShape
 from smpc_synth.models import Synthesizer, get_generator
-from smpc_synth.mpc.limits import check_mpc_inputs
+from smpc_synth.train.mpc.limits import check_mpc_inputs
 
 ROWS = 400  # at least the widest column's 200 categories, so that every one occurs
 PARAMS = {

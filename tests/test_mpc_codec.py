@@ -8,7 +8,7 @@ import struct
 import pytest
 import torch
 
-from smpc_synth.mpc import codec
+from smpc_synth.crypten_backend import codec
 
 
 def _same(a, b) -> bool:

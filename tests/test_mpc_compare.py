@@ -1,4 +1,4 @@
-"""The dealer-assisted comparison (smpc_synth.mpc.compare), run by threads in lockstep.
+"""The dealer-assisted comparison (smpc_synth.mpc.primitives.compare), run by threads in lockstep.
 
 These tests check the protocol's arithmetic: the parties are threads that exchange their
 shares through a barrier, the dealer is the real :func:`compare.deal` on the parties' PRG
@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.distributed import ReduceOp
 
-from smpc_synth.mpc import compare, prg
+from smpc_synth.mpc.primitives import compare, prg
 
 RING = 2**64
 

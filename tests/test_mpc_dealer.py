@@ -10,10 +10,13 @@ import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from memory_channel import MemoryChannel
 
-from smpc_synth.mpc import codec, dealer, prg
-from smpc_synth.mpc.compat import import_crypten
-from smpc_synth.mpc.link import Link
-from smpc_synth.mpc.stats import TrafficRecorder
+from smpc_synth.crypten_backend import codec
+from smpc_synth.crypten_backend.compat import import_crypten
+from smpc_synth.crypten_backend.link import Link
+from smpc_synth.crypten_backend.stats import TrafficRecorder
+from smpc_synth.mpc.dealer import protocol, server
+from smpc_synth.mpc.dealer.provider import DealerProvider
+from smpc_synth.mpc.primitives import prg
 
 crypten = import_crypten()
 from crypten.common.util import count_wraps  # noqa: E402
@@ -42,9 +45,9 @@ def _ring(stream: prg.Stream, size) -> torch.Tensor:
     ],
 )
 def test_additive_triple_reconstructs(n_parties, op, size0, size1, kwargs):
-    maker = dealer._TupleMaker(KEYS[:n_parties])
+    maker = server._TupleMaker(KEYS[:n_parties])
     request = {"f": "additive", "args": [torch.Size(size0), torch.Size(size1), op]}
-    c0 = dealer._serve_one(maker, {**request, "kwargs": kwargs})
+    c0 = server._serve_one(maker, {**request, "kwargs": kwargs})
     gens = _party_generators(n_parties)
     a = sum(_ring(g, size0) for g in gens)
     b = sum(_ring(g, size1) for g in gens)
@@ -53,8 +56,8 @@ def test_additive_triple_reconstructs(n_parties, op, size0, size1, kwargs):
 
 
 def test_wraps_reconstruct():
-    maker = dealer._TupleMaker(KEYS[:2])
-    theta0 = dealer._serve_one(maker, {"f": "wraps", "args": [torch.Size([50])]})
+    maker = server._TupleMaker(KEYS[:2])
+    theta0 = server._serve_one(maker, {"f": "wraps", "args": [torch.Size([50])]})
     gens = _party_generators(2)
     shares = [_ring(g, (50,)) for g in gens]
     assert torch.equal(theta0 + _ring(gens[1], (50,)), count_wraps(shares))
@@ -86,18 +89,18 @@ def test_wraps_reconstruct():
     ],
 )
 def test_bad_requests_are_refused(request_):
-    maker = dealer._TupleMaker(KEYS[:2])
+    maker = server._TupleMaker(KEYS[:2])
     with pytest.raises((ValueError, TypeError, RuntimeError)):
-        dealer._serve_one(maker, request_)
+        server._serve_one(maker, request_)
 
 
 def test_a_backward_request_reuses_its_kept_triples_masks():
     """``d^T a`` and ``d b^T`` for the masks of the kept triple named, and a fresh ``d``
     drawn as every party's own share."""
-    maker = dealer._TupleMaker(KEYS[:2])
+    maker = server._TupleMaker(KEYS[:2])
     kept = {"f": "kept", "args": [torch.Size([5, 3]), torch.Size([3, 2])]}
     backward = {"f": "backward", "args": [2, 1, 1]}
-    dealer._serve_at(maker, prg.request_nonce(7, b"k"), kept, 7)
+    server._serve_at(maker, prg.request_nonce(7, b"k"), kept, 7)
     maker.keep(7, maker.last_kept)
     a, b = (
         sum(pair)
@@ -109,14 +112,14 @@ def test_a_backward_request_reuses_its_kept_triples_masks():
         )
     )
     nonce = prg.request_nonce(9, b"b")
-    share0 = dealer._serve_at(maker, nonce, backward, 9)
+    share0 = server._serve_at(maker, nonce, backward, 9)
     own = [(_ring(s, (5, 2)), _ring(s, (6 + 15,))) for s in _streams(KEYS[:2], nonce)]
     d = own[0][0] + own[1][0]
     flat = share0 + own[1][1]
     assert torch.equal(flat[:6].view(2, 3), d.t() @ a)
     assert torch.equal(flat[6:].view(5, 3), d @ b.t())
     with pytest.raises(ValueError, match="no kept triple"):
-        dealer._serve_at(maker, nonce, {"f": "backward", "args": [1, 1, 0]}, 9)
+        server._serve_at(maker, nonce, {"f": "backward", "args": [1, 1, 0]}, 9)
 
 
 def _streams(keys, nonce) -> list[prg.Stream]:
@@ -183,12 +186,12 @@ def test_stream_refuses_keys_that_are_not_128_bits(key):
 )
 def test_product_sizes_follow_torch(op, size0, size1):
     expected = getattr(torch, op)(torch.zeros(size0), torch.zeros(size1)).shape
-    assert dealer._product_size(torch.Size(size0), torch.Size(size1), op, {}) == expected
+    assert protocol.product_size(torch.Size(size0), torch.Size(size1), op, {}) == expected
 
 
 def test_matmul_of_mismatched_sizes_is_refused():
     with pytest.raises(ValueError, match="inner sizes"):
-        dealer._product_size(torch.Size((3, 4)), torch.Size((5, 2)), "matmul", {})
+        protocol.product_size(torch.Size((3, 4)), torch.Size((5, 2)), "matmul", {})
 
 
 def test_each_request_number_and_request_draws_its_own_stream():
@@ -231,15 +234,15 @@ def test_lookahead_guesses_every_share_as_the_plain_dealer_would():
     ]
     deviation = [_request("wraps", size([4])), _request("square", size([5]))]
     sequence = step * 6 + step[:2] + deviation + step[2:] + step * 6
-    plain = dealer._TupleMaker(KEYS[:2])
-    lookahead = dealer._Lookahead(dealer._TupleMaker(KEYS[:2]), depth=2)
+    plain = server._TupleMaker(KEYS[:2])
+    lookahead = server._Lookahead(server._TupleMaker(KEYS[:2]), depth=2)
     sent_early: dict[tuple[int, int], torch.Tensor] = {}
     for number, request in enumerate(sequence):
         got_number, tag, share = lookahead.serve(request)
         nonce = prg.request_nonce(number, codec.encode(request))
         assert (got_number, tag) == (number, prg.nonce_tag(nonce))
         taken = share if share is not None else sent_early.pop((number, tag))
-        assert torch.equal(taken, dealer._serve_at(plain, nonce, request, number))
+        assert torch.equal(taken, server._serve_at(plain, nonce, request, number))
         sent_early.update(((n, t), s) for n, t, s in lookahead.work_ahead())
     assert lookahead.hits > len(sequence) // 2  # the repeats were sent early...
     assert lookahead.misses >= 1  # ...and the deviation was computed on request
@@ -248,7 +251,7 @@ def test_lookahead_guesses_every_share_as_the_plain_dealer_would():
 
 def test_lookahead_after_a_rekey_numbers_from_zero_with_the_new_keys():
     request = _request("square", torch.Size([4]))
-    lookahead = dealer._Lookahead(dealer._TupleMaker(KEYS[:2]), depth=1)
+    lookahead = server._Lookahead(server._TupleMaker(KEYS[:2]), depth=1)
     for _ in range(3):
         lookahead.serve(request)
         list(lookahead.work_ahead())
@@ -257,7 +260,7 @@ def test_lookahead_after_a_rekey_numbers_from_zero_with_the_new_keys():
     number, _, share = lookahead.serve(request)
     nonce = prg.request_nonce(0, codec.encode(request))
     assert number == 0
-    assert torch.equal(share, dealer._serve_at(dealer._TupleMaker(KEYS[1:3]), nonce, request, 0))
+    assert torch.equal(share, server._serve_at(server._TupleMaker(KEYS[1:3]), nonce, request, 0))
 
 
 def _opened(shares) -> torch.Tensor:
@@ -272,12 +275,12 @@ def test_parties_take_pushed_shares_and_drop_wrong_guesses_and_stale_ones():
     served: dict = {}
 
     def serve() -> None:
-        served.update(dealer.serve_dealer(channels["dealer"], members[:2], insecure_debug_seed=5))
+        served.update(server.serve_dealer(channels["dealer"], members[:2], insecure_debug_seed=5))
 
     thread = threading.Thread(target=serve)
     thread.start()
     links = [Link(channels[m], TrafficRecorder()) for m in members[:2]]
-    providers = [dealer.DealerProvider(link, rank) for rank, link in enumerate(links)]
+    providers = [DealerProvider(link, rank) for rank, link in enumerate(links)]
     square, triple = ("square", (7,)), ("triple", (3, 5), (5, 2))
     loop = [square, triple, square, triple, triple]
     plan = loop * 8 + [triple, square, square] + loop * 4 + ["rekey"] + loop * 6

@@ -22,7 +22,7 @@ from test_mpc_harness import (
 
 from smpc_synth.data.layout import Layout, Span
 from smpc_synth.models.spans import activate
-from smpc_synth.mpc import functions
+from smpc_synth.mpc.primitives import functions
 
 LAYOUT = Layout(
     (

@@ -1,7 +1,7 @@
 """Shared helpers for the MPC integration tests (no tests here).
 
 Members run as spawned processes over the real gRPC PeerMesh with TLS
-(:mod:`smpc_synth.mpc.local`); the functions below are what they run.
+(:mod:`smpc_synth.runtime.local`); the functions below are what they run.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from smpc_synth.config import NetworkConfig
-from smpc_synth.mpc.local import MemberOutcome, launch
 from smpc_synth.net.addresses import free_ports
+from smpc_synth.runtime.local import MemberOutcome, launch
 
 PARTY_NAMES = ("alice", "bob", "carol")
 DEALER = "dealer"
@@ -79,11 +79,11 @@ def dealer_member(
     recv_timeout: float = RECV_TIMEOUT_S,
     limit: int | None = None,
 ) -> dict[str, int]:
-    from smpc_synth.mpc import dealer
-    from smpc_synth.mpc.dealer import LOOKAHEAD_DEPTH, serve_dealer
+    from smpc_synth.mpc.dealer import protocol
+    from smpc_synth.mpc.dealer.server import LOOKAHEAD_DEPTH, serve_dealer
 
     if limit is not None:  # tests of large requests, at a small scale
-        dealer.MAX_TUPLE_ELEMENTS = limit
+        protocol.MAX_TUPLE_ELEMENTS = limit
     depth = LOOKAHEAD_DEPTH if lookahead is None else lookahead
     return serve_dealer(
         mesh, parties, timeout=recv_timeout, insecure_debug_seed=seed, lookahead=depth
@@ -222,7 +222,7 @@ def plaintext_ops() -> dict[str, torch.Tensor]:
 
 def ops_program(rank: int) -> dict[str, list]:
     """Every op the harness covers, on shares from parties 0 and 1, revealed to all."""
-    from smpc_synth.mpc.compat import import_crypten
+    from smpc_synth.crypten_backend.compat import import_crypten
 
     crypten = import_crypten()
     t = op_inputs()
@@ -278,7 +278,7 @@ def exchange_objects(crypten, rank: int) -> list:
 
 def loop_program(rank: int, iterations: int, busy=None) -> int:
     """Matmul + relu over and over (a long operation to kill members in)."""
-    from smpc_synth.mpc.compat import import_crypten
+    from smpc_synth.crypten_backend.compat import import_crypten
 
     crypten = import_crypten()
     x = crypten.cryptensor(torch.randn(64, 64), src=0)
@@ -292,7 +292,7 @@ def loop_program(rank: int, iterations: int, busy=None) -> int:
 def branching_loop_program(rank: int, iterations: int) -> dict[str, Any]:
     """A loop whose steps repeat but for one that takes another branch (as a rollback or
     an optimizer restart does): each party's final shares and the revealed values."""
-    from smpc_synth.mpc.compat import import_crypten
+    from smpc_synth.crypten_backend.compat import import_crypten
 
     crypten = import_crypten()
     x = crypten.cryptensor(torch.linspace(-2, 2, 48 * 48).view(48, 48), src=0)
@@ -307,8 +307,9 @@ def comparison_rounds_program(rank: int) -> dict[str, Any]:
     """Rounds and results of one relu with our comparison and with CrypTen's own."""
     from crypten.mpc.primitives import beaver as crypten_beaver
 
-    from smpc_synth.mpc import compat, session
-    from smpc_synth.mpc.beaver import PROTOCOL_NAME
+    from smpc_synth.crypten_backend import compat
+    from smpc_synth.mpc import session
+    from smpc_synth.mpc.primitives.beaver import PROTOCOL_NAME
 
     x = session.crypten.cryptensor(torch.linspace(-3, 3, 256), src=0)
     w = session.crypten.cryptensor(torch.linspace(-1, 1, 256 * 3).view(256, 3), src=1)
@@ -333,7 +334,8 @@ def comparison_rounds_program(rank: int) -> dict[str, Any]:
 def products_program(rank: int, batched: bool) -> dict[str, Any]:
     """Independent Beaver products, in one round (``batched``) or one at a time: each
     party's shares, the revealed values and the rounds the products took."""
-    from smpc_synth.mpc import beaver, session
+    from smpc_synth.mpc import session
+    from smpc_synth.mpc.primitives import beaver
 
     crypten = session.crypten
     x = crypten.cryptensor(torch.linspace(-3, 3, 64).view(8, 8), src=0)
@@ -360,7 +362,7 @@ def activation_width_program(rank: int) -> dict[str, Any]:
     values, with the dealer bytes party 0 received for each: which comparison width each
     asked for shows in the size of its material."""
     from smpc_synth.mpc import session
-    from smpc_synth.mpc.nn import LeakyReLU
+    from smpc_synth.train.mpc.nn import LeakyReLU
 
     crypten = session.crypten
     values = torch.linspace(-300, 300, 1000)
@@ -389,7 +391,7 @@ def mlp_twin_program(rank: int) -> dict[str, Any]:
     party 1 holds, with the bytes each party sent in the backward pass."""
     from smpc_synth.models.nets import mlp
     from smpc_synth.mpc import session
-    from smpc_synth.mpc.nn import Mlp, ParameterVector, named_parameters
+    from smpc_synth.train.mpc.nn import Mlp, ParameterVector, named_parameters
 
     crypten = session.crypten
     torch.manual_seed(0)
@@ -442,7 +444,8 @@ def rekey_program(rank: int) -> dict[str, Any]:
 def network_backward_program(rank: int) -> dict[str, Any]:
     """Rounds of one crypten.nn backward pass with our protocols and with CrypTen's, and
     the gradients each computed (the data needs no gradient)."""
-    from smpc_synth.mpc import compat, session
+    from smpc_synth.crypten_backend import compat
+    from smpc_synth.mpc import session
 
     crypten = session.crypten
     t = op_inputs()
@@ -469,7 +472,8 @@ def network_backward_program(rank: int) -> dict[str, Any]:
 def arithmetic_program(rank: int) -> dict[str, Any]:
     """Shares of the copy-free arithmetic ops (ours) and of CrypTen's (stock) on the same
     inputs, and whether updating a result in place changed an input."""
-    from smpc_synth.mpc import compat, session
+    from smpc_synth.crypten_backend import compat
+    from smpc_synth.mpc import session
 
     crypten = session.crypten
     x = crypten.cryptensor(torch.linspace(-3, 3, 64).view(8, 8), src=0)
@@ -550,9 +554,10 @@ def crypten_api_program(rank: int) -> dict[str, Any]:
 def large_requests_program(rank: int, limit: int) -> dict[str, Any]:
     """Products and comparisons larger than the dealer's ``limit`` (lowered for the test),
     through CrypTen's API: the revealed results, and each relu's gradient."""
-    from smpc_synth.mpc import dealer, session
+    from smpc_synth.mpc import session
+    from smpc_synth.mpc.dealer import protocol
 
-    dealer.MAX_TUPLE_ELEMENTS = limit
+    protocol.MAX_TUPLE_ELEMENTS = limit
     crypten = session.crypten
     t = large_inputs(limit)
     x = crypten.cryptensor(t["x"], src=0)
@@ -598,9 +603,10 @@ def large_inputs(limit: int) -> dict[str, torch.Tensor]:
 def dealer_cpu_program(rank: int) -> dict[str, Any]:
     """Party 0 reads the dealer's CPU clock around a large matmul the dealer must serve;
     the result checks that the tuples still line up after the readings."""
+    from smpc_synth.crypten_backend import compat
     from smpc_synth.mpc import session
 
-    provider = session.comparison_provider()
+    provider = compat.comparison_provider()
     x = session.crypten.cryptensor(torch.eye(256), src=0)
     w = session.crypten.cryptensor(torch.linspace(-1, 1, 256 * 256).view(256, 256), src=1)
     before = provider.dealer_cpu_seconds() if rank == 0 else None
@@ -637,11 +643,13 @@ def functions_inputs() -> dict[str, torch.Tensor]:
 
 def functions_program(rank: int, layout) -> dict[str, Any]:
     """segment_maximum over every width 1..7, reciprocal_in_range, and the span softmax."""
-    from smpc_synth.mpc import functions, session
-    from smpc_synth.mpc.spans import SpanMap
+    from smpc_synth.crypten_backend import compat
+    from smpc_synth.mpc import session
+    from smpc_synth.mpc.primitives import functions
+    from smpc_synth.mpc.primitives.spans import SpanMap
 
     inputs = functions_inputs()
-    provider = session.comparison_provider()
+    provider = compat.comparison_provider()
     x = session.crypten.cryptensor(inputs["max_in"], src=0)
     maxima = [
         functions.segment_maximum(x[..., :w].reshape(-1, w), [w], provider)
@@ -710,7 +718,7 @@ def functions_program(rank: int, layout) -> dict[str, Any]:
 def activations_program(rank: int, layout) -> dict[str, Any]:
     """The span activations and log-probability of the target, whichever provider runs."""
     from smpc_synth.mpc import session
-    from smpc_synth.mpc.spans import SpanMap
+    from smpc_synth.mpc.primitives.spans import SpanMap
 
     inputs = functions_inputs()
     logits = session.crypten.cryptensor(inputs["logits"], src=0)
@@ -763,8 +771,9 @@ def table_cases_program(rank: int, cases: list[dict[str, Any]], tables: list) ->
     trainer (rows split between the parties in order) with the losses of every step it
     took, and the released weights."""
     from smpc_synth.models import get_generator
-    from smpc_synth.mpc import session, trainer
-    from smpc_synth.mpc.guard import losses_only
+    from smpc_synth.mpc import session
+    from smpc_synth.train.mpc import trainer
+    from smpc_synth.train.mpc.guard import losses_only
 
     crypten = session.crypten
     world = crypten.communicator.get().get_world_size()
@@ -829,8 +838,8 @@ def as_tensors(value: Any) -> Any:
 def approximation_inputs() -> dict[str, torch.Tensor]:
     """Points covering each approximation's whole declared range (see
     tests/test_mpc_functions.py and docs/mpc-protocols.md)."""
-    from smpc_synth.mpc.limits import MAX_CATEGORIES, MAX_LOGVAR_BOUND
-    from smpc_synth.mpc.optim import EPS, X_MAX
+    from smpc_synth.train.mpc.limits import MAX_CATEGORIES, MAX_LOGVAR_BOUND
+    from smpc_synth.train.mpc.optim import EPS, X_MAX
 
     g = torch.Generator().manual_seed(23)
     half = MAX_LOGVAR_BOUND / 2
@@ -875,13 +884,15 @@ def approximation_targets() -> list[int]:
 
 def approximations_program(rank: int) -> dict[str, Any]:
     """Each approximation on its inputs (:func:`approximation_inputs`), with the dealer."""
-    from smpc_synth.mpc import functions, session
-    from smpc_synth.mpc.limits import MAX_CATEGORIES, MAX_LOGVAR_BOUND
-    from smpc_synth.mpc.optim import inverse_sqrt
-    from smpc_synth.mpc.spans import SpanMap
+    from smpc_synth.crypten_backend import compat
+    from smpc_synth.mpc import session
+    from smpc_synth.mpc.primitives import functions
+    from smpc_synth.mpc.primitives.spans import SpanMap
+    from smpc_synth.train.mpc.limits import MAX_CATEGORIES, MAX_LOGVAR_BOUND
+    from smpc_synth.train.mpc.optim import inverse_sqrt
 
     crypten = session.crypten
-    provider = session.comparison_provider()
+    provider = compat.comparison_provider()
     inputs = approximation_inputs()
     x = {name: crypten.cryptensor(value, src=0) for name, value in inputs.items()}
     out: dict[str, Any] = {}

@@ -17,14 +17,15 @@ from smpc_synth.data import ColumnSpec, Schema, TableEncoder, infer_schema
 from smpc_synth.data.defaults import MAX_CATEGORIES as INFERRED_CATEGORIES
 from smpc_synth.data.generated import ColumnShape, table_from_columns
 from smpc_synth.errors import InputError
-from smpc_synth.mpc import compare, dealer
-from smpc_synth.mpc.limits import (
+from smpc_synth.mpc.dealer import protocol
+from smpc_synth.mpc.primitives import compare
+from smpc_synth.runtime.simulate import prepare_session
+from smpc_synth.train.mpc.limits import (
     MAX_CATEGORIES,
     MAX_LOGVAR_BOUND,
     check_mpc_inputs,
     encoded_width_bound,
 )
-from smpc_synth.runtime.simulate import prepare_session
 
 
 def _categorical(name: str, count: int) -> ColumnSpec:
@@ -55,7 +56,7 @@ def test_a_table_too_wide_for_the_dealers_requests_is_refused(generator, columns
     schema = _schema(*(_categorical(f"c{i}", 200) for i in range(columns)))
     with pytest.raises(InputError, match="would ask the dealer for") as e:
         check_mpc_inputs(schema, generator, {}, "schema.toml")
-    assert "'c0' (200)" in str(e.value) and f"{dealer.MAX_TUPLE_ELEMENTS // 8:,}" in str(e.value)
+    assert "'c0' (200)" in str(e.value) and f"{protocol.MAX_TUPLE_ELEMENTS // 8:,}" in str(e.value)
     # a smaller batch fits the same table through (the VAE's requests scale with it)
     if generator == "vae":
         check_mpc_inputs(schema, generator, {"batch_size": 100}, "schema.toml")
@@ -69,7 +70,7 @@ def test_the_vaes_logvar_bound_is_limited_to_what_fixed_point_holds():
 
 
 def test_comparisons_are_cut_below_the_dealers_bound():
-    assert compare.MAX_COUNT <= dealer.MAX_TUPLE_ELEMENTS // 8
+    assert compare.MAX_COUNT <= protocol.MAX_TUPLE_ELEMENTS // 8
 
 
 @seed(23)

@@ -7,9 +7,9 @@ import pytest
 import torch
 from memory_channel import MemoryChannel
 
+from smpc_synth.crypten_backend.link import TAG, Link
+from smpc_synth.crypten_backend.stats import TrafficRecorder
 from smpc_synth.errors import PeerError
-from smpc_synth.mpc.link import TAG, Link
-from smpc_synth.mpc.stats import TrafficRecorder
 
 MEMBERS = ("alice", "bob", "carol", "dealer")
 

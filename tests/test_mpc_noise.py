@@ -11,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_mpc_harness import DEALER, PARTY_NAMES, SEED, assert_all_ok, run_mpc
 
+from smpc_synth.crypten_backend import codec
 from smpc_synth.dp import sampling
-from smpc_synth.mpc import codec, dealer, prg
+from smpc_synth.mpc.dealer import server
+from smpc_synth.mpc.primitives import prg
 
 KEYS = tuple(prg.debug_key(seed) for seed in (5, 6, 7))
 NOISE_KEY = prg.debug_key(99, "noise")
@@ -87,11 +89,11 @@ def test_bad_noise_parameters_are_refused():
 
 @pytest.mark.parametrize("n_parties", [2, 3])
 def test_dealt_noise_reconstructs_and_other_shares_are_the_parties_own_streams(n_parties):
-    maker = dealer._TupleMaker(KEYS[:n_parties], NOISE_KEY)
+    maker = server._TupleMaker(KEYS[:n_parties], NOISE_KEY)
     size = torch.Size([3, 7])
     request = {"f": "noise", "args": ["dgauss", size, 12, 30.25], "kwargs": {}}
     nonce = prg.request_nonce(4, codec.encode(request))
-    share0 = dealer._serve_at(maker, nonce, request, 4)
+    share0 = server._serve_at(maker, nonce, request, 4)
     others = [prg.Stream(key, nonce).ring(size) for key in KEYS[1:n_parties]]
     total = share0 + sum(others)
     expected = sampling.draw_noise(NOISE_KEY, "dgauss", 12, 21, [30.25]).reshape(3, 7)
@@ -100,11 +102,11 @@ def test_dealt_noise_reconstructs_and_other_shares_are_the_parties_own_streams(n
 
 
 def test_a_noise_tag_is_never_served_twice_and_bad_requests_are_refused():
-    maker = dealer._TupleMaker(KEYS[:2], NOISE_KEY)
+    maker = server._TupleMaker(KEYS[:2], NOISE_KEY)
     request = {"f": "noise", "args": ["dgauss", torch.Size([4]), 3, 2.0]}
-    dealer._serve_one(maker, request)
+    server._serve_one(maker, request)
     with pytest.raises(ValueError, match="used before"):
-        dealer._serve_one(maker, request)
+        server._serve_one(maker, request)
     for args in (
         ["dgauss", torch.Size([4]), -1, 2.0],
         ["dgauss", torch.Size([4]), 4.0, 2.0],
@@ -115,14 +117,14 @@ def test_a_noise_tag_is_never_served_twice_and_bad_requests_are_refused():
         ["os.system", torch.Size([4]), 9, 1.0],
     ):
         with pytest.raises((ValueError, TypeError)):
-            dealer._serve_one(maker, {"f": "noise", "args": args})
+            server._serve_one(maker, {"f": "noise", "args": args})
 
 
 def test_the_dealer_never_guesses_noise_ahead():
     """Even where the dealer has learned that noise follows the current context, it does not
     draw it ahead (each draw has its own tag; a guess would draw noise nobody asked for),
     while a learned square is guessed."""
-    lookahead = dealer._Lookahead(dealer._TupleMaker(KEYS[:2], NOISE_KEY), depth=2)
+    lookahead = server._Lookahead(server._TupleMaker(KEYS[:2], NOISE_KEY), depth=2)
     square = {"f": "square", "args": [torch.Size([5])], "kwargs": {}}
     noise = {"f": "noise", "args": ["dgauss", torch.Size([5]), 0, 4.0], "kwargs": {}}
     lookahead.serve(square)
@@ -136,7 +138,7 @@ def test_the_dealer_never_guesses_noise_ahead():
 
 
 def noise_program(rank: int, sigma: float, tag: int, size: int) -> dict:
-    from smpc_synth.mpc import noise
+    from smpc_synth.mpc.dealer import noise
 
     shared = noise.discrete_gaussian((size,), sigma, tag=tag, precision=16)
     mine = shared.share.clone()
@@ -151,7 +153,7 @@ def test_parties_open_exactly_the_noise_the_dealer_drew(tmp_path):
     outcomes = run_mpc(tmp_path, 3, noise_program, seed=SEED, sigma=sigma, tag=tag, size=size)
     assert_all_ok(outcomes)
     ring_sigma2 = (sigma * 2.0**16) ** 2
-    drawn = sampling.draw_noise(dealer.noise_key(SEED), "dgauss", tag, size, [ring_sigma2])
+    drawn = sampling.draw_noise(server.noise_key(SEED), "dgauss", tag, size, [ring_sigma2])
     expected = (drawn / 2.0**16).tolist()
     for name in PARTY_NAMES:
         result = outcomes[name].result["result"]

@@ -10,10 +10,10 @@ import pytest
 import torch
 from test_mpc_harness import PARTY_NAMES, assert_all_ok, run_mpc
 
+from smpc_synth.crypten_backend import codec
+from smpc_synth.crypten_backend.transport import check_gloo
 from smpc_synth.errors import InputError
-from smpc_synth.mpc import codec
 from smpc_synth.mpc.session import start_crypten
-from smpc_synth.mpc.transport import check_gloo
 
 HUGE = 1 << 40  # bytes a hostile peer announces
 
@@ -22,9 +22,9 @@ def objects_program(rank: int, hostile: bool) -> dict:
     """Party 1 sends; party 0 receives and reports what happened at each step."""
     import torch.distributed as dist
 
+    from smpc_synth.crypten_backend import codec
+    from smpc_synth.crypten_backend.compat import import_crypten
     from smpc_synth.errors import PeerError
-    from smpc_synth.mpc import codec
-    from smpc_synth.mpc.compat import import_crypten
 
     comm = import_crypten().communicator.get()
     out: dict = {}

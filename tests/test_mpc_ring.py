@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from smpc_synth.mpc import ring
+from smpc_synth.mpc.primitives import ring
 
 EDGES = torch.tensor(
     [-(2**63), 2**63 - 1, -1, 0, 1, 2**21, -(2**21), 2**21 - 1, 2**43, -(2**44), 2**63 - 2**21]

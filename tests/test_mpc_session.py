@@ -31,8 +31,8 @@ from test_mpc_harness import (
 
 from smpc_synth.errors import InputError
 from smpc_synth.models.nets import mlp
-from smpc_synth.mpc import compare
-from smpc_synth.mpc.dealer import FRAME_WORDS
+from smpc_synth.mpc.dealer.protocol import FRAME_WORDS
+from smpc_synth.mpc.primitives import compare
 from smpc_synth.mpc.session import start_crypten
 
 SURVIVOR_DEADLINE_S = 30.0
@@ -153,7 +153,9 @@ def test_stock_protocols_switch_to_cryptens_protocols_and_back(tmp_path):
     # ours: 4 rounds (the product is free) + the opening; CrypTen's: 8 + 1 + 1
     assert result["ours"]["rounds"] == result["after"]["rounds"] == 5
     assert result["stock"]["rounds"] == 10
-    assert result["ours"]["beaver"] == result["after"]["beaver"] == "smpc_synth.mpc.beaver"
+    assert (
+        result["ours"]["beaver"] == result["after"]["beaver"] == "smpc_synth.mpc.primitives.beaver"
+    )
     assert result["stock"]["beaver"] == "crypten.mpc.primitives.beaver"
 
 

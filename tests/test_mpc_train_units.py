@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
+from smpc_synth.crypten_backend.compat import import_crypten
 from smpc_synth.data.layout import Layout, Span
 from smpc_synth.errors import SmpcSynthError
 from smpc_synth.models.spans import activate
-from smpc_synth.mpc.compat import import_crypten
-from smpc_synth.mpc.guard import MAX_RETRIES, WrapGuard
+from smpc_synth.train.mpc.guard import MAX_RETRIES, WrapGuard
 
 crypten = import_crypten()
 pytestmark = pytest.mark.usefixtures("crypten_patches")
@@ -42,7 +42,7 @@ def mpc():
 
 def test_mlp_twin_gradients_match_torch_autograd(mpc):
     from smpc_synth.models.nets import mlp
-    from smpc_synth.mpc.nn import Mlp, ParameterVector, named_parameters
+    from smpc_synth.train.mpc.nn import Mlp, ParameterVector, named_parameters
 
     torch.manual_seed(0)
     net = mlp(6, (16, 8), 3, "leaky_relu")
@@ -61,7 +61,7 @@ def test_mlp_twin_gradients_match_torch_autograd(mpc):
 
 
 def test_span_activation_and_its_backward_match_torch(mpc):
-    from smpc_synth.mpc.spans import Activation, SpanMap
+    from smpc_synth.mpc.primitives.spans import Activation, SpanMap
 
     g = torch.Generator().manual_seed(1)
     raw = (torch.randn(40, LAYOUT.width, generator=g) * 3).requires_grad_(True)
@@ -77,7 +77,7 @@ def test_span_activation_and_its_backward_match_torch(mpc):
 
 @pytest.mark.parametrize("growth", [1.3, 40.0, 1e4])
 def test_inverse_sqrt_converges_cold_and_from_a_warm_start_however_x_grew(mpc, growth):
-    from smpc_synth.mpc.optim import EPS, X_MAX, inverse_sqrt
+    from smpc_synth.train.mpc.optim import EPS, X_MAX, inverse_sqrt
 
     x = torch.logspace(math.log10(EPS), math.log10(X_MAX), 60)
     cold = inverse_sqrt(mpc.cryptensor(x)).root
@@ -89,7 +89,7 @@ def test_inverse_sqrt_converges_cold_and_from_a_warm_start_however_x_grew(mpc, g
 
 
 def test_bucket_start_is_within_half_a_bucket_of_the_root(mpc):
-    from smpc_synth.mpc.optim import BUCKET_BASE, EPS, X_MAX, bucket_start
+    from smpc_synth.train.mpc.optim import BUCKET_BASE, EPS, X_MAX, bucket_start
 
     x = torch.logspace(math.log10(EPS) + 0.01, math.log10(X_MAX) - 0.01, 200)
     ratio = bucket_start(mpc.cryptensor(x))[0].get_plain_text() / x.rsqrt()
@@ -100,7 +100,7 @@ def test_bucket_start_is_within_half_a_bucket_of_the_root(mpc):
 
 @pytest.mark.parametrize(("growth", "iters"), [(1.02, 1), (1.15, 2), (0.95, 1), (5.0, 1)])
 def test_steady_inverse_sqrt_tracks_x_and_restarts_when_it_jumps(mpc, growth, iters):
-    from smpc_synth.mpc.optim import EPS, X_MAX, steady_inverse_sqrt
+    from smpc_synth.train.mpc.optim import EPS, X_MAX, steady_inverse_sqrt
 
     x = torch.logspace(math.log10(EPS), math.log10(X_MAX / 10), 60)
     new = x * growth  # 5x: beyond SAFE_GROWTH, so the careful restarts must take over
@@ -113,7 +113,7 @@ def test_steady_inverse_sqrt_tracks_x_and_restarts_when_it_jumps(mpc, growth, it
 
 @pytest.mark.parametrize("steps", [6, 40])  # 40: most steps take the steady path
 def test_shared_adam_follows_torch_adam(mpc, steps):
-    from smpc_synth.mpc.optim import AdamSettings, SharedAdam
+    from smpc_synth.train.mpc.optim import AdamSettings, SharedAdam
 
     g = torch.Generator().manual_seed(2)
     start = torch.randn(500, generator=g) * 0.1
@@ -136,7 +136,7 @@ def test_adam_root_check_passes_normal_steps_and_flags_a_wrapped_root(mpc):
     """The sum of x y^2 over Newton's last step (no extra product) is about 1 per element on
     every normal step; a wrap-around inside the iteration puts it far off, even where the
     root that comes out looks tame."""
-    from smpc_synth.mpc.optim import AdamSettings, SharedAdam
+    from smpc_synth.train.mpc.optim import AdamSettings, SharedAdam
 
     g = torch.Generator().manual_seed(4)
     scales = torch.logspace(-3, 1, 300)
@@ -155,7 +155,7 @@ def test_adam_root_check_passes_normal_steps_and_flags_a_wrapped_root(mpc):
 
 
 def test_guard_rolls_back_a_failed_health_check_and_records_no_checks(caplog):
-    from smpc_synth.mpc.guard import CHECK_PREFIX, losses_only
+    from smpc_synth.train.mpc.guard import CHECK_PREFIX, losses_only
 
     state = {"value": 0, "fail": True}
 
@@ -178,7 +178,7 @@ def test_guard_rolls_back_a_failed_health_check_and_records_no_checks(caplog):
 def test_adam_clamps_a_second_moment_that_drifted_below_zero(mpc):
     """Truncation errors random-walk v below 0 where gradients stay 0; x = v + EPS < 0
     would make 1/sqrt diverge and the parameter jump. Every V_CLAMP_EVERY steps v >= 0."""
-    from smpc_synth.mpc.optim import EPS, V_CLAMP_EVERY, AdamSettings, SharedAdam
+    from smpc_synth.train.mpc.optim import EPS, V_CLAMP_EVERY, AdamSettings, SharedAdam
 
     shared = SharedAdam(AdamSettings(lr=1e-3), 4)
     shared.t = V_CLAMP_EVERY - 1  # the next step clamps
@@ -194,7 +194,7 @@ def test_adam_clamps_a_second_moment_that_drifted_below_zero(mpc):
 @pytest.mark.parametrize("generator", ["vae", "gan"])
 def test_twin_step_matches_the_plaintext_step(mpc, generator):
     from smpc_synth.models import get_generator
-    from smpc_synth.mpc.twins import TWINS
+    from smpc_synth.train.mpc.twins import TWINS
 
     params = {"hidden": (32, 32), "latent_dim": 8, "batch_size": 60}
     if generator == "gan":
@@ -211,7 +211,7 @@ def test_twin_step_matches_the_plaintext_step(mpc, generator):
     start = {k: v.clone() for k, v in plain.modules()[released].state_dict().items()}
     shared = mpc.cryptensor(X)
     rng_plain, rng_twin = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
-    from smpc_synth.mpc.guard import losses_only
+    from smpc_synth.train.mpc.guard import losses_only
 
     for _ in range(3):
         expected = plain.train_step(X, rng_plain)
@@ -247,7 +247,7 @@ def test_vae_twin_gradients_match_autograd_in_every_network(mpc, recon_weight, t
     from smpc_synth.models import get_generator
     from smpc_synth.models.losses import kl_divergence, reconstruction_loss
     from smpc_synth.models.vae import bounded_logvar
-    from smpc_synth.mpc.twins import TWINS
+    from smpc_synth.train.mpc.twins import TWINS
 
     params = {"hidden": (32, 32), "latent_dim": 8, "batch_size": 60, "recon_weight": recon_weight}
     X = activate(torch.randn(60, LAYOUT.width, generator=torch.Generator().manual_seed(3)), LAYOUT)
@@ -356,7 +356,7 @@ def test_guard_flags_a_jump_far_above_recent_losses():
 
 
 def test_split_powers_of_two_is_exact_at_and_between_the_powers(mpc):
-    from smpc_synth.mpc.functions import split_powers_of_two
+    from smpc_synth.mpc.primitives.functions import split_powers_of_two
 
     x = torch.tensor([1.0, 1.5, 2.0 - LSB, 2.0, 3.9, 4.0, 40.0, 41.0, 64.0, 100.0, 200.0])
     powers = torch.tensor([0, 0, 1, 1, 1, 1, 5, 5, 5, 7, 7])  # each within [1, 2^(J+1)]
@@ -369,7 +369,7 @@ def test_split_powers_of_two_is_exact_at_and_between_the_powers(mpc):
 def test_reduced_reciprocal_and_log_match_torch_on_spans_of_any_width(mpc):
     """The range-reduced path (here with CrypTen's comparison) on per-position bounds, with
     a numerator gathered by index, as the span softmax calls it."""
-    from smpc_synth.mpc.functions import reciprocal_and_log_in_range
+    from smpc_synth.mpc.primitives.functions import reciprocal_and_log_in_range
 
     g = torch.Generator().manual_seed(5)
     widths = torch.tensor([2.0, 8.0, 41.0, 200.0, 4096.0])
@@ -388,8 +388,8 @@ def test_adam_moves_gradients_too_large_for_fixed_point_into_its_window(mpc):
     beyond the inverse square root's range, and the root check fails; each shrink of the
     scale divides the squares by 16 until every element is in the window (the mean alone
     passes while a few still are not), and the steps are then torch Adam's within fixed
-    point's bound (see :mod:`smpc_synth.mpc.optim`)."""
-    from smpc_synth.mpc.optim import (
+    point's bound (see :mod:`smpc_synth.train.mpc.optim`)."""
+    from smpc_synth.train.mpc.optim import (
         EPS,
         GRAD_SCALE,
         ROOT_ERROR_UNITS,
@@ -447,7 +447,7 @@ def test_adam_root_check_flags_one_element_beyond_the_window(mpc, path):
     """One element of 400 above X_MAX moves the mean of x y^2 by far less than the
     tolerance, yet the check fails on every path the root can take, so the optimizer
     shrinks its scale; at X_MAX itself it passes."""
-    from smpc_synth.mpc.optim import EPS, SAFE_GROWTH, X_MAX, AdamSettings, SharedAdam
+    from smpc_synth.train.mpc.optim import EPS, SAFE_GROWTH, X_MAX, AdamSettings, SharedAdam
 
     g = torch.Generator().manual_seed(11)
     x = torch.logspace(math.log10(EPS) + 1, math.log10(X_MAX) - 0.5, 400)

@@ -109,7 +109,7 @@ def test_order_kept_per_sender_and_tag(trio):
 
 
 def test_has_message_tells_whether_recv_would_return_at_once(trio):
-    """The dealer checks for a waiting request before it works ahead (mpc/dealer.py)."""
+    """The dealer checks for a waiting request before it works ahead (mpc/dealer/server.py)."""
     alice, bob = trio["alice"], trio["bob"]
     assert not bob.has_message("alice", "poll")
     alice.send("bob", "poll", np.array([7]))

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from smpc_synth.config import NetworkConfig
-from smpc_synth.mpc.local import launch
 from smpc_synth.net.netns import GLOO_PORT, NETNS_DIR
+from smpc_synth.runtime.local import launch
 from smpc_synth.runtime.network import (
     NetworkProfile,
     emulated,

@@ -16,7 +16,9 @@ class MemberCpu:
 
     def __init__(self, session, rank: int, me: str, with_dealer: bool = True) -> None:
         self._me = me
-        provider = session.comparison_provider() if with_dealer and rank == 0 else None
+        from smpc_synth.crypten_backend.compat import comparison_provider
+
+        provider = comparison_provider() if with_dealer and rank == 0 else None
         self._dealer = provider
         self._last = self._now()
 

@@ -6,7 +6,7 @@ Measures a 256x256 matmul, a relu on 65,536 elements and one SGD step of an MLP
 - ``grpc+tls``: our communicator over the mutually authenticated gRPC mesh, dealer triples;
 - ``gloo``: CrypTen's own torch.distributed/gloo communicator, dealer triples;
 - ``stock``: CrypTen as shipped (gloo, trusted-first-party triples, default gradient clipping,
-  none of :mod:`smpc_synth.mpc.compat`'s speed-only fixes).
+  none of :mod:`smpc_synth.crypten_backend.compat`'s speed-only fixes).
 
 Every record has CrypTen's own counters (``bytes_per_party`` and ``rounds`` as CrypTen counts
 them, the same yardstick for all three), and for ``grpc+tls`` also what our links measured:
@@ -106,7 +106,8 @@ def _bench_party(
     """Runs on each party: every op, once to warm up, then ``REPEATS`` times measured."""
     import torch
 
-    from smpc_synth.mpc import compat, session
+    from smpc_synth.crypten_backend import compat
+    from smpc_synth.mpc import session
 
     crypten = session.crypten
     torch.manual_seed(0)
@@ -206,8 +207,8 @@ def _record(session, op: str, setup: Setup, parties: int, seconds: list[float]) 
 def _run_setup(
     setup: Setup, parties: tuple[str, ...], workdir: Path, hosts: dict[str, Host] | None = None
 ) -> list[list[dict]]:
-    from smpc_synth.mpc.dealer import serve_dealer
-    from smpc_synth.mpc.local import launch
+    from smpc_synth.mpc.dealer.server import serve_dealer
+    from smpc_synth.runtime.local import launch
 
     rendezvous = None
     if setup.transport == "gloo":

@@ -4,16 +4,16 @@ Two data parties and the dealer run as local processes over the mutually authent
 mesh, on the built-in mixed table ``fair`` (5,000 training rows, split between them). In one
 run it measures, per party:
 
-- ``ours``: :mod:`smpc_synth.mpc.trainer` (hand-written backward passes, one flat Adam
+- ``ours``: :mod:`smpc_synth.train.mpc.trainer` (hand-written backward passes, one flat Adam
   update, batched span softmax) for whole epochs of the plaintext VAE's architecture and
   hyperparameters. The per-epoch figure is the steady state: the median of the last
   ``steady_epochs`` of ``epochs``. The first epochs cost more, because Adam's bias
   correction weighs each new squared gradient heavily for the first ~50 steps (5 epochs of
   10 steps), so its ``1/sqrt(v)`` needs more Newton steps and restarts more often (see
-  :mod:`smpc_synth.mpc.optim`); every epoch's seconds are reported as well, with the mean
+  :mod:`smpc_synth.train.mpc.optim`); every epoch's seconds are reported as well, with the mean
   epoch of a whole default-length run (300 epochs) that follows from them;
 - ``stock``: the same networks in stock ``crypten.nn`` with CrypTen autograd, CrypTen's own
-  protocols and code as shipped (:func:`smpc_synth.mpc.compat.shipped_crypten`), the
+  protocols and code as shipped (:func:`smpc_synth.crypten_backend.compat.shipped_crypten`), the
   shared losses of :mod:`smpc_synth.models.losses` and ``update_parameters`` with its
   default settings (SGD, gradient clipping at 100) — a few steps, scaled to an epoch (over
   the same transport and dealer, so the gap is CrypTen's protocols and code);
@@ -91,11 +91,12 @@ def _party(mesh, parties: tuple[str, ...], config: BenchConfig) -> dict[str, Any
     import numpy as np
     import torch
 
+    from smpc_synth.crypten_backend import compat
     from smpc_synth.data import TableEncoder
     from smpc_synth.models.vae import VAEGenerator
-    from smpc_synth.mpc import compat, session
+    from smpc_synth.mpc import session
     from smpc_synth.mpc.secure_stats import party_sizes, secure_sum
-    from smpc_synth.mpc.trainer import TrainLoop, train
+    from smpc_synth.train.mpc.trainer import TrainLoop, train
 
     torch.set_num_threads(1)
     rank = parties.index(mesh.me)
@@ -157,7 +158,7 @@ def _stock_steps(session, model, X, sizes, rank: int, steps: int) -> dict[str, A
 
     from smpc_synth.models.losses import bounded_logvar, kl_divergence, reconstruction_loss
     from smpc_synth.models.spans import continuous_index
-    from smpc_synth.mpc.trainer import pooled_table
+    from smpc_synth.train.mpc.trainer import pooled_table
 
     crypten = session.crypten
     hp, layout = model.hparams, model.layout
@@ -227,8 +228,8 @@ def run_mpc_train(
 ) -> dict[str, Any]:
     """Run the parties and the dealer (each on its host of an emulated network, if
     ``hosts``); return the figures per party and their summary."""
-    from smpc_synth.mpc.dealer import serve_dealer
-    from smpc_synth.mpc.local import launch
+    from smpc_synth.mpc.dealer.server import serve_dealer
+    from smpc_synth.runtime.local import launch
 
     members: dict[str, tuple[Any, dict[str, Any]]] = {
         name: (_party, {"parties": PARTIES, "config": config}) for name in PARTIES

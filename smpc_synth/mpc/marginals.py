@@ -6,11 +6,11 @@ of the pooled marginal (mod 2^64): no row and no party's own count is ever sent.
 value a party sends is masked by randomness it shares with no other data party:
 
 - ``measure``: each party adds its share of discrete Gaussian noise dealt by the dealer
-  (:mod:`smpc_synth.mpc.noise`) and the noisy marginal is opened. A coalition of data
+  (:mod:`smpc_synth.mpc.dealer.noise`) and the noisy marginal is opened. A coalition of data
   parties without the dealer knows nothing of the noise, so it learns only the noisy counts.
 - ``errors``: ``|x * 2^8 - round(e * 2^8)|`` per cell from the dealer's comparison
-  (:mod:`smpc_synth.mpc.compare`, ``x * [x < 0]`` comes free), summed per marginal; nothing
-  is opened.
+  (:mod:`smpc_synth.mpc.primitives.compare`, ``x * [x < 0]`` comes free), summed per
+  marginal; nothing is opened.
 - ``select``: the clipped errors become scores, the dealer deals fixed-point Gumbel noise,
   the candidate index is packed into the low bits, a tournament of 64-bit comparisons
   finds the largest, and only its low bits are opened: every party adds its own random
@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from smpc_synth.crypten_backend.compat import import_crypten
 from smpc_synth.dp.marginals import (
     SCORE_BITS,
     SelectionPlan,
@@ -35,8 +36,7 @@ from smpc_synth.dp.marginals import (
     rounded_estimate,
     unpack_index,
 )
-from smpc_synth.mpc import compare, prg
-from smpc_synth.mpc.compat import import_crypten
+from smpc_synth.mpc.primitives import compare, prg
 
 crypten = import_crypten()
 
@@ -47,7 +47,7 @@ class SecureQueries:
     offsets, which only it adds in)."""
 
     def __init__(self, codes: np.ndarray, shape: Sequence[int]) -> None:
-        from smpc_synth.mpc.session import comparison_provider
+        from smpc_synth.crypten_backend.compat import comparison_provider
 
         self.codes = np.asarray(codes, dtype=np.int64)
         self.shape = list(shape)

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from smpc_synth.crypten_backend.compat import import_crypten
 from smpc_synth.errors import InputError
-from smpc_synth.mpc.compat import import_crypten
 
 crypten = import_crypten()
 
@@ -42,7 +42,7 @@ def secure_sum(
     """The element-wise sum over parties of ``stats`` (same keys and shapes everywhere).
 
     ``noise_std``: the dealer's discrete Gaussian noise (draw ``noise_tag``, see
-    :mod:`smpc_synth.mpc.noise`) is added before the sum is opened: the Gaussian mechanism
+    :mod:`smpc_synth.mpc.dealer.noise`) is added before the sum is opened: the Gaussian mechanism
     on CrypTen's 2^-16 grid (``null_data``, tests only: on zeros instead of the sum)."""
     keys = sorted(stats)
     shapes = [np.shape(stats[k]) for k in keys]
@@ -71,7 +71,7 @@ def secure_sum(
 def add_dealt_noise(value, std: float, tag: int, null_data: bool = False):
     """``value`` (an MPCTensor at CrypTen's 16 fractional bits) plus the dealer's discrete
     Gaussian noise of standard deviation ``std`` on the same grid."""
-    from smpc_synth.mpc.noise import discrete_gaussian_shares
+    from smpc_synth.mpc.dealer.noise import discrete_gaussian_shares
 
     if null_data:
         value = value * 0  # an integer product: exactly zero, no truncation

@@ -4,8 +4,8 @@
 one) and the tuple provider (the dealer, or — for tests only — CrypTen's trusted first
 party, which lets party 0 see every secret), then sets up CrypTen's shared PRG seeds over
 that communicator. Every CrypTen attribute it replaces is an entry of
-:data:`smpc_synth.mpc.compat.PATCHES`, in for the session's lifetime
-(:func:`~smpc_synth.mpc.compat.patched_crypten`). ``stop_crypten`` undoes all of it.
+:data:`smpc_synth.crypten_backend.compat.PATCHES`, in for the session's lifetime
+(:func:`~smpc_synth.crypten_backend.compat.patched_crypten`). ``stop_crypten`` undoes all of it.
 """
 
 from __future__ import annotations
@@ -24,14 +24,15 @@ from typing import Any, Literal
 import torch
 
 from smpc_synth.config import PROVIDERS, TRANSPORTS
+from smpc_synth.crypten_backend import compat
+from smpc_synth.crypten_backend.communicator import ChannelCommunicator
+from smpc_synth.crypten_backend.compat import import_crypten
+from smpc_synth.crypten_backend.link import DEALER, Link
+from smpc_synth.crypten_backend.stats import TrafficRecorder
+from smpc_synth.crypten_backend.transport import check_gloo, insecure_warning, rendezvous_address
 from smpc_synth.errors import InputError
-from smpc_synth.mpc import compat, prg
-from smpc_synth.mpc.communicator import ChannelCommunicator
-from smpc_synth.mpc.compat import import_crypten
-from smpc_synth.mpc.dealer import DealerProvider
-from smpc_synth.mpc.link import DEALER, Link
-from smpc_synth.mpc.stats import TrafficRecorder
-from smpc_synth.mpc.transport import check_gloo, insecure_warning, rendezvous_address
+from smpc_synth.mpc.dealer.provider import DealerProvider
+from smpc_synth.mpc.primitives import prg
 from smpc_synth.net.channel import Channel, TrafficStats
 
 crypten = import_crypten()
@@ -360,14 +361,6 @@ def _teardown() -> None:
         session._patches.close()
         crypten.cfg.mpc.provider = session._restore["provider"]
         crypten.cfg.communicator.verbose = session._restore["verbose"]
-
-
-def comparison_provider() -> DealerProvider | None:
-    """The dealer provider, whose comparison protocol the MPC layers call directly; None
-    without a session, with CrypTen's own provider, or inside ``compat.shipped_crypten()``."""
-    if _SESSION is None or compat.shipped():
-        return None
-    return _SESSION.dealer_provider
 
 
 def _require_session() -> MpcSession:

@@ -199,7 +199,7 @@ def _load_inputs(cfg: PartyConfig):
 
     schema = Schema.load(cfg.schema)
     if cfg.run.mode == "mpc":
-        from smpc_synth.mpc.limits import check_mpc_inputs
+        from smpc_synth.train.mpc.limits import check_mpc_inputs
 
         check_mpc_inputs(schema, cfg.run.generator, cfg.run.generator_params, str(cfg.schema))
     if cfg.role != "data":
@@ -277,7 +277,7 @@ def _stop_when_aborted(mesh, emit: ProgressEmitter):
 
 def play_dealer(cfg: PartyConfig, schema, frame, mesh, resume: bool, progress) -> dict[str, Any]:
     """Deal correlated randomness (Beaver triples, shares of noise) to the data parties."""
-    from smpc_synth.mpc.dealer import serve_dealer
+    from smpc_synth.mpc.dealer.server import serve_dealer
 
     serve_dealer(mesh, list(cfg.data_parties), insecure_debug_seed=cfg.run.mpc.debug_seed)
     phases.enter(cfg.name, "release")

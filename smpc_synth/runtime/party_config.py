@@ -144,7 +144,7 @@ class PartyConfig:
         """Plain TCP only on loopback, or with ``allow_insecure`` (docs/design.md §4); gloo's
         rendezvous only on loopback, or with the run's ``network.allow_insecure``."""
         if self.run.mode == "mpc" and self.run.mpc.transport == "gloo":
-            from smpc_synth.mpc.transport import check_gloo
+            from smpc_synth.crypten_backend.transport import check_gloo
 
             try:
                 check_gloo(self.run.mpc.rendezvous, self.run.network.allow_insecure)

@@ -211,7 +211,7 @@ def prepare_session(
         check_output_dir(run_dir, "--out", resume_hint=True)
     table = split_table(parties, dataset=dataset, data=data, schema=schema, config=cfg, rows=rows)
     if cfg.mode == "mpc":
-        from smpc_synth.mpc.limits import check_mpc_inputs
+        from smpc_synth.train.mpc.limits import check_mpc_inputs
 
         check_mpc_inputs(
             table.schema, cfg.generator, cfg.generator_params, str(schema or table.source)

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from smpc_synth.crypten_backend import codec
 from smpc_synth.dp.marginals import SelectionPlan
 from smpc_synth.errors import PeerError
-from smpc_synth.mpc import codec
 from smpc_synth.train.base import PartyContext
 
 log = logging.getLogger(__name__)

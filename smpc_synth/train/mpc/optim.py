@@ -55,8 +55,8 @@ from typing import NamedTuple
 
 import torch
 
-from smpc_synth.mpc.compat import import_crypten
-from smpc_synth.mpc.nn import FIXED, fixed_mask
+from smpc_synth.crypten_backend.compat import import_crypten
+from smpc_synth.train.mpc.nn import FIXED, fixed_mask
 
 crypten = import_crypten()
 

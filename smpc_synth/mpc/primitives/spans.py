@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import torch
 
+from smpc_synth.crypten_backend.compat import comparison_provider, import_crypten
 from smpc_synth.data.layout import Layout
-from smpc_synth.mpc import compare, functions
-from smpc_synth.mpc.compat import import_crypten
-from smpc_synth.mpc.session import comparison_provider
+from smpc_synth.mpc.primitives import compare, functions
 
 crypten = import_crypten()
 
@@ -101,7 +100,7 @@ class SpanMap:
 
         The denominator of a segment of ``w`` slots lies in ``[1, w]``: narrow layouts (the
         widest span up to 7) take its reciprocal and log as polynomials, wider ones by
-        range reduction (:func:`~smpc_synth.mpc.functions.reciprocal_and_log_in_range`),
+        range reduction (:func:`~smpc_synth.mpc.primitives.functions.reciprocal_and_log_in_range`),
         each segment compared only with the powers of two below its own width."""
         logits = raw[:, self.source]
         if self.factor is not None:  # integer factors on the shares: exact, no truncation

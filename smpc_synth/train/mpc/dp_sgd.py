@@ -1,15 +1,15 @@
 """DP-SGD inside MPC: per-example clipping on secret shares, one noisy sum opened per step.
 
 Every step opens the clipped gradient sum plus Gaussian noise that the dealer deals as shares
-(:meth:`~smpc_synth.mpc.dealer.DealerProvider.noise`): the Gaussian mechanism of DP-SGD, so
-the weights it produces are public (released to every party after each step, which the
-accounting covers) and the optimizer runs in the clear, the same ``torch`` Adam as plaintext
-Opacus. The forward and backward passes then multiply shares by public weights, locally;
-only the activations and the loss need rounds (:func:`~smpc_synth.mpc.twins.vae_backprop`,
-or the GAN critic's :func:`~smpc_synth.mpc.twins.critic_backprop`, with
-:class:`~smpc_synth.mpc.nn.PublicMlp` networks). The GAN's generated rows are public: their
-clipped gradients are summed in the clear and added to the opened sum, and its generator
-steps in the clear.
+(:meth:`~smpc_synth.mpc.dealer.provider.DealerProvider.noise_share`): the Gaussian mechanism of
+DP-SGD, so the weights it produces are public (released to every party after each step, which the
+accounting covers) and the optimizer runs in the clear, the same ``torch`` Adam as plaintext Opacus.
+The forward and backward passes then multiply shares by public weights, locally; only the
+activations and the loss need rounds (:func:`~smpc_synth.train.mpc.twins.vae_backprop`, or the GAN
+critic's :func:`~smpc_synth.train.mpc.twins.critic_backprop`, with
+:class:`~smpc_synth.train.mpc.nn.PublicMlp` networks). The GAN's generated rows are public: their
+clipped gradients are summed in the clear and added to the opened sum, and its generator steps in
+the clear.
 
 Per step, each party draws a Poisson sample of its own rows from the CSPRNG (rate ``q``, as the
 RDP accountant assumes), puts the sampled rows in a secret random order into a public number
@@ -30,7 +30,7 @@ VAE's latent noise) attach to slots, not to rows. On the shared slots:
    before, each example then adds at most ``C sqrt(1 + CLIP_TOLERANCE)``;
 3. the clipped sum ``sum_i (c_i g_i) a_i^T`` per layer: two rounds of exact products (scale
    2^-48, no truncation);
-4. the dealer's exact discrete Gaussian noise on that grid (:mod:`smpc_synth.mpc.noise`),
+4. the dealer's exact discrete Gaussian noise on that grid (:mod:`smpc_synth.mpc.dealer.noise`),
    then one opening: the discrete Gaussian mechanism on an exact integer vector.
 
 The sensitivity the ledger uses is :func:`sensitivity` (the clip and the certificate's
@@ -51,17 +51,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from smpc_synth.crypten_backend.compat import comparison_provider, import_crypten
 from smpc_synth.dp.noise import GRID
 from smpc_synth.errors import InputError
-from smpc_synth.mpc import beaver, compare
-from smpc_synth.mpc.compat import import_crypten
-from smpc_synth.mpc.nn import PublicMlp
-from smpc_synth.mpc.noise import discrete_gaussian_shares
-from smpc_synth.mpc.optim import inverse_sqrt
+from smpc_synth.mpc.dealer.noise import discrete_gaussian_shares
+from smpc_synth.mpc.primitives import beaver, compare
+from smpc_synth.mpc.primitives.spans import SpanMap
 from smpc_synth.mpc.secure_stats import share_from_each
-from smpc_synth.mpc.session import comparison_provider, cpu_clock, cpu_since, phase, traffic
-from smpc_synth.mpc.spans import SpanMap
-from smpc_synth.mpc.trainer import resume_point
+from smpc_synth.mpc.session import cpu_clock, cpu_since, phase, traffic
+from smpc_synth.train.mpc.nn import PublicMlp
+from smpc_synth.train.mpc.optim import inverse_sqrt
+from smpc_synth.train.mpc.trainer import resume_point
 
 crypten = import_crypten()
 
@@ -106,7 +106,7 @@ def check_range(batch: int, clip_norm: float, noise_std: float) -> None:
 
 
 def _bits(flat_bits, count: int) -> list:
-    """0/1 arithmetic shares (scale 1) from :class:`~smpc_synth.mpc.compare.SignBits`,
+    """0/1 arithmetic shares (scale 1) from :class:`~smpc_synth.mpc.primitives.compare.SignBits`,
     split into ``count`` equal parts."""
     arithmetic = crypten.mpc.MPCTensor.from_shares(flat_bits.arithmetic(), precision=0)
     arithmetic.encoder._scale = 1
@@ -291,7 +291,7 @@ def _owns(optimizer, modules, nets) -> bool:
 def _backprop(model, spans, nets, batch, rng) -> None:
     """One chunk's forward and backward pass on shares, each row with its own loss: every
     public Linear keeps ``(input, output gradient)``."""
-    from smpc_synth.mpc.twins import critic_backprop, vae_backprop
+    from smpc_synth.train.mpc.twins import critic_backprop, vae_backprop
 
     if model.name == "vae":
         vae_backprop(model, spans, nets, batch, rng, 1, phase)

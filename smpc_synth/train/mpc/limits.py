@@ -11,7 +11,7 @@ that nothing a user gives fails once the session has started:
   point (and the span softmax's range reduction covers ``2^(MAX_POWERS + 1)``);
 - the encoded width of the table, at most one unit per category, two per boolean and
   ``1 + MAX_MODES`` per numeric column, must keep every dealer request of a training step
-  within the dealer's bound (:data:`~smpc_synth.mpc.dealer.MAX_TUPLE_ELEMENTS` elements, a
+  within the dealer's bound (:data:`~smpc_synth.mpc.dealer.protocol.MAX_TUPLE_ELEMENTS` elements, a
   comparison an eighth of that): the twin of each generator says what its largest request is;
 - the VAE's ``logvar_bound`` must keep ``exp(logvar)`` where fixed point's products do not
   wrap around (:data:`MAX_LOGVAR_BOUND`).
@@ -25,7 +25,7 @@ from typing import Any
 from smpc_synth.data.defaults import MAX_MODES
 from smpc_synth.data.schema import Schema
 from smpc_synth.errors import InputError
-from smpc_synth.mpc.functions import MAX_POWERS
+from smpc_synth.mpc.primitives.functions import MAX_POWERS
 
 FRACTION_BITS = 16  # CrypTen's default fixed point
 MIN_PROBABILITY_UNITS = 16  # 1 / categories must be this many units of 2^-16 at least
@@ -54,8 +54,8 @@ def check_mpc_inputs(schema: Schema, generator: str, params: dict[str, Any], sou
     ``source`` names the schema in messages."""
     from smpc_synth.models import get_generator
     from smpc_synth.models.base import parse_hparams
-    from smpc_synth.mpc.dealer import MAX_TUPLE_ELEMENTS
-    from smpc_synth.mpc.twins import TWINS
+    from smpc_synth.mpc.dealer.protocol import MAX_TUPLE_ELEMENTS
+    from smpc_synth.train.mpc.twins import TWINS
 
     for column in schema.columns:
         count = len(column.categories or ())

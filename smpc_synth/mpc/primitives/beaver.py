@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from smpc_synth.mpc.compat import import_crypten
+from smpc_synth.crypten_backend.compat import import_crypten
 
 crypten = import_crypten()
 from crypten.config import cfg  # noqa: E402
@@ -27,8 +27,8 @@ from crypten.gradients import _inverse_broadcast  # noqa: E402
 from crypten.mpc.primitives import beaver as crypten_beaver  # noqa: E402
 from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor  # noqa: E402
 
-from smpc_synth.mpc import ring  # noqa: E402
-from smpc_synth.mpc.arithmetic import rescaled_product  # noqa: E402
+from smpc_synth.crypten_backend.arithmetic import rescaled_product  # noqa: E402
+from smpc_synth.mpc.primitives import ring  # noqa: E402
 
 # crypten.mpc.primitives.beaver calls this module-level function for every product
 PROTOCOL_NAME = "__beaver_protocol"

@@ -11,7 +11,7 @@ epoch (with one step per epoch it always does).
 
 A step may also report health checks next to its losses: values under keys that start with
 :data:`CHECK_PREFIX`, scaled so that above 1 means a wrap-around happened somewhere the
-loss may not show it (Adam's inverse square root, see :mod:`smpc_synth.mpc.optim`). A failed
+loss may not show it (Adam's inverse square root, see :mod:`smpc_synth.train.mpc.optim`). A failed
 check rolls back like an exploded loss; checks are not losses, so they are not recorded.
 """
 

@@ -446,10 +446,24 @@ def _empty_shares(crypten: ModuleType, shares_class: type, device: Any) -> Any:
     return shares
 
 
-def _ours(module: str, name: str) -> Any:
-    """``name`` from ``smpc_synth.mpc.<module>``: the protocols live above this module and
-    are imported only when a session installs them."""
-    return getattr(importlib.import_module(f"smpc_synth.mpc.{module}"), name)
+LAZY: list[tuple[str, str]] = []  # every (module, name) an entry imports when installed
+
+
+def _lazy(module: str, name: str) -> Callable[[], Any]:
+    """A loader of our object ``module.name``: the protocols live above this module (out
+    of sight of the import contract), so each is named here and imported only when a
+    session installs it; ``tests/test_compat.py`` imports every name in :data:`LAZY`."""
+    LAZY.append((module, name))
+    return lambda: getattr(importlib.import_module(module), name)
+
+
+_ARITHMETIC = "smpc_synth.crypten_backend.arithmetic"
+_BEAVER = "smpc_synth.mpc.primitives.beaver"
+_make_ltz = _lazy("smpc_synth.mpc.primitives.compare", "make_ltz")
+_make_relu = _lazy("smpc_synth.mpc.primitives.compare", "make_relu")
+_make_autograd_relu = _lazy("smpc_synth.mpc.primitives.compare", "make_autograd_relu")
+_channel_communicator = _lazy("smpc_synth.crypten_backend.communicator", "ChannelCommunicator")
+_gloo_communicator = _lazy("smpc_synth.crypten_backend.communicator", "GlooCommunicator")
 
 
 # --- protocol: a session's communicator, provider and the dealer's protocols -----------------
@@ -469,37 +483,38 @@ def _dealer_provider(_absent: Any, wiring: Wiring) -> Any:
 
 
 def _dealer_ltz(original: Callable, wiring: Wiring) -> Callable:
-    return _ours("compare", "make_ltz")(wiring.dealer_provider, original)
+    return _make_ltz()(wiring.dealer_provider, original)
 
 
 def _dealer_relu(original: Callable, wiring: Wiring) -> Callable:
-    return _ours("compare", "make_relu")(wiring.dealer_provider, original)
+    return _make_relu()(wiring.dealer_provider, original)
 
 
 def _relu_forward(original: staticmethod, wiring: Wiring) -> staticmethod:
-    return _ours("compare", "make_autograd_relu")(wiring.dealer_provider, original)[0]
+    return _make_autograd_relu()(wiring.dealer_provider, original)[0]
 
 
 def _relu_backward(_original: staticmethod, wiring: Wiring) -> staticmethod:
     # the backward reads what the forward saved; CrypTen's forward is its fallback only
     forward = original(import_crypten().gradients.AutogradReLU, "forward")
-    return _ours("compare", "make_autograd_relu")(wiring.dealer_provider, forward)[1]
+    return _make_autograd_relu()(wiring.dealer_provider, forward)[1]
 
 
 def _with(module: str, name: str) -> Callable[[Any, Wiring], Any]:
-    """An entry's factory that is ``smpc_synth.mpc.<module>.<name>(original)``."""
-    return lambda original, _wiring: _ours(module, name)(original)
+    """An entry's factory that is ``<module>.<name>(original)``."""
+    make = _lazy(module, name)
+    return lambda original, _wiring: make()(original)
 
 
 def _channel(name: str) -> Callable[[Any, Wiring], Any]:
     """``crypten.communicator.<function>`` answered by our ChannelCommunicator's ``name``."""
-    return lambda _original, _wiring: getattr(_ours("communicator", "ChannelCommunicator"), name)
+    return lambda _original, _wiring: getattr(_channel_communicator(), name)
 
 
 def _gloo_class(_original: type, _wiring: Wiring) -> type:
     # `crypten.communicator._init` builds `DistributedCommunicator(...)` by this module-level
     # name: in a gloo session it builds ours, which sends objects by our codec, not pickle
-    return _ours("communicator", "GlooCommunicator")
+    return _gloo_communicator()
 
 
 # --- the table ----------------------------------------------------------------------------------
@@ -548,11 +563,11 @@ PATCHES: tuple[Patch, ...] = (
           lambda _original: _config_temp_override, "speed"),
     Patch("crypten.mpc:MPCTensor", "__init__", _cheap_empty_mpc_tensors, "speed"),
     Patch("crypten.mpc.primitives.arithmetic:ArithmeticSharedTensor", "_arithmetic_function",
-          _with("arithmetic", "make_arithmetic_function"), "speed", "dealer"),
+          _with(_ARITHMETIC, "make_arithmetic_function"), "speed", "dealer"),
     Patch("crypten.mpc.primitives.arithmetic:ArithmeticSharedTensor", "square",
-          _with("arithmetic", "make_square"), "speed", "dealer"),
+          _with(_ARITHMETIC, "make_square"), "speed", "dealer"),
     Patch("crypten.mpc.primitives.arithmetic:ArithmeticSharedTensor", "mul",
-          _with("arithmetic", "make_mul"), "speed", "dealer"),
+          _with(_ARITHMETIC, "make_mul"), "speed", "dealer"),
     Patch("crypten.mpc:__SUPPORTED_PROVIDERS", "DEALER", _dealer_provider, "protocol", "dealer",
           wiring=True, item=True),
     Patch("crypten.mpc:MPCTensor", "_ltz", _dealer_ltz, "protocol", "dealer"),
@@ -560,11 +575,11 @@ PATCHES: tuple[Patch, ...] = (
     Patch("crypten.gradients:AutogradReLU", "forward", _relu_forward, "protocol", "dealer"),
     Patch("crypten.gradients:AutogradReLU", "backward", _relu_backward, "protocol", "dealer"),
     Patch("crypten.mpc.primitives.beaver", "__beaver_protocol",
-          _with("beaver", "make_beaver_protocol"), "protocol", "dealer"),
+          _with(_BEAVER, "make_beaver_protocol"), "protocol", "dealer"),
     Patch("crypten.gradients:AutogradMatMul", "backward",
-          _with("beaver", "make_matmul_backward"), "protocol", "dealer"),
+          _with(_BEAVER, "make_matmul_backward"), "protocol", "dealer"),
     Patch("crypten.gradients:AutogradMul", "backward",
-          _with("beaver", "make_mul_backward"), "protocol", "dealer"),
+          _with(_BEAVER, "make_mul_backward"), "protocol", "dealer"),
     Patch("crypten.communicator", "get", _channel("get"), "protocol", "grpc", wiring=True),
     Patch("crypten.communicator", "is_initialized", _channel("is_initialized"), "protocol",
           "grpc", wiring=True),
@@ -727,3 +742,12 @@ def shipped_crypten() -> Iterator[None]:
 def shipped() -> bool:
     """Whether a :func:`shipped_crypten` block is open."""
     return _SHIPPED > 0
+
+
+def comparison_provider() -> Any:
+    """The running session's dealer provider, whose comparison protocol the MPC layers call
+    directly; None without a session, with CrypTen's own provider, or inside
+    :func:`shipped_crypten`."""
+    if _WIRING is None or shipped():
+        return None
+    return _WIRING.dealer_provider

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import torch
 
-from smpc_synth.mpc.compat import import_crypten
+from smpc_synth.crypten_backend.compat import import_crypten
 
 crypten = import_crypten()
 
 
 def _provider():
-    from smpc_synth.mpc.session import comparison_provider
+    from smpc_synth.crypten_backend.compat import comparison_provider
 
     provider = comparison_provider()
     if provider is None:

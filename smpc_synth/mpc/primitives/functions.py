@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from numpy.polynomial import chebyshev
 
-from smpc_synth.mpc import beaver, compare
-from smpc_synth.mpc.compat import import_crypten
+from smpc_synth.crypten_backend.compat import import_crypten
+from smpc_synth.mpc.primitives import beaver, compare
 
 crypten = import_crypten()
 
@@ -84,7 +84,7 @@ def segment_maximum(x, lengths: Sequence[int], provider):
     (rows, segments). A tournament whose levels take all segments together: one
     comparison per element but one a segment, ``ceil(log2(widest))`` levels of 4 rounds,
     with no padding (spans of 2 and of 200 categories cost what they hold). Comparisons at
-    :data:`~smpc_synth.mpc.compare.ACTIVATION_BITS`: exact while differences lie within
+    :data:`~smpc_synth.mpc.primitives.compare.ACTIVATION_BITS`: exact while differences lie within
     +-32,768."""
     for first, second, alone, where in _tournament(tuple(int(n) for n in lengths)):
         a, b = x[:, first], x[:, second]
@@ -118,9 +118,9 @@ def tanh(x, provider):
     """``tanh`` of the MPCTensor ``x``: ``sign(x) (2 r - 1)`` with ``r = 1 / (1 + u)``,
     ``u = exp(-2|x|)`` in ``(0, 1]`` (``(1 - u) / (1 + u) = 2 r - 1``, so no product).
 
-    One comparison (at :data:`~smpc_synth.mpc.compare.ACTIVATION_BITS`) gives ``[x < 0]``,
-    with ``x [x < 0]`` (hence ``|x|``) and a product kept for the sign, which costs one more
-    round at the end. ``provider`` is the dealer provider; with None, CrypTen's tanh.
+    One comparison (at :data:`~smpc_synth.mpc.primitives.compare.ACTIVATION_BITS`) gives
+    ``[x < 0]``, with ``x [x < 0]`` (hence ``|x|``) and a product kept for the sign, which
+    costs one more round at the end. ``provider`` is the dealer provider; with None, CrypTen's tanh.
     """
     if provider is None:
         return x.tanh()

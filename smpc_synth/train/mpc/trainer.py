@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from smpc_synth.mpc.compat import import_crypten
-from smpc_synth.mpc.guard import WrapGuard, losses_only
+from smpc_synth.crypten_backend.compat import import_crypten
 from smpc_synth.mpc.secure_stats import share_from_each
 from smpc_synth.mpc.session import cpu_clock, cpu_since, phase, rekey, traffic
-from smpc_synth.mpc.twins import TWINS, Twin
+from smpc_synth.train.mpc.guard import WrapGuard, losses_only
+from smpc_synth.train.mpc.twins import TWINS, Twin
 
 crypten = import_crypten()
 

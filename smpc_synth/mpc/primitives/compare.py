@@ -43,8 +43,8 @@ from functools import cache, cached_property
 import numpy as np
 import torch
 
-from smpc_synth.mpc.compat import import_crypten
-from smpc_synth.mpc.prg import Stream
+from smpc_synth.crypten_backend.compat import import_crypten
+from smpc_synth.mpc.primitives.prg import Stream
 
 crypten = import_crypten()
 from torch.distributed import ReduceOp  # noqa: E402

@@ -1,12 +1,11 @@
 """Framing of MPC messages over a :class:`~smpc_synth.net.channel.Channel`.
 
-Four kinds of message travel on one tag, so that they stay in order per sender:
-tensors (as raw numpy arrays), objects (``b"O"`` + :mod:`smpc_synth.mpc.codec`), refusals
-(``b"R"`` + why: sent in place of an object the codec refused, so the receiver fails naming
-the sender instead of taking the next message for the object) and abort notices (``b"A"`` +
-the name of the member at fault). A member that sees a peer fail tells every other member
-before it raises, so each survivor names the member that actually failed, not the
-neighbour that stopped talking to it.
+Four kinds of message travel on one tag, so that they stay in order per sender: tensors (as raw
+numpy arrays), objects (``b"O"`` + :mod:`smpc_synth.crypten_backend.codec`), refusals (``b"R"`` +
+why: sent in place of an object the codec refused, so the receiver fails naming the sender instead
+of taking the next message for the object) and abort notices (``b"A"`` + the name of the member at
+fault). A member that sees a peer fail tells every other member before it raises, so each survivor
+names the member that actually failed, not the neighbour that stopped talking to it.
 """
 
 from __future__ import annotations
@@ -19,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from smpc_synth.crypten_backend import codec
+from smpc_synth.crypten_backend.stats import TrafficRecorder, clock
 from smpc_synth.errors import PeerError
-from smpc_synth.mpc import codec
-from smpc_synth.mpc.stats import TrafficRecorder, clock
 from smpc_synth.net.channel import Channel
 
 TAG = "mpc"
@@ -101,7 +100,7 @@ class Link:
             self.send_encoded(peer, encoded)
 
     def send_encoded(self, peer: str, encoded: bytes) -> None:
-        """Send an object already encoded by :func:`smpc_synth.mpc.codec.encode`."""
+        """Send an object already encoded by :func:`smpc_synth.crypten_backend.codec.encode`."""
         data = _OBJECT + encoded
         self._send(peer, data, len(data))
 

@@ -20,13 +20,12 @@ from typing import Any
 
 import torch
 
-from smpc_synth.mpc import beaver, functions
-from smpc_synth.mpc.compat import import_crypten
-from smpc_synth.mpc.guard import CHECK_PREFIX
-from smpc_synth.mpc.nn import Mlp, ParameterVector, named_parameters
-from smpc_synth.mpc.optim import AdamSettings, SharedAdam
-from smpc_synth.mpc.session import comparison_provider
-from smpc_synth.mpc.spans import Activation, SpanMap
+from smpc_synth.crypten_backend.compat import comparison_provider, import_crypten
+from smpc_synth.mpc.primitives import beaver, functions
+from smpc_synth.mpc.primitives.spans import Activation, SpanMap
+from smpc_synth.train.mpc.guard import CHECK_PREFIX
+from smpc_synth.train.mpc.nn import Mlp, ParameterVector, named_parameters
+from smpc_synth.train.mpc.optim import AdamSettings, SharedAdam
 
 crypten = import_crypten()
 log = logging.getLogger(__name__)

@@ -7,18 +7,17 @@ triples from the dealer member):
    pooled totals are revealed, and every party's row count);
 2. ``gaussian``: one secure sum of (n, sum, sum of outer products), then the closed form;
 3. ``vae`` / ``gan``: the rows are secret-shared into one pooled table and the MPC twin of
-   the model trains on it (:mod:`smpc_synth.mpc.trainer`), with shares checkpointed every
+   the model trains on it (:mod:`smpc_synth.train.mpc.trainer`), with shares checkpointed every
    epoch; only the per-step losses (and the VAE's per-unit noise scale) are revealed;
 4. the released network's weights are opened to the output parties only; the VAE's encoder
    and the GAN's discriminator are never revealed.
 
-With ``dp.epsilon`` (per record; the dealer is required) every opened sum carries the
-dealer's Gaussian noise (:meth:`~smpc_synth.mpc.dealer.DealerProvider.noise`), planned by one
-ledger: the encoder's statistics, the Gaussian generator's clipped moments, and the VAE's
-DP-SGD (:mod:`smpc_synth.mpc.dp_sgd`), whose noisy steps make its weights public as they
-train. Each party shuffles its rows with a secret permutation before sharing them. Every
-party's row count is still opened to the other parties (the pooled table's shape); no exact
-count is released.
+With ``dp.epsilon`` (per record; the dealer is required) every opened sum carries the dealer's
+Gaussian noise (:meth:`~smpc_synth.mpc.dealer.provider.DealerProvider.noise_share`), planned by one
+ledger: the encoder's statistics, the Gaussian generator's clipped moments, and the VAE's DP-SGD
+(:mod:`smpc_synth.train.mpc.dp_sgd`), whose noisy steps make its weights public as they train. Each
+party shuffles its rows with a secret permutation before sharing them. Every party's row count is
+still opened to the other parties (the pooled table's shape); no exact count is released.
 """
 
 from __future__ import annotations
@@ -97,7 +96,7 @@ DEALT_NOISE = (
 def _start_ledger(ctx: PartyContext):
     from smpc_synth.models import get_generator
     from smpc_synth.models.private import start_ledger
-    from smpc_synth.mpc.dp_sgd import SLOT_DELTA_SHARE
+    from smpc_synth.train.mpc.dp_sgd import SLOT_DELTA_SHARE
 
     ledger, source = start_ledger(ctx.config.dp, ctx.config.generator, f"mpc/{ctx.name}")
     if "training" in get_generator(ctx.config.generator).dp_parts:
@@ -212,7 +211,7 @@ def _train_model(ctx: PartyContext, encoder, sizes: list[int], private, rows: fl
         return model, {"epochs": [{"epoch": 1, "seconds": time.perf_counter() - started}]}
     if private is not None:
         return model, _train_private(ctx, model, X, sizes, private, rows)
-    from smpc_synth.mpc.trainer import TrainLoop, train
+    from smpc_synth.train.mpc.trainer import TrainLoop, train
 
     loop = TrainLoop(
         rank=ctx.rank,
@@ -271,9 +270,9 @@ def _fit_moments(ctx: PartyContext, model, X: np.ndarray, private, rows: float) 
 
 
 def _train_private(ctx: PartyContext, model, X: np.ndarray, sizes, private, rows: float):
-    """DP-SGD on shares (:mod:`smpc_synth.mpc.dp_sgd`): each party samples its own rows."""
+    """DP-SGD on shares (:mod:`smpc_synth.train.mpc.dp_sgd`): each party samples its own rows."""
     from smpc_synth.models.private import SGD_WHAT, plan_sgd
-    from smpc_synth.mpc import dp_sgd
+    from smpc_synth.train.mpc import dp_sgd
 
     cfg = ctx.config
     ledger, source = private

@@ -20,10 +20,10 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ReduceOp
 
+from smpc_synth.crypten_backend import codec
+from smpc_synth.crypten_backend.compat import import_crypten
+from smpc_synth.crypten_backend.link import Link
 from smpc_synth.errors import PeerError
-from smpc_synth.mpc import codec
-from smpc_synth.mpc.compat import import_crypten
-from smpc_synth.mpc.link import Link
 from smpc_synth.net.limits import MAX_OBJECT_BYTES
 
 crypten = import_crypten()
@@ -70,7 +70,8 @@ def _unflatten(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.T
 
 
 class ChannelCommunicator(Communicator):
-    """CrypTen's communicator for one data party, over :class:`~smpc_synth.mpc.link.Link`."""
+    """CrypTen's communicator for one data party, over
+    :class:`~smpc_synth.crypten_backend.link.Link`."""
 
     BYTES_PER_ELEMENT = 8
     instance: ChannelCommunicator | None = None
@@ -243,7 +244,7 @@ class ChannelCommunicator(Communicator):
 
 
 class GlooCommunicator(DistributedCommunicator):
-    """CrypTen's gloo communicator, sending objects with :mod:`~smpc_synth.mpc.codec`.
+    """CrypTen's gloo communicator, sending objects with :mod:`~smpc_synth.crypten_backend.codec`.
 
     An object travels as its size (int64) then its encoding; a size of -1 stands for an
     object the codec refused to encode, so the receiver fails naming the sender instead of

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from smpc_synth.mpc.compat import import_crypten
+from smpc_synth.crypten_backend.compat import import_crypten
 
 crypten = import_crypten()
 from crypten.config import cfg  # noqa: E402

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from smpc_synth.mpc import beaver, compare
-from smpc_synth.mpc.compat import import_crypten
-from smpc_synth.mpc.session import comparison_provider
+from smpc_synth.crypten_backend.compat import comparison_provider, import_crypten
+from smpc_synth.mpc.primitives import beaver, compare
 
 crypten = import_crypten()
 FIXED = crypten.encoder.FixedPointEncoder()  # CrypTen's default: 16 fractional bits
@@ -115,7 +114,7 @@ class Linear:
     def backward(self, grad, *, accumulate: bool = True, need_input: bool = True):
         """Adds the weight gradient (``accumulate``) and returns the input gradient
         (``need_input``), both in one round; with the forward pass's masks kept, only
-        ``grad`` is opened (see :func:`~smpc_synth.mpc.beaver.kept_matmul`)."""
+        ``grad`` is opened (see :func:`~smpc_synth.mpc.primitives.beaver.kept_matmul`)."""
         if not (accumulate or need_input):
             return None
         if self.kept is not None:
@@ -137,9 +136,9 @@ class Linear:
 class LeakyReLU:
     """``x`` where positive, ``slope * x`` elsewhere (ReLU: slope 0).
 
-    With the dealer, one :func:`~smpc_synth.mpc.compare.sign_bits` call (at
-    :data:`~smpc_synth.mpc.compare.ACTIVATION_BITS`) gives ``x * [x<0]`` and keeps a product
-    for the backward pass (one round, 8 bytes per element); otherwise CrypTen's comparison,
+    With the dealer, one :func:`~smpc_synth.mpc.primitives.compare.sign_bits` call (at
+    :data:`~smpc_synth.mpc.primitives.compare.ACTIVATION_BITS`) gives ``x * [x<0]`` and keeps a
+    product for the backward pass (one round, 8 bytes per element); otherwise CrypTen's comparison,
     whose bit the backward pass reuses.
     """
 
@@ -216,7 +215,7 @@ def named_parameters(nets: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
 class PublicLinear:
     """``x W^T + b`` with public ``W``, ``b`` (DP-SGD in MPC releases them every step): local
     products on shares. Its backward pass keeps ``(input, output gradient)`` for the
-    per-example clip (:mod:`smpc_synth.mpc.dp_sgd`) instead of summing a weight gradient."""
+    per-example clip (:mod:`smpc_synth.train.mpc.dp_sgd`) instead of summing a weight gradient."""
 
     def __init__(self, layer: nn.Linear, name: str):
         self.layer, self.name = layer, name
