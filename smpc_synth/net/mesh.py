@@ -17,7 +17,6 @@ until every peer has finished sending). ``abort(reason)`` stops everything early
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import re
 import threading
@@ -45,6 +44,7 @@ from smpc_synth.net.tls import (
     channel_options,
     server_credentials,
 )
+from smpc_synth.net.traffic import TrafficRecorder
 from smpc_synth.net.v1 import (
     control_pb2,
     control_pb2_grpc,
@@ -122,10 +122,9 @@ class PeerMesh:
         self._hello_ready = threading.Event()
         self._stages: dict[str, set[str]] = defaultdict(set)
         self._stage_cond = threading.Condition()
-        self._stats = TrafficStats()
+        self._traffic = TrafficRecorder(rounds_at="send", default_phase="other")
         self._tap = WireTap(me)
         self._abort_lock = threading.Lock()
-        self._last_op = ""
         self._phase = _NO_PHASE
         self._waiting: tuple[str, float] | None = None  # (peer, since) while recv waits
         self._failure: PeerError | None = None
@@ -155,12 +154,7 @@ class PeerMesh:
         nbytes = codec.frame_bytes(frames)
         self._outboxes[peer].put(frames, nbytes, self._limits.peer_timeout_s)
         with self._lock:
-            new_round = self._last_op != "send"
-            self._last_op = "send"
-            for stats in (self._stats, self._phase_stats()):
-                _add(stats, "bytes_sent", nbytes)
-                _add(stats, "messages_sent", 1)
-                _add(stats, "rounds", int(new_round))
+            self._traffic.sent(nbytes)
 
     def recv(self, peer: str, tag: str, timeout: float | None = None) -> Payload:
         """The next message ``peer`` sent with ``tag``, as the kind it was sent.
@@ -194,17 +188,14 @@ class PeerMesh:
             self._waiting = None
             waited = time.monotonic() - started
             with self._lock:
-                for stats in (self._stats, self._phase_stats()):
-                    _add(stats, "seconds_waiting", waited)
+                self._traffic.waited(waited)
         if message is None:
             within = f"{limit:g} s" if deadlines == 1 else f"{deadlines} x {limit:g} s"
             self.abort(f"{peer} sent no {tag!r} message within {within}", culprit=peer)
             self._raise_if_failed()
         payload, nbytes = message
         with self._lock:
-            self._last_op = "recv"
-            for stats in (self._stats, self._phase_stats()):
-                _add(stats, "bytes_received", nbytes)
+            self._traffic.received(nbytes)
         return payload
 
     def has_message(self, peer: str, tag: str) -> bool:
@@ -217,16 +208,20 @@ class PeerMesh:
         follows a receive (or is the first send): a burst of sends to several peers between
         two receives counts once. ``by_phase`` holds the same figures per :meth:`phase`."""
         with self._lock:
-            return copy.deepcopy(self._stats)
+            return self._traffic.snapshot()
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Attribute traffic inside the block to phase ``name`` in :meth:`stats`."""
+        with self._lock:
+            outer = self._traffic.enter(name or "other")
         previous, self._phase = self._phase, name
         try:
             yield
         finally:
             self._phase = previous
+            with self._lock:
+                self._traffic.leave(outer)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -710,9 +705,6 @@ class PeerMesh:
                 f"{peer!r} is not a peer of {self._me} (peers: {', '.join(self.peers)})"
             )
 
-    def _phase_stats(self) -> dict[str, float]:
-        return self._stats.by_phase.setdefault(self._phase or "other", {})
-
 
 # Data-plane frames arrive and leave as raw bytes: codec writes and reads their bulk field
 # itself (the protobuf runtime would copy it three times a side). The method's name and its
@@ -856,10 +848,3 @@ def _short(value: str | None) -> str:
     if value is None:
         return "missing"
     return value if len(value) <= 40 else value[:12] + "..."
-
-
-def _add(stats: TrafficStats | dict[str, float], key: str, amount: float) -> None:
-    if isinstance(stats, dict):
-        stats[key] = stats.get(key, 0) + amount
-    else:
-        setattr(stats, key, getattr(stats, key) + amount)
