@@ -12,7 +12,7 @@ import grpc
 from smpc_synth.config import NetworkConfig
 from smpc_synth.net import PeerMesh, codec, free_ports
 from smpc_synth.net.mailbox import Inbox
-from smpc_synth.net.mesh import _END_TAG
+from smpc_synth.net.mesh.connection import END_TAG
 from smpc_synth.net.tls import MEMBER_METADATA_KEY, TlsFiles, channel_credentials, channel_options
 from smpc_synth.net.v1 import data_pb2
 from smpc_synth.net.v1 import tensor_pb2 as pb
@@ -36,7 +36,7 @@ def receiver_mesh(certs, inbox_limit: int | None = None) -> PeerMesh:
 
 def end_of_stream() -> list[bytes]:
     """The frames an honest member sends last; a stream without them reads as broken."""
-    return [frame.wire for frame in codec.encode(_END_TAG, b"", 1 << 16)]
+    return [frame.wire for frame in codec.encode(END_TAG, b"", 1 << 16)]
 
 
 def frame(

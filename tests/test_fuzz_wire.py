@@ -25,13 +25,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rawpeer import RawPeer, TracebackCounter, end_of_stream, receiver_mesh
 
-from smpc_synth.crypten_backend import codec as objects
 from smpc_synth.crypten_backend.link import TAG as MPC_TAG
 from smpc_synth.crypten_backend.link import Link
-from smpc_synth.crypten_backend.stats import TrafficRecorder
 from smpc_synth.errors import PeerError
-from smpc_synth.net import codec, write_certificates
+from smpc_synth.net import codec, objects, write_certificates
 from smpc_synth.net.limits import MAX_TAG_BYTES
+from smpc_synth.net.traffic import TrafficRecorder
 from smpc_synth.net.v1 import tensor_pb2 as pb
 
 LIMIT = 1 << 20  # the receiver's inbox bound (and so its largest message) in these tests

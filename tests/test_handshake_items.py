@@ -13,7 +13,7 @@ import pytest
 from smpc_synth.config import RunConfig
 from smpc_synth.data import infer_schema
 from smpc_synth.errors import InputError
-from smpc_synth.net.mesh import _differences
+from smpc_synth.net.mesh.handshake import _differences
 from smpc_synth.net.v1 import session_pb2
 from smpc_synth.runtime.party import config_items, session_fingerprints
 from smpc_synth.runtime.party_config import Member, PartyConfig

@@ -8,7 +8,7 @@ import struct
 import pytest
 import torch
 
-from smpc_synth.crypten_backend import codec
+from smpc_synth.net import objects
 
 
 def _same(a, b) -> bool:
@@ -45,13 +45,13 @@ def _same(a, b) -> bool:
     ],
 )
 def test_round_trip(obj):
-    decoded = codec.decode(codec.encode(obj))
+    decoded = objects.decode(objects.encode(obj))
     assert _same(obj, decoded), (obj, decoded)
 
 
 def test_decoded_tensor_is_writable_and_independent():
-    data = codec.encode(torch.arange(4))
-    tensor = codec.decode(data)
+    data = objects.encode(torch.arange(4))
+    tensor = objects.decode(data)
     tensor += 1  # CrypTen updates received shares in place
     assert tensor.tolist() == [1, 2, 3, 4]
 
@@ -66,16 +66,16 @@ class _Evil:
     [_Evil(), {1, 2}, print, torch.nn.Linear(2, 2), torch.zeros(2, dtype=torch.float16), 2**64],
 )
 def test_refuses_other_objects(obj):
-    with pytest.raises(codec.CodecError):
-        codec.encode(obj)
+    with pytest.raises(objects.CodecError):
+        objects.encode(obj)
 
 
 def test_refuses_deep_nesting():
     obj: list = []
-    for _ in range(codec.MAX_DEPTH + 2):
+    for _ in range(objects.MAX_DEPTH + 2):
         obj = [obj]
-    with pytest.raises(codec.CodecError, match="deeper"):
-        codec.encode(obj)
+    with pytest.raises(objects.CodecError, match="deeper"):
+        objects.encode(obj)
 
 
 @pytest.mark.parametrize(
@@ -84,8 +84,8 @@ def test_refuses_deep_nesting():
         pickle.dumps({"a": 1}),  # what stock CrypTen would have sent
         b"",
         b"q",
-        codec.encode([1, 2, 3])[:-3],  # truncated
-        codec.encode("abc") + b"N",  # trailing bytes
+        objects.encode([1, 2, 3])[:-3],  # truncated
+        objects.encode("abc") + b"N",  # trailing bytes
         b"s\xff\xff\xff\xffabc",  # length beyond the message
         b"x\x00\x01"
         + (4).to_bytes(8, "little", signed=True)
@@ -96,8 +96,8 @@ def test_refuses_deep_nesting():
     ],
 )
 def test_rejects_malformed_bytes(data):
-    with pytest.raises(codec.CodecError):
-        codec.decode(data)
+    with pytest.raises(objects.CodecError):
+        objects.decode(data)
 
 
 def _tensor_bytes(shape: list[int], data: bytes = b"") -> bytes:
@@ -117,5 +117,5 @@ def _tensor_bytes(shape: list[int], data: bytes = b"") -> bytes:
 )
 def test_every_decode_failure_is_a_codec_error(data, why):
     """These escaped as TypeError or ValueError, past the malformed-message path."""
-    with pytest.raises(codec.CodecError, match=why):
-        codec.decode(data)
+    with pytest.raises(objects.CodecError, match=why):
+        objects.decode(data)

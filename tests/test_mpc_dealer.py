@@ -10,13 +10,13 @@ import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from memory_channel import MemoryChannel
 
-from smpc_synth.crypten_backend import codec
 from smpc_synth.crypten_backend.compat import import_crypten
 from smpc_synth.crypten_backend.link import Link
-from smpc_synth.crypten_backend.stats import TrafficRecorder
 from smpc_synth.mpc.dealer import protocol, server
 from smpc_synth.mpc.dealer.provider import DealerProvider
 from smpc_synth.mpc.primitives import prg
+from smpc_synth.net import objects
+from smpc_synth.net.traffic import TrafficRecorder
 
 crypten = import_crypten()
 from crypten.common.util import count_wraps  # noqa: E402
@@ -197,8 +197,8 @@ def test_matmul_of_mismatched_sizes_is_refused():
 def test_each_request_number_and_request_draws_its_own_stream():
     """A guessed request that is not asked for must not share words with the one that is:
     the stream starts at a counter derived from (number, request)."""
-    square = codec.encode(_request("square", torch.Size([4])))
-    wraps = codec.encode(_request("wraps", torch.Size([4])))
+    square = objects.encode(_request("square", torch.Size([4])))
+    wraps = objects.encode(_request("wraps", torch.Size([4])))
     nonces = [prg.request_nonce(n, r) for n, r in ((0, square), (0, wraps), (1, square))]
     draws = [prg.Stream(KEYS[0], nonce).ring((64,)) for nonce in nonces]
     assert len({frozenset(d.tolist()) for d in draws}) == 3
@@ -239,7 +239,7 @@ def test_lookahead_guesses_every_share_as_the_plain_dealer_would():
     sent_early: dict[tuple[int, int], torch.Tensor] = {}
     for number, request in enumerate(sequence):
         got_number, tag, share = lookahead.serve(request)
-        nonce = prg.request_nonce(number, codec.encode(request))
+        nonce = prg.request_nonce(number, objects.encode(request))
         assert (got_number, tag) == (number, prg.nonce_tag(nonce))
         taken = share if share is not None else sent_early.pop((number, tag))
         assert torch.equal(taken, server._serve_at(plain, nonce, request, number))
@@ -258,7 +258,7 @@ def test_lookahead_after_a_rekey_numbers_from_zero_with_the_new_keys():
     lookahead.maker.keys = list(KEYS[1:3])
     lookahead.restart()
     number, _, share = lookahead.serve(request)
-    nonce = prg.request_nonce(0, codec.encode(request))
+    nonce = prg.request_nonce(0, objects.encode(request))
     assert number == 0
     assert torch.equal(share, server._serve_at(server._TupleMaker(KEYS[1:3]), nonce, request, 0))
 

@@ -8,8 +8,8 @@ import torch
 from memory_channel import MemoryChannel
 
 from smpc_synth.crypten_backend.link import TAG, Link
-from smpc_synth.crypten_backend.stats import TrafficRecorder
 from smpc_synth.errors import PeerError
+from smpc_synth.net.traffic import TrafficRecorder
 
 MEMBERS = ("alice", "bob", "carol", "dealer")
 

@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_mpc_harness import DEALER, PARTY_NAMES, SEED, assert_all_ok, run_mpc
 
-from smpc_synth.crypten_backend import codec
 from smpc_synth.dp import sampling
 from smpc_synth.mpc.dealer import server
 from smpc_synth.mpc.primitives import prg
+from smpc_synth.net import objects
 
 KEYS = tuple(prg.debug_key(seed) for seed in (5, 6, 7))
 NOISE_KEY = prg.debug_key(99, "noise")
@@ -92,7 +92,7 @@ def test_dealt_noise_reconstructs_and_other_shares_are_the_parties_own_streams(n
     maker = server._TupleMaker(KEYS[:n_parties], NOISE_KEY)
     size = torch.Size([3, 7])
     request = {"f": "noise", "args": ["dgauss", size, 12, 30.25], "kwargs": {}}
-    nonce = prg.request_nonce(4, codec.encode(request))
+    nonce = prg.request_nonce(4, objects.encode(request))
     share0 = server._serve_at(maker, nonce, request, 4)
     others = [prg.Stream(key, nonce).ring(size) for key in KEYS[1:n_parties]]
     total = share0 + sum(others)

@@ -10,10 +10,10 @@ import pytest
 import torch
 from test_mpc_harness import PARTY_NAMES, assert_all_ok, run_mpc
 
-from smpc_synth.crypten_backend import codec
 from smpc_synth.crypten_backend.transport import check_gloo
 from smpc_synth.errors import InputError
 from smpc_synth.mpc.session import start_crypten
+from smpc_synth.net import objects
 
 HUGE = 1 << 40  # bytes a hostile peer announces
 
@@ -22,9 +22,9 @@ def objects_program(rank: int, hostile: bool) -> dict:
     """Party 1 sends; party 0 receives and reports what happened at each step."""
     import torch.distributed as dist
 
-    from smpc_synth.crypten_backend import codec
     from smpc_synth.crypten_backend.compat import import_crypten
     from smpc_synth.errors import PeerError
+    from smpc_synth.net import objects
 
     comm = import_crypten().communicator.get()
     out: dict = {}
@@ -32,7 +32,7 @@ def objects_program(rank: int, hostile: bool) -> dict:
     def outcome(call):
         try:
             return {"value": call()}
-        except (PeerError, codec.CodecError) as exc:
+        except (PeerError, objects.CodecError) as exc:
             return {
                 "error": type(exc).__name__,
                 "text": str(exc),
@@ -143,12 +143,12 @@ def test_gloo_off_loopback_refused_before_any_traffic_unless_allowed():
 
 def test_unsigned_64_bit_integers_round_trip_and_one_encoding_each():
     for value in (2**63, 2**64 - 1, torch.Generator().manual_seed(2**64 - 1).initial_seed()):
-        assert codec.decode(codec.encode(value)) == value
+        assert objects.decode(objects.encode(value)) == value
     for value in (2**64, -(2**63) - 1):
-        with pytest.raises(codec.CodecError, match="64 bits"):
-            codec.encode(value)
-    with pytest.raises(codec.CodecError, match="should have been signed"):
-        codec.decode(b"u" + (5).to_bytes(8, "little"))
+        with pytest.raises(objects.CodecError, match="64 bits"):
+            objects.encode(value)
+    with pytest.raises(objects.CodecError, match="should have been signed"):
+        objects.decode(b"u" + (5).to_bytes(8, "little"))
 
 
 def test_party_with_gloo_off_loopback_exits_2_naming_the_key(cli, tmp_path):

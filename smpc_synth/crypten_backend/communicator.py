@@ -20,10 +20,10 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ReduceOp
 
-from smpc_synth.crypten_backend import codec
 from smpc_synth.crypten_backend.compat import import_crypten
 from smpc_synth.crypten_backend.link import Link
 from smpc_synth.errors import PeerError
+from smpc_synth.net import objects
 from smpc_synth.net.limits import MAX_OBJECT_BYTES
 
 crypten = import_crypten()
@@ -244,7 +244,7 @@ class ChannelCommunicator(Communicator):
 
 
 class GlooCommunicator(DistributedCommunicator):
-    """CrypTen's gloo communicator, sending objects with :mod:`~smpc_synth.crypten_backend.codec`.
+    """CrypTen's gloo communicator, sending objects with :mod:`~smpc_synth.net.objects`.
 
     An object travels as its size (int64) then its encoding; a size of -1 stands for an
     object the codec refused to encode, so the receiver fails naming the sender instead of
@@ -301,8 +301,8 @@ class GlooCommunicator(DistributedCommunicator):
 
     def _decode_from(self, src: int, data: torch.Tensor) -> Any:
         try:
-            return codec.decode(data.numpy().tobytes())
-        except codec.CodecError as err:
+            return objects.decode(data.numpy().tobytes())
+        except objects.CodecError as err:
             sender = self._sender(src)
             raise PeerError(f"{sender} sent a malformed object: {err}", sender) from err
 
@@ -314,8 +314,8 @@ def _encode_or_refuse(obj: Any, send_size) -> torch.Tensor:
     """The encoding of ``obj`` after ``send_size`` sent its size; if the codec refuses it,
     ``send_size`` sends the refusal and CodecError is raised."""
     try:
-        encoded = codec.encode(obj)
-    except codec.CodecError:
+        encoded = objects.encode(obj)
+    except objects.CodecError:
         send_size(torch.tensor(_REFUSED_SIZE, dtype=torch.int64))
         raise
     send_size(torch.tensor(len(encoded), dtype=torch.int64))

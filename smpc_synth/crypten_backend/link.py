@@ -1,7 +1,7 @@
 """Framing of MPC messages over a :class:`~smpc_synth.net.channel.Channel`.
 
 Four kinds of message travel on one tag, so that they stay in order per sender: tensors (as raw
-numpy arrays), objects (``b"O"`` + :mod:`smpc_synth.crypten_backend.codec`), refusals (``b"R"`` +
+numpy arrays), objects (``b"O"`` + :mod:`smpc_synth.net.objects`), refusals (``b"R"`` +
 why: sent in place of an object the codec refused, so the receiver fails naming the sender instead
 of taking the next message for the object) and abort notices (``b"A"`` + the name of the member at
 fault). A member that sees a peer fail tells every other member before it raises, so each survivor
@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from smpc_synth.crypten_backend import codec
-from smpc_synth.crypten_backend.stats import TrafficRecorder, clock
 from smpc_synth.errors import PeerError
+from smpc_synth.net import objects
 from smpc_synth.net.channel import Channel
+from smpc_synth.net.traffic import TrafficRecorder, clock
 
 TAG = "mpc"
 DEALER = "dealer"
@@ -89,18 +89,18 @@ class Link:
         """Send ``obj`` to each of ``peers``. If the codec refuses it, each peer gets a
         refusal in its place (the stream stays in step) and this raises CodecError."""
         try:
-            encoded = codec.encode(obj)
-        except codec.CodecError as err:
+            encoded = objects.encode(obj)
+        except objects.CodecError as err:
             reason = str(err)[:_MAX_REASON]
             for peer in peers:
                 notice = _REFUSED + reason.encode()
                 self._send(peer, notice, len(notice))
-            raise codec.CodecError(f"cannot send to {', '.join(peers)}: {err}") from None
+            raise objects.CodecError(f"cannot send to {', '.join(peers)}: {err}") from None
         for peer in peers:
             self.send_encoded(peer, encoded)
 
     def send_encoded(self, peer: str, encoded: bytes) -> None:
-        """Send an object already encoded by :func:`smpc_synth.crypten_backend.codec.encode`."""
+        """Send an object already encoded by :func:`smpc_synth.crypten_backend.objects.encode`."""
         data = _OBJECT + encoded
         self._send(peer, data, len(data))
 
@@ -112,8 +112,8 @@ class Link:
         if not isinstance(payload, bytes) or not payload.startswith(_OBJECT):
             raise self.malformed(peer, f"expected an object, got {type(payload).__name__}")
         try:
-            return codec.decode(payload[1:])
-        except codec.CodecError as err:
+            return objects.decode(payload[1:])
+        except objects.CodecError as err:
             raise self.malformed(peer, str(err)) from err
 
     def abort(self, culprit: str) -> None:

@@ -28,12 +28,12 @@ from smpc_synth.crypten_backend import compat
 from smpc_synth.crypten_backend.communicator import ChannelCommunicator
 from smpc_synth.crypten_backend.compat import import_crypten
 from smpc_synth.crypten_backend.link import DEALER, Link
-from smpc_synth.crypten_backend.stats import TrafficRecorder
 from smpc_synth.crypten_backend.transport import check_gloo, insecure_warning, rendezvous_address
 from smpc_synth.errors import InputError
 from smpc_synth.mpc.dealer.provider import DealerProvider
 from smpc_synth.mpc.primitives import prg
 from smpc_synth.net.channel import Channel, TrafficStats
+from smpc_synth.net.traffic import TrafficRecorder
 
 crypten = import_crypten()
 import crypten.communicator as crypten_comm  # noqa: E402

@@ -10,6 +10,9 @@ read here rather than by the protobuf runtime, which would copy it three times o
 into the serialized frame (the caller may reuse its buffer after ``send``); the receiver
 parses the frame in place and copies each slice once, into the final array. Any protobuf
 implementation reads and writes the same bytes.
+
+The dtype table and the tensor <-> raw bytes conversion here are the only ones: the object
+codec (:mod:`smpc_synth.net.objects`) lays out the tensors inside objects with them too.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ DTYPES: dict[str, np.dtype] = {name: np.dtype(name).newbyteorder("<") for name i
 # numpy has no bfloat16: its bytes travel as int16 and are viewed back as bfloat16 by torch
 DTYPES["bfloat16"] = np.dtype("<i2")
 
-_TORCH_DTYPES: dict[torch.dtype, str] = {
+TORCH_DTYPES: dict[torch.dtype, str] = {
     torch.bool: "bool",
     torch.uint8: "uint8",
     torch.int8: "int8",
@@ -62,7 +65,7 @@ _TORCH_DTYPES: dict[torch.dtype, str] = {
     torch.complex64: "complex64",
     torch.complex128: "complex128",
 }
-_TORCH_BY_NAME = {name: dtype for dtype, name in _TORCH_DTYPES.items()}
+TORCH_BY_NAME = {name: dtype for dtype, name in TORCH_DTYPES.items()}
 
 
 class CodecError(ValueError):
@@ -75,25 +78,38 @@ def _raw_view(payload: Payload) -> tuple[pb.TensorHeader, memoryview]:
         view = memoryview(payload).cast("B")
         return pb.TensorHeader(kind=pb.PAYLOAD_KIND_BYTES, nbytes=view.nbytes), view
     if isinstance(payload, torch.Tensor):
-        name = _TORCH_DTYPES.get(payload.dtype)
-        if name is None:
-            raise CodecError(f"cannot send torch dtype {payload.dtype}; supported: {_supported()}")
-        tensor = payload.detach().cpu()
-        if name == "bfloat16":
-            tensor = tensor.view(torch.int16)
-        array, kind = tensor.contiguous().numpy(), pb.PAYLOAD_KIND_TORCH
+        name, array = tensor_array(payload)
+        kind = pb.PAYLOAD_KIND_TORCH
     elif isinstance(payload, np.ndarray):
         name = payload.dtype.name
         if name not in DTYPES or name == "bfloat16":
             raise CodecError(f"cannot send numpy dtype {payload.dtype}; supported: {_supported()}")
-        array, kind = payload, pb.PAYLOAD_KIND_NUMPY
+        array, kind = np.asarray(payload, dtype=DTYPES[name], order="C"), pb.PAYLOAD_KIND_NUMPY
     else:
         raise CodecError(
             f"cannot send {type(payload).__name__}: send a numpy array, torch tensor or bytes"
         )
-    array = np.asarray(array, dtype=DTYPES[name], order="C")
     header = pb.TensorHeader(kind=kind, dtype=name, shape=array.shape, nbytes=array.nbytes)
     return header, memoryview(array.reshape(-1).view(np.uint8))
+
+
+def tensor_array(tensor: torch.Tensor) -> tuple[str, np.ndarray]:
+    """``tensor``'s wire dtype name and its values as a C-ordered little-endian array
+    (bfloat16 as int16), copying only to fix device, layout or byte order."""
+    name = TORCH_DTYPES.get(tensor.dtype)
+    if name is None:
+        raise CodecError(f"cannot send torch dtype {tensor.dtype}; supported: {_supported()}")
+    tensor = tensor.detach().cpu()
+    if name == "bfloat16":
+        tensor = tensor.view(torch.int16)
+    return name, np.asarray(tensor.contiguous().numpy(), dtype=DTYPES[name], order="C")
+
+
+def raw_tensor(name: str, shape: tuple[int, ...], raw: np.ndarray) -> torch.Tensor:
+    """The tensor of wire dtype ``name`` and ``shape`` whose little-endian bytes are the
+    uint8 array ``raw`` (sizes checked by the caller); shares ``raw``'s memory where the
+    byte order allows."""
+    return _as_array(name, shape, raw, torch_tensor=True)
 
 
 class WireFrame(NamedTuple):
@@ -283,7 +299,11 @@ class Assembler:
                 f"message {self._tag!r} ended after {self._filled} of {header.nbytes} "
                 "announced bytes"
             )
-        payload = b"".join(self._parts) if self._raw is None else _as_array(header, self._raw)
+        if self._raw is None:
+            payload = b"".join(self._parts)
+        else:
+            torch_tensor = header.kind == pb.PAYLOAD_KIND_TORCH
+            payload = _as_array(header.dtype, tuple(header.shape), self._raw, torch_tensor)
         self._header, self._raw, self._parts = None, None, []
         return Message(self._tag, payload, header.nbytes)
 
@@ -319,13 +339,15 @@ def _check_header(header: pb.TensorHeader, max_payload_bytes: int) -> None:
         )
 
 
-def _as_array(header: pb.TensorHeader, raw: np.ndarray) -> np.ndarray | torch.Tensor:
-    array = raw.view(DTYPES[header.dtype]).reshape(tuple(header.shape))
+def _as_array(
+    name: str, shape: tuple[int, ...], raw: np.ndarray, torch_tensor: bool
+) -> np.ndarray | torch.Tensor:
+    array = raw.view(DTYPES[name]).reshape(shape)
     array = array.astype(array.dtype.newbyteorder("="), copy=False)
-    if header.kind == pb.PAYLOAD_KIND_NUMPY:
+    if not torch_tensor:
         return array
     tensor = torch.from_numpy(array)
-    return tensor.view(torch.bfloat16) if header.dtype == "bfloat16" else tensor
+    return tensor.view(torch.bfloat16) if name == "bfloat16" else tensor
 
 
 def _check_tag(raw: bytes) -> None:

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from smpc_synth.crypten_backend import codec
 from smpc_synth.dp.marginals import SelectionPlan
 from smpc_synth.errors import PeerError
+from smpc_synth.net import objects
 from smpc_synth.train.base import PartyContext
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class LeaderQueries:
         self._handles: list[Any] = []
 
     def _announce(self, method: str, **arguments: Any) -> None:
-        blob = codec.encode(_plain({"method": method, **arguments}))
+        blob = objects.encode(_plain({"method": method, **arguments}))
         for peer in self.followers:
             self.ctx.channel.send(peer, CALL_TAG, blob)
 
@@ -95,9 +95,9 @@ def follow(inner, ctx: PartyContext, leader: str) -> int:
     calls = 0
     while True:
         try:
-            call = codec.decode(bytes(ctx.channel.recv(leader, CALL_TAG)))
+            call = objects.decode(bytes(ctx.channel.recv(leader, CALL_TAG)))
             method = call["method"]
-        except (codec.CodecError, KeyError, TypeError) as err:
+        except (objects.CodecError, KeyError, TypeError) as err:
             raise PeerError(
                 f"{leader} sent a malformed mechanism step: {err}", peer=leader
             ) from None
@@ -142,7 +142,7 @@ def run_mechanism(ctx: PartyContext, model, queries, privacy) -> Any:
         wrapped = LeaderQueries(queries, ctx)
         model.fit_private(wrapped, privacy, progress)
         wrapped.done()
-        state = codec.encode(_plain(model.state_dict()))
+        state = objects.encode(_plain(model.state_dict()))
         for peer in ctx.output_parties or ctx.parties:
             if peer != leader:
                 ctx.channel.send(peer, MODEL_TAG, state)
@@ -156,8 +156,8 @@ def finish(model, received: bytes | None) -> dict[str, Any]:
     the DP report and the noisy row estimate."""
     if received is not None:
         try:
-            state = codec.decode(received)
-        except codec.CodecError as err:
+            state = objects.decode(received)
+        except objects.CodecError as err:
             raise PeerError(f"the first party sent a malformed model: {err}") from None
         model.load_state_dict(state)
     if model.model is None:

@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
-from smpc_synth.crypten_backend import codec
 from smpc_synth.crypten_backend.compat import import_crypten
 from smpc_synth.crypten_backend.link import Link
 from smpc_synth.mpc.dealer import protocol
 from smpc_synth.mpc.primitives import compare, prg
+from smpc_synth.net import objects
 
 crypten = import_crypten()
 from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor  # noqa: E402
@@ -75,7 +75,7 @@ class DealerProvider(TupleProvider):
     def _begin(self, function: str, *args: Any, **kwargs: Any) -> None:
         """Number the next tuple and start its stream; party 0 asks the dealer for it."""
         request = {"f": function, "args": list(args), "kwargs": kwargs}
-        encoded = codec.encode(request)
+        encoded = objects.encode(request)
         nonce = prg.request_nonce(self._number, encoded)
         self.stream = prg.Stream(self.key, nonce)
         self._current = (self._number, prg.nonce_tag(nonce))

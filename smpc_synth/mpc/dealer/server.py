@@ -22,15 +22,15 @@ from typing import Any
 import torch
 
 from smpc_synth import phases
-from smpc_synth.crypten_backend import codec
 from smpc_synth.crypten_backend.compat import import_crypten
 from smpc_synth.crypten_backend.link import Link
-from smpc_synth.crypten_backend.stats import TrafficRecorder
 from smpc_synth.dp import sampling
 from smpc_synth.errors import PeerError
 from smpc_synth.mpc.dealer import protocol
 from smpc_synth.mpc.primitives import compare, prg, ring
+from smpc_synth.net import objects
 from smpc_synth.net.channel import Channel
+from smpc_synth.net.traffic import TrafficRecorder
 
 crypten = import_crypten()
 from crypten.common.util import count_wraps  # noqa: E402
@@ -255,7 +255,7 @@ class _Lookahead:
     def serve(self, request: Any) -> tuple[int, int, torch.Tensor | None]:
         """``(number, tag, share)`` for party 0's next request (validated as
         :func:`_serve_one` does); share None if it was guessed and sent already."""
-        encoded = codec.encode(request)
+        encoded = objects.encode(request)
         known = self._ids.get(encoded)
         nonce = prg.request_nonce(self.number, encoded)
         share = None

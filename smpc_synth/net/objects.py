@@ -17,20 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from smpc_synth.net import codec
 from smpc_synth.net.limits import MAX_DIMS, MAX_OBJECT_BYTES
 
 MAX_DEPTH = 32
 
-_DTYPES: dict[torch.dtype, int] = {
-    torch.int64: 0,
-    torch.int32: 1,
-    torch.int8: 2,
-    torch.uint8: 3,
-    torch.bool: 4,
-    torch.float32: 5,
-    torch.float64: 6,
-}
-_DTYPE_BY_CODE = {code: dtype for dtype, code in _DTYPES.items()}
+# the dtypes a tensor inside an object may have (a subset of codec.DTYPES), by the one-byte
+# code that names each in an encoding
+_CODED = ("int64", "int32", "int8", "uint8", "bool", "float32", "float64")
+_CODES: dict[torch.dtype, int] = {codec.TORCH_BY_NAME[name]: i for i, name in enumerate(_CODED)}
 _U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
 _U64 = struct.Struct("<Q")
@@ -105,16 +100,15 @@ def _encode(obj: Any, out: bytearray, depth: int) -> None:
 
 
 def _encode_tensor(tensor: torch.Tensor, out: bytearray) -> None:
-    if tensor.dtype not in _DTYPES:
+    if tensor.dtype not in _CODES:
         raise CodecError(f"refusing to encode a tensor of dtype {tensor.dtype}")
     if tensor.dim() > MAX_DIMS:
         raise CodecError(f"refusing to encode a tensor of {tensor.dim()} dimensions")
-    array = tensor.detach().cpu().contiguous().numpy()
-    out += b"x" + bytes([_DTYPES[tensor.dtype], array.ndim])
+    _, array = codec.tensor_array(tensor)
+    out += b"x" + bytes([_CODES[tensor.dtype], array.ndim])
     for dim in array.shape:
         out += _I64.pack(dim)
-    raw = array.tobytes()
-    out += _U32.pack(len(raw)) + raw
+    out += _U32.pack(array.nbytes) + memoryview(array.reshape(-1).view(np.uint8))
 
 
 def _decode(view: memoryview, pos: int, depth: int) -> tuple[Any, int]:
@@ -169,9 +163,9 @@ def _decode(view: memoryview, pos: int, depth: int) -> tuple[Any, int]:
 
 
 def _decode_tensor(view: memoryview, pos: int) -> tuple[torch.Tensor, int]:
-    dtype = _DTYPE_BY_CODE.get(view[pos])
-    if dtype is None:
+    if view[pos] >= len(_CODED):
         raise CodecError(f"unknown tensor dtype code {view[pos]}")
+    name = _CODED[view[pos]]
     ndim = view[pos + 1]
     if ndim > MAX_DIMS:
         raise CodecError(f"tensor of {ndim} dimensions (at most {MAX_DIMS})")
@@ -180,14 +174,13 @@ def _decode_tensor(view: memoryview, pos: int) -> tuple[torch.Tensor, int]:
     pos += 8 * ndim
     (length,) = _U32.unpack_from(view, pos)
     raw = _take(view, pos + 4, length)
-    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
     # exact in Python ints; an absurd dimension fails even next to a zero
     if any(not 0 <= dim <= MAX_OBJECT_BYTES for dim in shape) or (
-        math.prod(shape) * np_dtype.itemsize != length
+        math.prod(shape) * codec.DTYPES[name].itemsize != length
     ):
         raise CodecError(f"tensor of shape {shape} does not match its {length} bytes")
-    array = np.frombuffer(raw, dtype=np_dtype).reshape(shape).copy()
-    return torch.from_numpy(array), pos + 4 + length
+    array = np.frombuffer(raw, dtype=np.uint8).copy()
+    return codec.raw_tensor(name, tuple(shape), array), pos + 4 + length
 
 
 def _take(view: memoryview, pos: int, length: int) -> bytes:
