@@ -23,6 +23,7 @@ from test_mpc_harness import (
 from smpc_synth.data.layout import Layout, Span
 from smpc_synth.models.spans import activate
 from smpc_synth.mpc.primitives import functions
+from smpc_synth.train.mpc.limits import MAX_LOGVAR_BOUND
 
 LAYOUT = Layout(
     (
@@ -217,6 +218,12 @@ APPROXIMATION_BOUNDS = {
     "exp_widest": (1e-3, 2 * LSB),
     "inv_sqrt": (0.05, 8 * LSB),
     "tanh": (0.0, 3e-3),
+    # exp(scale t) of the t it comes with is a polynomial fit; against float64 its error is
+    # mostly t's, scale times larger relatively
+    "tanh_exp_default": (6e-3, 0.0),
+    "tanh_exp_widest": (1.2e-2, 0.0),
+    "tanh_exp_default_t": (0.0, 3e-3),
+    "tanh_exp_widest_t": (0.0, 3e-3),
     "sigmoid": (0.0, 2e-3),
     "log_sigmoid": (0.0, 3e-3),
     "log_1m_sigmoid": (0.0, 3e-3),
@@ -253,6 +260,10 @@ def _exact() -> dict[str, torch.Tensor]:
         "exp_widest": inputs["exp_widest"].exp(),
         "inv_sqrt": inputs["inv_sqrt"].rsqrt(),
         "tanh": inputs["tanh"].tanh(),
+        "tanh_exp_default": (inputs["tanh"].tanh() * 2).exp(),
+        "tanh_exp_widest": (inputs["tanh"].tanh() * MAX_LOGVAR_BOUND / 2).exp(),
+        "tanh_exp_default_t": inputs["tanh"].tanh(),
+        "tanh_exp_widest_t": inputs["tanh"].tanh(),
         "sigmoid": s.sigmoid(),
         "log_sigmoid": torch.nn.functional.logsigmoid(s),
         "log_1m_sigmoid": torch.nn.functional.logsigmoid(-s),

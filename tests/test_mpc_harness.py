@@ -904,6 +904,9 @@ def approximations_program(rank: int) -> dict[str, Any]:
     out["exp_widest"] = functions.exp_in_range(x["exp_widest"], -half, half)
     out["inv_sqrt"] = inverse_sqrt(x["inv_sqrt"])[0]
     out["tanh"] = functions.tanh(x["tanh"], provider)
+    for name, scale in (("default", 2.0), ("widest", half)):  # logvar_bound 4 and the largest
+        t, out[f"tanh_exp_{name}"] = functions.tanh_and_exp(x["tanh"], scale, provider)
+        out[f"tanh_exp_{name}_t"] = t
     out["sigmoid"], out["log_sigmoid"], out["log_1m_sigmoid"] = functions.sigmoid_and_logs(
         x["sigmoid"], provider
     )

@@ -220,10 +220,10 @@ def vae_backprop(model, spans: SpanMap, nets, batch, generator, per: int, phase)
     with phase("forward"):
         out = nets["encoder"].forward(batch)
         mu, r = out[:, :latent], out[:, latent:]
-        t = functions.tanh(r * (1.0 / bound), comparison_provider())
+        # t and std = exp(logvar / 2) from one tanh's rounds (no exp of logvar after it)
+        t, std = functions.tanh_and_exp(r * (1.0 / bound), bound / 2, comparison_provider())
         logvar = t * bound
         eps = torch.randn((n, latent), generator=generator)
-        std = functions.exp_in_range(logvar * 0.5, -bound / 2, bound / 2)  # 3 rounds
         z = mu + std * eps
         raw = nets["decoder"].forward(z)
     with phase("loss"):
@@ -231,13 +231,17 @@ def vae_backprop(model, spans: SpanMap, nets, batch, generator, per: int, phase)
         recon = 0
         d_cont = d_oh = sq_err = None
         target = batch[:, spans.onehot] if spans.n_spans else None
-        c, p, log_hit = spans.activate_and_log_hit(raw, target)
-        # every square the loss and the backward pass need, in one round
+        c, p, pending = spans.activate_for_log_hit(raw, target)
+        # every square the loss and the backward pass need, and the true categories'
+        # logits (for their log-probabilities), in one round
         squares = [("square", v, None) for v in (std, mu, t)]
         if c is not None:
             err = c - batch[:, spans.continuous]
             squares += [("square", err, None), ("square", c, None)]
+        if pending is not None:
+            squares.append(pending.product)
         var, mu_sq, t_sq, *continuous_squares = beaver.products(squares)
+        log_hit = pending.finish(continuous_squares.pop()) if pending is not None else None
         # and every product of the gradients' factors, in one more: tanh's derivative
         # 1 - t^2 goes into the factors of d_logvar here, so the backward pass is left
         # with one product for it instead of two
