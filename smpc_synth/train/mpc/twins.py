@@ -217,21 +217,24 @@ def vae_backprop(model, spans: SpanMap, nets, batch, generator, per: int, phase)
     """
     hp = model.hparams
     n, latent, bound = batch.size(0), hp.latent_dim, hp.logvar_bound
-    with phase("forward"):
+    with phase("forward: encoder"):  # finer phases: what each operation costs
         out = nets["encoder"].forward(batch)
+    with phase("forward: tanh, exp"):
         mu, r = out[:, :latent], out[:, latent:]
         # t and std = exp(logvar / 2) from one tanh's rounds (no exp of logvar after it)
         t, std = functions.tanh_and_exp(r * (1.0 / bound), bound / 2, comparison_provider())
         logvar = t * bound
         eps = torch.randn((n, latent), generator=generator)
         z = mu + std * eps
+    with phase("forward: decoder"):
         raw = nets["decoder"].forward(z)
     with phase("loss"):
         sigma = model.buffers["sigma"]
         recon = 0
         d_cont = d_oh = sq_err = None
         target = batch[:, spans.onehot] if spans.n_spans else None
-        c, p, pending = spans.activate_for_log_hit(raw, target)
+        with phase("loss: span softmax"):
+            c, p, pending = spans.activate_for_log_hit(raw, target)
         # every square the loss and the backward pass need, and the true categories'
         # logits (for their log-probabilities), in one round
         squares = [("square", v, None) for v in (std, mu, t)]
@@ -260,8 +263,9 @@ def vae_backprop(model, spans: SpanMap, nets, batch, generator, per: int, phase)
             d_oh = (p - target) * (hp.recon_weight / per)
         kl = (mu_sq + var - logvar - 1).sum() * (0.5 / per)
         loss = recon * hp.recon_weight + kl * hp.kl_weight
-    with phase("backward"):
+    with phase("backward: decoder"):
         dz = nets["decoder"].backward(spans.assemble(d_cont, d_oh), need_input=True)
+    with phase("backward: encoder"):
         d_mu = dz + mu * (hp.kl_weight / per)
         # d_logvar = (dz eps) std / 2 + (var - 1) kl_weight / (2 per), times tanh's derivative
         kl_part = (var_d_tanh - d_tanh) * (0.5 * hp.kl_weight / per)
