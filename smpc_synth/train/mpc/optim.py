@@ -56,7 +56,6 @@ from typing import NamedTuple
 import torch
 
 from smpc_synth.crypten_backend.compat import import_crypten
-from smpc_synth.mpc.primitives import beaver
 from smpc_synth.train.mpc.nn import FIXED, fixed_mask
 
 crypten = import_crypten()
@@ -322,16 +321,16 @@ def _newton(x, y, iters: int, times=None):
     given, ``times`` times the root (else None).
 
     ``times y' = (times y) (3 - s) / 2`` for the last step's ``y' = y (3 - s) / 2``: the
-    product ``times y`` is opened with the last step's ``x y``, and its product with
-    ``(3 - s) / 2`` with ``y'``'s, so it takes no round of its own."""
+    last step multiplies ``[x, times]`` stacked by ``y`` and ``[y, times y]`` by ``(3 - s) /
+    2``, one product each (``y`` and ``(3 - s) / 2`` opened once), so ``times`` takes no
+    round of its own and opens as many elements as its own product would have."""
     s = product = None
     for i in range(iters):
         last = times is not None and i == iters - 1
-        wanted = [("mul", x, y)] + ([("mul", times, y)] if last else [])
-        xy, *partial = beaver.products(wanted)
-        s = xy * y  # x*y first: y^2 alone underflows for large x
+        xy = (crypten.stack([x, times]) if last else x) * y
+        s = (xy[0] if last else xy) * y  # x*y first: y^2 alone underflows for large x
         half = (3 - s) * 0.5
-        wanted = [("mul", y, half)] + ([("mul", partial[0], half)] if last else [])
-        y, *scaled = beaver.products(wanted)
-        product = scaled[0] if last else None
+        y = (crypten.stack([y, xy[1]]) if last else y) * half
+        if last:
+            y, product = y[0], y[1]
     return y, s, product

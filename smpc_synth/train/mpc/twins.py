@@ -175,9 +175,11 @@ class VaeTwin(Twin):
         decoder = [hp.latent_dim, *reversed(hp.hidden), width]
         params = _parameters(encoder) + _parameters(decoder)
         widest = max(hp.hidden, default=1)
-        # the span softmax's slots: a unit each, two per continuous unit
-        tuples = max(2 * batch * width, width * widest, params)
-        return tuples, max(batch * width, batch * widest, params)
+        # the span softmax's slots: a unit each, two per continuous unit; Adam's last
+        # Newton step multiplies two stacked vectors of parameters; tanh_and_exp compares
+        # the log-variance's units twice
+        tuples = max(2 * batch * width, width * widest, 2 * params)
+        return tuples, max(batch * width, batch * widest, 2 * batch * hp.latent_dim, params)
 
     def _epoch_state(self) -> dict[str, Any]:
         share = None if self.sq_err is None else self.sq_err.share.clone()
@@ -303,8 +305,9 @@ class GanTwin(Twin):
         critic = [width * hp.pac, *hp.discriminator_hidden, 1]
         params = max(_parameters(generator), _parameters(critic))
         widest = max(*hp.generator_hidden, *hp.discriminator_hidden, 1)
-        # the moment loss's [F; R]^T [F; -R] is width x width
-        tuples = max(width * width, 2 * batch * width, width * hp.pac * widest, params)
+        # the moment loss's [F; R]^T [F; -R] is width x width; Adam's last Newton step
+        # multiplies two stacked vectors of parameters
+        tuples = max(width * width, 2 * batch * width, width * hp.pac * widest, 2 * params)
         return tuples, max(batch * width, batch * widest, params)
 
     def _fake(self, rows: int, generator: torch.Generator):
