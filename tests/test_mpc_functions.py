@@ -96,6 +96,19 @@ def test_tanh_matches_torch_closer_than_cryptens_in_as_many_rounds(results):
     assert (results["tanh_rounds"], results["crypten_tanh_rounds"]) == (16, 19)
 
 
+def test_tanh_and_the_exp_of_it_take_the_rounds_of_tanh_alone(results):
+    x = functions_inputs()["tanh_in"]
+    t, std = torch.tensor(results["tanh_exp"])
+    # as close as tanh's (CrypTen's exp in both; its truncations differ run to run)
+    torch.testing.assert_close(t, torch.tanh(x), atol=2.5e-3, rtol=0)
+    # exp(2 t) of the t it comes with, within the fit's budget; against float64 the error
+    # is t's, doubled
+    torch.testing.assert_close(std, (2 * t).exp(), rtol=1e-3, atol=4 * functions.LSB)
+    torch.testing.assert_close(std, (2 * torch.tanh(x)).exp(), rtol=6e-3, atol=0)
+    # the exp after tanh (exp_in_range on [-2, 2]) took 3 more
+    assert results["tanh_exp_rounds"] == results["tanh_rounds"] == 16
+
+
 def test_continuous_tanh_rides_in_the_span_softmax(results):
     logits = functions_inputs()["logits"]
     continuous = [s.start for s in LAYOUT.spans if s.kind == "continuous"]
