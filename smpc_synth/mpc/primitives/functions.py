@@ -144,25 +144,22 @@ def tanh_and_exp(x, scale: float, provider) -> tuple:
     2 / w - 1 = |t|``, ``t = U - 2 [x < 0] U`` and ``exp(scale t) = E+(w) + [x < 0] (E-(w) -
     E+(w))``, ``E+-(w) = exp(+-scale U)``. One set of powers of ``w`` gives ``1 / w``,
     ``E+`` and ``E-`` (:func:`tanh_exp_fits`), and both sign products are opened in the
-    round in which :func:`tanh` opens its one (the comparison is of ``x`` twice, for two
-    prepared products): the exp of ``t`` after it (:func:`exp_in_range`, 3 rounds on
-    ``[-2, 2]``) is saved. ``provider``: the dealer's; with None, CrypTen's tanh and exp."""
+    round in which :func:`tanh` opens its one (the comparison prepares two products): the
+    exp of ``t`` after it (:func:`exp_in_range`, 3 rounds on ``[-2, 2]``) is saved. ``provider``: the dealer's; with None, CrypTen's tanh and exp."""
     if provider is None:
         t = x.tanh()
         return t, (t * scale).exp()
-    share = x.share.reshape(-1)
     bits, negative = compare.sign_bits(
-        torch.cat([share, share]), provider, times_x=True, later=1, width=compare.ACTIVATION_BITS
+        x.share, provider, times_x=True, later=2, width=compare.ACTIVATION_BITS
     )
-    magnitude = x - compare.shares_like(x, negative[: share.numel()].view_as(x.share) * 2)
+    magnitude = x - compare.shares_like(x, negative * 2)
     u = (magnitude * -2).exp()  # CrypTen's exp, as in tanh
     reciprocal, above, below = _evaluate(u + 1, tanh_exp_fits(scale), 1.0, 2.0)
     unsigned = reciprocal * 2 - 1
     gap = below - above
-    flipped = bits.times(torch.cat([unsigned.share.reshape(-1), gap.share.reshape(-1)]))
-    n = share.numel()
-    t = unsigned - compare.shares_like(unsigned, flipped[:n].view_as(x.share) * 2)
-    return t, above + compare.shares_like(gap, flipped[n:].view_as(x.share))
+    flip_t, flip_exp = bits.times_each([unsigned.share, gap.share])
+    t = unsigned - compare.shares_like(unsigned, flip_t * 2)
+    return t, above + compare.shares_like(gap, flip_exp)
 
 
 @functools.lru_cache(maxsize=16)

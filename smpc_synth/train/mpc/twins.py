@@ -176,10 +176,9 @@ class VaeTwin(Twin):
         params = _parameters(encoder) + _parameters(decoder)
         widest = max(hp.hidden, default=1)
         # the span softmax's slots: a unit each, two per continuous unit; Adam's last
-        # Newton step multiplies two stacked vectors of parameters; tanh_and_exp compares
-        # the log-variance's units twice
+        # Newton step multiplies two stacked vectors of parameters
         tuples = max(2 * batch * width, width * widest, 2 * params)
-        return tuples, max(batch * width, batch * widest, 2 * batch * hp.latent_dim, params)
+        return tuples, max(batch * width, batch * widest, params)
 
     def _epoch_state(self) -> dict[str, Any]:
         share = None if self.sq_err is None else self.sq_err.share.clone()
