@@ -145,7 +145,8 @@ def tanh_and_exp(x, scale: float, provider) -> tuple:
     E+(w))``, ``E+-(w) = exp(+-scale U)``. One set of powers of ``w`` gives ``1 / w``,
     ``E+`` and ``E-`` (:func:`tanh_exp_fits`), and both sign products are opened in the
     round in which :func:`tanh` opens its one (the comparison prepares two products): the
-    exp of ``t`` after it (:func:`exp_in_range`, 3 rounds on ``[-2, 2]``) is saved. ``provider``: the dealer's; with None, CrypTen's tanh and exp."""
+    exp of ``t`` after it (:func:`exp_in_range`, 3 rounds on ``[-2, 2]``) is saved.
+    ``provider``: the dealer's; with None, CrypTen's tanh and exp."""
     if provider is None:
         t = x.tanh()
         return t, (t * scale).exp()

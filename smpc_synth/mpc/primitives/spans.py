@@ -154,7 +154,7 @@ class SpanMap:
 
 class PendingLogHit:
     """The per-span log-probability of a target, waiting for one product: ``product`` is
-    the ``(op, x, y)`` of :func:`~smpc_synth.mpc.beaver.products`, :meth:`finish` takes
+    the ``(op, x, y)`` of :func:`~smpc_synth.mpc.primitives.beaver.products`, :meth:`finish` takes
     its result. With the dealer the product is the shifted logits times the target (the
     true category's ``l - max``), less the log of the span's denominator; without it,
     the probabilities times the target, whose CrypTen log is taken."""
