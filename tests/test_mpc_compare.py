@@ -83,8 +83,16 @@ def _share(values: torch.Tensor, parties: int, generator: torch.Generator) -> li
     return [values - sum(shares, torch.zeros_like(values)), *shares]
 
 
-def _run(parties: int, x: torch.Tensor, times_x: bool, later_ys: list, width: int = 64):
-    """Every party's (sign bit shares, x * b shares or None, later product shares)."""
+def _run(
+    parties: int,
+    x: torch.Tensor,
+    times_x: bool,
+    later_ys: list,
+    width: int = 64,
+    together: bool = False,
+):
+    """Every party's (sign bit shares, x * b shares or None, later product shares); the
+    later products one at a time, or ``together`` (``SignBits.times_each``)."""
     generator = torch.Generator().manual_seed(7)
     x_shares = _share(x, parties, generator)
     later_shares = [_share(y, parties, generator) for y in later_ys]
@@ -104,7 +112,10 @@ def _run(parties: int, x: torch.Tensor, times_x: bool, later_ys: list, width: in
                 width=width,
                 comm=comm,
             )
-            later = [bits.times(y[rank]) for y in later_shares]
+            if together:
+                later = bits.times_each([y[rank] for y in later_shares])
+            else:
+                later = [bits.times(y[rank]) for y in later_shares]
             results[rank] = (bits.arithmetic(), negative, later)
         except BaseException as err:  # surfaced below, with the party's rank
             errors.append((rank, err))
@@ -192,6 +203,20 @@ def test_x_times_its_sign_is_free_and_later_products_cost_one_round():
     assert exchange.words_sent == 2 * 1000 + (4 * 7 + 6 + 1) * compare.words(1000)
 
 
+@pytest.mark.parametrize("parties", [2, 3])
+def test_later_products_opened_together_take_one_round(parties):
+    g = torch.Generator().manual_seed(11 + parties)
+    x = torch.randint(-(2**30), 2**30, (500,), generator=g, dtype=torch.long)
+    ys = [torch.randint(-(2**40), 2**40, (500,), generator=g, dtype=torch.long) for _ in "yz"]
+    later = compare.MAX_PRODUCTS - 1  # with x * b
+    results, exchange = _run(parties, x, True, ys[:later], width=32, together=True)
+    negative = (x < 0).long()
+    assert torch.equal(_open([r[1] for r in results]), x * negative)
+    for i, y in enumerate(ys[:later]):
+        assert torch.equal(_open([r[2][i] for r in results]), y * negative)
+    assert exchange.rounds == 5  # the comparison's 4, and one for every later product
+
+
 def test_shapes_and_padding_keep_elements_apart():
     x = torch.tensor([[-5, 3, 0], [7, -1, -(2**63)]], dtype=torch.long)
     results, _ = _run(2, x.reshape(-1), False, [])
@@ -217,7 +242,9 @@ def test_bitslice_of_the_low_half_matches_the_full_one():
 
 def test_too_many_products_and_odd_widths_are_refused():
     with pytest.raises(ValueError, match="at most"):
-        compare.sign_bits(torch.zeros(3, dtype=torch.long), None, times_x=True, later=2)
+        compare.sign_bits(
+            torch.zeros(3, dtype=torch.long), None, times_x=True, later=compare.MAX_PRODUCTS
+        )
     with pytest.raises(ValueError, match="width"):
         compare.sign_bits(torch.zeros(3, dtype=torch.long), None, width=40)
 

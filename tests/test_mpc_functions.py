@@ -23,6 +23,7 @@ from test_mpc_harness import (
 from smpc_synth.data.layout import Layout, Span
 from smpc_synth.models.spans import activate
 from smpc_synth.mpc.primitives import functions
+from smpc_synth.train.mpc.limits import MAX_LOGVAR_BOUND
 
 LAYOUT = Layout(
     (
@@ -93,6 +94,19 @@ def test_tanh_matches_torch_closer_than_cryptens_in_as_many_rounds(results):
     cryptens = (torch.tensor(results["crypten_tanh"]) - torch.tanh(x)).abs().max()
     assert ours < 0.6 * cryptens
     assert (results["tanh_rounds"], results["crypten_tanh_rounds"]) == (16, 19)
+
+
+def test_tanh_and_the_exp_of_it_take_the_rounds_of_tanh_alone(results):
+    x = functions_inputs()["tanh_in"]
+    t, std = torch.tensor(results["tanh_exp"])
+    # as close as tanh's (CrypTen's exp in both; its truncations differ run to run)
+    torch.testing.assert_close(t, torch.tanh(x), atol=2.5e-3, rtol=0)
+    # exp(2 t) of the t it comes with, within the fit's budget; against float64 the error
+    # is t's, doubled
+    torch.testing.assert_close(std, (2 * t).exp(), rtol=1e-3, atol=4 * functions.LSB)
+    torch.testing.assert_close(std, (2 * torch.tanh(x)).exp(), rtol=6e-3, atol=0)
+    # the exp after tanh (exp_in_range on [-2, 2]) took 3 more
+    assert results["tanh_exp_rounds"] == results["tanh_rounds"] == 16
 
 
 def test_continuous_tanh_rides_in_the_span_softmax(results):
@@ -217,6 +231,12 @@ APPROXIMATION_BOUNDS = {
     "exp_widest": (1e-3, 2 * LSB),
     "inv_sqrt": (0.05, 8 * LSB),
     "tanh": (0.0, 3e-3),
+    # exp(scale t) of the t it comes with is a polynomial fit; against float64 its error is
+    # mostly t's, scale times larger relatively
+    "tanh_exp_default": (6e-3, 0.0),
+    "tanh_exp_widest": (1.2e-2, 0.0),
+    "tanh_exp_default_t": (0.0, 3e-3),
+    "tanh_exp_widest_t": (0.0, 3e-3),
     "sigmoid": (0.0, 2e-3),
     "log_sigmoid": (0.0, 3e-3),
     "log_1m_sigmoid": (0.0, 3e-3),
@@ -253,6 +273,10 @@ def _exact() -> dict[str, torch.Tensor]:
         "exp_widest": inputs["exp_widest"].exp(),
         "inv_sqrt": inputs["inv_sqrt"].rsqrt(),
         "tanh": inputs["tanh"].tanh(),
+        "tanh_exp_default": (inputs["tanh"].tanh() * 2).exp(),
+        "tanh_exp_widest": (inputs["tanh"].tanh() * MAX_LOGVAR_BOUND / 2).exp(),
+        "tanh_exp_default_t": inputs["tanh"].tanh(),
+        "tanh_exp_widest_t": inputs["tanh"].tanh(),
         "sigmoid": s.sigmoid(),
         "log_sigmoid": torch.nn.functional.logsigmoid(s),
         "log_1m_sigmoid": torch.nn.functional.logsigmoid(-s),

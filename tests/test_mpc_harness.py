@@ -680,6 +680,10 @@ def functions_program(rank: int, layout) -> dict[str, Any]:
     tanh = functions.tanh(t, provider).get_plain_text()
     tanh_rounds = session.traffic().rounds - rounds - 1  # less the opening
     rounds = session.traffic().rounds
+    fused = functions.tanh_and_exp(t, 2.0, provider)  # the VAE's t and std (bound 4)
+    fused = session.crypten.stack(list(fused)).get_plain_text()
+    tanh_exp_rounds = session.traffic().rounds - rounds - 1
+    rounds = session.traffic().rounds
     crypten_tanh = t.tanh().get_plain_text()
     crypten_tanh_rounds = session.traffic().rounds - rounds - 1
     e = session.crypten.cryptensor(inputs["exp_in"], src=0)
@@ -701,6 +705,8 @@ def functions_program(rank: int, layout) -> dict[str, Any]:
         "crypten_exp_rounds": crypten_exp_rounds,
         "tanh": tanh.tolist(),
         "tanh_rounds": tanh_rounds,
+        "tanh_exp": fused.tolist(),
+        "tanh_exp_rounds": tanh_exp_rounds,
         "crypten_tanh": crypten_tanh.tolist(),
         "crypten_tanh_rounds": crypten_tanh_rounds,
         "maxima": [m.tolist() for m in maxima],
@@ -904,6 +910,9 @@ def approximations_program(rank: int) -> dict[str, Any]:
     out["exp_widest"] = functions.exp_in_range(x["exp_widest"], -half, half)
     out["inv_sqrt"] = inverse_sqrt(x["inv_sqrt"])[0]
     out["tanh"] = functions.tanh(x["tanh"], provider)
+    for name, scale in (("default", 2.0), ("widest", half)):  # logvar_bound 4 and the largest
+        t, out[f"tanh_exp_{name}"] = functions.tanh_and_exp(x["tanh"], scale, provider)
+        out[f"tanh_exp_{name}_t"] = t
     out["sigmoid"], out["log_sigmoid"], out["log_1m_sigmoid"] = functions.sigmoid_and_logs(
         x["sigmoid"], provider
     )

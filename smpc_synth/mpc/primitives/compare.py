@@ -56,7 +56,9 @@ BITS = 64
 ACTIVATION_BITS = 32
 WIDTHS = (32, 48, 64)  # a multiple of 16: groups of 4 bits, combined 4 at a time
 GROUP = 4  # positions combined per tree node
-MAX_PRODUCTS = 2  # products with one comparison's bits (a ReLU uses 2: x * b and its backward)
+# products with one comparison's bits (a ReLU uses 2: x * b and its backward; the VAE's
+# tanh_and_exp 3: |x|, then t's and std's signs)
+MAX_PRODUCTS = 3
 # Elements of one comparison request: the dealer serves at most MAX_TUPLE_ELEMENTS / 8
 MAX_COUNT = 1 << 22
 
@@ -451,11 +453,20 @@ class SignBits:
 
     def times(self, y_share: torch.Tensor) -> torch.Tensor:
         """Shares of ``y * b`` for shares of ``y`` (same number of elements): one round."""
-        if not self.prepared:
+        return self.times_each([y_share])[0]
+
+    def times_each(self, y_shares: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Shares of ``y * b`` for each of ``y_shares`` (each as many elements as the bits),
+        a prepared product each, all opened in one round."""
+        if len(self.prepared) < len(y_shares):
             raise RuntimeError("no prepared product left for these sign bits")
-        a, a_rho = self.prepared.pop(0)
-        delta = self.comm.open_sum(y_share.reshape(-1) - a)
-        return self.product(delta, a, a_rho).view_as(y_share)
+        prepared = [self.prepared.pop(0) for _ in y_shares]
+        opened = torch.cat([y.reshape(-1) - a for y, (a, _) in zip(y_shares, prepared)])
+        deltas = self.comm.open_sum(opened).split([a.numel() for a, _ in prepared])
+        return [
+            self.product(delta, a, a_rho).view_as(y)
+            for y, delta, (a, a_rho) in zip(y_shares, deltas, prepared)
+        ]
 
 
 def sign_bits(

@@ -136,6 +136,69 @@ def tanh(x, provider):
     return unsigned - compare.shares_like(unsigned, bits.times(unsigned.share) * 2)
 
 
+def tanh_and_exp(x, scale: float, provider) -> tuple:
+    """``(t, exp(scale t))`` with ``t = tanh(x)`` of the MPCTensor ``x``, in the rounds of
+    :func:`tanh` alone (the VAE's bounded log-variance ``b t`` and ``std = exp(b t / 2)``).
+
+    Both are functions of ``w = 1 + exp(-2|x|)`` in ``(1, 2]`` and of the sign: with ``U =
+    2 / w - 1 = |t|``, ``t = U - 2 [x < 0] U`` and ``exp(scale t) = E+(w) + [x < 0] (E-(w) -
+    E+(w))``, ``E+-(w) = exp(+-scale U)``. One set of powers of ``w`` gives ``1 / w``,
+    ``E+`` and ``E-`` (:func:`tanh_exp_fits`), and both sign products are opened in the
+    round in which :func:`tanh` opens its one (the comparison prepares two products): the
+    exp of ``t`` after it (:func:`exp_in_range`, 3 rounds on ``[-2, 2]``) is saved.
+    ``provider``: the dealer's; with None, CrypTen's tanh and exp."""
+    if provider is None:
+        t = x.tanh()
+        return t, (t * scale).exp()
+    bits, negative = compare.sign_bits(
+        x.share, provider, times_x=True, later=2, width=compare.ACTIVATION_BITS
+    )
+    magnitude = x - compare.shares_like(x, negative * 2)
+    u = (magnitude * -2).exp()  # CrypTen's exp, as in tanh
+    reciprocal, above, below = _evaluate(u + 1, tanh_exp_fits(scale), 1.0, 2.0)
+    unsigned = reciprocal * 2 - 1
+    gap = below - above
+    flip_t, flip_exp = bits.times_each([unsigned.share, gap.share])
+    t = unsigned - compare.shares_like(unsigned, flip_t * 2)
+    return t, above + compare.shares_like(gap, flip_exp)
+
+
+@functools.lru_cache(maxsize=16)
+def tanh_exp_fits(scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Monomial coefficients (in ``t = (w - 1.5) / 0.5``) of ``1 / w``, ``E+(w) = exp(scale
+    (2/w - 1))`` and ``E-(w) = exp(-scale (2/w - 1))`` on ``w`` in ``[1, 2]``
+    (:func:`tanh_and_exp`): the reciprocal as :func:`chebyshev_polynomial` fits it, the
+    two exps in the fewest rounds of powers whose estimated error, the fit's own (relative)
+    and fixed point's (absolute, as :func:`exp_error`), is within :data:`EXP_BUDGET`, at
+    the highest degree those rounds compute (``scale`` 2: degree 8, 2.4e-4 off; 4: 16)."""
+    reciprocal = chebyshev_polynomial("reciprocal", 1.0, 2.0)
+    nodes = np.cos(np.pi * (np.arange(256) + 0.5) / 256)
+    check = np.linspace(-1.0, 1.0, 4001)
+    best = None
+    for degree in range(1, MAX_DEGREE + 1):
+        fits, worst = [], 0.0
+        for sign in (1.0, -1.0):
+
+            def target(t, sign=sign):
+                return np.exp(sign * scale * (2 / (1.5 + 0.5 * t) - 1))
+
+            fit = chebyshev.chebfit(nodes, target(nodes), degree)
+            exact = target(check)
+            error = np.abs(chebyshev.chebval(check, fit) / exact - 1).max()
+            monomial = chebyshev.cheb2poly(fit)
+            # rounding: a unit per power, times its coefficient (absolute, see exp_error)
+            worst = max(worst, float(error) + LSB * (1 + float(np.sqrt((monomial**2).sum()))))
+            fits.append(monomial)
+        if worst <= EXP_BUDGET:
+            rounds = polynomial_rounds(max(degree, len(reciprocal) - 1))
+            if best is not None and rounds > best[0]:
+                break
+            best = (rounds, fits)
+    if best is None:
+        raise ValueError(f"exp(scale tanh) with scale {scale} needs more than degree {MAX_DEGREE}")
+    return reciprocal, best[1][0], best[1][1]
+
+
 def sigmoid_and_logs(x, provider) -> tuple:
     """``(sigmoid(x), log sigmoid(x), log(1 - sigmoid(x)))`` of the MPCTensor ``x`` (a
     discriminator's logits), accurate for every ``x`` within the comparison width:
@@ -212,6 +275,12 @@ def polynomials_in_range(
     every element lies in ``[low, high]``, from one set of powers: the rounds and products of
     the highest degree alone (each function is then a public combination of the powers)."""
     fits = [chebyshev_polynomial(function, low, high, tolerance) for function in functions]
+    return _evaluate(x, fits, low, high)
+
+
+def _evaluate(x, fits: Sequence[np.ndarray], low: float, high: float) -> list:
+    """The polynomials ``fits`` (monomial coefficients in ``t = (x - mid) / half`` of
+    ``[low, high]``) of the MPCTensor ``x``, from one set of powers of ``t``."""
     mid, half = _centre(low, high)
     t = (x - mid) * (1.0 / half)
     terms = _powers(t, max(len(fit) for fit in fits) - 1)

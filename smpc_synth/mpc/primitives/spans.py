@@ -15,7 +15,7 @@ import torch
 
 from smpc_synth.crypten_backend.compat import comparison_provider, import_crypten
 from smpc_synth.data.layout import Layout
-from smpc_synth.mpc.primitives import compare, functions
+from smpc_synth.mpc.primitives import beaver, compare, functions
 
 crypten = import_crypten()
 
@@ -69,21 +69,31 @@ class SpanMap:
         ``(l_true - max) - log(sum)``, the log of a value in ``[1, w]`` that rides on the
         powers its reciprocal computes, not the log of a probability that may be tiny);
         otherwise CrypTen's functions."""
+        tanh, probs, pending = self.activate_for_log_hit(raw, target)
+        if pending is None:
+            return tanh, probs, None
+        return tanh, probs, pending.finish(beaver.products([pending.product])[0])
+
+    def activate_for_log_hit(self, raw, target=None):
+        """:meth:`activate_and_log_hit` with the log-probability left pending where it
+        takes a product (with the dealer): ``(tanh, probs, pending)``, where ``pending`` is
+        None or a :class:`PendingLogHit` whose product the caller opens with its own (one
+        round fewer than a product of its own)."""
         provider = comparison_provider()
         if provider is None:
             tanh = raw[:, self.continuous].tanh() if len(self.continuous) else None
             probs = self._cryptens_softmax(raw) if self.n_spans else None
-            log_hit = None
+            pending = None
             if probs is not None and target is not None:
-                log_hit = self.span_sums(probs * target).log()
-            return tanh, probs, log_hit
+                pending = PendingLogHit(self, ("mul", probs, target), log_denominator=None)
+            return tanh, probs, pending
         with_log = self.n_spans > 0 and target is not None
         tanh, probs, shifted, log_denominator = self._activations(raw, provider, with_log)
-        log_hit = None
+        pending = None
         if with_log:
-            true_logit = self.span_sums(shifted[:, : len(self.onehot)] * target)
-            log_hit = true_logit - log_denominator[:, : self.n_spans]
-        return tanh, probs, log_hit
+            product = ("mul", shifted[:, : len(self.onehot)], target)
+            pending = PendingLogHit(self, product, log_denominator[:, : self.n_spans])
+        return tanh, probs, pending
 
     def _cryptens_softmax(self, raw):
         """CrypTen's softmax of each one-hot span (without the dealer: tests only)."""
@@ -140,6 +150,23 @@ class SpanMap:
         cont = full[:, self.continuous] if len(self.continuous) else None
         oh = full[:, self.onehot] if len(self.onehot) else None
         return cont, oh
+
+
+class PendingLogHit:
+    """The per-span log-probability of a target, waiting for one product: ``product`` is
+    the ``(op, x, y)`` of :func:`~smpc_synth.mpc.primitives.beaver.products`, :meth:`finish` takes
+    its result. With the dealer the product is the shifted logits times the target (the
+    true category's ``l - max``), less the log of the span's denominator; without it,
+    the probabilities times the target, whose CrypTen log is taken."""
+
+    def __init__(self, spans: SpanMap, product: tuple, log_denominator):
+        self.spans, self.product, self.log_denominator = spans, product, log_denominator
+
+    def finish(self, product):
+        per_span = self.spans.span_sums(product)
+        if self.log_denominator is None:
+            return per_span.log()
+        return per_span - self.log_denominator
 
 
 class Activation:

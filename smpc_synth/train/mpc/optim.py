@@ -154,14 +154,15 @@ class SharedAdam:
             self.v = self.v.relu()  # see V_CLAMP_EVERY
         x = self.v + EPS
         steady = next((n for weight, n in STEADY_ITERS if c2 <= weight), None)
+        # m times the root comes out of Newton's last round (no product of its own)
         if steady is not None and self.inv_root is not None and self.last_x is not None:
-            root = steady_inverse_sqrt(x, self.inv_root, self.last_x, steady)
+            root = steady_inverse_sqrt(x, self.inv_root, self.last_x, steady, times=self.m)
         else:
-            root = inverse_sqrt(x, self.inv_root)
+            root = inverse_sqrt(x, self.inv_root, times=self.m)
         self.inv_root = root.root
         self.root_check = crypten.stack([root.check.sum(), fixed_mask(root.over).sum()])
         self.last_x = x
-        return params - (self.m * self.inv_root) * s.lr
+        return params - root.times * s.lr
 
     def root_check_error(self, revealed: Sequence[float]) -> float:
         """The revealed :attr:`root_check` as a health check: above 1 means a wrap-around
@@ -231,9 +232,10 @@ class Root(NamedTuple):
     root: object  # MPCTensor: 1/sqrt(x)
     check: object  # MPCTensor: x y^2 of Newton's last step's input, about 1 (see _newton)
     over: object  # 0/1 MPCTensor (CrypTen's scale 1): x above X_MAX, beyond the window
+    times: object = None  # MPCTensor: the ``times`` asked for, times the root (else None)
 
 
-def inverse_sqrt(x, warm=None, over=None) -> Root:
+def inverse_sqrt(x, warm=None, over=None, times=None) -> Root:
     """``1/sqrt(x)`` for x in [EPS, X_MAX] by Newton's iteration, from ``warm`` if given.
 
     Newton's step for 1/sqrt diverges when it starts above sqrt(3/x), which a warm start
@@ -242,20 +244,21 @@ def inverse_sqrt(x, warm=None, over=None) -> Root:
     zero, they restart 32x lower (and the vector takes the Newton steps that needs), and
     if some still are unsafe the whole vector starts from :func:`bucket_start`. The first
     comparison also marks the elements above X_MAX (``over``, unless given): none is
-    revealed here, their count rides with the root check.
+    revealed here, their count rides with the root check. ``times``: a tensor whose
+    product with the root comes with it (:attr:`Root.times`), in Newton's rounds.
     """
     if warm is not None:
         y0 = warm * WARM_DAMPING
         unsafe, found = _unsafe_starts(x, y0, over is None)
         over = found if over is None else over
         if unsafe is None:
-            return Root(*_newton(x, y0, WARM_ITERS), over)
+            return _root(_newton(x, y0, WARM_ITERS, times), over)
         # lower, but not to a few units of fixed point, where Newton cannot move
         y0 = y0 + fixed_mask(unsafe) * (RESTART_FLOOR - y0 * (1 - RESTART_LOWER))
         if _unsafe_starts(x, y0)[0] is None:
-            return Root(*_newton(x, y0, RESTART_ITERS), over)
+            return _root(_newton(x, y0, RESTART_ITERS, times), over)
     guess, found = bucket_start(x)
-    return Root(*_newton(x, guess, BUCKET_ITERS), found if over is None else over)
+    return _root(_newton(x, guess, BUCKET_ITERS, times), found if over is None else over)
 
 
 def bucket_start(x):
@@ -280,16 +283,16 @@ def bucket_start(x):
     return guess + float(encoded[0]) / FIXED.scale, above[BUCKETS]
 
 
-def steady_inverse_sqrt(x, previous_root, previous_x, iters: int) -> Root:
+def steady_inverse_sqrt(x, previous_root, previous_x, iters: int, times=None) -> Root:
     """``1/sqrt(x)`` by ``iters`` Newton steps from the previous root, unless some element
     grew more than :data:`SAFE_GROWTH`-fold (only their count is revealed): then
     :func:`inverse_sqrt`. No multiplication is needed for the check; the same comparison
-    marks the elements above X_MAX."""
+    marks the elements above X_MAX. ``times``: as in :func:`inverse_sqrt`."""
     bits = crypten.stack([x - previous_x * SAFE_GROWTH, x - X_MAX]).gt(0)
     grown, over = bits[0], bits[1]
     if round(float(grown.sum().get_plain_text())) == 0:
-        return Root(*_newton(x, previous_root, iters), over)
-    return inverse_sqrt(x, previous_root, over)
+        return _root(_newton(x, previous_root, iters, times), over)
+    return inverse_sqrt(x, previous_root, over, times)
 
 
 def _unsafe_starts(x, y0, with_range: bool = False):
@@ -307,11 +310,27 @@ def _unsafe_starts(x, y0, with_range: bool = False):
     return (None if round(float(unsafe.sum().get_plain_text())) == 0 else unsafe), over
 
 
-def _newton(x, y, iters: int):
-    """``iters`` Newton steps for ``1/sqrt(x)`` from ``y``; returns the root and ``x y^2``
-    of the last step's input (about 1 where that input was close)."""
-    s = None
-    for _ in range(iters):
-        s = (x * y) * y  # x*y first: y^2 alone underflows for large x
-        y = y * (3 - s) * 0.5
-    return y, s
+def _root(newton: tuple, over) -> Root:
+    root, check, product = newton
+    return Root(root, check, over, product)
+
+
+def _newton(x, y, iters: int, times=None):
+    """``iters`` Newton steps for ``1/sqrt(x)`` from ``y``; returns the root, ``x y^2``
+    of the last step's input (about 1 where that input was close) and, if ``times`` is
+    given, ``times`` times the root (else None).
+
+    ``times y' = (times y) (3 - s) / 2`` for the last step's ``y' = y (3 - s) / 2``: the
+    last step multiplies ``[x, times]`` stacked by ``y`` and ``[y, times y]`` by ``(3 - s) /
+    2``, one product each (``y`` and ``(3 - s) / 2`` opened once), so ``times`` takes no
+    round of its own and opens as many elements as its own product would have."""
+    s = product = None
+    for i in range(iters):
+        last = times is not None and i == iters - 1
+        xy = (crypten.stack([x, times]) if last else x) * y
+        s = (xy[0] if last else xy) * y  # x*y first: y^2 alone underflows for large x
+        half = (3 - s) * 0.5
+        y = (crypten.stack([y, xy[1]]) if last else y) * half
+        if last:
+            y, product = y[0], y[1]
+    return y, s, product

@@ -175,8 +175,9 @@ class VaeTwin(Twin):
         decoder = [hp.latent_dim, *reversed(hp.hidden), width]
         params = _parameters(encoder) + _parameters(decoder)
         widest = max(hp.hidden, default=1)
-        # the span softmax's slots: a unit each, two per continuous unit
-        tuples = max(2 * batch * width, width * widest, params)
+        # the span softmax's slots: a unit each, two per continuous unit; Adam's last
+        # Newton step multiplies two stacked vectors of parameters
+        tuples = max(2 * batch * width, width * widest, 2 * params)
         return tuples, max(batch * width, batch * widest, params)
 
     def _epoch_state(self) -> dict[str, Any]:
@@ -217,27 +218,34 @@ def vae_backprop(model, spans: SpanMap, nets, batch, generator, per: int, phase)
     """
     hp = model.hparams
     n, latent, bound = batch.size(0), hp.latent_dim, hp.logvar_bound
-    with phase("forward"):
+    with phase("forward: encoder"):  # finer phases: what each operation costs
         out = nets["encoder"].forward(batch)
+    with phase("forward: tanh, exp"):
         mu, r = out[:, :latent], out[:, latent:]
-        t = functions.tanh(r * (1.0 / bound), comparison_provider())
+        # t and std = exp(logvar / 2) from one tanh's rounds (no exp of logvar after it)
+        t, std = functions.tanh_and_exp(r * (1.0 / bound), bound / 2, comparison_provider())
         logvar = t * bound
         eps = torch.randn((n, latent), generator=generator)
-        std = functions.exp_in_range(logvar * 0.5, -bound / 2, bound / 2)  # 3 rounds
         z = mu + std * eps
+    with phase("forward: decoder"):
         raw = nets["decoder"].forward(z)
     with phase("loss"):
         sigma = model.buffers["sigma"]
         recon = 0
         d_cont = d_oh = sq_err = None
         target = batch[:, spans.onehot] if spans.n_spans else None
-        c, p, log_hit = spans.activate_and_log_hit(raw, target)
-        # every square the loss and the backward pass need, in one round
+        with phase("loss: span softmax"):
+            c, p, pending = spans.activate_for_log_hit(raw, target)
+        # every square the loss and the backward pass need, and the true categories'
+        # logits (for their log-probabilities), in one round
         squares = [("square", v, None) for v in (std, mu, t)]
         if c is not None:
             err = c - batch[:, spans.continuous]
             squares += [("square", err, None), ("square", c, None)]
+        if pending is not None:
+            squares.append(pending.product)
         var, mu_sq, t_sq, *continuous_squares = beaver.products(squares)
+        log_hit = pending.finish(continuous_squares.pop()) if pending is not None else None
         # and every product of the gradients' factors, in one more: tanh's derivative
         # 1 - t^2 goes into the factors of d_logvar here, so the backward pass is left
         # with one product for it instead of two
@@ -256,8 +264,9 @@ def vae_backprop(model, spans: SpanMap, nets, batch, generator, per: int, phase)
             d_oh = (p - target) * (hp.recon_weight / per)
         kl = (mu_sq + var - logvar - 1).sum() * (0.5 / per)
         loss = recon * hp.recon_weight + kl * hp.kl_weight
-    with phase("backward"):
+    with phase("backward: decoder"):
         dz = nets["decoder"].backward(spans.assemble(d_cont, d_oh), need_input=True)
+    with phase("backward: encoder"):
         d_mu = dz + mu * (hp.kl_weight / per)
         # d_logvar = (dz eps) std / 2 + (var - 1) kl_weight / (2 per), times tanh's derivative
         kl_part = (var_d_tanh - d_tanh) * (0.5 * hp.kl_weight / per)
@@ -295,8 +304,9 @@ class GanTwin(Twin):
         critic = [width * hp.pac, *hp.discriminator_hidden, 1]
         params = max(_parameters(generator), _parameters(critic))
         widest = max(*hp.generator_hidden, *hp.discriminator_hidden, 1)
-        # the moment loss's [F; R]^T [F; -R] is width x width
-        tuples = max(width * width, 2 * batch * width, width * hp.pac * widest, params)
+        # the moment loss's [F; R]^T [F; -R] is width x width; Adam's last Newton step
+        # multiplies two stacked vectors of parameters
+        tuples = max(width * width, 2 * batch * width, width * hp.pac * widest, 2 * params)
         return tuples, max(batch * width, batch * widest, params)
 
     def _fake(self, rows: int, generator: torch.Generator):
