@@ -440,28 +440,36 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
     lines += _parity_lines(grid, plain)
     scaling = [r for r in records if r["kind"] == "scaling"]
     if scaling:
-        lines += ["", "Scaling (MPC, epsilon 1): wall seconds by training rows.", ""]
+        lines += [
+            "",
+            "Scaling (MPC, epsilon 1): wall seconds by training rows; marginals: how many the "
+            "mechanism measured after the one-way ones (AIM's rounds), and training seconds "
+            "per marginal.",
+            "",
+        ]
         lines += [
             "| generator | rows | wall s | x smallest | train s | busiest member's CPU s "
-            "| MB/party | rounds |",
-            "|---|---|---|---|---|---|---|---|",
+            "| MB/party | rounds | marginals | train s / marginal |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         smallest: dict[str, dict[str, Any]] = {}
         for r in sorted(scaling, key=lambda r: (r["generator"], r["rows"])):
             if r.get("exit_code"):
                 lines.append(
                     f"| {r['generator']} | {r['rows']} | stopped after "
-                    f"{_fmt(r.get('bench_seconds'), 0)} s (exit code {r['exit_code']}) ||||||"
+                    f"{_fmt(r.get('bench_seconds'), 0)} s (exit code {r['exit_code']}) ||||||||"
                 )
                 continue
             first = smallest.setdefault(r["generator"], r)
+            marginals = len(r["selected"]) if r.get("selected") is not None else None
             mb = r.get("bytes_per_party")
             ratio = _ratio(r.get("wall_seconds"), first.get("wall_seconds"))
             lines.append(
                 f"| {r['generator']} | {r['rows']} | {_fmt(r.get('wall_seconds'), 1)} "
                 f"| {_fmt(ratio, 2)} | {_fmt(r.get('train_seconds'), 1)} "
                 f"| {_fmt(r.get('cpu_seconds_max'), 1)} | {_fmt(mb / 1e6 if mb else None, 2)} "
-                f"| {_fmt(r.get('rounds_per_party'), 0)} |"
+                f"| {_fmt(r.get('rounds_per_party'), 0)} | {_fmt(marginals)} "
+                f"| {_fmt(_ratio(r.get('train_seconds'), marginals), 2)} |"
             )
     return "\n".join(lines) + "\n"
 
