@@ -9,7 +9,7 @@ from smpc_synth.train.base import Channel, PartyContext, Strategy, TrainingResul
 STRATEGIES: dict[str, str] = {
     "plaintext": "smpc_synth.train.plaintext:PlaintextStrategy",
     "federated": "smpc_synth.train.federated:FederatedStrategy",
-    "mpc": "smpc_synth.train.mpc:MpcStrategy",
+    "mpc": "smpc_synth.train.mpc.strategy:MpcStrategy",
 }
 
 
