@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 from pathlib import Path
@@ -318,3 +319,6 @@ def test_every_mode_has_a_training_strategy():
     from smpc_synth.train import STRATEGIES
 
     assert set(STRATEGIES) == set(MODES)
+    for mode in MODES:  # every entry names a class that exists
+        module, _, name = STRATEGIES[mode].partition(":")
+        assert isinstance(getattr(importlib.import_module(module), name), type), mode

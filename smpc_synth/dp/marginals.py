@@ -49,6 +49,35 @@ def contingency(codes: np.ndarray, columns: Sequence[int], shape: Sequence[int])
     return np.bincount(flat, minlength=math.prod(shape)).astype(np.int64)
 
 
+class LocalCounts:
+    """One table's codes and the contingency tables asked of them, each counted once: AIM
+    asks every round for the same candidates' tables, and counting is the only step whose
+    cost grows with the rows."""
+
+    def __init__(self, codes: np.ndarray, shape: Sequence[int]) -> None:
+        self.codes = np.asarray(codes, dtype=np.int64)
+        self.shape = list(shape)
+        self._tables: dict[tuple[int, ...], np.ndarray] = {}
+
+    def recode(self, mappings: dict[int, np.ndarray], shape: Sequence[int]) -> None:
+        """Map each column's codes through ``mappings[column]`` (a public merging of values)."""
+        codes = self.codes.copy()
+        for column, mapping in mappings.items():
+            codes[:, column] = np.asarray(mapping, dtype=np.int64)[codes[:, column]]
+        self.codes, self.shape = codes, list(shape)
+        self._tables.clear()
+
+    def __call__(self, columns: Sequence[int]) -> np.ndarray:
+        """The counts of ``columns`` (int64, C order; the caller must not modify them)."""
+        key = tuple(int(c) for c in columns)
+        table = self._tables.get(key)
+        if table is None:
+            table = contingency(self.codes, key, [self.shape[c] for c in key])
+            table.flags.writeable = False
+            self._tables[key] = table
+        return table
+
+
 def rounded_estimate(estimate: np.ndarray) -> np.ndarray:
     """A public estimate on the grid ``2^-SCORE_BITS``, as int64 in those units."""
     return np.rint(np.asarray(estimate, dtype=np.float64) * 2.0**SCORE_BITS).astype(np.int64)
@@ -141,18 +170,11 @@ class LocalQueries:
     """
 
     def __init__(self, codes: np.ndarray, shape: Sequence[int], noise_key: bytes) -> None:
-        self.codes = np.asarray(codes, dtype=np.int64)
-        self.shape = list(shape)
+        self._counts = LocalCounts(codes, shape)
         self.noise_key = noise_key
 
     def recode(self, mappings: dict[int, np.ndarray], shape: Sequence[int]) -> None:
-        codes = self.codes.copy()
-        for column, mapping in mappings.items():
-            codes[:, column] = np.asarray(mapping, dtype=np.int64)[codes[:, column]]
-        self.codes, self.shape = codes, list(shape)
-
-    def _counts(self, columns: Sequence[int]) -> np.ndarray:
-        return contingency(self.codes, columns, [self.shape[c] for c in columns])
+        self._counts.recode(mappings, shape)
 
     def measure(self, columns: Sequence[int], sigma2: float, tag: int) -> np.ndarray:
         counts = self._counts(columns)

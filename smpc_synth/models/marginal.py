@@ -292,13 +292,36 @@ class MarginalGenerator(Generator):
         state = np.random.get_state()  # mbi samples from numpy's global generator
         try:
             np.random.seed(seed % 2**32)
-            data = self.model.synthetic_data(n)
-            codes = np.stack([np.asarray(data.data[c]) for c in self.columns], axis=1)
+            data = self._by_position(self.model).synthetic_data(n)
+            codes = np.stack([np.asarray(data.data[c]) for c in range(len(self.columns))], 1)
             rng = np.random.default_rng(seed)
             codes = self._expand(codes, rng)
         finally:
             np.random.set_state(state)
         return self.encode_codes(codes, rng)
+
+    def _by_position(self, model):
+        """The same model with each attribute named by its column's position.
+
+        Private-PGM 2.0's ``synthetic_data`` orders the parents of each column by iterating a
+        Python ``set`` of attribute names (``relevant = used.intersection(...)`` in
+        ``MarkovRandomField.synthetic_data``); strings hash differently in every process
+        (``PYTHONHASHSEED``), so the same model and seed gave different tables in different
+        processes. Integers hash to themselves: with them the order, and the table, depend
+        on the model and the seed alone."""
+        mbi = _mbi()
+        index = {name: i for i, name in enumerate(self.columns)}
+        domain = mbi.Domain(range(len(self.columns)), model.domain.shape)
+        potentials = model.potentials
+        cliques = [tuple(index[a] for a in cl) for cl in potentials.cliques]
+        tables = {
+            renamed: mbi.Factor(domain.project(renamed), potentials.tables[cl].values)
+            for cl, renamed in zip(potentials.cliques, cliques, strict=True)
+        }
+        total = float(model.total)
+        renamed = mbi.CliqueVector(domain, cliques, tables)
+        marginals = mbi.marginal_oracles.message_passing_stable(renamed, total)
+        return mbi.MarkovRandomField(potentials=renamed, marginals=marginals, total=total)
 
     def encode_codes(self, codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Bin codes (rows, columns) -> encoded rows, each value's position within its bin

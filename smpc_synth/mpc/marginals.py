@@ -30,8 +30,8 @@ import torch
 from smpc_synth.crypten_backend.compat import import_crypten
 from smpc_synth.dp.marginals import (
     SCORE_BITS,
+    LocalCounts,
     SelectionPlan,
-    contingency,
     reversed_index,
     rounded_estimate,
     unpack_index,
@@ -49,8 +49,7 @@ class SecureQueries:
     def __init__(self, codes: np.ndarray, shape: Sequence[int]) -> None:
         from smpc_synth.crypten_backend.compat import comparison_provider
 
-        self.codes = np.asarray(codes, dtype=np.int64)
-        self.shape = list(shape)
+        self._counts = LocalCounts(codes, shape)
         self.provider = comparison_provider()
         if self.provider is None:
             raise RuntimeError("secure marginal queries need a session with the dealer")
@@ -59,15 +58,11 @@ class SecureQueries:
         self._mask = prg.Stream(prg.fresh_key())  # this party's own masks for openings
 
     def recode(self, mappings: dict[int, np.ndarray], shape: Sequence[int]) -> None:
-        codes = self.codes.copy()
-        for column, mapping in mappings.items():
-            codes[:, column] = np.asarray(mapping, dtype=np.int64)[codes[:, column]]
-        self.codes, self.shape = codes, list(shape)
+        self._counts.recode(mappings, shape)
 
     def _local(self, columns: Sequence[int]) -> torch.Tensor:
         """This party's share of the pooled marginal: its own contingency table."""
-        counts = contingency(self.codes, columns, [self.shape[c] for c in columns])
-        return torch.from_numpy(counts)
+        return torch.from_numpy(self._counts(columns).copy())
 
     def measure(self, columns: Sequence[int], sigma2: float, tag: int) -> np.ndarray:
         share = self._local(columns)
