@@ -55,6 +55,54 @@ def test_noise_is_a_function_of_key_tag_and_parameters(sigma2, tag, count):
     assert np.all(np.abs(one) <= 40 * math.sqrt(sigma2) + 40)
 
 
+def test_discrete_gaussian_at_dp_sgd_scale_is_gaussian_down_to_its_low_bits():
+    """At DP-SGD's scale (sigma ~2^48 grid steps, so numbers beyond int64 inside the
+    sampler) the draws pass a KS test against N(0, sigma^2) and their low bits are uniform."""
+    from scipy import stats
+
+    sigma = 1.179 * 2.0**48
+    draws = sampling.draw_noise(NOISE_KEY, "dgauss", 2, 20_000, [sigma * sigma])
+    assert stats.kstest(draws / sigma, "norm").pvalue > 1e-4
+    low = np.bincount(draws & 15, minlength=16)
+    assert stats.chisquare(low).pvalue > 1e-4
+
+
+def _within(hits: np.ndarray, p: float) -> bool:
+    n = len(hits)
+    return abs(hits.mean() - p) <= 5 * math.sqrt(p * (1 - p) / n) + 1e-12
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    den=st.integers(2, 2**200),
+    fraction=st.floats(0.0, 1.0),
+    bits=st.integers(1, 62),
+)
+def test_exact_bernoulli_trials_have_their_probability(den, fraction, bits):
+    """Bernoulli(a/b) from a uniform's digits, few at a time (ties, which need the next
+    digits, are then common) or 62 at a time, for numbers far beyond int64."""
+    num = min(den - 1, int(fraction * den))
+    rng = sampling.RandomSource(NOISE_KEY, repr((num, den, bits)).encode())
+    n = 4000
+    nums, dens = np.full(n, num, dtype=object), np.full(n, den, dtype=object)
+    assert _within(sampling._bernoulli_below(nums, dens, rng, bits), num / den)
+
+
+@settings(max_examples=15, deadline=None)
+@given(den=st.integers(1, 2**62 - 1), fraction=st.floats(0.0, 1.0), big=st.integers(0, 3))
+def test_bernoulli_exp_trials_have_their_probability(den, fraction, big):
+    """Bernoulli(exp(-a/b)): in int64 (with Python's integers once b K outgrows int64, which a
+    b near 2^62 forces at once), and for a/b above 1 with numbers beyond int64."""
+    num = int(fraction * den)
+    rng = sampling.RandomSource(NOISE_KEY, repr((num, den, big)).encode())
+    n = 4000
+    small = sampling._bernoulli_exp_small(np.full(n, num, dtype=np.int64), den, rng)
+    assert _within(small, math.exp(-num / den))
+    scale = 2**100 + 1
+    nums = np.full(n, (num + big * den) * scale, dtype=object)
+    assert _within(sampling._bernoulli_exp_big(nums, den * scale, rng), math.exp(-num / den - big))
+
+
 def test_gumbel_argmax_is_the_exponential_mechanism():
     """argmax(s_i + round(scale 2^bits G_i)) picks i with probability ∝ exp(s_i / scale)."""
     scale, bits = 2.0, 20

@@ -5,7 +5,9 @@
   Steinke's rejection algorithm ("The Discrete Gaussian for Differential Privacy",
   NeurIPS 2020, Algorithms 1-3): only integer comparisons of uniform random integers, no
   floating point, so the privacy proof holds for the numbers actually produced. ``sigma2`` is
-  a float, i.e. an exact dyadic rational, and the algorithm uses that rational.
+  a float, i.e. an exact dyadic rational, and the algorithm uses that rational. It runs on
+  numpy arrays, a block of values at a time (int64 where the numbers fit, Python's integers
+  where they do not); each Bernoulli(a/b) trial compares a uniform with a/b exactly.
 - :func:`gumbel_fixed`: ``round(scale 2^bits G)`` for standard Gumbel ``G`` (the
   exponential mechanism by Gumbel-max), computed in 60-digit decimal arithmetic from a
   128-bit uniform. It is not exact; :func:`gumbel_shift` and :func:`gumbel_tail` bound how
@@ -70,7 +72,7 @@ class RandomSource(random.Random):
 
     def _bytes(self, count: int) -> bytes:
         if self._position + count > len(self._buffer):
-            fresh = self._cipher.update(_ZEROS[: max(_CHUNK, count)])
+            fresh = self._cipher.update(_ZEROS if count <= _CHUNK else bytes(count))
             self._buffer = self._buffer[self._position :] + fresh
             self._position = 0
         start = self._position
@@ -92,59 +94,153 @@ class RandomSource(random.Random):
         return self._bytes(n)
 
 
-def _bernoulli_exp_at_most_one(num: int, den: int, rng: RandomSource) -> bool:
-    """Bernoulli(exp(-num/den)) for 0 <= num <= den (CKS Algorithm 1)."""
-    below = rng._randbelow
-    k = 1
-    while below(den * k) < num:  # Bernoulli(num / (den k))
-        k += 1
-    return bool(k & 1)
+_WORD_BITS = 62  # bits of a uniform compared at a time in Bernoulli trials
+_INT_LIMIT = 1 << _WORD_BITS  # int64 arithmetic is used below this, Python's ints above
+_BLOCK = 1 << 16  # values sampled at a time (bounds the memory of one request)
+_POWERS = np.left_shift(np.int64(1), np.arange(_WORD_BITS + 1, dtype=np.int64))
 
 
-def _bernoulli_exp(num: int, den: int, rng: RandomSource) -> bool:
-    """Bernoulli(exp(-num/den)) for num >= 0: exp(-1) once per whole unit, then the rest."""
-    while num > den:
-        if not _bernoulli_exp_at_most_one(1, 1, rng):
-            return False
-        num -= den
-    return _bernoulli_exp_at_most_one(num, den, rng)
+def _words(rng: RandomSource, n: int) -> np.ndarray:
+    """``n`` uniform 64-bit words from ``rng``'s keystream."""
+    return np.frombuffer(rng.randbytes(8 * n), dtype="<u8").astype(np.uint64)
 
 
-def _discrete_laplace(t: int, rng: RandomSource) -> int:
-    """``P[y] ∝ exp(-|y| / t)`` on the integers for an integer ``t >= 1`` (CKS Algorithm 2)."""
-    below = rng._randbelow
-    while True:
-        while True:  # u uniform in [0, t), kept with probability exp(-u / t)
-            u = below(t)
-            if _bernoulli_exp_at_most_one(u, t, rng):
+def _below(n, count: int, rng: RandomSource) -> np.ndarray:
+    """``count`` uniform integers in ``[0, n)`` (``n``: an int or int64 array, 1 <= n <
+    2^62) by rejection: the low bits of a word, up to the power of two at or above ``n``."""
+    n = np.asarray(n, dtype=np.int64)
+    mask = (_POWERS[np.searchsorted(_POWERS, n)] - 1).astype(np.uint64)  # 2^e >= n, least
+    out = (_words(rng, count) & mask).astype(np.int64)
+    todo = np.flatnonzero(out >= n)
+    if n.ndim:
+        n, mask = n[todo], mask[todo]
+    while todo.size:
+        w = (_words(rng, todo.size) & mask).astype(np.int64)
+        ok = w < n
+        out[todo[ok]] = w[ok]
+        todo, redo = todo[~ok], ~ok
+        if n.ndim:
+            n, mask = n[redo], mask[redo]
+    return out
+
+
+def _bernoulli_exp_small(num: np.ndarray, den, rng: RandomSource) -> np.ndarray:
+    """Bernoulli(exp(-num/den)) elementwise for int64 ``0 <= num <= den < 2^62`` (CKS
+    Algorithm 1: K = 1, 2, ... while Bernoulli(num / (den K)); the result is K odd). An
+    element whose ``den K`` outgrows int64 goes on with Python's integers."""
+    count = len(num)
+    den = np.broadcast_to(np.asarray(den, dtype=np.int64), (count,))
+    k = np.ones(count, dtype=np.int64)
+    limit = (_INT_LIMIT - 1) // den  # largest K with den K < 2^62
+    active = np.arange(count)
+    while active.size:
+        big = k[active] > limit[active]
+        for i in active[big]:  # rare: exact, with Python's integers
+            kk = int(k[i])
+            while rng._randbelow(int(den[i]) * kk) < int(num[i]):
+                kk += 1
+            k[i] = kk
+        active = active[~big]
+        go_on = _below(den[active] * k[active], active.size, rng) < num[active]
+        k[active[go_on]] += 1
+        active = active[go_on]
+    return (k & 1).astype(bool)
+
+
+def _bernoulli_below(
+    num: np.ndarray, den: np.ndarray, rng: RandomSource, bits: int = _WORD_BITS
+) -> np.ndarray:
+    """Bernoulli(num/den) elementwise for Python-integer arrays ``0 <= num < den``: a uniform
+    real's binary digits, ``bits`` at a time, against those of num/den, until they differ."""
+    scaled = num * (1 << bits)
+    digits = scaled // den  # < 2^bits
+    w = _words(rng, len(num)) & np.uint64((1 << bits) - 1)
+    d = digits.astype(np.uint64)
+    out = w < d
+    for i in np.flatnonzero(w == d):  # probability 2^-bits each: the next digits, exactly
+        rest, m = int(scaled[i] - digits[i] * den[i]), int(den[i])
+        while True:
+            rest <<= bits
+            digit, rest = divmod(rest, m)
+            word = rng.getrandbits(bits)
+            if word != digit:
+                out[i] = word < digit
                 break
-        v = 0  # geometric: v ones in a row of Bernoulli(exp(-1))
-        while _bernoulli_exp_at_most_one(1, 1, rng):
-            v += 1
-        magnitude = u + t * v  # geometric with parameter 1 - exp(-1/t)
-        negative = below(2)
-        if negative and magnitude == 0:
-            continue
-        return -magnitude if negative else magnitude
+    return out
 
 
-def discrete_gaussian_one(sigma2: float, rng: RandomSource) -> int:
-    """One draw of ``N_Z(0, sigma2)`` (CKS Algorithm 3) for the rational ``sigma2``."""
-    p, q = _rational(sigma2)
-    t = math.isqrt(p // q) + 1  # floor(sigma) + 1
-    while True:
-        y = _discrete_laplace(t, rng)
-        # accept with probability exp(-(|y| - sigma2/t)^2 / (2 sigma2))
-        a = abs(y) * t * q - p
-        if _bernoulli_exp(a * a, 2 * p * q * t * t, rng):
-            return y
+def _bernoulli_exp_big(num: np.ndarray, den: int, rng: RandomSource) -> np.ndarray:
+    """Bernoulli(exp(-num/den)) elementwise for a Python-integer array ``num >= 0`` and a
+    Python integer ``den``: exp(-1) once per whole unit of num/den, then CKS Algorithm 1 on
+    the rest with exact Bernoulli(rest / (den K)) trials."""
+    count = len(num)
+    whole, rest = num // den, num % den
+    out = np.ones(count, dtype=bool)
+    active = np.flatnonzero(whole > 0)
+    while active.size:  # Bernoulli(exp(-1)) per whole unit, until the first failure
+        ok = _bernoulli_exp_small(np.ones(active.size, dtype=np.int64), 1, rng)
+        out[active[~ok]] = False
+        active = active[ok]
+        whole[active] -= 1
+        active = active[whole[active] > 0]
+    k = np.ones(count, dtype=object)
+    active = np.flatnonzero(out)
+    while active.size:
+        go_on = _bernoulli_below(rest[active], den * k[active], rng)
+        k[active[go_on]] += 1
+        active = active[go_on]
+    return out & (k.astype(np.int64) % 2 == 1)
+
+
+def _discrete_laplace(t: int, count: int, rng: RandomSource) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` draws of ``P[y] ∝ exp(-|y| / t)`` for an integer ``1 <= t < 2^62`` (CKS
+    Algorithm 2), as (magnitudes as Python integers, signs)."""
+    magnitude = np.empty(count, dtype=object)
+    negative = np.empty(count, dtype=bool)
+    todo = np.arange(count)
+    while todo.size:
+        m = todo.size
+        u = np.empty(m, dtype=np.int64)  # uniform in [0, t), kept with probability exp(-u/t)
+        pending = np.arange(m)
+        while pending.size:
+            candidate = _below(t, pending.size, rng)
+            kept = _bernoulli_exp_small(candidate, t, rng)
+            u[pending[kept]] = candidate[kept]
+            pending = pending[~kept]
+        v = np.zeros(m, dtype=np.int64)  # geometric: ones in a row of Bernoulli(exp(-1))
+        active = np.arange(m)
+        while active.size:
+            one = _bernoulli_exp_small(np.ones(active.size, dtype=np.int64), 1, rng)
+            active = active[one]
+            v[active] += 1
+        size = u.astype(object) + t * v.astype(object)
+        sign = (_words(rng, m) & np.uint64(1)).astype(bool)
+        redo = sign & (size == 0)  # -0: drawn again
+        magnitude[todo[~redo]] = size[~redo]
+        negative[todo[~redo]] = sign[~redo]
+        todo = todo[redo]
+    return magnitude, negative
 
 
 def discrete_gaussian(sigma2: float, count: int, rng: RandomSource) -> np.ndarray:
-    """``count`` independent draws of ``N_Z(0, sigma2)`` as int64."""
+    """``count`` independent draws of ``N_Z(0, sigma2)`` as int64 (CKS Algorithm 3 for the
+    rational ``sigma2``), a block of values at a time."""
     _check_count(count)
-    _rational(sigma2)
-    return np.fromiter((discrete_gaussian_one(sigma2, rng) for _ in range(count)), np.int64, count)
+    p, q = _rational(sigma2)
+    t = math.isqrt(p // q) + 1  # floor(sigma) + 1
+    den = 2 * p * q * t * t
+    out = np.empty(count, dtype=np.int64)
+    for start in range(0, count, _BLOCK):
+        todo = np.arange(start, min(count, start + _BLOCK))
+        while todo.size:
+            magnitude, negative = _discrete_laplace(t, todo.size, rng)
+            # accept with probability exp(-(|y| - sigma2/t)^2 / (2 sigma2))
+            a = magnitude * (t * q) - p
+            accept = _bernoulli_exp_big(a * a, den, rng)
+            values = np.where(negative, -magnitude, magnitude)[accept]
+            out[todo[accept]] = values.astype(np.int64)
+            todo = todo[~accept]
+    return out
 
 
 def _rational(sigma2: float) -> tuple[int, int]:
