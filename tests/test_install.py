@@ -114,3 +114,38 @@ def test_make_install_in_a_fresh_venv_prints_no_resolver_errors(tmp_path):
     torch_version, crypten_version = versions.stdout.split()
     assert torch_version.split("+")[0] == "2.13.0" and crypten_version == "0.4.1"
     assert sys.version_info >= (3, 11)
+
+
+PIP_WHEEL = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+
+
+def test_the_wheel_carries_no_benchmark_tooling(tmp_path):
+    """`pip wheel .` packs smpc_synth alone: the benchmark suites, next to it in the tree,
+    are a package of their own."""
+    source = tmp_path / "source"
+    skip = shutil.ignore_patterns("__pycache__", "results", "*.egg-info")
+    for folder in ("smpc_synth", "benchmarks"):
+        shutil.copytree(REPO / folder, source / folder, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    proc = subprocess.run(
+        [*PIP_WHEEL, "-w", str(tmp_path / "dist"), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (wheel,) = (tmp_path / "dist").glob("smpc_synth-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "smpc_synth/cli.py" in names and "smpc_synth/mpc/session.py" in names
+    assert not [n for n in names if "bench" in n.split("/")[0] or "/bench/" in n]
+
+
+def test_bench_without_the_benchmark_package_says_how_to_install_it(monkeypatch, capsys):
+    from smpc_synth.cli import main
+
+    monkeypatch.setitem(sys.modules, "smpc_synth_bench", None)  # as if not installed
+    assert main(["bench", "quick", "--out", "unused"]) == 2
+    error = capsys.readouterr().err
+    assert "bench quick" in error and "make install" in error
+    assert "pip install -e benchmarks" in error

@@ -92,7 +92,7 @@ def test_a_shaped_network_is_refused_with_exit_2_where_it_cannot_be_built(monkey
 
 
 def test_bench_refuses_network_for_suites_that_send_nothing(tmp_path):
-    from smpc_synth.bench import networked_suites, run_suite
+    from smpc_synth_bench import networked_suites, run_suite
 
     with pytest.raises(InputError, match="--network: bench he-agg"):
         run_suite("he-agg", tmp_path, network="wan")

@@ -35,11 +35,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from smpc_synth.bench.member_cpu import MemberCpu, cores
 from smpc_synth.config import NetworkConfig
 from smpc_synth.errors import PeerError
 from smpc_synth.net.netns import Host
 from smpc_synth.runtime.network import NetworkProfile, emulated, load_profiles, require_emulation
+from smpc_synth_bench.member_cpu import MemberCpu, cores
 
 PARTIES = ("alice", "bob")
 DEALER = "dealer"

@@ -7,7 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from smpc_synth.bench.collapse import (
+from smpc_synth.errors import InputError
+from smpc_synth_bench.collapse import (
     INDICATORS,
     REGIMES,
     CollapseConfig,
@@ -17,7 +18,6 @@ from smpc_synth.bench.collapse import (
     main,
     training_set,
 )
-from smpc_synth.errors import InputError
 
 
 @pytest.fixture(scope="module")

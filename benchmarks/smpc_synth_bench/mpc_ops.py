@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smpc_synth.bench.member_cpu import MemberCpu, cores, floor_seconds
 from smpc_synth.config import NetworkConfig
 from smpc_synth.errors import PeerError
 from smpc_synth.net.addresses import free_ports
@@ -38,6 +37,7 @@ from smpc_synth.runtime.network import (
     load_profiles,
     require_emulation,
 )
+from smpc_synth_bench.member_cpu import MemberCpu, cores, floor_seconds
 
 MATMUL_SIZE = 256
 RELU_ELEMENTS = 65_536

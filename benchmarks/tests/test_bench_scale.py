@@ -11,14 +11,14 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from smpc_synth.bench.scale import (
+from smpc_synth.errors import InputError
+from smpc_synth_bench.scale import (
     MEMORY_SLACK,
     ScaleSpec,
     fit_all,
     fit_power_law,
     superlinear_memory,
 )
-from smpc_synth.errors import InputError
 
 ROWS = [1000, 5000, 20000, 50000]
 PARTIES = [2, 3, 5, 8]

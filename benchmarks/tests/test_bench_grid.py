@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from smpc_synth.bench.grid import GridSpec, run_grid
-from smpc_synth.bench.summary import to_latex
 from smpc_synth.errors import InputError
+from smpc_synth_bench.grid import GridSpec, run_grid
+from smpc_synth_bench.summary import to_latex
 
 
 @dataclass
@@ -83,7 +83,7 @@ def test_grid_writes_every_file_and_divides_by_the_matching_plaintext_run(tmp_pa
     assert set(summary["mode"]) == {"plaintext", "federated+ckks"}
     # the plaintext baseline of each cell is run before the modes divided by it
     assert runner.calls[0][0] == "plaintext"
-    from smpc_synth.bench.summary import with_ratios
+    from smpc_synth_bench.summary import with_ratios
 
     frame = with_ratios(lines)
     for _, row in frame[frame["mode"] == "federated+ckks"].iterrows():

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smpc_synth.bench.environment import describe_environment
-from smpc_synth.bench.summary import write_summaries
 from smpc_synth.errors import InputError
 from smpc_synth.runtime.network import (
     LOOPBACK,
@@ -29,6 +27,8 @@ from smpc_synth.runtime.network import (
     require_emulation,
 )
 from smpc_synth.runtime.outdir import fresh_path
+from smpc_synth_bench.environment import describe_environment
+from smpc_synth_bench.summary import write_summaries
 
 log = logging.getLogger(__name__)
 
@@ -152,13 +152,13 @@ def run_grid(
     """Run every missing run of ``spec`` into ``out``; returns all records (old and new).
 
     With ``ray`` (a cluster address, or ``local``) each run is a Ray task
-    (:mod:`smpc_synth.bench.ray_grid`); the ledger, tables and plots are the same."""
+    (:mod:`smpc_synth_bench.ray_grid`); the ledger, tables and plots are the same."""
     from rich.progress import Progress
 
     from smpc_synth.runtime.simulate import simulate
 
     if ray is not None:
-        from smpc_synth.bench.ray_grid import require_ray
+        from smpc_synth_bench.ray_grid import require_ray
 
         require_ray()  # refused before anything runs
         if runner is not None:
@@ -180,7 +180,7 @@ def run_grid(
             one_run(run, spec, out, runner, environment, profiles) for run in todo
         )
     else:
-        from smpc_synth.bench.ray_grid import run_on_ray
+        from smpc_synth_bench.ray_grid import run_on_ray
 
         results = run_on_ray(ray, todo, spec, out, profiles, lambda run: members_of(run, spec))
     with Progress(transient=False) as progress:

@@ -11,16 +11,16 @@ from smpc_synth.registry import resolve
 
 # suite -> "module:function(out_dir, config, [full], [network]) -> exit code"
 SUITES: dict[str, str] = {
-    "quick": "smpc_synth.bench.grid:run_quick",
-    "paper": "smpc_synth.bench.grid:run_paper",
-    "mpc-ops": "smpc_synth.bench.mpc_ops:main",
-    "he-agg": "smpc_synth.bench.he_agg:main",
-    "collapse": "smpc_synth.bench.collapse:main",
-    "generators": "smpc_synth.bench.generators:main",
-    "network": "smpc_synth.bench.network:main",
-    "scale": "smpc_synth.bench.scale:main",
-    "dp": "smpc_synth.bench.dp:main",
-    "dp-sgd": "smpc_synth.bench.dp_sgd:main",
+    "quick": "smpc_synth_bench.grid:run_quick",
+    "paper": "smpc_synth_bench.grid:run_paper",
+    "mpc-ops": "smpc_synth_bench.mpc_ops:main",
+    "he-agg": "smpc_synth_bench.he_agg:main",
+    "collapse": "smpc_synth_bench.collapse:main",
+    "generators": "smpc_synth_bench.generators:main",
+    "network": "smpc_synth_bench.network:main",
+    "scale": "smpc_synth_bench.scale:main",
+    "dp": "smpc_synth_bench.dp:main",
+    "dp-sgd": "smpc_synth_bench.dp_sgd:main",
 }
 
 

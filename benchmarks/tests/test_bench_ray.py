@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from smpc_synth.bench.grid import GridSpec, members_of
+from smpc_synth_bench.grid import GridSpec, members_of
 
 
 def test_ray_without_ray_installed_is_refused_with_the_install_hint(monkeypatch, tmp_path, capsys):
@@ -26,8 +26,8 @@ def test_ray_without_ray_installed_is_refused_with_the_install_hint(monkeypatch,
 
 
 def test_ray_is_refused_by_suites_without_a_grid(tmp_path):
-    from smpc_synth.bench import run_suite
     from smpc_synth.errors import InputError
+    from smpc_synth_bench import run_suite
 
     with pytest.raises(InputError, match="--ray: bench mpc-ops"):
         run_suite("mpc-ops", tmp_path, ray="local")
@@ -68,8 +68,8 @@ def test_paper_grid_on_local_ray_completes_resumes_and_writes_the_tables(cli, tm
 
 def test_a_cluster_without_a_node_large_enough_for_a_cell_is_refused():
     ray = pytest.importorskip("ray")
-    from smpc_synth.bench.ray_grid import _check_room
     from smpc_synth.errors import InputError
+    from smpc_synth_bench.ray_grid import _check_room
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

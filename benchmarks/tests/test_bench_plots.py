@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smpc_synth.bench import describe_results
-from smpc_synth.bench.grid import MODE_OPTIONS
-from smpc_synth.bench.summary import plot_data, with_ratios, write_summaries
 from smpc_synth.runtime.progress import loss_terms
+from smpc_synth_bench import describe_results
+from smpc_synth_bench.grid import MODE_OPTIONS
+from smpc_synth_bench.summary import plot_data, with_ratios, write_summaries
 
 NEURAL = {"vae": ("loss", "reconstruction", "kl"), "gan": ("generator", "discriminator")}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smpc_synth.bench import dp
+from smpc_synth_bench import dp
 
 
 @settings(max_examples=40, deadline=None)
@@ -81,7 +81,7 @@ def test_default_grid_and_committed_configs_load():
     spec = dp.DpGridSpec.load(None, full=True)
     assert spec.seeds == [0, 1, 2] and spec.epsilons == list(dp.EPSILONS)
     assert set(spec.modes) == {*dp.MODES, "reference"}
-    configs = sorted((Path(__file__).parent.parent / "benchmarks" / "configs").glob("dp-*.toml"))
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("dp-*.toml"))
     assert configs
     for config in configs:  # an unknown key would raise here
         assert list(dp._jobs(dp.DpGridSpec.load(config))), config

@@ -46,9 +46,10 @@ def connect(address: str, largest_cell: int) -> Any:
     ray = require_ray()
     if ray.is_initialized():
         return ray
-    root = str(Path(__file__).resolve().parents[2])
+    here = Path(__file__).resolve()  # the repository's root and benchmarks/, for the workers
+    roots = [str(here.parents[2]), str(here.parents[1])]
     path = os.environ.get("PYTHONPATH", "")
-    env = {"PYTHONPATH": root + (os.pathsep + path if path else "")}
+    env = {"PYTHONPATH": os.pathsep.join(roots + ([path] if path else []))}
     quiet = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
     if address == LOCAL:
         cpus = max(os.cpu_count() or 1, int(largest_cell * CPUS_PER_MEMBER))
@@ -130,10 +131,10 @@ def run_on_ray(
 
 def _cell(run: dict[str, Any], spec: Any, out: str, profile_dicts: dict[str, dict]) -> dict:
     """One cell on a Ray worker: the same session a local grid runs, recorded on its node."""
-    from smpc_synth.bench.environment import describe_environment
-    from smpc_synth.bench.grid import one_run
     from smpc_synth.runtime.network import NetworkProfile
     from smpc_synth.runtime.simulate import simulate
+    from smpc_synth_bench.environment import describe_environment
+    from smpc_synth_bench.grid import one_run
 
     profiles = {name: NetworkProfile(**d) for name, d in profile_dicts.items()}
     environment = {**describe_environment(), "node": platform.node()}
@@ -141,8 +142,8 @@ def _cell(run: dict[str, Any], spec: Any, out: str, profile_dicts: dict[str, dic
 
 
 def _failed_record(run: dict[str, Any], spec: Any, out: Path, exc: Exception) -> dict[str, Any]:
-    from smpc_synth.bench.environment import describe_environment
-    from smpc_synth.bench.grid import make_record, run_dir_name, run_options
+    from smpc_synth_bench.environment import describe_environment
+    from smpc_synth_bench.grid import make_record, run_dir_name, run_options
 
     cause = getattr(exc, "cause", None) or exc
     code = getattr(cause, "exit_code", 1)

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from smpc_synth.bench.grid import GridSpec, read_section, run_grid, run_key, with_networks
 from smpc_synth.errors import InputError
+from smpc_synth_bench.grid import GridSpec, read_section, run_grid, run_key, with_networks
 
 MEMORY_SLACK = 0.1  # exponents up to 1.1 pass: a few MB of allocator noise on small tables
 # cell -> (mode, generator, the record's time): the last epoch (the VAE), the last round

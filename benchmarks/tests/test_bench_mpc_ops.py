@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from smpc_synth.bench import mpc_ops
-from smpc_synth.bench.member_cpu import MemberCpu
+from smpc_synth_bench import mpc_ops
+from smpc_synth_bench.member_cpu import MemberCpu
 
 
 def _party_record(me: str, seconds: float, cpu: dict[str, float], sent: float) -> dict:

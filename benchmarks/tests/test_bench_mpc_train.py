@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from smpc_synth.bench import mpc_train
+from smpc_synth_bench import mpc_train
 
 
 def _party(me: str, epoch_seconds: list[float], cpu: list[dict[str, float]]) -> dict:
@@ -46,7 +46,7 @@ def test_summary_takes_the_steady_epochs_and_every_members_cpu():
 
 
 def _script():
-    path = Path(__file__).parents[1] / "benchmarks" / "mpc_train.py"
+    path = Path(__file__).resolve().parents[1] / "mpc_train.py"
     spec = importlib.util.spec_from_file_location("mpc_train_script", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -105,7 +105,7 @@ class DpGridSpec:
 
 def main(out: Path, config: Path | None = None, full: bool = False) -> int:
     """The grid, the reference and the scaling runs; one table and one plot."""
-    from smpc_synth.bench.environment import describe_environment
+    from smpc_synth_bench.environment import describe_environment
 
     spec = DpGridSpec.load(config, full)
     out.mkdir(parents=True, exist_ok=True)
@@ -177,9 +177,9 @@ def job_result(job: dict[str, Any], out: Path) -> dict[str, Any]:
 
 def run_session(job: dict[str, Any], out: Path) -> dict[str, Any]:
     """One simulated session; a refusal (exit 2) is recorded with its message."""
-    from smpc_synth.bench.grid import extract_metrics
     from smpc_synth.errors import InputError
     from smpc_synth.runtime.simulate import simulate
+    from smpc_synth_bench.grid import extract_metrics
 
     name = _run_name(job)
     options: dict[str, Any] = {}
