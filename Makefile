@@ -45,7 +45,7 @@ test-all: install
 	$(BIN)/python -m pytest -m "slow or not slow"
 
 test-faults: install
-	$(BIN)/python -m pytest -m faults tests/test_faults.py
+	$(BIN)/python -m pytest -m faults tests/integration/test_faults.py
 
 # CrypTen's own test suite (fetched at a pinned commit into a cache outside the repository)
 # run stock, patched over gloo and patched over gRPC; fails on a difference that

@@ -1,6 +1,6 @@
 """Runs many command lines through ``smpc_synth.cli.main`` in one process, for the fuzz suite.
 
-Usage: ``python tests/fuzz_cli_worker.py CASES.json RESULTS.json``. Each case is
+Usage: ``python tests/support/fuzz_cli_worker.py CASES.json RESULTS.json``. Each case is
 ``{"id", "argv"}``; each result holds the exit code, what reached stderr (the CLI's messages
 and every log line), whether a traceback appeared, and this process's peak RSS after the
 case. One process for all cases keeps the imports (torch, pandas) to one start-up.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_mpc_harness import PARTY_NAMES, SEED, assert_all_ok, run_mpc
+from mpc_harness import PARTY_NAMES, SEED, assert_all_ok, run_mpc
 
 from smpc_synth.dp import sampling
 from smpc_synth.dp.marginals import LocalQueries, plan_selection

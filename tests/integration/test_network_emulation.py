@@ -88,7 +88,7 @@ PATIENT = NetworkConfig(heartbeat_interval_s=2.0, peer_timeout_s=120.0, call_dea
 @pytest.mark.slow
 @pytest.mark.parametrize("transport", ["grpc", "gloo"])
 def test_crypten_runs_over_emulated_links_on_either_transport(tmp_path, transport):
-    from test_mpc_harness import (
+    from mpc_harness import (
         DEALER,
         PARTY_NAMES,
         assert_all_ok,

@@ -33,7 +33,7 @@ def test_the_local_party_configs_load_and_agree(tmp_path):
     from smpc_synth.net import write_certificates
     from smpc_synth.runtime.party_config import load_party_config
 
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     shutil.copytree(repo / "parties" / "local", tmp_path / "local", ignore=_generated)
     write_certificates(["alice", "bob", "dealer", "aggregator"], tmp_path / "local" / "certs")
     data = tmp_path / "local" / "data"
@@ -64,7 +64,7 @@ def test_results_page_and_readme_headline_match_the_snapshots():
     """docs/results.md and the README's headline table are generated: `make results`."""
     import importlib.util
 
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     spec = importlib.util.spec_from_file_location(
         "render_results", repo / "benchmarks" / "render_results.py"
     )
@@ -90,7 +90,7 @@ def test_product_text_cites_nothing_outside_the_repository():
     import re
     import subprocess
 
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"],
         cwd=repo,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 VERSIONS = "import importlib.metadata as m; print(m.version('torch'), m.version('crypten'))"
 
 

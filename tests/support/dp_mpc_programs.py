@@ -1,4 +1,4 @@
-"""What the parties run in tests/test_dp_mpc.py (spawned processes import it by name)."""
+"""What the parties run in tests/unit/train/test_dp_mpc.py (spawned processes import it by name)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Quality targets on the built-in mixed table (slow): SDMetrics quality and TSTR ROC AUC.
 
-Run with ``pytest tests/test_models_quality.py -m slow -s`` to see the figures. The targets:
-gaussian and vae reach a quality score of at least 0.80, and a classifier trained on synthetic
-rows scores a ROC AUC on real holdout rows within 0.05 of one trained on the real rows.
+Run with ``pytest tests/unit/models/test_models_quality.py -m slow -s`` to see the figures. The
+targets: gaussian and vae reach a quality score of at least 0.80, and a classifier trained on
+synthetic rows scores a ROC AUC on real holdout rows within 0.05 of one trained on the real rows.
 """
 
 from __future__ import annotations

@@ -630,7 +630,7 @@ def functions_inputs() -> dict[str, torch.Tensor]:
         "exp_in": torch.linspace(-2.0, 2.0, 81),
         "tanh_in": torch.cat([torch.linspace(-12.0, 12.0, 97), torch.tensor([0.05, -0.03, 200.0])]),
         "logits": torch.randn(30, 12, generator=g) * 3,
-        # one-hot rows for the one-hot columns of tests/test_mpc_functions.py's LAYOUT
+        # one-hot rows for the one-hot columns of tests/integration/test_mpc_functions.py's LAYOUT
         "target": torch.cat(
             [
                 torch.nn.functional.one_hot(torch.randint(0, w, (30,), generator=g), w).float()
@@ -737,7 +737,7 @@ def activations_program(rank: int, layout) -> dict[str, Any]:
     }
 
 
-# --- training on generated tables (tests/test_mpc_any_table.py) ---------------------------------
+# --- training on generated tables (tests/integration/test_mpc_any_table.py) ------------------
 
 
 class MemoryCheckpoints:
@@ -843,7 +843,7 @@ def as_tensors(value: Any) -> Any:
 
 def approximation_inputs() -> dict[str, torch.Tensor]:
     """Points covering each approximation's whole declared range (see
-    tests/test_mpc_functions.py and docs/mpc-protocols.md)."""
+    tests/integration/test_mpc_functions.py and docs/mpc-protocols.md)."""
     from smpc_synth.train.mpc.limits import MAX_CATEGORIES, MAX_LOGVAR_BOUND
     from smpc_synth.train.mpc.optim import EPS, X_MAX
 

@@ -37,8 +37,8 @@ from pydantic import TypeAdapter
 from smpc_synth.config import RunConfig, sections
 from smpc_synth.runtime.party_config import PARTY_FILE_TABLES
 
-REPO = Path(__file__).resolve().parent.parent
-WORKER = Path(__file__).resolve().parent / "fuzz_cli_worker.py"
+REPO = Path(__file__).resolve().parents[2]
+WORKER = REPO / "tests" / "support" / "fuzz_cli_worker.py"
 MEMORY_GROWTH_BOUND_MIB = 512  # peak RSS over the worker's RSS once its imports are done
 
 

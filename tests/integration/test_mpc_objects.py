@@ -8,7 +8,7 @@ import pickle
 
 import pytest
 import torch
-from test_mpc_harness import PARTY_NAMES, assert_all_ok, run_mpc
+from mpc_harness import PARTY_NAMES, assert_all_ok, run_mpc
 
 from smpc_synth.crypten_backend.transport import check_gloo
 from smpc_synth.errors import InputError
@@ -100,7 +100,7 @@ LOOPBACK_HEX = {"0100007F", "00000000000000000000000001000000", "000000000000000
 
 @pytest.mark.parametrize("transport", ["grpc", "gloo"])
 def test_seeds_refusals_and_hostile_objects(tmp_path, transport):
-    hostile = transport == "gloo"  # over grpc, hostile frames: tests/test_net_hostile.py
+    hostile = transport == "gloo"  # over grpc, hostile frames: tests/unit/net/test_net_hostile.py
     outcomes = run_mpc(
         tmp_path, 2, objects_program, transport=transport, provider="tfp", hostile=hostile
     )

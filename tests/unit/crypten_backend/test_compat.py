@@ -4,7 +4,7 @@ Every fix in :mod:`smpc_synth.crypten_backend.compat` has two tests: one that fa
 working, one that fails once torch no longer needs it (then delete the fix). The "without the
 fix" cases run in a fresh interpreter so that nothing patched here leaks into them. The tests
 here run with the fixes in (``compat.patched_crypten``, as a session has them);
-``tests/test_compat_scope.py`` checks when they are in and out.
+``tests/unit/crypten_backend/test_compat_scope.py`` checks when they are in and out.
 """
 
 from __future__ import annotations

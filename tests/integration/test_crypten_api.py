@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_mpc_harness import (
+from mpc_harness import (
     PARTY_NAMES,
     assert_all_ok,
     crypten_api_program,

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from test_mpc_harness import (
+from mpc_harness import (
     DEALER,
     NETWORK,
     PARTY_NAMES,

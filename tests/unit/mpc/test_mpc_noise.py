@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_mpc_harness import DEALER, PARTY_NAMES, SEED, assert_all_ok, run_mpc
+from mpc_harness import DEALER, PARTY_NAMES, SEED, assert_all_ok, run_mpc
 
 from smpc_synth.dp import sampling
 from smpc_synth.mpc.dealer import server

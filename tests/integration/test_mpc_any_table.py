@@ -18,7 +18,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
-from test_mpc_harness import (
+from mpc_harness import (
     PARTY_NAMES,
     PATIENT_NETWORK,
     as_tensors,

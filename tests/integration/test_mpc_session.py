@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_mpc_harness import (
+from mpc_harness import (
     DEALER,
     PARTY_NAMES,
     SEED,

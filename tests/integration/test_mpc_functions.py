@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from test_mpc_harness import (
+from mpc_harness import (
     APPROXIMATION_LAYOUT,
     PARTY_NAMES,
     PATIENT_NETWORK,
