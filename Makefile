@@ -23,10 +23,11 @@ help:
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile scripts/crypten_wheel.py
+$(VENV)/.installed: pyproject.toml benchmarks/pyproject.toml Makefile scripts/crypten_wheel.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	$(PIP) install -e '.[dev,ray]'  # ray: the --ray grid test runs too
+	$(PIP) install --no-deps -e benchmarks  # `smpc-synth bench`: not in the smpc-synth wheel
 	# CrypTen 0.4.1's published metadata asks for packages it never imports here (the dead
 	# `sklearn`, torchvision, tensorboard, future), which pip reports as red resolver errors.
 	# Install last, without dependencies (its real ones are in pyproject.toml), a copy of the
@@ -44,7 +45,7 @@ test-all: install
 	$(BIN)/python -m pytest -m "slow or not slow"
 
 test-faults: install
-	$(BIN)/python -m pytest -m faults tests/test_faults.py
+	$(BIN)/python -m pytest -m faults tests/integration/test_faults.py
 
 # CrypTen's own test suite (fetched at a pinned commit into a cache outside the repository)
 # run stock, patched over gloo and patched over gRPC; fails on a difference that

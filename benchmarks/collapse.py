@@ -3,7 +3,7 @@
     python benchmarks/collapse.py --out benchmarks/results/collapse [--generations 10]
 
 Same as ``smpc-synth bench collapse``; the options override the defaults of
-``smpc_synth.bench.collapse.CollapseConfig`` (and of ``--config FILE.toml``).
+``smpc_synth_bench.collapse.CollapseConfig`` (and of ``--config FILE.toml``).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from smpc_synth.bench.collapse import REGIMES, main
 from smpc_synth.errors import SmpcSynthError
+from smpc_synth_bench.collapse import REGIMES, main
 
 
 def _list(text: str) -> list[str]:

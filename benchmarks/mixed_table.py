@@ -2,7 +2,7 @@
 
     python benchmarks/mixed_table.py --out benchmarks/results/mixed_table [--epochs 3]
 
-See :mod:`smpc_synth.bench.mixed_table` for what is measured.
+See :mod:`smpc_synth_bench.mixed_table` for what is measured.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from smpc_synth.bench.mixed_table import MixedConfig, main
+from smpc_synth_bench.mixed_table import MixedConfig, main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -3,7 +3,7 @@
     python benchmarks/mpc_train.py --out benchmarks/results/mpc_train [--epochs 8]
                                    [--network loopback,lan,wan]
 
-See :mod:`smpc_synth.bench.mpc_train` for what is measured.
+See :mod:`smpc_synth_bench.mpc_train` for what is measured.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from smpc_synth.bench.mpc_train import BenchConfig, main
 from smpc_synth.errors import InputError
+from smpc_synth_bench.mpc_train import BenchConfig, main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -336,7 +336,38 @@ _DATASETS = _Choices(_datasets)
 _MODES = _listed("smpc_synth.config", "MODES")
 _HE_SCHEMES = _listed("smpc_synth.config", "HE_SCHEMES")
 _TRANSPORTS = _listed("smpc_synth.config", "TRANSPORTS")
-_SUITES = _listed("smpc_synth.bench", "SUITES")
+BENCH_MISSING = (
+    "the benchmark suites are a package of their own (benchmarks/smpc_synth_bench), not "
+    "installed here: run `make install` in a clone of the repository, or "
+    "`pip install -e benchmarks` from its root"
+)
+
+
+class _Suites(_Choices):
+    """The benchmark suites; without the benchmark package any name, so that ``bench``
+    can say how to install it instead of calling the name invalid."""
+
+    def _get(self) -> tuple[str, ...]:
+        values = super()._get()
+        if not values:  # absent: look again next time (it may be installed meanwhile)
+            self._values = None
+        return values
+
+    def __contains__(self, value: object) -> bool:
+        return not self._get() or value in self._get()
+
+
+def _suites() -> Sequence[str]:
+    try:
+        from smpc_synth_bench import SUITES
+    except ModuleNotFoundError as exc:
+        if exc.name != "smpc_synth_bench":
+            raise
+        return ()
+    return tuple(SUITES)
+
+
+_SUITES = _Suites(_suites)
 
 
 def _add(sub, name: str, handler: Callable | None, help_text: str) -> argparse.ArgumentParser:
@@ -729,8 +760,12 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from smpc_synth.bench import describe_results, run_suite
-
+    try:
+        from smpc_synth_bench import describe_results, run_suite
+    except ModuleNotFoundError as exc:
+        if exc.name != "smpc_synth_bench":
+            raise
+        raise InputError(f"bench {args.suite}: {BENCH_MISSING}") from None
     out = args.out or Path("benchmarks/results") / args.suite
     code = run_suite(
         args.suite, out, config=args.config, full=args.full, network=args.network, ray=args.ray

@@ -9,13 +9,13 @@ replace, with why:
   the protocols that use the dealer.
 
 Importing this module (or any of smpc-synth's) changes nothing in CrypTen: only
-:func:`import_crypten`'s alias of a moved torch module, without which ``import crypten``
-fails. :func:`patched_crypten` installs the entries for a block and puts CrypTen's own
-objects back after it (a session holds one open while it runs); blocks nest, and the
-entries leave with the outermost. :func:`shipped_crypten` puts CrypTen's code back inside
-a patched block (the speed entries and our protocols), for stock baselines.
-``tests/test_compat.py`` checks each entry works and is still needed, and that outside a
-block every patched attribute is CrypTen's own object again.
+:func:`import_crypten`'s alias of a moved torch module, without which ``import crypten`` fails.
+:func:`patched_crypten` installs the entries for a block and puts CrypTen's own objects back after
+it (a session holds one open while it runs); blocks nest, and the entries leave with the outermost.
+:func:`shipped_crypten` puts CrypTen's code back inside a patched block (the speed entries and our
+protocols), for stock baselines. ``tests/unit/crypten_backend/test_compat.py`` checks each entry
+works and is still needed, and that outside a block every patched attribute is CrypTen's own object
+again.
 """
 
 from __future__ import annotations
@@ -437,7 +437,8 @@ def _cheap_empty_mpc_tensors(original: Callable) -> Callable:
 
 def _empty_shares(crypten: ModuleType, shares_class: type, device: Any) -> Any:
     """What ``shares_class.from_shares(<empty long tensor>)`` returns, in a fifth of the
-    time (``tests/test_compat.py`` checks that they agree, attribute for attribute)."""
+    time (``tests/unit/crypten_backend/test_compat.py`` checks that they agree, attribute
+    for attribute)."""
     bits = crypten.cfg.encoder.precision_bits
     encoder = object.__new__(crypten.encoder.FixedPointEncoder)
     vars(encoder).update(_precision_bits=bits, _scale=int(2**bits))
@@ -452,7 +453,8 @@ LAZY: list[tuple[str, str]] = []  # every (module, name) an entry imports when i
 def _lazy(module: str, name: str) -> Callable[[], Any]:
     """A loader of our object ``module.name``: the protocols live above this module (out
     of sight of the import contract), so each is named here and imported only when a
-    session installs it; ``tests/test_compat.py`` imports every name in :data:`LAZY`."""
+    session installs it; ``tests/unit/crypten_backend/test_compat_scope.py`` imports every name in
+    :data:`LAZY`."""
     LAZY.append((module, name))
     return lambda: getattr(importlib.import_module(module), name)
 

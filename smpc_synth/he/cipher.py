@@ -3,7 +3,7 @@
 TenSEAL holds the GIL, so threads do not help; a :class:`CipherPool` runs the same batch
 functions in worker processes that each load the context once. Workers are spawned (not
 forked) so that a parent with gRPC threads stays safe. Below ``PARALLEL_MIN_CIPHERTEXTS`` the
-pool's start-up and copying cost more than they save (measured in ``smpc_synth.bench.he_agg``).
+pool's start-up and copying cost more than they save (measured in ``smpc_synth_bench.he_agg``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """CKKS parameters and the fixed-point lane layout: the one place they are chosen.
 
-Why these numbers (measured with TenSEAL 0.3.18, see tests/test_he_params.py):
+Why these numbers (measured with TenSEAL 0.3.18, see tests/unit/he/test_he_params.py):
 
 * Aggregation only adds ciphertexts, so no multiplicative depth is needed. A ciphertext lives
   at the data level, which holds every prime but the last (the special prime, needed only

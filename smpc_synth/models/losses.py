@@ -4,7 +4,7 @@ They use only what CrypTen computes well on bounded inputs: slicing, sums, means
 ``tanh``, ``exp`` of a bounded input, softmax / log-softmax over a small one-hot span and
 binary cross-entropy with logits (``sigmoid`` then ``log``). Each returns a scalar averaged
 over the rows of the batch, and each runs unchanged on CrypTen tensors (the MPC twin calls
-these very functions; ``tests/test_models_losses.py`` checks that).
+these very functions; ``tests/unit/models/test_models_losses.py`` checks that).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Every approximation here is told the range of its input by its caller, which tak
 the layout, the schema or the generator's hyperparameters, and where one polynomial of at
 most :data:`MAX_DEGREE` would not cover that range, the range is reduced first (by powers
 of two, by squarings) rather than the degree raised. The worst error of each over its whole
-range is measured in MPC against float64 (``tests/test_mpc_functions.py``) and stated in
+range is measured in MPC against float64 (``tests/integration/test_mpc_functions.py``) and stated in
 ``docs/mpc-protocols.md``.
 
 - :func:`segment_maximum` of segments of any widths side by side, by one tournament of our
