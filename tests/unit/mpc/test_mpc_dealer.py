@@ -15,6 +15,7 @@ from smpc_synth.crypten_backend.link import Link
 from smpc_synth.mpc.dealer import protocol, server
 from smpc_synth.mpc.dealer.provider import DealerProvider
 from smpc_synth.mpc.primitives import prg
+from smpc_synth.mpc.primitives.compare import MAX_PRODUCTS
 from smpc_synth.net import objects
 from smpc_synth.net.traffic import TrafficRecorder
 
@@ -74,7 +75,7 @@ def test_wraps_reconstruct():
         {"f": "generators", "args": []},
         {"f": "binary", "args": [torch.Size([2]), torch.Size([2])], "kwargs": {"stride": 1}},
         {"f": "compare", "args": [64, 1, 40, 1]},  # a width the tree cannot take
-        {"f": "compare", "args": [64, 2, 64, 1]},  # three products
+        {"f": "compare", "args": [64, MAX_PRODUCTS, 64, 1]},  # one product too many
         {"f": "compare", "args": [64, 0, 64, 2]},
         {"f": "compare", "args": [0, 0, 64, 0]},
         {"f": "compare", "args": [64, 0, 64]},
