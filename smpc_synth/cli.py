@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = _add(sub, "bench", _cmd_bench, "run a benchmark suite")
-    p.add_argument("suite", choices=_SUITES, help="which suite")
+    p.add_argument("suite", choices=_SUITES, metavar="SUITE", help="which suite: %(choices)s")
     p.add_argument(
         "--out", type=Path, default=None, help="results folder (default: benchmarks/results/SUITE)"
     )
@@ -336,10 +336,12 @@ _DATASETS = _Choices(_datasets)
 _MODES = _listed("smpc_synth.config", "MODES")
 _HE_SCHEMES = _listed("smpc_synth.config", "HE_SCHEMES")
 _TRANSPORTS = _listed("smpc_synth.config", "TRANSPORTS")
+BENCH_HINT = (
+    "`make install` in a clone of the repository, or `pip install -e benchmarks` from its root"
+)
 BENCH_MISSING = (
     "the benchmark suites are a package of their own (benchmarks/smpc_synth_bench), not "
-    "installed here: run `make install` in a clone of the repository, or "
-    "`pip install -e benchmarks` from its root"
+    f"installed here: run {BENCH_HINT}"
 )
 
 
@@ -355,6 +357,9 @@ class _Suites(_Choices):
 
     def __contains__(self, value: object) -> bool:
         return not self._get() or value in self._get()
+
+    def __iter__(self):
+        return iter(self._get() or (f"none installed ({BENCH_HINT})",))
 
 
 def _suites() -> Sequence[str]:

@@ -149,3 +149,22 @@ def test_bench_without_the_benchmark_package_says_how_to_install_it(monkeypatch,
     error = capsys.readouterr().err
     assert "bench quick" in error and "make install" in error
     assert "pip install -e benchmarks" in error
+
+
+def test_bench_help_without_the_benchmark_package_says_how_to_install_it(monkeypatch):
+    from smpc_synth.cli import build_parser
+
+    monkeypatch.setitem(sys.modules, "smpc_synth_bench", None)  # as if not installed
+    bench = build_parser()._subparsers._group_actions[0].choices["bench"]
+    text = " ".join(bench.format_help().split())
+    assert "{}" not in text and "none installed" in text and "pip install -e benchmarks" in text
+
+
+def test_bench_help_lists_every_suite():
+    from smpc_synth_bench import SUITES
+
+    from smpc_synth.cli import build_parser
+
+    bench = build_parser()._subparsers._group_actions[0].choices["bench"]
+    text = " ".join(bench.format_help().split())
+    assert all(name in text for name in SUITES)

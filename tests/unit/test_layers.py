@@ -1,5 +1,5 @@
-"""The layering contract in pyproject.toml (run by `make lint`) holds, and it would catch an
-import that points up a layer."""
+"""The layering contracts in pyproject.toml (run by `make lint`) hold, and they would catch an
+import that points up a layer or a library module that reaches the benchmark suites."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def _copy(tmp_path: Path) -> Path:
 def test_the_package_keeps_its_layers(tmp_path):
     result = _lint(_copy(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 kept, 0 broken" in result.stdout
+    assert "2 kept, 0 broken" in result.stdout
 
 
 def test_an_import_up_the_layers_breaks_the_contract(tmp_path):
@@ -48,3 +48,14 @@ def test_an_import_up_the_layers_breaks_the_contract(tmp_path):
     assert result.returncode != 0
     assert "BROKEN" in result.stdout
     assert "smpc_synth.data.defaults -> smpc_synth.runtime.simulate" in result.stdout, result.stdout
+
+
+def test_a_library_module_importing_the_benchmarks_breaks_the_contract(tmp_path):
+    root = _copy(tmp_path)
+    lower = root / "smpc_synth" / "train" / "base.py"
+    lower.write_text(lower.read_text() + "\nimport smpc_synth_bench  # noqa\n")
+    result = _lint(root)
+    assert result.returncode != 0
+    assert "smpc_synth.train is not allowed to import smpc_synth_bench" in result.stdout, (
+        result.stdout
+    )
