@@ -31,12 +31,25 @@ from smpc_synth.errors import InputError
 from smpc_synth_bench.grid import GridSpec, read_section, run_grid, run_key, with_networks
 
 MEMORY_SLACK = 0.1  # exponents up to 1.1 pass: a few MB of allocator noise on small tables
-# cell -> (mode, generator, the record's time): the last epoch (the VAE), the last round
-# (federated), the whole fit (the gaussian, whose "epoch" is only its last secure sum)
-CELLS: dict[str, tuple[str, str, str]] = {
-    "mpc:vae": ("mpc", "vae", "last_epoch_seconds"),
-    "mpc:gaussian": ("mpc", "gaussian", "train_seconds"),
-    "federated+ckks:vae": ("federated+ckks", "vae", "last_epoch_seconds"),
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A mode and generator, the record's field that is its time, and its extra options."""
+
+    mode: str
+    generator: str
+    timed: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+# The time is the last epoch (the VAE), the last round (federated), or the whole fit (the
+# gaussian, whose "epoch" is only its last secure sum; MST, selection and measurements)
+CELLS: dict[str, Cell] = {
+    "mpc:vae": Cell("mpc", "vae", "last_epoch_seconds"),
+    "mpc:gaussian": Cell("mpc", "gaussian", "train_seconds"),
+    "federated+ckks:vae": Cell("federated+ckks", "vae", "last_epoch_seconds"),
+    "mpc:mst": Cell("mpc", "mst", "train_seconds", {"dp": {"epsilon": 1.0}}),
 }
 METRICS: dict[str, str] = {
     "seconds": "time (s)",
@@ -82,13 +95,13 @@ class ScaleSpec:
         options = {"holdout_fraction": 0.0, "sample_rows": self.sample_rows}
         return [
             GridSpec(
-                modes=[CELLS[cell][0]],
-                generators=[CELLS[cell][1]],
+                modes=[CELLS[cell].mode],
+                generators=[CELLS[cell].generator],
                 datasets=[self.dataset],
                 parties=list(self.parties),
                 seeds=[self.seed],
                 epochs=self.epochs,
-                options=dict(options),
+                options={**options, **CELLS[cell].options},
                 networks=list(self.networks),
                 rows=list(self.rows),
             )
@@ -125,7 +138,7 @@ def cost_points(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         run, metrics = record["run"], record["metrics"]
         cell = f"{run['mode']}:{run['generator']}"
-        timed = CELLS[cell][2] if cell in CELLS else "last_epoch_seconds"
+        timed = CELLS[cell].timed if cell in CELLS else "last_epoch_seconds"
         seconds = metrics.get(timed) or metrics.get("train_seconds")
         members = metrics.get("members") or {}
         data = [m for m in members.values() if m.get("role") == "data"]
