@@ -161,9 +161,8 @@ def test_bench_help_without_the_benchmark_package_says_how_to_install_it(monkeyp
 
 
 def test_bench_help_lists_every_suite():
-    from smpc_synth_bench import SUITES
-
     from smpc_synth.cli import build_parser
+    from smpc_synth_bench import SUITES
 
     bench = build_parser()._subparsers._group_actions[0].choices["bench"]
     text = " ".join(bench.format_help().split())
