@@ -95,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--schedule",
         choices=_SCHEDULES,
         metavar="SCHEDULE",
-        help="vae or gan: %(choices)s; 'latency' trains in batches 5x the default with the "
-        "learning rate scaled to them, for fewer rounds over a long round trip (default: "
+        help="vae or gan: %(choices)s; 'latency' trains in batches 5x the default with 5x "
+        "the learning rate, for fewer rounds over a long round trip (default: "
         "default; generator_params.schedule in config files)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of training")

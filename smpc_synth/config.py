@@ -357,7 +357,7 @@ class RunConfig:
         dict[str, Any],
         doc(
             "generator hyperparameters (table), e.g. `{ batch_size = 256 }`; vae and gan take "
-            '`schedule = "latency"`: 5x the default batch, learning rate x sqrt(5), for fewer '
+            '`schedule = "latency"`: 5x the default batch, learning rate x 5, for fewer '
             "MPC rounds over a long round trip (`--schedule`; docs/scale.md)"
         ),
     ] = field(default_factory=dict)
