@@ -74,11 +74,16 @@ def planned_epochs(name: str, epochs: int | None, params: Mapping[str, Any] | No
     return parse_hparams(cls.Params, dict(params or {}), f"generator '{name}'").epochs
 
 
-def hyperparameters(name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Every hyperparameter a fit of ``name`` with ``params`` uses (defaults and the
-    schedule's values filled in): what a run records."""
+def hyperparameters(
+    name: str, params: Mapping[str, Any] | None = None, epochs: int | None = None
+) -> dict[str, Any]:
+    """Every hyperparameter a fit of ``name`` with ``params`` for ``epochs`` uses (defaults
+    and the schedule's values filled in): what a run records."""
     cls = get_generator(name)
-    return asdict(parse_hparams(cls.Params, dict(params or {}), f"generator '{name}'"))
+    values = asdict(parse_hparams(cls.Params, dict(params or {}), f"generator '{name}'"))
+    if "epochs" in values:
+        values["epochs"] = planned_epochs(name, epochs, params)
+    return values
 
 
 def check_batch_rows(

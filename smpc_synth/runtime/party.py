@@ -245,7 +245,9 @@ def play_data_party(
         "role": "data",
         "mode": cfg.run.mode,
         "generator": cfg.run.generator,
-        "hyperparameters": hyperparameters(cfg.run.generator, cfg.run.generator_params),
+        "hyperparameters": hyperparameters(
+            cfg.run.generator, cfg.run.generator_params, cfg.run.epochs
+        ),
         "training": result.metrics,
         "traffic": _as_dict(traffic),
     }

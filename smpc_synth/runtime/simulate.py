@@ -576,7 +576,7 @@ def _gather(
             party_metrics[m.name] = json.loads(path.read_text())
     metrics: dict[str, Any] = {
         "run": cfg.to_dict(),
-        "hyperparameters": hyperparameters(cfg.generator, cfg.generator_params),
+        "hyperparameters": hyperparameters(cfg.generator, cfg.generator_params, cfg.epochs),
         "exit_codes": codes,
         "exited_at": outcome.exited_at,
         "wall_seconds": wall,

@@ -53,7 +53,9 @@ def test_a_bad_or_contradicted_schedule_is_refused_naming_the_key(given_params, 
 
 def test_run_configs_refuse_what_the_schedule_cannot_honour():
     ok = RunConfig.from_dict({"generator": "vae", "generator_params": {"schedule": "latency"}})
-    assert hyperparameters(ok.generator, ok.generator_params)["batch_size"] == 2500
+    recorded = hyperparameters(ok.generator, ok.generator_params, epochs=7)
+    assert (recorded["batch_size"], recorded["lr"], recorded["epochs"]) == (2500, 5e-3, 7)
+    assert hyperparameters("vae", {"epochs": 12})["epochs"] == 12
     for raw, named in [
         ({"generator": "vae", "generator_params": {"schedule": "x"}}, "generator_params"),
         ({"generator": "gaussian", "generator_params": {"schedule": "latency"}}, "schedule"),
