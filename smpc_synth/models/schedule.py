@@ -3,10 +3,11 @@
 ``"default"`` trains with the generator's ``batch_size`` and ``lr`` as given. ``"latency"``
 is for MPC training over links with a long round trip: an epoch's rounds grow with its
 steps, not its rows, so it takes :data:`LATENCY_BATCH_FACTOR` times the generator's default
-batch (5 times fewer steps an epoch, about half the WAN epoch) and scales the default
-learning rate by :func:`latency_lr_factor` of that factor. Both follow from the generator's
-defaults, so a schedule applied twice (a saved model's hyperparameters read back) gives the
-same values; a ``batch_size`` or ``lr`` given beside it that differs is refused.
+batch (5 times fewer steps an epoch, so fewer rounds and fewer optimizer openings) and
+scales the default learning rate by :func:`latency_lr_factor` of that factor. Both follow
+from the generator's defaults, so a schedule applied twice (a saved model's
+hyperparameters read back) gives the same values; a ``batch_size`` or ``lr`` given beside
+it that differs is refused.
 
 This module is the one place for the rule; ``docs/scale.md`` has what it was chosen on.
 """
