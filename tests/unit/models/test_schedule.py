@@ -10,12 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_models_support import mixed_frame
 
+from smpc_synth.cli import main
 from smpc_synth.config import RunConfig
 from smpc_synth.data.schema import infer_schema
 from smpc_synth.errors import InputError
 from smpc_synth.models import Synthesizer, check_batch_rows, get_generator, hyperparameters
 from smpc_synth.models.base import parse_hparams
 from smpc_synth.models.schedule import LATENCY_BATCH_FACTOR, latency_lr_factor
+from smpc_synth.runtime.simulate import prepare_session
 
 NEURAL = ("vae", "gan")
 
@@ -99,3 +101,28 @@ def test_the_python_api_applies_refuses_and_records_the_schedule(tmp_path):
     loaded = Synthesizer.load(tmp_path / "generator.pt")
     assert loaded.generator.hparams == model.generator.hparams
     assert loaded.generator.hparams.schedule == "latency"
+
+
+def test_simulate_and_a_federated_party_refuse_before_connecting(tmp_path, capsys):
+    """Federated parties draw batches from their own rows: simulate refuses a schedule
+    larger than the smallest party's, and a party started from its own config refuses it
+    before it connects (its peers are not even running)."""
+    config = RunConfig.from_dict(
+        {"mode": "federated", "generator": "vae", "generator_params": {"schedule": "latency"}}
+    )
+    with pytest.raises(InputError, match="more than the 1,697 rows of the smallest party"):
+        prepare_session(3, dataset="fair", config=config, out=tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    session = prepare_session(
+        2, dataset="breast_cancer", out=tmp_path / "run", mode="federated", generator="vae"
+    )
+    alice = next(m for m in session.members if m.name == "alice")
+    text = alice.config_path.read_text()
+    assert "[run.generator_params]\n" in text
+    alice.config_path.write_text(
+        text.replace("[run.generator_params]\n", '[run.generator_params]\nschedule = "latency"\n')
+    )
+    assert main(["party", "--config", str(alice.config_path)]) == 2
+    err = capsys.readouterr().err
+    assert "data.csv: generator_params.schedule = 'latency' takes batches of 2,500" in err
+    assert "rows here" in err and "Traceback" not in err
