@@ -46,8 +46,14 @@ def cells(default_batch: int, epochs: int, factors=(2, 5), long_factor: int = 5)
 
 
 def run_batch_schedule(
-    out: Path, seeds=(0, 1), dataset: str = DATASET, epochs: int = EPOCHS
+    out: Path,
+    seeds=(0, 1),
+    dataset: str = DATASET,
+    epochs: int = EPOCHS,
+    grid: list[Cell] | None = None,
 ) -> list[dict[str, Any]]:
+    """Train, sample and evaluate every cell of ``grid`` (default: :func:`cells`) for each
+    seed; writes the records as they come and prints a summary."""
     import torch
 
     from smpc_synth.data import holdout_split, infer_schema, load_builtin
@@ -64,7 +70,7 @@ def run_batch_schedule(
     path = out / f"batch_schedule_{dataset}_seeds{'-'.join(map(str, seeds))}.json"
     records: list[dict[str, Any]] = []
     for seed in seeds:  # seed-major: a stopped run still covers every configuration
-        for cell in cells(defaults.batch_size, epochs):
+        for cell in grid or cells(defaults.batch_size, epochs):
             k = cell.batch / defaults.batch_size
             lr = defaults.lr * RULES[cell.rule](k)
             started = time.perf_counter()
