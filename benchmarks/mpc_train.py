@@ -2,6 +2,7 @@
 
     python benchmarks/mpc_train.py --out benchmarks/results/mpc_train [--epochs 8]
                                    [--network loopback,lan,wan]
+    python benchmarks/mpc_train.py --network wan --schedules default,latency --pairs 2 ...
 
 See :mod:`smpc_synth_bench.mpc_train` for what is measured.
 """
@@ -9,11 +10,12 @@ See :mod:`smpc_synth_bench.mpc_train` for what is measured.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from smpc_synth.errors import InputError
-from smpc_synth_bench.mpc_train import BenchConfig, main
+from smpc_synth_bench.mpc_train import BenchConfig, compare_schedules, main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,7 +37,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="loopback | lan | wan | PROFILE.toml, or several comma-separated, measured in "
         "turn in this run (default: loopback)",
     )
+    p.add_argument(
+        "--schedules",
+        help="generator schedules to compare, comma-separated (e.g. default,latency): each "
+        "in turn, --pairs times over, on one --network; stock and plaintext are skipped",
+    )
+    p.add_argument("--pairs", type=int, default=2, help="rounds of --schedules (default 2)")
     args = p.parse_args(argv)
+    if args.pairs < 1:
+        p.error("--pairs must be at least 1")  # exit 2
     if not 1 <= args.steady_epochs <= args.epochs:
         p.error(f"--steady-epochs must be between 1 and --epochs ({args.epochs})")  # exit 2
     return args
@@ -51,6 +61,10 @@ if __name__ == "__main__":
         plaintext_epochs=args.plaintext_epochs,
     )
     try:
+        if args.schedules:
+            config = dataclasses.replace(config, stock_steps=0, plaintext_epochs=1)
+            schedules = args.schedules.split(",")
+            sys.exit(compare_schedules(args.out, config, args.network, schedules, args.pairs))
         sys.exit(main(args.out, config, network=args.network))
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

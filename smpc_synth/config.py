@@ -355,7 +355,11 @@ class RunConfig:
     ] = field(default_factory=list)
     generator_params: Annotated[
         dict[str, Any],
-        doc("generator hyperparameters (table), e.g. `{ batch_size = 256 }`"),
+        doc(
+            "generator hyperparameters (table), e.g. `{ batch_size = 256 }`; vae and gan take "
+            '`schedule = "latency"`: 5x the default batch, learning rate x 5, for fewer '
+            "MPC rounds over a long round trip (`--schedule`; docs/scale.md)"
+        ),
     ] = field(default_factory=dict)
     dp: DpConfig = field(default_factory=DpConfig)
     federated: FederatedConfig = field(default_factory=FederatedConfig)

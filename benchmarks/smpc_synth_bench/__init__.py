@@ -21,6 +21,7 @@ SUITES: dict[str, str] = {
     "scale": "smpc_synth_bench.scale:main",
     "dp": "smpc_synth_bench.dp:main",
     "dp-sgd": "smpc_synth_bench.dp_sgd:main",
+    "batch-schedule": "smpc_synth_bench.batch_schedule:main",
 }
 
 

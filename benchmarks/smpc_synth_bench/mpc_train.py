@@ -31,12 +31,12 @@ import sys
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from smpc_synth.config import NetworkConfig
-from smpc_synth.errors import PeerError
+from smpc_synth.errors import InputError, PeerError
 from smpc_synth.net.netns import Host
 from smpc_synth.runtime.network import NetworkProfile, emulated, load_profiles, require_emulation
 from smpc_synth_bench.member_cpu import MemberCpu, cores
@@ -58,6 +58,7 @@ class BenchConfig:
     steady_epochs: int = 3  # the per-epoch figure is the median of these last epochs
     stock_steps: int = 2  # of stock crypten.nn, scaled to an epoch
     plaintext_epochs: int = 20  # median of these: one takes ~0.06-0.09 s, and drifts
+    schedule: str = "default"  # generator_params.schedule of ours (smpc_synth.models.schedule)
 
 
 class _MemoryCheckpoints:
@@ -108,7 +109,7 @@ def _party(mesh, parties: tuple[str, ...], config: BenchConfig) -> dict[str, Any
         encoder.fit_stats(secure_sum(encoder.sufficient_stats(local), rank, len(parties)))
         sizes = party_sizes(len(local), rank, len(parties))
         X = encoder.transform(local)
-        model = VAEGenerator(encoder.layout)
+        model = VAEGenerator(encoder.layout, schedule=config.schedule)
         cpu = MemberCpu(session, rank, mesh.me)
         epoch_cpu: list[dict[str, float]] = []
 
@@ -127,8 +128,10 @@ def _party(mesh, parties: tuple[str, ...], config: BenchConfig) -> dict[str, Any
         session.crypten.communicator.get().barrier()
         if rank == 0:
             _say(f"stock crypten.nn: {config.stock_steps} steps, then the summary")
-        with compat.shipped_crypten():  # stock: CrypTen's protocols and code as shipped
-            stock = _stock_steps(session, model, X, sizes, rank, config.stock_steps)
+        stock = None
+        if config.stock_steps:
+            with compat.shipped_crypten():  # stock: CrypTen's protocols and code as shipped
+                stock = _stock_steps(session, model, X, sizes, rank, config.stock_steps)
     steps = sum(sizes) // min(model.hparams.batch_size, sum(sizes))
     return {
         "ours": loop.history,
@@ -273,8 +276,11 @@ def summarize(
     ours_epoch = median("epoch_seconds")
     warmup = [e["epoch_seconds"] for e in history[: len(history) - len(steady)]]
     run_mean = (sum(warmup) + (run_epochs - len(warmup)) * ours_epoch) / run_epochs
-    stock = first["stock"]
-    stock_epoch = stock["seconds_per_step"] * steps
+    stock = first["stock"]  # None: not measured
+
+    def stock_epoch(key: str) -> float | None:
+        return None if stock is None else stock[key] * steps
+
     cpu = {
         name: statistics.median(epoch[name] for epoch in p["ours_cpu_seconds"][-len(steady) :])
         for p in per_party.values()
@@ -290,13 +296,13 @@ def summarize(
         "ours_run_mean_seconds_per_epoch": run_mean,
         "run_epochs": run_epochs,
         "steady_epochs": len(steady),
-        "stock_seconds_per_epoch": stock_epoch,
-        "stock_bytes_per_epoch": stock["bytes_per_step"] * steps,
-        "stock_rounds_per_epoch": stock["rounds_per_step"] * steps,
+        "stock_seconds_per_epoch": stock_epoch("seconds_per_step"),
+        "stock_bytes_per_epoch": stock_epoch("bytes_per_step"),
+        "stock_rounds_per_epoch": stock_epoch("rounds_per_step"),
         "plaintext_seconds_per_epoch": plaintext_seconds,
         "mpc_over_plaintext": ours_epoch / plaintext_seconds,
         "run_mean_over_plaintext": run_mean / plaintext_seconds,
-        "stock_over_ours": stock_epoch / ours_epoch,
+        "stock_over_ours": None if stock is None else stock_epoch("seconds_per_step") / ours_epoch,
         "ours_cpu_seconds_per_epoch": cpu,
         "cores": cores(),
     }
@@ -318,6 +324,8 @@ def format_table(summary: dict[str, Any]) -> str:
         ),
         ("plaintext torch", summary["plaintext_seconds_per_epoch"], 0, 0),
     ]
+    if summary["stock_seconds_per_epoch"] is None:  # not measured
+        del rows[1]
     lines = [
         f"VAE on '{DATASET}', 2 parties + dealer, gRPC+TLS, {summary['steps_per_epoch']} "
         "steps per epoch (per party)",
@@ -325,9 +333,11 @@ def format_table(summary: dict[str, Any]) -> str:
     ]
     for name, seconds, nbytes, rounds in rows:
         lines.append(f"{name:<18} {seconds:>10.2f} {nbytes / 1e6:>14.1f} {rounds:>13.0f}")
+    stock = summary["stock_over_ours"]
     lines.append(
-        f"MPC / plaintext: {summary['mpc_over_plaintext']:.0f}x; "
-        f"stock / ours: {summary['stock_over_ours']:.1f}x (measured in this run)"
+        f"MPC / plaintext: {summary['mpc_over_plaintext']:.0f}x"
+        + ("" if stock is None else f"; stock / ours: {stock:.1f}x")
+        + " (measured in this run)"
     )
     lines.append(
         "our epochs: "
@@ -378,6 +388,69 @@ def main(out: Path, config: BenchConfig | None = None, network: str | None = Non
     if len(results) > 1:
         print(f"plot: {plot_by_network(results, out / 'mpc_train_by_network.png')}")
     return 0
+
+
+def compare_schedules(
+    out: Path, config: BenchConfig, network: str | None, schedules: list[str], pairs: int
+) -> int:
+    """Ours under each of ``schedules`` in turn, ``pairs`` times over (alternated, so that a
+    drift in the machine's load hits every schedule alike), on one network profile; writes
+    each run's figures and prints each schedule's against the first's."""
+    from smpc_synth.models.schedule import SCHEDULES
+
+    profiles = load_profiles(network)
+    if len(profiles) != 1:  # ratios are within one network
+        raise InputError("--schedules: give one --network to compare them on")
+    (profile,) = profiles
+    require_emulation(profile)
+    unknown = [s for s in schedules if s not in SCHEDULES]
+    if unknown:
+        raise InputError(f"--schedules: unknown schedule {unknown[0]!r} (one of {SCHEDULES})")
+    out.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in schedules}
+    for pair in range(1, pairs + 1):
+        for schedule in schedules:
+            result = run_on_network(replace(config, schedule=schedule), profile)
+            path = out / f"mpc_train_{profile.name}_{schedule}_{pair}.json"
+            path.write_text(json.dumps(result, indent=2) + "\n")
+            print(f"{schedule}, run {pair}: {_schedule_line(result)} ({path})", flush=True)
+            runs[schedule].append(result)
+    print(format_schedules(runs, profile.describe()))
+    return 0
+
+
+def _schedule_line(result: dict[str, Any]) -> str:
+    return (
+        f"{result['steps_per_epoch']} steps an epoch; epochs "
+        + ", ".join(f"{s:.1f}" for s in result["ours_epoch_seconds"])
+        + f" s; the last {result['steady_epochs']}: {result['ours_seconds_per_epoch']:.1f} s, "
+        f"{result['ours_rounds_per_epoch']:.0f} rounds, "
+        f"{result['ours_bytes_per_epoch'] / 1e6:.1f} MB sent per party"
+    )
+
+
+def format_schedules(runs: dict[str, list[dict[str, Any]]], network: str) -> str:
+    """Each schedule's median epoch, rounds and MB, and the first schedule's over each."""
+    keys = ("ours_seconds_per_epoch", "ours_rounds_per_epoch", "ours_bytes_per_epoch")
+    medians = {
+        s: [statistics.median(r[k] for r in results) for k in keys] for s, results in runs.items()
+    }
+    first = next(iter(medians))
+    lines = [
+        f"VAE on '{DATASET}' in MPC, 2 parties + dealer, {network}; the median of "
+        f"{len(runs[first])} runs per schedule, alternated",
+        f"{'schedule':<10} {'steps':>5} {'s/epoch':>8} {'rounds':>7} {'MB/party':>9} "
+        f"{'time x':>7} {'rounds x':>8} {'MB x':>6}",
+    ]
+    for s, (seconds, rounds, nbytes) in medians.items():
+        base = medians[first]
+        lines.append(
+            f"{s:<10} {runs[s][0]['steps_per_epoch']:>5} {seconds:>8.1f} {rounds:>7.0f} "
+            f"{nbytes / 1e6:>9.1f} {base[0] / seconds:>7.2f} {base[1] / rounds:>8.2f} "
+            f"{base[2] / nbytes:>6.2f}"
+        )
+    lines.append(f"(x: {first} over the schedule, measured in this run)")
+    return "\n".join(lines)
 
 
 def plot_by_network(results: list[dict[str, Any]], path: Path) -> Path:

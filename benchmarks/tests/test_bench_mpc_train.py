@@ -60,3 +60,23 @@ def test_script_refuses_more_steady_epochs_than_epochs(capsys):
         script.parse_args(["--epochs", "2", "--steady-epochs", "3"])
     assert exit_.value.code == 2
     assert "--steady-epochs must be between 1 and --epochs (2)" in capsys.readouterr().err
+
+
+def test_schedules_are_compared_by_their_medians_against_the_first():
+    def run(seconds: float, rounds: float, nbytes: float, steps: int) -> dict:
+        return {
+            "ours_seconds_per_epoch": seconds,
+            "ours_rounds_per_epoch": rounds,
+            "ours_bytes_per_epoch": nbytes,
+            "steps_per_epoch": steps,
+        }
+
+    runs = {
+        "default": [run(80.0, 1000, 360e6, 10), run(90.0, 1000, 380e6, 10)],
+        "latency": [run(40.0, 200, 170e6, 2), run(30.0, 150, 160e6, 2)],
+    }
+    table = mpc_train.format_schedules(runs, "wan")
+    latency = next(line for line in table.splitlines() if line.startswith("latency"))
+    # medians 85 s / 35 s, 1000 / 175 rounds, 370 / 165 MB
+    assert latency.split()[1:] == ["2", "35.0", "175", "165.0", "2.43", "5.71", "2.24"]
+    assert "the median of 2 runs per schedule, alternated" in table

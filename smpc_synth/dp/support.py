@@ -56,8 +56,13 @@ ACCOUNTANTS_FOR: dict[str, tuple[str, ...]] = {
 }
 
 # Hyperparameters DP needs at one value: PacGAN's packs would let one row move every pack of
-# a Poisson batch (they are consecutive groups), so the critic sees single rows.
-FIXED_PARAMS: dict[str, dict[str, object]] = {"gan": {"pac": 1}}
+# a Poisson batch (they are consecutive groups), so the critic sees single rows; DP-SGD's
+# batches are Poisson samples whose rate the ledger accounts, so the batch and learning rate
+# are the user's own, not a schedule's (models/schedule.py).
+FIXED_PARAMS: dict[str, dict[str, object]] = {
+    "gan": {"pac": 1, "schedule": "default"},
+    "vae": {"schedule": "default"},
+}
 
 
 class ConfigProblem(ValueError):

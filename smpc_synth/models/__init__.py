@@ -9,9 +9,11 @@ from smpc_synth.models.marginal import MarginalGenerator, Privacy
 from smpc_synth.models.mst import MSTGenerator, MSTParams
 from smpc_synth.models.registry import (
     available_generators,
+    check_batch_rows,
     check_epochs_apply,
     epochs_problem,
     get_generator,
+    hyperparameters,
     planned_epochs,
     register,
     trains_in_epochs,
@@ -38,9 +40,11 @@ __all__ = [
     "VAEGenerator",
     "VAEParams",
     "available_generators",
+    "check_batch_rows",
     "check_epochs_apply",
     "epochs_problem",
     "get_generator",
+    "hyperparameters",
     "planned_epochs",
     "register",
     "sufficient_stats",

@@ -23,6 +23,7 @@ from smpc_synth.data.encoding import TableEncoder
 from smpc_synth.data.layout import Layout
 from smpc_synth.data.schema import Schema
 from smpc_synth.errors import InputError, SmpcSynthError
+from smpc_synth.models.schedule import scheduled
 from smpc_synth.models.spans import activate, sample_onehot
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -41,6 +42,7 @@ class NeuralParams:
     epochs: int = 100
     batch_size: int = 500
     lr: float = 1e-3
+    schedule: str = "default"  # or "latency": larger batches for long round trips (schedule.py)
 
 
 class Generator(ABC):
@@ -312,6 +314,8 @@ def parse_hparams(cls: type, raw: Mapping[str, Any], source: str) -> Any:
             raise InputError(f"{source}: parameter '{key}' must be at least 1, got {value}")
         if isinstance(value, float) and not (math.isfinite(value) and value >= 0):
             raise InputError(f"{source}: parameter '{key}' must be finite and >= 0, got {value}")
+    if isinstance(params, NeuralParams):
+        params = scheduled(params, dict(raw), source)
     return params
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import asdict, fields
 from typing import Any, TypeVar
 
 from smpc_synth.errors import InputError
+from smpc_synth.models import schedule
 from smpc_synth.models.base import Generator, parse_hparams
 
 G = TypeVar("G", bound=type[Generator])
@@ -71,3 +72,25 @@ def planned_epochs(name: str, epochs: int | None, params: Mapping[str, Any] | No
         return epochs
     cls = get_generator(name)
     return parse_hparams(cls.Params, dict(params or {}), f"generator '{name}'").epochs
+
+
+def hyperparameters(
+    name: str, params: Mapping[str, Any] | None = None, epochs: int | None = None
+) -> dict[str, Any]:
+    """Every hyperparameter a fit of ``name`` with ``params`` for ``epochs`` uses (defaults
+    and the schedule's values filled in): what a run records."""
+    cls = get_generator(name)
+    values = asdict(parse_hparams(cls.Params, dict(params or {}), f"generator '{name}'"))
+    if "epochs" in values:
+        values["epochs"] = planned_epochs(name, epochs, params)
+    return values
+
+
+def check_batch_rows(
+    name: str, params: Mapping[str, Any] | None, rows: int, source: str, what: str
+) -> None:
+    """Refuse (InputError) a schedule of ``name`` whose batch exceeds the ``rows`` a batch is
+    drawn from (:func:`smpc_synth.models.schedule.check_batch_rows`)."""
+    cls = get_generator(name)
+    hparams = parse_hparams(cls.Params, dict(params or {}), f"generator '{name}'")
+    schedule.check_batch_rows(hparams, rows, source, what)

@@ -23,6 +23,7 @@ from smpc_synth.data.validate import validate
 from smpc_synth.errors import InputError
 from smpc_synth.models.base import EpochCallback, Generator
 from smpc_synth.models.registry import get_generator
+from smpc_synth.models.schedule import check_batch_rows
 
 GENERATOR_FILE = "generator.pt"
 # Memory one sample call may fill with its table (about 16 bytes a cell, with the copy that
@@ -96,6 +97,7 @@ class Synthesizer:
         # a DP-only generator's encoder follows from the public schema alone
         encoder = encoder.fit_public() if gen_cls.differentially_private else encoder.fit(rows)
         model = gen_cls(encoder.layout, **gen_params)
+        check_batch_rows(model.hparams, len(rows), source)
         X = encoder.transform(rows)
         if gen_cls.differentially_private:
             from smpc_synth.models.marginal import Privacy

@@ -205,6 +205,12 @@ def _load_inputs(cfg: PartyConfig):
     if cfg.role != "data":
         return schema, None
     frame = validate(read_table(cfg.data, schema), schema, source=str(cfg.data))
+    if cfg.run.mode == "federated":  # local epochs: batches are drawn from this party's rows
+        from smpc_synth.models import check_batch_rows
+
+        check_batch_rows(
+            cfg.run.generator, cfg.run.generator_params, len(frame), str(cfg.data), "rows here"
+        )
     log.info("%s: %d rows valid against %s", cfg.data, len(frame), cfg.schema)
     return schema, frame
 
@@ -213,6 +219,7 @@ def play_data_party(
     cfg: PartyConfig, schema, frame, mesh, resume: bool, progress
 ) -> dict[str, Any]:
     """Train with the other data parties in the run's mode; sample if this party outputs."""
+    from smpc_synth.models import hyperparameters
     from smpc_synth.train import PartyContext, get_strategy
 
     ctx = PartyContext(
@@ -238,6 +245,9 @@ def play_data_party(
         "role": "data",
         "mode": cfg.run.mode,
         "generator": cfg.run.generator,
+        "hyperparameters": hyperparameters(
+            cfg.run.generator, cfg.run.generator_params, cfg.run.epochs
+        ),
         "training": result.metrics,
         "traffic": _as_dict(traffic),
     }

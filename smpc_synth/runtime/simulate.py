@@ -210,6 +210,7 @@ def prepare_session(
     if not resume:
         check_output_dir(run_dir, "--out", resume_hint=True)
     table = split_table(parties, dataset=dataset, data=data, schema=schema, config=cfg, rows=rows)
+    check_schedule(cfg, table)
     if cfg.mode == "mpc":
         from smpc_synth.train.mpc.limits import check_mpc_inputs
 
@@ -281,6 +282,18 @@ def split_table(
     shares = split_parties(train, parties, how=cfg.split, seed=cfg.seed)
     names = list(PARTY_NAMES[:parties])
     return SplitTable(names, shares, train, holdout, table_schema, source)
+
+
+def check_schedule(cfg: RunConfig, table: SplitTable) -> None:
+    """Refuse a schedule whose batch exceeds the rows it is drawn from: every party's in
+    federated mode (local epochs), the pooled table otherwise."""
+    from smpc_synth.models import check_batch_rows
+
+    if cfg.mode == "federated":
+        rows, what = min(len(s) for s in table.shares), "rows of the smallest party"
+    else:
+        rows, what = len(table.train), "training rows"
+    check_batch_rows(cfg.generator, cfg.generator_params, rows, "simulate", what)
 
 
 def describe_split(how: str, names: list[str], shares: list[pd.DataFrame]) -> dict[str, Any]:
@@ -550,6 +563,7 @@ def _gather(
 ) -> SimulationResult:
     """Collect every member's metrics; evaluate against the holdout; gate, publish, sign."""
     from smpc_synth.eval import evaluate
+    from smpc_synth.models import hyperparameters
     from smpc_synth.release import certificates_in, release_run
 
     run_dir, cfg, members = session.run_dir, session.config, session.members
@@ -562,6 +576,7 @@ def _gather(
             party_metrics[m.name] = json.loads(path.read_text())
     metrics: dict[str, Any] = {
         "run": cfg.to_dict(),
+        "hyperparameters": hyperparameters(cfg.generator, cfg.generator_params, cfg.epochs),
         "exit_codes": codes,
         "exited_at": outcome.exited_at,
         "wall_seconds": wall,

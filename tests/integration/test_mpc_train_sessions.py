@@ -211,3 +211,34 @@ def test_a_debug_seed_repeats_an_mpc_run_bit_for_bit(tmp_path):
     assert first.keys() == again.keys()
     for name in first:
         assert torch.equal(first[name], again[name]), name
+
+
+@pytest.mark.slow
+def test_the_latency_schedule_trains_in_mpc_and_is_recorded(tmp_path):
+    """An MPC session with ``schedule = "latency"``: 5,093 pooled rows in two steps of
+    2,500 an epoch, and the batch and learning rate it set recorded by the run and by
+    every data party."""
+    result = simulate(
+        2,
+        dataset="fair",
+        mode="mpc",
+        generator="vae",
+        epochs=1,
+        seed=0,
+        generator_params={"schedule": "latency"},
+        out=tmp_path / "run",
+        show_progress=False,
+    )
+    assert result.exit_code == 0, result.exit_codes
+    recorded = [result.metrics["hyperparameters"]] + [
+        party["hyperparameters"]
+        for party in result.metrics["parties"].values()
+        if "training" in party
+    ]
+    assert len(recorded) == 3
+    for hp in recorded:
+        assert (hp["schedule"], hp["batch_size"], hp["lr"], hp["epochs"]) == (
+            "latency", 2500, 5e-3, 1
+        )  # fmt: skip
+    trained = Synthesizer.load(result.run_dir / "generator.pt").generator.hparams
+    assert (trained.batch_size, trained.lr) == (2500, 5e-3)

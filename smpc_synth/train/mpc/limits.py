@@ -87,7 +87,11 @@ def check_mpc_inputs(schema: Schema, generator: str, params: dict[str, Any], sou
             f"{source}: the table encodes to up to {width:,} units (widest columns: {names}); "
             f"MPC training with generator '{generator}' and batch size {hparams.batch_size} "
             f"would ask the dealer for {' and '.join(over)}: drop or merge categories, or "
-            "lower the batch size"
+            + (
+                "lower the batch size"
+                if getattr(hparams, "schedule", "default") == "default"
+                else "use the default schedule (generator_params.schedule)"
+            )
         )
     bound = getattr(hparams, "logvar_bound", None)
     if bound is not None and not 0 < bound <= MAX_LOGVAR_BOUND:

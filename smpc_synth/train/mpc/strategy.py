@@ -194,11 +194,14 @@ def _fit_encoder(ctx: PartyContext, private):
 
 def _train_model(ctx: PartyContext, encoder, sizes: list[int], private, rows: float):
     from smpc_synth.models import get_generator
+    from smpc_synth.models.schedule import check_batch_rows
     from smpc_synth.mpc.session import phase
 
     cfg = ctx.config
     X = encoder.transform(ctx.data)
     model = get_generator(cfg.generator)(encoder.layout, **cfg.generator_params)
+    # the pooled row count is known from the row-count exchange, before any training step
+    check_batch_rows(model.hparams, sum(sizes), "the parties' rows", "pooled training rows")
     started = time.perf_counter()
     if private is not None and "moments" in model.dp_parts:
         with phase("moments"):

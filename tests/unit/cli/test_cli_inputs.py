@@ -264,3 +264,15 @@ def test_data_without_a_schema_is_refused_naming_file_column_and_row(
     assert code == 2, stderr
     assert str(data) in stderr and all(piece in stderr for piece in named), stderr
     assert not out.exists()
+
+
+def test_simulate_refuses_a_schedule_larger_than_the_table_before_starting_any_party(cli, tmp_path):
+    out = tmp_path / "run"
+    result = cli(
+        "simulate", "--dataset", "breast_cancer", "--parties", "2", "--generator", "vae",
+        "--schedule", "latency", "--out", out,
+    )  # fmt: skip
+    assert result.code == 2, result.output
+    assert "generator_params.schedule = 'latency'" in result.stderr
+    assert "455 training rows" in result.stderr and "Traceback" not in result.stderr
+    assert not (out / "parties").exists()  # no session was written, no process started

@@ -62,6 +62,15 @@ def test_a_table_too_wide_for_the_dealers_requests_is_refused(generator, columns
         check_mpc_inputs(schema, generator, {"batch_size": 100}, "schema.toml")
 
 
+def test_a_table_the_latency_schedules_batch_is_too_large_for_names_the_schedule():
+    """The schedule's batch, not the user's, is what the dealer would be asked for."""
+    schema = _schema(*(_categorical(f"c{i}", 200) for i in range(20)))
+    check_mpc_inputs(schema, "vae", {}, "schema.toml")  # batch 500 fits
+    with pytest.raises(InputError, match="batch size 2500") as e:
+        check_mpc_inputs(schema, "vae", {"schedule": "latency"}, "schema.toml")
+    assert "use the default schedule (generator_params.schedule)" in str(e.value)
+
+
 def test_the_vaes_logvar_bound_is_limited_to_what_fixed_point_holds():
     schema = _schema()
     check_mpc_inputs(schema, "vae", {"logvar_bound": MAX_LOGVAR_BOUND}, "s")
