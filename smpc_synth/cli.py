@@ -606,7 +606,9 @@ def _cmd_certs(args) -> int:
 
 def _cmd_schema_infer(args) -> int:
     from smpc_synth.data import infer_schema, read_table
+    from smpc_synth.runtime.outdir import check_output_file
 
+    check_output_file(args.out, "-o/--out")
     frame = read_table(args.file)
     schema = infer_schema(frame, target=args.target, source=str(args.file))
     schema.save(args.out)
@@ -737,9 +739,11 @@ def _cmd_verify(args) -> int:
 
 def _cmd_sample(args) -> int:
     from smpc_synth.models import Synthesizer
+    from smpc_synth.runtime.outdir import check_output_file
 
     if args.rows < 1:
         raise InputError(f"-n/--rows must be at least 1, got {args.rows}")
+    check_output_file(args.out, "-o/--out")
     model = Synthesizer.load(args.model)
     if args.rows > model.max_sample_rows:
         raise InputError(
@@ -758,7 +762,10 @@ def _cmd_evaluate(args) -> int:
     from smpc_synth.api import evaluate
     from smpc_synth.data import Schema, read_table
     from smpc_synth.eval import format_report
+    from smpc_synth.runtime.outdir import check_output_file
 
+    if args.out:
+        check_output_file(args.out, "-o/--out")
     schema = Schema.load(args.schema) if args.schema else None
     real = read_table(args.real, schema)
     synthetic = read_table(args.synthetic, schema)

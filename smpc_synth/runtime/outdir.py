@@ -33,6 +33,18 @@ def claim_output_dir(path: Path, flag: str = "--out", resume_hint: bool = False)
     return path
 
 
+def check_output_file(path: Path, flag: str = "--out") -> None:
+    """Refuse (exit 2) an output file that exists already, or a folder in its place: a
+    command writes a new file, never over one it did not create."""
+    if path.is_dir():
+        raise InputError(f"{path}: {flag} names a folder, not a file")
+    if path.exists() or path.is_symlink():
+        raise InputError(
+            f"{path}: {flag} already exists; a command never overwrites a file it did not "
+            "create: choose another name or remove it"
+        )
+
+
 def fresh_path(path: Path) -> Path:
     """``path``, or ``path-2``, ``path-3``, ... : the first that does not exist yet."""
     candidate, n = path, 1

@@ -276,3 +276,21 @@ def test_simulate_refuses_a_schedule_larger_than_the_table_before_starting_any_p
     assert "generator_params.schedule = 'latency'" in result.stderr
     assert "455 training rows" in result.stderr and "Traceback" not in result.stderr
     assert not (out / "parties").exists()  # no session was written, no process started
+
+
+@pytest.mark.parametrize("command", ["schema", "sample", "evaluate"])
+def test_an_existing_output_file_is_refused_and_kept(capsys, tmp_path, table, command):
+    frame, schema = table
+    data = _write(tmp_path, frame)
+    mine = tmp_path / "mine.txt"
+    mine.write_text("the user's own file\n")
+    argv = {
+        "schema": ["schema", "infer", str(data), "-o", str(mine)],
+        "sample": ["sample", "--model", str(tmp_path / "g.pt"), "-n", "5", "-o", str(mine)],
+        "evaluate": ["evaluate", "--real", str(data), "--synthetic", str(data), "-o", str(mine)],
+    }[command]
+    code = main(argv)
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    assert str(mine) in stderr and "already exists" in stderr, stderr
+    assert mine.read_text() == "the user's own file\n"
