@@ -180,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--target",
         help="the column models predict, kept categorical if discrete (default: none)",
     )
+    q.add_argument(
+        "--max-categories",
+        type=int,
+        help="most distinct values a text column may have; more is refused as free text or "
+        "identifiers (default: MAX_CATEGORIES in smpc_synth/data/defaults.py)",
+    )
 
     p = _add(sub, "train", _cmd_train, "train a generator on one table in the clear")
     p.add_argument("--mode", choices=("plaintext",), default="plaintext", help="only plaintext")
@@ -608,9 +614,12 @@ def _cmd_schema_infer(args) -> int:
     from smpc_synth.data import infer_schema, read_table
     from smpc_synth.runtime.outdir import check_output_file
 
+    if args.max_categories is not None and args.max_categories < 1:
+        raise InputError(f"--max-categories must be at least 1, got {args.max_categories}")
     check_output_file(args.out, "-o/--out")
     frame = read_table(args.file)
-    schema = infer_schema(frame, target=args.target, source=str(args.file))
+    limit = {} if args.max_categories is None else {"max_categories": args.max_categories}
+    schema = infer_schema(frame, target=args.target, source=str(args.file), **limit)
     schema.save(args.out)
     print(
         f"wrote {args.out} ({len(schema.columns)} columns); review bounds and categories: "

@@ -318,7 +318,8 @@ def _infer_column(
         raise InputError(
             f"{prefix}column '{name}': {len(cats)} distinct text values, more than "
             f"max_categories={max_categories}; free text or identifiers cannot be modelled: "
-            "drop the column or raise the limit"
+            "drop the column, or raise the limit (`schema infer --max-categories`) and review "
+            "the categories, which every party sees"
         )
     return ColumnSpec(name, "categorical", categories=tuple(cats))
 

@@ -294,3 +294,23 @@ def test_an_existing_output_file_is_refused_and_kept(capsys, tmp_path, table, co
     assert code == 2, stderr
     assert str(mine) in stderr and "already exists" in stderr, stderr
     assert mine.read_text() == "the user's own file\n"
+
+
+def test_schema_infer_max_categories_admits_a_wide_column(capsys, tmp_path):
+    from smpc_synth.data import Schema
+    from smpc_synth.data.defaults import MAX_CATEGORIES
+
+    levels = MAX_CATEGORIES + 50
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(
+        {"city": [f"c{i}" for i in range(levels)], "x": rng.normal(size=levels).round(3)}
+    )
+    data = _write(tmp_path, frame)
+    refused = main(["schema", "infer", str(data), "-o", str(tmp_path / "a.toml")])
+    stderr = capsys.readouterr().err
+    assert refused == 2 and "'city'" in stderr and "--max-categories" in stderr, stderr
+    assert not (tmp_path / "a.toml").exists()
+    argv = ["schema", "infer", str(data), "-o", str(tmp_path / "b.toml")]
+    assert main([*argv, "--max-categories", str(levels)]) == 0
+    assert len(Schema.load(tmp_path / "b.toml").column("city").categories) == levels
+    assert main([*argv[:-1], str(tmp_path / "c.toml"), "--max-categories", "0"]) == 2
