@@ -65,11 +65,14 @@ def _numeric_column(real: pd.Series, syn: pd.Series) -> dict[str, float | None]:
     if real.empty or syn.empty:
         return {"variance_ratio": None, "range_coverage": None}
     lo, hi = real.min(), real.max()
-    var_real = real.var()
+    # ratios do not depend on the scale: bring values near 1 so that 1e300 squared does
+    # not overflow nor 1e-300 squared vanish
+    scale = float(max(abs(lo), abs(hi), syn.abs().max())) or 1.0
+    var_real = (real / scale).var()
     low_q, high_q = real.quantile(list(TAIL_QUANTILES))
     overlap = max(0.0, min(hi, syn.max()) - max(lo, syn.min()))
     return {
-        "variance_ratio": float(syn.var() / var_real) if var_real > 0 else None,
+        "variance_ratio": float((syn / scale).var() / var_real) if var_real > 0 else None,
         "range_coverage": float(overlap / (hi - lo)) if hi > lo else None,
         "synthetic_tail_share": float(((syn < low_q) | (syn > high_q)).mean()),
         "real_tail_share": float(((real < low_q) | (real > high_q)).mean()),

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smpc_synth.data.schema import ColumnSpec, Schema
 from smpc_synth.errors import InputError
-from smpc_synth.eval.collapse import correlation_error, prdc
+from smpc_synth.eval.collapse import _numeric_column, correlation_error, prdc
 from smpc_synth.eval.columns import canonical, column_kinds, labels
 from smpc_synth.eval.privacy import copy_rate, privacy_metrics
 from smpc_synth.eval.space import encode
@@ -101,3 +103,19 @@ def test_kinds_follow_a_given_schema_and_name_what_it_lacks():
         column_kinds(real, schema)
     wide = Schema((*schema.columns, ColumnSpec("c", "categorical", categories=("a", "b"))))
     assert column_kinds(real, wide) == {"x": "numeric", "c": "categorical"}
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(
+    seed=st.integers(0, 2**16),
+    exponent=st.sampled_from([-300, -150, 0, 150, 300]),
+    spread=st.floats(0.1, 10.0),
+)
+def test_variance_ratio_does_not_depend_on_the_scale(seed, exponent, spread):
+    rng = np.random.default_rng(seed)
+    real = pd.Series(rng.normal(0, 1, 60))
+    syn = pd.Series(rng.normal(0, spread, 60))
+    unit = _numeric_column(real, syn)
+    scaled = _numeric_column(real * 10.0**exponent, syn * 10.0**exponent)
+    assert scaled["variance_ratio"] == pytest.approx(unit["variance_ratio"], rel=1e-9)
+    assert scaled["range_coverage"] == pytest.approx(unit["range_coverage"], rel=1e-9)
