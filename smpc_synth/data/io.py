@@ -3,7 +3,8 @@
 CSV cells are read as pandas infers them, except: only an empty cell counts as missing (a
 category called "NA" stays "NA"), blank lines are kept as rows (so row numbers match file
 lines; trailing blank lines are dropped), and columns the schema declares categorical or
-boolean are read as text, so "007" stays "007".
+boolean are read as text, so "007" stays "007"; without a schema, a number column holding
+zero-padded codes is read as text too. Floats are parsed exactly (as Python's ``float``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from smpc_synth.data.rows import CSV_SUFFIXES
-from smpc_synth.data.schema import Schema
+from smpc_synth.data.schema import Schema, zero_padded
 from smpc_synth.errors import InputError
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -76,14 +77,9 @@ def _read_csv(path: Path, schema: Schema | None) -> pd.DataFrame:
     text_cols = {}
     if schema is not None:
         text_cols = {c.name: str for c in schema.columns if not c.is_numeric}
-    df = pd.read_csv(
-        path,
-        dtype=text_cols or None,
-        keep_default_na=False,
-        na_values=[""],
-        skip_blank_lines=False,
-        encoding=ENCODING,
-    )
+    df = pd.read_csv(path, dtype=text_cols or None, **_CSV_OPTIONS)
+    if schema is None:
+        df = _keep_zero_padded(path, df)
     if not isinstance(df.index, pd.RangeIndex):  # pandas took the first column as the index
         raise InputError(
             f"{path}: line 2 has more fields than the {len(names)} of the header line "
@@ -96,6 +92,28 @@ def _read_csv(path: Path, schema: Schema | None) -> pd.DataFrame:
     if end == 0:
         raise InputError(f"{path}: no data rows (only the header line {', '.join(names)})")
     return df.iloc[:end]
+
+
+_CSV_OPTIONS = {
+    "keep_default_na": False,
+    "na_values": [""],
+    "skip_blank_lines": False,
+    "encoding": ENCODING,
+    "float_precision": "round_trip",  # pandas' default parser can be one unit in the last place off
+}
+
+
+def _keep_zero_padded(path: Path, df: pd.DataFrame) -> pd.DataFrame:
+    """Without a schema, a number column whose cells include zero-padded digits ("007",
+    "01") is kept as text: as a number, "007" and "7" would become the same value."""
+    numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c].dtype)]
+    if not numeric or df.columns.has_duplicates:
+        return df
+    raw = pd.read_csv(path, usecols=numeric, dtype=str, **_CSV_OPTIONS)
+    for column in numeric:
+        if zero_padded(raw[column]).any():
+            df[column] = raw[column]
+    return df
 
 
 def _refuse_other_delimiters(path: Path) -> None:

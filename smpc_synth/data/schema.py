@@ -294,8 +294,18 @@ def _infer_column(
     if text.empty:
         raise InputError(f"{prefix}column '{name}': every cell is empty; drop the column")
     numbers = parse_numbers(text)
-    if numbers.notna().all():
+    if numbers.notna().all() and not zero_padded(text).any():
         return _numeric_spec(name, text, numbers, source)
+    if numbers.notna().all():  # codes such as "007": as numbers "007" and "7" would merge
+        cats = sorted(set(text))
+        if len(cats) > max_categories:
+            raise InputError(
+                f"{prefix}column '{name}': {len(cats)} distinct zero-padded codes (such as "
+                f"{_show(text[zero_padded(text)].iloc[0])}), more than "
+                f"max_categories={max_categories}; an identifier cannot be modelled: drop the "
+                "column, or declare it in a schema"
+            )
+        return ColumnSpec(name, "categorical", categories=tuple(cats))
     if set(text.str.lower()) <= {"true", "false"}:
         return ColumnSpec(name, "boolean")
     cats = sorted(set(text))
@@ -373,6 +383,15 @@ def parse_numbers(text: pd.Series) -> pd.Series:
         for position in exponent.index[exponent]:
             numbers[position] = float(str(text[position]))
     return numbers
+
+
+_ZERO_PADDED = r"\s*[+-]?0\d+(\.\d*)?\s*"
+
+
+def zero_padded(text: pd.Series) -> pd.Series:
+    """Whether each cell is digits with a leading zero ("007", "01"; not "0" or "0.5"): a
+    code whose zeros a number would drop."""
+    return text.astype(str).str.fullmatch(_ZERO_PADDED).fillna(False).astype(bool)
 
 
 def _show(text: str, limit: int = 40) -> str:

@@ -1,0 +1,77 @@
+"""Odd tables (tests/support/odd_tables.py) through reading, inference and validation:
+each either types every value exactly as written, or is refused naming the file."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from odd_tables import BUILDERS  # tests/support, on pytest's pythonpath
+
+from smpc_synth.data import infer_schema, read_table, validate
+from smpc_synth.errors import InputError
+
+
+def _typed(path):
+    """read -> infer -> read with the schema -> validate, as `schema infer` then `train`."""
+    schema = infer_schema(read_table(path), source=str(path))
+    return schema, validate(read_table(path, schema), schema, source=str(path), min_rows=1)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_an_odd_table_is_typed_exactly_or_refused_naming_the_file(tmp_path, name):
+    path = tmp_path / f"{name}.csv"
+    path.write_bytes(BUILDERS[name](seed=0).encode("utf-8"))
+    try:
+        schema, typed = _typed(path)
+    except InputError as exc:
+        assert str(path) in str(exc)
+        return
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        rows = list(csv.reader(handle))
+    header, cells = rows[0], rows[1:]
+    assert list(typed.columns) == header
+    for j, spec in enumerate(schema.columns):
+        written = [row[j].strip() for row in cells]
+        values = typed[spec.name]
+        if spec.kind == "integer":
+            assert values.dtype == np.int64
+            assert [int(v) for v in written] == values.tolist()  # no rounding, no float
+        elif spec.kind == "numeric":
+            assert [float(v) for v in written] == values.tolist()
+        elif spec.kind == "categorical":
+            assert written == values.tolist()
+            assert set(values) <= set(spec.categories)
+        if spec.is_numeric:
+            assert spec.min <= values.min() and values.max() <= spec.max
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(
+    codes=st.lists(st.integers(0, 999), min_size=12, max_size=40),
+    width=st.integers(2, 5),
+    padded=st.lists(st.booleans(), min_size=12, max_size=40),
+)
+def test_zero_padded_codes_stay_text(tmp_path_factory, codes, width, padded):
+    written = [
+        f"{c:0{width}d}" if pad else str(c) for c, pad in zip(codes, padded + [False] * 40)
+    ]
+    if not any(len(w) > 1 and w.startswith("0") for w in written):
+        written[0] = "0" * width + "1"  # at least one code with a leading zero
+    path = tmp_path_factory.mktemp("codes") / "codes.csv"
+    pd.DataFrame({"code": written, "x": np.arange(len(written)) / 7}).to_csv(path, index=False)
+    schema, typed = _typed(path)
+    assert schema.column("code").kind == "categorical"
+    assert typed["code"].tolist() == written  # "007" is not "7"
+
+
+def test_too_many_zero_padded_codes_are_refused_as_an_identifier(tmp_path):
+    path = tmp_path / "ids.csv"
+    ids = [f"{i:06d}" for i in range(300)]
+    pd.DataFrame({"id": ids, "x": np.arange(300)}).to_csv(path, index=False)
+    with pytest.raises(InputError, match=r"ids\.csv: column 'id': 300 distinct zero-padded"):
+        infer_schema(read_table(path), source=str(path))
