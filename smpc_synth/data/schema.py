@@ -377,12 +377,23 @@ def parse_numbers(text: pd.Series) -> pd.Series:
     """Each cell's number as a float, NaN where it is not one; a number beyond a float's range
     (``1e999``) is +-inf, not NaN, so it is reported as too large rather than as text."""
     numbers = pd.to_numeric(text, errors="coerce").astype(float)
+    parsed = numbers.notna()
+    if parsed.any():  # pandas' parser can be one unit in the last place off: Python's is exact
+        cells = zip(text[parsed], numbers[parsed], strict=True)
+        numbers[parsed] = [_exact(cell, value) for cell, value in cells]
     missed = numbers.isna() & text.notna()
     if missed.any():  # only an overflowing exponent parses as a float yet not for pandas
         exponent = text[missed].astype(str).str.fullmatch(_EXPONENT)
         for position in exponent.index[exponent]:
             numbers[position] = float(str(text[position]))
     return numbers
+
+
+def _exact(cell: object, value: float) -> float:
+    try:
+        return float(str(cell))
+    except ValueError:
+        return value
 
 
 _ZERO_PADDED = r"\s*[+-]?0\d+(\.\d*)?\s*"

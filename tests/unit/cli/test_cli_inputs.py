@@ -280,7 +280,7 @@ def test_simulate_refuses_a_schedule_larger_than_the_table_before_starting_any_p
 
 @pytest.mark.parametrize("command", ["schema", "sample", "evaluate"])
 def test_an_existing_output_file_is_refused_and_kept(capsys, tmp_path, table, command):
-    frame, schema = table
+    frame, _ = table
     data = _write(tmp_path, frame)
     mine = tmp_path / "mine.txt"
     mine.write_text("the user's own file\n")

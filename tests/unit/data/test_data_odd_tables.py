@@ -57,9 +57,7 @@ def test_an_odd_table_is_typed_exactly_or_refused_naming_the_file(tmp_path, name
     padded=st.lists(st.booleans(), min_size=12, max_size=40),
 )
 def test_zero_padded_codes_stay_text(tmp_path_factory, codes, width, padded):
-    written = [
-        f"{c:0{width}d}" if pad else str(c) for c, pad in zip(codes, padded + [False] * 40)
-    ]
+    written = [f"{c:0{width}d}" if pad else str(c) for c, pad in zip(codes, padded + [False] * 40)]
     if not any(len(w) > 1 and w.startswith("0") for w in written):
         written[0] = "0" * width + "1"  # at least one code with a leading zero
     path = tmp_path_factory.mktemp("codes") / "codes.csv"
@@ -75,3 +73,12 @@ def test_too_many_zero_padded_codes_are_refused_as_an_identifier(tmp_path):
     pd.DataFrame({"id": ids, "x": np.arange(300)}).to_csv(path, index=False)
     with pytest.raises(InputError, match=r"ids\.csv: column 'id': 300 distinct zero-padded"):
         infer_schema(read_table(path), source=str(path))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=20))
+def test_numbers_in_text_parse_exactly(values):
+    from smpc_synth.data.schema import parse_numbers
+
+    text = pd.Series([repr(v) for v in values])
+    assert parse_numbers(text).tolist() == values
