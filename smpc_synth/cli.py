@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import importlib
 import json
 import logging
@@ -620,10 +621,11 @@ def _cmd_schema_infer(args) -> int:
     frame = read_table(args.file)
     limit = {} if args.max_categories is None else {"max_categories": args.max_categories}
     schema = infer_schema(frame, target=args.target, source=str(args.file), **limit)
-    schema.save(args.out)
+    dataclasses.replace(schema, drafted_from_data=True).save(args.out)
     print(
         f"wrote {args.out} ({len(schema.columns)} columns); review bounds and categories: "
-        "they are public to every party"
+        "they are public to every party. It is marked drafted_from_data = true: a DP run "
+        "(--epsilon) refuses it until you replace what came from the rows and delete the key"
     )
     return 0
 
@@ -642,7 +644,7 @@ def _cmd_train(args) -> int:
         validate,
     )
     from smpc_synth.dp.budget import describe_record
-    from smpc_synth.dp.support import PUBLIC_SCHEMA_NEEDED
+    from smpc_synth.dp.support import PUBLIC_SCHEMA_NEEDED, refuse_drafted_schema
     from smpc_synth.eval import format_report
     from smpc_synth.models import check_epochs_apply, planned_epochs
     from smpc_synth.release import PENDING_NAME, enforce, release_run
@@ -667,6 +669,8 @@ def _cmd_train(args) -> int:
     given = Schema.load(args.schema) if args.schema else None
     if config.dp.enabled and given is None and args.data is not None:
         raise InputError(f"--epsilon: {PUBLIC_SCHEMA_NEEDED}")
+    if config.dp.enabled:
+        refuse_drafted_schema(given, str(args.schema))
     if args.data is not None:
         frame, target, source = read_table(args.data, given), args.target, str(args.data)
     else:

@@ -128,6 +128,7 @@ class Schema:
 
     columns: tuple[ColumnSpec, ...]
     target: str | None = None
+    drafted_from_data: bool = False  # written by `schema infer`; a DP run refuses it
     _index: dict[str, ColumnSpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -159,6 +160,8 @@ class Schema:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"version": SCHEMA_VERSION}
+        if self.drafted_from_data:
+            out["drafted_from_data"] = True
         if self.target is not None:
             out["target"] = self.target
         out["columns"] = [c.to_dict() for c in self.columns]
@@ -202,7 +205,7 @@ class Schema:
 
 
 _COLUMN_KEYS = frozenset({"name", "kind", "categories", "min", "max"})
-_SCHEMA_KEYS = frozenset({"version", "target", "columns"})
+_SCHEMA_KEYS = frozenset({"version", "target", "columns", "drafted_from_data"})
 
 
 def _from_dict(raw: Any) -> Schema:
@@ -217,6 +220,9 @@ def _from_dict(raw: Any) -> Schema:
     target = raw.get("target")
     if target is not None and not isinstance(target, str):
         raise InputError(f"schema: key 'target' must be a column name, got {target!r}")
+    drafted = raw.get("drafted_from_data", False)
+    if not isinstance(drafted, bool):
+        raise InputError(f"schema: key 'drafted_from_data' must be true or false, got {drafted!r}")
     columns = raw.get("columns")
     if not isinstance(columns, list) or not columns:
         raise InputError("schema: key 'columns' is missing or empty")
@@ -244,7 +250,7 @@ def _from_dict(raw: Any) -> Schema:
                 max=col.get("max"),
             )
         )
-    return Schema(tuple(specs), target=target)
+    return Schema(tuple(specs), target=target, drafted_from_data=drafted)
 
 
 def infer_schema(

@@ -18,6 +18,20 @@ PUBLIC_SCHEMA_NEEDED = (
     "theirs may be inferred)"
 )
 
+DRAFTED_SCHEMA = (
+    "key 'drafted_from_data': this schema was drafted from rows (`schema infer`), so its "
+    "categories and bounds come from the data, outside the budget; a DP run needs public "
+    "ones: replace them with each column's public domain, then delete the key"
+)
+
+
+def refuse_drafted_schema(schema: Any, source: str) -> None:
+    """Refuse (exit 2, naming ``source``) a schema marked as drafted from the rows: under DP
+    the schema must not depend on them."""
+    if getattr(schema, "drafted_from_data", False):
+        raise InputError(f"{source}: {DRAFTED_SCHEMA}")
+
+
 # (mode, generator) -> units of privacy with a mechanism for everything released
 SUPPORTED: dict[tuple[str, str], tuple[str, ...]] = {
     ("plaintext", "gaussian"): ("record",),

@@ -196,8 +196,11 @@ def _release(cfg: PartyConfig, schema, frame, candidate: Path, metrics, override
 def _load_inputs(cfg: PartyConfig):
     """The schema, and (data parties) the rows validated against it."""
     from smpc_synth.data import Schema, read_table, validate
+    from smpc_synth.dp.support import refuse_drafted_schema
 
     schema = Schema.load(cfg.schema)
+    if cfg.run.dp.enabled:
+        refuse_drafted_schema(schema, str(cfg.schema))
     if cfg.run.mode == "mpc":
         from smpc_synth.train.mpc.limits import check_mpc_inputs
 

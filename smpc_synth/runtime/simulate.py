@@ -27,7 +27,7 @@ import pandas as pd
 import tomli_w
 
 from smpc_synth.config import RunConfig
-from smpc_synth.dp.support import PUBLIC_SCHEMA_NEEDED
+from smpc_synth.dp.support import PUBLIC_SCHEMA_NEEDED, refuse_drafted_schema
 from smpc_synth.errors import InputError
 from smpc_synth.net.addresses import split_address
 from smpc_synth.net.netns import GLOO_PORT, Host
@@ -325,6 +325,8 @@ def _load_table(dataset, data, schema_path, cfg: RunConfig):
         given = Schema.load(schema_path) if schema_path is not None else None
         if given is None and cfg.dp.enabled:
             raise InputError(f"--epsilon: {PUBLIC_SCHEMA_NEEDED}")
+        if cfg.dp.enabled:
+            refuse_drafted_schema(given, str(schema_path))
         frame = read_table(data, given)
         source = str(data)
         target = cfg.target

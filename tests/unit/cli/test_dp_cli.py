@@ -123,3 +123,38 @@ def test_a_party_refuses_an_unsupported_dp_run_before_connecting(cli, tmp_path):
     assert result.code == 2, result.output
     assert "gan" in result.stderr and "--epsilon" in result.stderr
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("command", ["train", "simulate", "party"])
+def test_a_dp_run_refuses_a_schema_drafted_from_the_rows(cli, tmp_path, command):
+    """`schema infer` marks its draft; with --epsilon every command refuses it, naming the
+    file and the key, before it writes, starts or connects anything."""
+    data = tmp_path / "alice.csv"
+    data.write_text("a,c\n" + "".join(f"{i / 20},{'xy'[i % 2]}\n" for i in range(20)))
+    schema = tmp_path / "schema.toml"
+    assert cli("schema", "infer", data, "-o", schema).code == 0
+    assert "drafted_from_data = true" in schema.read_text()
+    out = tmp_path / "run"
+    if command == "party":
+        doc = {
+            "party": {
+                "name": "alice",
+                "listen": "127.0.0.1:1",
+                "data": "alice.csv",
+                "schema": "schema.toml",
+                "allow_insecure": True,
+                "out": "run",
+            },
+            "peers": [{"name": "bob", "address": "127.0.0.1:2"}],
+            "run": {"mode": "plaintext", "generator": "mst", "dp": {"epsilon": 1.0}},
+        }
+        config = tmp_path / "alice.toml"
+        config.write_text(tomli_w.dumps(doc))
+        args = ["party", "--config", config]
+    else:
+        args = [command, "--data", data, "--schema", schema, "--generator", "mst"]
+        args += ["--epsilon", "1", "--out", out, "--quiet"]
+    result = cli(*args, timeout=120)
+    assert result.code == 2, result.output
+    assert str(schema) in result.stderr and "drafted_from_data" in result.stderr, result.stderr
+    assert not out.exists()

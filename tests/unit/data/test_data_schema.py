@@ -253,3 +253,15 @@ def test_codes_with_a_common_word_stay_categorical():
     cells = ["1", "2", "3", "unknown"] * 30
     spec = infer_schema(pd.DataFrame({"code": cells}), source="t.csv").column("code")
     assert spec.kind == "categorical" and set(spec.categories) == {"1", "2", "3", "unknown"}
+
+
+def test_the_drafted_mark_round_trips_and_enters_the_fingerprint(tmp_path):
+    plain = Schema((ColumnSpec("a", "numeric", min=0.0, max=1.0),))
+    drafted = Schema(plain.columns, drafted_from_data=True)
+    assert "drafted_from_data" not in plain.to_dict()  # older schemas keep their fingerprint
+    drafted.save(tmp_path / "s.toml")
+    assert Schema.load(tmp_path / "s.toml") == drafted
+    assert drafted.fingerprint() != plain.fingerprint()
+    raw = {**plain.to_dict(), "drafted_from_data": "yes"}
+    with pytest.raises(InputError, match="drafted_from_data"):
+        Schema.from_dict(raw)
