@@ -74,6 +74,12 @@ def _read_csv(path: Path, schema: Schema | None) -> pd.DataFrame:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise InputError(f"{path}: line 1: column name(s) {dupes} appear more than once")
+    unnamed = [i for i, n in enumerate(names, start=1) if not str(n).strip()]
+    if unnamed:
+        raise InputError(
+            f"{path}: line 1: column {unnamed[0]} has no name (was the file written with its "
+            "row index? drop that column, or name it)"
+        )
     text_cols = {}
     if schema is not None:
         text_cols = {c.name: str for c in schema.columns if not c.is_numeric}

@@ -295,15 +295,20 @@ def _infer_column(
         return ColumnSpec(name, "boolean")
     if pd.api.types.is_numeric_dtype(values.dtype):
         return _numeric_spec(name, values, values.astype(float), source)
-    text = values.astype(str).str.strip()
-    text = text[~text.str.lower().isin(MISSING_TOKENS)]
+    cells = values.astype(str).str.strip()
+    cells = cells[cells != ""]
+    # "NA", "null", ... are missing in a number column, yet values of a categorical one
+    text = cells[~cells.str.lower().isin(MISSING_TOKENS)]
     if text.empty:
-        raise InputError(f"{prefix}column '{name}': every cell is empty; drop the column")
+        raise InputError(
+            f"{prefix}column '{name}': every cell is empty or a missing-value marker; drop "
+            "the column"
+        )
     numbers = parse_numbers(text)
     if numbers.notna().all() and not zero_padded(text).any():
         return _numeric_spec(name, text, numbers, source)
     if numbers.notna().all():  # codes such as "007": as numbers "007" and "7" would merge
-        cats = sorted(set(text))
+        cats = sorted(set(cells))
         if len(cats) > max_categories:
             raise InputError(
                 f"{prefix}column '{name}': {len(cats)} distinct zero-padded codes (such as "
@@ -314,20 +319,20 @@ def _infer_column(
         return ColumnSpec(name, "categorical", categories=tuple(cats))
     if set(text.str.lower()) <= {"true", "false"}:
         return ColumnSpec(name, "boolean")
-    cats = sorted(set(text))
+    cats = sorted(set(cells))
     words = text[numbers.isna()]
     # numbers with a few stray words (or, past the category limit, mostly numbers): bad
     # cells to name, not categories
     rare_words = len(words) <= RARE_TEXT_FRACTION * len(text)
     if rare_words or (len(cats) > max_categories and len(words) < numbers.notna().sum()):
-        cells = "; ".join(
+        listed = "; ".join(
             f"{row_label(int(p), source)}: {_show(words[p])}"
             for p in words.index[:MAX_REPORTED_PROBLEMS]
         )
         more = len(words) - MAX_REPORTED_PROBLEMS
         raise InputError(
             f"{prefix}column '{name}' holds numbers but {len(words)} cell(s) are not: "
-            f"{cells}{f'; ... and {more} more' if more > 0 else ''} (fix them, leave a "
+            f"{listed}{f'; ... and {more} more' if more > 0 else ''} (fix them, leave a "
             "missing value empty, or declare the column categorical in a schema)"
         )
     if len(cats) > max_categories:

@@ -131,7 +131,12 @@ def _numeric(column: pd.Series, spec: ColumnSpec) -> Coerced:
         mark(infinite, lambda p: f"{_show(shown(p))} is infinite or beyond a float's range")
     else:
         mark(infinite, lambda p: "infinite value")
-    mark(empty, lambda p: "empty cell")
+    mark(
+        empty,
+        lambda p: (
+            f"missing value {_show(shown(p))}" if text is not None and shown(p) else "empty cell"
+        ),
+    )
     good = bad == ""
     if spec.kind == "integer":  # schema bounds lie within +-2**53: every kept value is exact
         typed = pd.Series(np.where(good, np.round(values), 0).astype("int64"))

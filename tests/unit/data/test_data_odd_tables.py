@@ -82,3 +82,29 @@ def test_numbers_in_text_parse_exactly(values):
 
     text = pd.Series([repr(v) for v in values])
     assert parse_numbers(text).tolist() == values
+
+
+MARKERS = ("NA", "N/A", "null", "None", "nan")
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(
+    words=st.lists(st.sampled_from(["north", "south", "east", *MARKERS]), min_size=12),
+)
+def test_missing_value_markers_are_categories_of_a_text_column(tmp_path_factory, words):
+    """A category called "NA" (North America, "None" of a list) is read as text, so the
+    inferred schema must list it, or the table would fail its own schema."""
+    if all(w in MARKERS for w in words):
+        words = ["north", *words]
+    path = tmp_path_factory.mktemp("markers") / "regions.csv"
+    pd.DataFrame({"region": words, "x": np.arange(len(words))}).to_csv(path, index=False)
+    schema, typed = _typed(path)
+    assert set(schema.column("region").categories) == set(words)
+    assert typed["region"].tolist() == words
+
+
+def test_a_column_without_a_name_is_refused_naming_the_file_and_column(tmp_path):
+    path = tmp_path / "indexed.csv"
+    pd.DataFrame({"x": np.arange(12) / 3}).to_csv(path)  # pandas writes an unnamed index
+    with pytest.raises(InputError, match=r"indexed\.csv: line 1: column 1 has no name"):
+        read_table(path)

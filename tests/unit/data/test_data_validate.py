@@ -66,7 +66,7 @@ def test_good_file_is_typed(tmp_path):
         ({5: {"age": ""}}, "age", [5], "empty cell"),
         ({6: {"city": ""}}, "city", [6], "empty cell"),
         ({2: {"smoker": ""}}, "smoker", [2], "empty cell"),
-        ({3: {"income": "NaN"}}, "income", [3], "empty cell"),
+        ({3: {"income": "NaN"}}, "income", [3], "missing value 'NaN'"),
         ({7: {"income": "inf"}}, "income", [7], "infinite"),
         ({8: {"income": "-Infinity"}}, "income", [8], "infinite"),
         ({9: {"city": "Paris"}}, "city", [9], "'Paris' is not a known category"),
@@ -79,7 +79,7 @@ def test_good_file_is_typed(tmp_path):
         ({4: {"age": str(2**63 + 5)}}, "age", [4], f"{2**63 + 5} is outside the schema bounds"),
         ({4: {"age": str(10**30)}}, "age", [4], f"{10**30} is outside the schema bounds"),
         ({6: {"income": "1e999"}}, "income", [6], "'1e999' is infinite or beyond"),
-        ({6: {"income": "nan"}}, "income", [6], "empty cell"),
+        ({6: {"income": "nan"}}, "income", [6], "missing value 'nan'"),
     ],
 )
 def test_bad_cell_names_file_column_row_and_line(tmp_path, bad, column, rows, fragment):
