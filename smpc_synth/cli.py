@@ -677,6 +677,8 @@ def _cmd_train(args) -> int:
         builtin = load_builtin(args.dataset)
         frame, target, source = builtin.frame, args.target or builtin.target, args.dataset
     schema = given or infer_schema(frame, target=target, source=source)
+    if given is None and args.data is not None:  # says so in the run's schema.toml
+        schema = dataclasses.replace(schema, drafted_from_data=True)
     if target is not None and target not in frame.columns:
         raise InputError(f"{source}: --target column {target!r} not found")
     frame = validate(frame, schema, source=source)  # before the split: row numbers stay true

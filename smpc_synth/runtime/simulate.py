@@ -330,7 +330,10 @@ def _load_table(dataset, data, schema_path, cfg: RunConfig):
         frame = read_table(data, given)
         source = str(data)
         target = cfg.target
-        table_schema = given or infer_schema(frame, target=target, source=source)
+        # a schema inferred from the rows says so, whoever reuses it later
+        table_schema = given or dataclasses.replace(
+            infer_schema(frame, target=target, source=source), drafted_from_data=True
+        )
         if given is None:
             log.warning("no --schema given: inferred one from %s (review it for real use)", data)
     else:

@@ -158,3 +158,22 @@ def test_a_dp_run_refuses_a_schema_drafted_from_the_rows(cli, tmp_path, command)
     assert result.code == 2, result.output
     assert str(schema) in result.stderr and "drafted_from_data" in result.stderr, result.stderr
     assert not out.exists()
+
+
+def test_a_schema_a_run_inferred_from_rows_is_marked_and_refused_under_dp(capsys, tmp_path):
+    from smpc_synth.cli import main
+
+    data = tmp_path / "rows.csv"
+    data.write_text("a,c\n" + "".join(f"{i / 40},{'xy'[i % 2]}\n" for i in range(40)))
+    first = tmp_path / "first"
+    assert (
+        main(["train", "--data", str(data), "--out", str(first), "--quiet", "--override-gate"]) == 0
+    )
+    kept = first / "schema.toml"
+    assert "drafted_from_data = true" in kept.read_text()
+    capsys.readouterr()
+    argv = ["train", "--data", str(data), "--schema", str(kept), "--generator", "mst"]
+    code = main([*argv, "--epsilon", "1", "--out", str(tmp_path / "second")])
+    stderr = capsys.readouterr().err
+    assert code == 2 and str(kept) in stderr and "drafted_from_data" in stderr, stderr
+    assert not (tmp_path / "second").exists()
