@@ -86,8 +86,11 @@ def _by_range(values: pd.Series, n: int, rng: np.random.Generator) -> list[np.nd
 def _by_label(values: pd.Series, n: int, rng: np.random.Generator, floor: int) -> list[np.ndarray]:
     codes = pd.factorize(values.astype(str))[0]
     owner = np.empty(len(values), dtype=int)
-    for label in np.unique(codes):
-        rows = rng.permutation(np.flatnonzero(codes == label))
+    # rows grouped by label in one sort: a scan per label would take rows x labels steps
+    grouped = np.argsort(codes, kind="stable")
+    ends = np.cumsum(np.bincount(codes))
+    for end, size in zip(ends, np.bincount(codes), strict=True):
+        rows = rng.permutation(grouped[end - size : end])
         shares = rng.dirichlet(np.full(n, NONIID_ALPHA))
         cuts = np.round(np.cumsum(shares)[:-1] * len(rows)).astype(int)
         for party, part in enumerate(np.split(rows, cuts)):

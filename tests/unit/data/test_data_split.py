@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smpc_synth.data import holdout_split, load_builtin, split_parties
+from smpc_synth.data.defaults import MIN_ROWS
 from smpc_synth.errors import InputError
 
 
@@ -127,3 +130,14 @@ def test_bad_split_requests(args, fragment):
     with pytest.raises(InputError) as err:
         split_parties(_table(100), *args)
     assert fragment in str(err.value)
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(labels=st.integers(1, 3000), parties=st.integers(2, 4), seed=st.integers(0, 99))
+def test_noniid_split_on_an_id_like_column_partitions_and_feeds_every_party(labels, parties, seed):
+    rows = 3000
+    frame = pd.DataFrame({"id": [f"k{i % labels}" for i in range(rows)], "x": range(rows)})
+    shares = split_parties(frame, parties, "noniid:id", seed=seed)
+    taken = sorted(x for share in shares for x in share["x"])
+    assert taken == list(range(rows))
+    assert min(len(share) for share in shares) >= MIN_ROWS
