@@ -336,6 +336,12 @@ def _infer_column(
             "missing value empty, or declare the column categorical in a schema)"
         )
     if len(cats) > max_categories:
+        if _dates(text):
+            raise InputError(
+                f"{prefix}column '{name}': {len(cats)} distinct dates (such as "
+                f"{_show(text.iloc[0])}); dates are not a column kind: convert them to "
+                "numbers (days since a fixed day, say) or drop the column"
+            )
         raise InputError(
             f"{prefix}column '{name}': {len(cats)} distinct text values, more than "
             f"max_categories={max_categories}; free text or identifiers cannot be modelled: "
@@ -398,6 +404,12 @@ def parse_numbers(text: pd.Series) -> pd.Series:
         for position in exponent.index[exponent]:
             numbers[position] = float(str(text[position]))
     return numbers
+
+
+def _dates(text: pd.Series) -> bool:
+    """Whether every cell reads as an ISO 8601 date or time ("2020-01-31", "2020-01-31 10:00")."""
+    parsed = pd.to_datetime(text, errors="coerce", format="ISO8601")
+    return bool(parsed.notna().all())
 
 
 def _exact(cell: object, value: float) -> float:

@@ -108,3 +108,14 @@ def test_a_column_without_a_name_is_refused_naming_the_file_and_column(tmp_path)
     pd.DataFrame({"x": np.arange(12) / 3}).to_csv(path)  # pandas writes an unnamed index
     with pytest.raises(InputError, match=r"indexed\.csv: line 1: column 1 has no name"):
         read_table(path)
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(days=st.integers(250, 2000), with_time=st.booleans())
+def test_a_wide_date_column_is_refused_as_dates(tmp_path_factory, days, with_time):
+    stamps = pd.Timestamp("2001-02-03") + pd.to_timedelta(range(days), unit="D")
+    written = stamps.strftime("%Y-%m-%d %H:%M" if with_time else "%Y-%m-%d")
+    path = tmp_path_factory.mktemp("dates") / "days.csv"
+    pd.DataFrame({"day": written, "x": np.arange(days)}).to_csv(path, index=False)
+    with pytest.raises(InputError, match=r"days\.csv: column 'day': \d+ distinct dates"):
+        infer_schema(read_table(path), source=str(path))
