@@ -51,7 +51,7 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty")
     try:
-        df = _read_csv(path, schema) if fmt == "csv" else pd.read_parquet(path)
+        df = _read_csv(path, schema) if fmt == "csv" else _read_parquet(path)
     except InputError:
         raise
     except UnicodeDecodeError:
@@ -98,6 +98,34 @@ def _read_csv(path: Path, schema: Schema | None) -> pd.DataFrame:
     if end == 0:
         raise InputError(f"{path}: no data rows (only the header line {', '.join(names)})")
     return df.iloc[:end]
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """A Parquet table whose columns hold what a schema can declare: names are text (as in a
+    schema), and date, time and byte columns are refused rather than turned into text that
+    differs between reading and checking."""
+    df = pd.read_parquet(path)
+    names = [str(n) for n in df.columns]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InputError(f"{path}: column name(s) {dupes} appear more than once")
+    df.columns = names
+    for name in names:
+        dtype = df[name].dtype
+        if (
+            pd.api.types.is_datetime64_any_dtype(dtype)
+            or pd.api.types.is_timedelta64_dtype(dtype)
+            or isinstance(dtype, pd.PeriodDtype)
+        ):
+            raise InputError(
+                f"{path}: column '{name}' holds dates or times ({dtype}); they are not a column "
+                "kind: convert them to numbers (days since a fixed day, say) or drop the column"
+            )
+        if pd.api.types.is_object_dtype(dtype) and df[name].map(type).eq(bytes).any():
+            raise InputError(
+                f"{path}: column '{name}' holds bytes; store it as text (UTF-8 strings)"
+            )
+    return df
 
 
 _CSV_OPTIONS = {

@@ -42,6 +42,7 @@ def validate(
     boolean ``bool``. ``source`` names the data in messages (normally the file path).
     """
     _check_shape(df, schema, source, min_rows)
+    df = df.set_axis([str(c) for c in df.columns], axis=1)  # names as a schema writes them
     typed: dict[str, pd.Series] = {}
     problems: list[_Problem] = []
     counts: dict[str, int] = {}

@@ -119,3 +119,30 @@ def test_a_wide_date_column_is_refused_as_dates(tmp_path_factory, days, with_tim
     pd.DataFrame({"day": written, "x": np.arange(days)}).to_csv(path, index=False)
     with pytest.raises(InputError, match=r"days\.csv: column 'day': \d+ distinct dates"):
         infer_schema(read_table(path), source=str(path))
+
+
+PARQUET_COLUMNS = {
+    "dates": (lambda n: pd.date_range("2020-01-01", periods=n), "holds dates or times"),
+    "durations": (lambda n: pd.to_timedelta(np.arange(n), unit="s"), "holds dates or times"),
+    "raw": (lambda n: [b"ab", b"cd"] * (n // 2), "holds bytes"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PARQUET_COLUMNS))
+def test_a_parquet_column_no_kind_can_hold_is_refused_naming_it(tmp_path, kind):
+    make, message = PARQUET_COLUMNS[kind]
+    path = tmp_path / "t.parquet"
+    pd.DataFrame({"odd": make(20), "x": np.arange(20) / 3}).to_parquet(path)
+    with pytest.raises(InputError, match=rf"t\.parquet: column 'odd' {message}"):
+        read_table(path)
+
+
+@pytest.mark.parametrize("how", ["parquet", "frame"])
+def test_column_names_that_are_not_text_are_read_as_text(tmp_path, how):
+    frame = pd.DataFrame({0: np.arange(20), 1: np.arange(20) * 2.5})
+    if how == "parquet":
+        frame.to_parquet(tmp_path / "t.parquet")
+        frame = read_table(tmp_path / "t.parquet")
+    schema = infer_schema(frame)
+    typed = validate(frame, schema, source="t")
+    assert list(typed.columns) == ["0", "1"] and typed["0"].tolist() == list(range(20))
