@@ -346,6 +346,8 @@ def _load_table(dataset, data, schema_path, cfg: RunConfig):
         table_schema = (
             Schema.load(schema_path) if schema_path else infer_schema(frame, target=target)
         )
+        if cfg.dp.enabled and schema_path:  # as for --data: a given schema is vouched public
+            refuse_drafted_schema(table_schema, str(schema_path))
     if cfg.target is not None and cfg.target not in frame.columns:
         raise InputError(f"{source}: --target column {cfg.target!r} not found")
     frame = validate(frame, table_schema, source=source)
