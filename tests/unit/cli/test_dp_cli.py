@@ -125,7 +125,7 @@ def test_a_party_refuses_an_unsupported_dp_run_before_connecting(cli, tmp_path):
     assert time.monotonic() - started < 60
 
 
-@pytest.mark.parametrize("command", ["train", "simulate", "party"])
+@pytest.mark.parametrize("command", ["train", "simulate", "simulate-builtin", "party"])
 def test_a_dp_run_refuses_a_schema_drafted_from_the_rows(cli, tmp_path, command):
     """`schema infer` marks its draft; with --epsilon every command refuses it, naming the
     file and the key, before it writes, starts or connects anything."""
@@ -151,6 +151,9 @@ def test_a_dp_run_refuses_a_schema_drafted_from_the_rows(cli, tmp_path, command)
         config = tmp_path / "alice.toml"
         config.write_text(tomli_w.dumps(doc))
         args = ["party", "--config", config]
+    elif command == "simulate-builtin":
+        args = ["simulate", "--dataset", "fair", "--schema", schema, "--generator", "mst"]
+        args += ["--epsilon", "1", "--out", out, "--quiet"]
     else:
         args = [command, "--data", data, "--schema", schema, "--generator", "mst"]
         args += ["--epsilon", "1", "--out", out, "--quiet"]
