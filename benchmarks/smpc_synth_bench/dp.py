@@ -107,6 +107,9 @@ class DpGridSpec:
     seeds: list[int] | None = None  # default (0,), or (0, 1, 2) with --full
     scaling_generators: list[str] = field(default_factory=lambda: list(GENERATORS))
     scaling_rows: list[int] = field(default_factory=lambda: list(SCALING_ROWS))
+    # "plaintext" too: the same mechanism on one table, for the ratio in the same run
+    scaling_modes: list[str] = field(default_factory=lambda: ["mpc"])
+    scaling_debug_seed: int | None = None  # as debug_seed: the same noise in both modes
     debug_seed: int | None = None  # grid sessions only: same noise in plaintext and MPC
     reference_timeout_s: float | None = None  # a reference fit still running then is stopped
     generator_params: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -178,11 +181,15 @@ def _jobs(spec: DpGridSpec):
             for generator in spec.scaling_generators:
                 params = spec.generator_params.get(generator, {})
                 for rows in spec.scaling_rows:
-                    job = {"kind": "scaling", "generator": generator, "epsilon": 1.0}
-                    job |= {"mode": "mpc", "seed": 0, "rows": rows}
-                    job |= {"debug_seed": None, "generator_params": params}
-                    suffix = f"|{json.dumps(params, sort_keys=True)}" if params else ""
-                    yield f"scaling|{generator}|{rows}{suffix}", job
+                    for mode in spec.scaling_modes:
+                        seed = spec.scaling_debug_seed
+                        job = {"kind": "scaling", "generator": generator, "epsilon": 1.0}
+                        job |= {"mode": mode, "seed": 0, "rows": rows}
+                        job |= {"debug_seed": seed, "generator_params": params}
+                        suffix = "" if mode == "mpc" else f"|{mode}"
+                        suffix += "" if seed is None else f"|debug{seed}"
+                        suffix += f"|{json.dumps(params, sort_keys=True)}" if params else ""
+                        yield f"scaling|{generator}|{rows}{suffix}", job
 
 
 def job_result(job: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -438,40 +445,69 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += _parity_lines(grid, plain)
-    scaling = [r for r in records if r["kind"] == "scaling"]
-    if scaling:
-        lines += [
-            "",
-            "Scaling (MPC, epsilon 1): wall seconds by training rows; marginals: how many the "
-            "mechanism measured after the one-way ones (AIM's rounds), and training seconds "
-            "per marginal.",
-            "",
-        ]
-        lines += [
-            "| generator | rows | wall s | x smallest | train s | busiest member's CPU s "
-            "| MB/party | rounds | marginals | train s / marginal |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        smallest: dict[str, dict[str, Any]] = {}
-        for r in sorted(scaling, key=lambda r: (r["generator"], r["rows"])):
-            if r.get("exit_code"):
-                lines.append(
-                    f"| {r['generator']} | {r['rows']} | stopped after "
-                    f"{_fmt(r.get('bench_seconds'), 0)} s (exit code {r['exit_code']}) ||||||||"
-                )
-                continue
-            first = smallest.setdefault(r["generator"], r)
-            marginals = len(r["selected"]) if r.get("selected") is not None else None
-            mb = r.get("bytes_per_party")
-            ratio = _ratio(r.get("wall_seconds"), first.get("wall_seconds"))
-            lines.append(
-                f"| {r['generator']} | {r['rows']} | {_fmt(r.get('wall_seconds'), 1)} "
-                f"| {_fmt(ratio, 2)} | {_fmt(r.get('train_seconds'), 1)} "
-                f"| {_fmt(r.get('cpu_seconds_max'), 1)} | {_fmt(mb / 1e6 if mb else None, 2)} "
-                f"| {_fmt(r.get('rounds_per_party'), 0)} | {_fmt(marginals)} "
-                f"| {_fmt(_ratio(r.get('train_seconds'), marginals), 2)} |"
-            )
+    lines += _scaling_lines([r for r in records if r["kind"] == "scaling"])
     return "\n".join(lines) + "\n"
+
+
+def _scaling_lines(scaling: list[dict[str, Any]]) -> list[str]:
+    """The scaling runs: each against the fewest rows in its mode, and MPC against plaintext
+    on the same rows (with the same noise when the runs share a debug seed)."""
+    if not scaling:
+        return []
+    lines = [
+        "",
+        "Scaling (epsilon 1): wall seconds by training rows; marginals: how many the mechanism "
+        "measured after the one-way ones (AIM's rounds); training and busiest member's CPU "
+        "seconds per marginal; CPU seconds of each member (data parties, then the dealer).",
+        "",
+        "| generator | rows | mode | wall s | x fewest rows | x plaintext | train s "
+        "| busiest member's CPU s | MB/party | rounds | marginals | train s / marginal "
+        "| CPU s / marginal | CPU s per member |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    ok = [r for r in scaling if not r.get("exit_code")]
+    fewest: dict[tuple, dict[str, Any]] = {}
+    for r in sorted(ok, key=lambda r: r["rows"]):
+        fewest.setdefault((r["generator"], r["mode"], r.get("debug_seed")), r)
+    plain = {
+        (r["generator"], r["rows"], r.get("debug_seed")): r for r in ok if r["mode"] == "plaintext"
+    }
+    order = sorted(scaling, key=lambda r: (r["generator"], r["rows"], r["mode"] != "mpc"))
+    for r in order:
+        head = f"{r['generator']} | {r['rows']} | {r['mode']}"
+        if r.get("exit_code"):
+            lines.append(
+                f"| {head} | stopped after {_fmt(r.get('bench_seconds'), 0)} s "
+                f"(exit code {r['exit_code']}) |||||||||||"
+            )
+            continue
+        group = (r["generator"], r["mode"], r.get("debug_seed"))
+        base = plain.get((r["generator"], r["rows"], r.get("debug_seed")), {})
+        marginals = len(r["selected"]) if r.get("selected") is not None else None
+        mb = r.get("bytes_per_party")
+        members = r.get("members") or {}
+        cpu = ", ".join(
+            f"{name} {_fmt(m.get('cpu_seconds'), 1)}"
+            for name, m in sorted(members.items(), key=lambda kv: kv[1].get("role") == "dealer")
+        )
+        cells = [
+            head,
+            _fmt(r.get("wall_seconds"), 1),
+            _fmt(_ratio(r.get("wall_seconds"), fewest[group].get("wall_seconds")), 2),
+            _fmt(_ratio(r.get("wall_seconds"), base.get("wall_seconds")), 2)
+            if r["mode"] != "plaintext"
+            else "–",
+            _fmt(r.get("train_seconds"), 1),
+            _fmt(r.get("cpu_seconds_max"), 1),
+            _fmt(mb / 1e6 if mb else None, 2),
+            _fmt(r.get("rounds_per_party"), 0),
+            _fmt(marginals),
+            _fmt(_ratio(r.get("train_seconds"), marginals), 2),
+            _fmt(_ratio(r.get("cpu_seconds_max"), marginals), 2),
+            cpu or "–",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _parity_lines(grid: list[dict[str, Any]], plain: dict[tuple, dict[str, Any]]) -> list[str]:

@@ -109,6 +109,8 @@ class MarginalGenerator(Generator):
     encoder_bins: ClassVar[int] = MARGINAL_BINS
     differentially_private: ClassVar[bool] = True
     dp_parts: ClassVar[tuple[str, ...]] = ("marginals",)
+    # keep the last model's projections (False: compute every one afresh, the reference)
+    reuse_projections: ClassVar[bool] = True
 
     def __init__(self, layout, **hparams: Any):
         super().__init__(layout, **hparams)
@@ -132,6 +134,7 @@ class MarginalGenerator(Generator):
         self.supports: dict[int, np.ndarray] = {}
         self.privacy_report: dict[str, Any] = {}
         self.selected: list[tuple[str, ...]] = []
+        self._projected: tuple[Any, dict[tuple[int, ...], np.ndarray]] | None = None
 
     # -- codes ------------------------------------------------------------------------------
 
@@ -188,7 +191,10 @@ class MarginalGenerator(Generator):
         ledger.note("rows", ROWS_NOTE)
         ledger.note("mechanism", f"{self.name}: measure and select marginals, Private-PGM fit")
         budget = RhoPlan(ledger)
-        fitted = self.mechanism(queries, budget, progress)
+        try:
+            fitted = self.mechanism(queries, budget, progress)
+        finally:
+            self._projected = None
         self.supports = fitted.supports
         self.selected = [tuple(self.columns[i] for i in c) for c in fitted.selected]
         self.model = self.estimate(fitted.measurements, self.hparams.final_iters)
@@ -230,13 +236,33 @@ class MarginalGenerator(Generator):
         return self.project_many(model, [clique])[0]
 
     def project_many(self, model, cliques: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        """The model's estimates of many marginals (flat, C order).
+        """The model's estimates of many marginals (flat, C order, read-only).
+
+        The last model's estimates are kept: AIM asks again, before refitting, for the one it
+        selected. Each estimate is computed alone (see :meth:`_project_many`), so a kept one
+        is the very array a fresh computation gives."""
+        wanted = [tuple(int(c) for c in clique) for clique in cliques]
+        kept = self._projected
+        memo = kept[1] if kept is not None and kept[0] is model else {}
+        todo = [clique for clique in dict.fromkeys(wanted) if clique not in memo]
+        for clique, values in zip(todo, self._project_many(model, todo), strict=True):
+            values.flags.writeable = False
+            memo[clique] = values
+        if self.reuse_projections:
+            self._projected = (model, memo)
+        return [memo[clique] for clique in wanted]
+
+    def _project_many(self, model, cliques: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """The model's estimates of ``cliques``, each independent of which others are asked.
 
         Attributes in different connected parts of the model are independent under it, so
         such a marginal is the product of its parts' marginals (over the total). A part the
         model's marginals do not hold comes from Private-PGM's ``calculate_many_marginals``
-        (one belief propagation for all). All op by op: compiling a program for every
-        marginal and model would cost far more than running it."""
+        (one belief propagation for all, whose answer for each does not depend on the
+        others). All op by op: compiling a program for every marginal and model would cost
+        far more than running it."""
+        if not cliques:
+            return []
         import jax
         import networkx as nx
 
