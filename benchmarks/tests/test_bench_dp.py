@@ -19,9 +19,19 @@ from smpc_synth_bench import dp
     scaling=st.lists(st.sampled_from(dp.GENERATORS), unique=True),
     rows=st.lists(st.integers(100, 10**6), min_size=1, max_size=3, unique=True),
     debug_seed=st.none() | st.integers(0, 100),
+    scaling_modes=st.lists(st.sampled_from(["mpc", "plaintext"]), min_size=1, unique=True),
+    scaling_seed=st.none() | st.integers(0, 100),
 )
 def test_jobs_cover_the_config_once_each_in_its_own_folder(
-    tmp_path_factory, epsilons, generators, modes, scaling, rows, debug_seed
+    tmp_path_factory,
+    epsilons,
+    generators,
+    modes,
+    scaling,
+    rows,
+    debug_seed,
+    scaling_modes,
+    scaling_seed,
 ):
     path = tmp_path_factory.mktemp("cfg") / "dp.toml"
     lines = [
@@ -30,9 +40,12 @@ def test_jobs_cover_the_config_once_each_in_its_own_folder(
         f"modes = {modes!r}".replace("'", '"'),
         f"scaling_generators = {scaling!r}".replace("'", '"'),
         f"scaling_rows = {rows!r}",
+        f"scaling_modes = {scaling_modes!r}".replace("'", '"'),
     ]
     if debug_seed is not None:
         lines.append(f"debug_seed = {debug_seed}")
+    if scaling_seed is not None:
+        lines.append(f"scaling_debug_seed = {scaling_seed}")
     path.write_text("\n".join(lines) + "\n")
     jobs = list(dp._jobs(dp.DpGridSpec.load(path)))
     grid = [job for _, job in jobs if job["kind"] == "grid"]
@@ -41,7 +54,11 @@ def test_jobs_cover_the_config_once_each_in_its_own_folder(
     assert {(j["epsilon"], j["generator"], j["mode"]) for j in grid} == {
         (e, g, m) for e in epsilons for g in generators for m in modes
     }
-    assert {(j["generator"], j["rows"]) for j in scaled} == {(g, r) for g in scaling for r in rows}
+    assert len(scaled) == len(scaling) * len(rows) * len(scaling_modes)
+    assert {(j["generator"], j["rows"], j["mode"]) for j in scaled} == {
+        (g, r, m) for g in scaling for r in rows for m in scaling_modes
+    }
+    assert all(j["debug_seed"] == scaling_seed for j in scaled)
     assert len({key for key, _ in jobs}) == len(jobs)
     sessions = [job for _, job in jobs if job["mode"] != "reference"]
     assert len({dp._run_name(job) for job in sessions}) == len(sessions)
@@ -75,6 +92,34 @@ def test_table_compares_mpc_with_plaintext_and_notices_a_different_selection():
         [_record("plaintext", [["a", "b"]], 0.9), _record("mpc", [["a", "c"]], 0.85)]
     )
     assert "different marginals" in other and "0.0500" in other
+
+
+def test_scaling_table_compares_rows_within_a_mode_and_mpc_with_plaintext():
+    def run(rows, mode, wall, marginals):
+        return {
+            "exit_code": 0,
+            "kind": "scaling",
+            "generator": "aim",
+            "epsilon": 1.0,
+            "seed": 0,
+            "rows": rows,
+            "mode": mode,
+            "debug_seed": 7,
+            "selected": [["a"]] * marginals,
+            "wall_seconds": wall,
+            "train_seconds": wall / 2,
+            "cpu_seconds_max": wall / 4,
+            "members": {"dealer": {"role": "dealer", "cpu_seconds": 1.0}, "alice": {}},
+        }
+
+    table = dp.to_markdown(
+        [run(5000, "plaintext", 10.0, 4), run(5000, "mpc", 20.0, 4), run(50000, "mpc", 60.0, 10)]
+    )
+    rows = {tuple(line.split(" | ")[1:3]): line for line in table.splitlines()}
+    assert "| 3.00 |" in rows["50000", "mpc"]  # against 5,000 rows in MPC
+    assert "| 1.00 | 2.00 |" in rows["5000", "mpc"]  # against plaintext on the same rows
+    assert "| 1.50 |" in rows["50000", "mpc"] and "| 3.00 |" in rows["50000", "mpc"]  # s / marginal
+    assert rows["5000", "mpc"].endswith("alice –, dealer 1.0 |")
 
 
 def test_default_grid_and_committed_configs_load():
