@@ -135,6 +135,7 @@ class MarginalGenerator(Generator):
         self.privacy_report: dict[str, Any] = {}
         self.selected: list[tuple[str, ...]] = []
         self._projected: tuple[Any, dict[tuple[int, ...], np.ndarray]] | None = None
+        self._working: Callable[[], None] | None = None  # called during long fits
 
     # -- codes ------------------------------------------------------------------------------
 
@@ -191,13 +192,16 @@ class MarginalGenerator(Generator):
         ledger.note("rows", ROWS_NOTE)
         ledger.note("mechanism", f"{self.name}: measure and select marginals, Private-PGM fit")
         budget = RhoPlan(ledger)
+        # a fit can take minutes: say so every few iterations (the MPC leader tells the others)
+        self._working = lambda: progress({"event": "working"})
         try:
             fitted = self.mechanism(queries, budget, progress)
-        finally:
             self._projected = None
-        self.supports = fitted.supports
-        self.selected = [tuple(self.columns[i] for i in c) for c in fitted.selected]
-        self.model = self.estimate(fitted.measurements, self.hparams.final_iters)
+            self.supports = fitted.supports
+            self.selected = [tuple(self.columns[i] for i in c) for c in fitted.selected]
+            self.model = self.estimate(fitted.measurements, self.hparams.final_iters)
+        finally:
+            self._projected = self._working = None
         ledger.check_delta(self.estimated_rows)  # a noisy estimate: looking at it is free
         self.privacy_report = ledger.to_dict()
         return self
@@ -229,7 +233,14 @@ class MarginalGenerator(Generator):
             for m in measurements
         ]
         estimator = mbi.estimation.MirrorDescent()
-        return estimator.estimate(domain, linear, iters=iters, warm_start=warm_start)
+        working = self._working
+        return estimator.estimate(
+            domain,
+            linear,
+            iters=iters,
+            warm_start=warm_start,
+            callback_fn=None if working is None else lambda _: working(),
+        )
 
     def project(self, model, clique: Sequence[int]) -> np.ndarray:
         """The model's estimate of one marginal (flat, C order)."""

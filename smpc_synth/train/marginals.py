@@ -9,12 +9,16 @@ hosts all of them, they do not compete with the leader for CPU. At the end the l
 the fitted model, which only holds public values, to every other output party.
 
 Announcements travel as our tagged binary codec (no pickle): the method, its public
-arguments; estimates and offsets stay with the leader (only it adds them in).
+arguments; estimates and offsets stay with the leader (only it adds them in). While the
+leader fits (minutes on large models) it says so at least every quarter of
+``network.progress_timeout_s``, so the others' wait for its next step is bounded by the
+fit's progress, not by its length.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 CALL_TAG = "dp/call"
 MODEL_TAG = "dp/model"
 _DONE = "done"
+_WORKING = "working"
 
 
 def _plain(value: Any) -> Any:
@@ -55,11 +60,19 @@ class LeaderQueries:
         self.ctx = ctx
         self.followers = [p for p in ctx.parties if p != ctx.name]
         self._handles: list[Any] = []
+        self._every = ctx.config.network.progress_timeout_s / 4
+        self._last = time.monotonic()
 
     def _announce(self, method: str, **arguments: Any) -> None:
         blob = objects.encode(_plain({"method": method, **arguments}))
         for peer in self.followers:
             self.ctx.channel.send(peer, CALL_TAG, blob)
+        self._last = time.monotonic()
+
+    def working(self) -> None:
+        """Tell the others the leader is still fitting, if it has been silent a while."""
+        if time.monotonic() - self._last >= self._every:
+            self._announce(_WORKING)
 
     def recode(self, mappings: dict[int, np.ndarray], shape: Sequence[int]) -> None:
         self._announce("recode", mappings=[[c, m] for c, m in mappings.items()], shape=list(shape))
@@ -103,6 +116,8 @@ def follow(inner, ctx: PartyContext, leader: str) -> int:
             ) from None
         if method == _DONE:
             return calls
+        if method == _WORKING:
+            continue
         calls += 1
         try:
             if method == "recode":
@@ -138,6 +153,8 @@ def run_mechanism(ctx: PartyContext, model, queries, privacy) -> Any:
         def progress(event: dict[str, Any]) -> None:
             if event.get("event") == "round":
                 ctx.progress({"event": "epoch", "epoch": event["round"], **_shown(event)})
+            elif event.get("event") == "working":
+                wrapped.working()
 
         wrapped = LeaderQueries(queries, ctx)
         model.fit_private(wrapped, privacy, progress)
