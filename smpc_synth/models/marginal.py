@@ -234,12 +234,19 @@ class MarginalGenerator(Generator):
         ]
         estimator = mbi.estimation.MirrorDescent()
         working = self._working
+
+        def tick(state) -> None:
+            import jax
+
+            jax.block_until_ready(state)  # the iterations have run, not only been queued
+            working()
+
         return estimator.estimate(
             domain,
             linear,
             iters=iters,
             warm_start=warm_start,
-            callback_fn=None if working is None else lambda _: working(),
+            callback_fn=None if working is None else tick,
         )
 
     def project(self, model, clique: Sequence[int]) -> np.ndarray:
