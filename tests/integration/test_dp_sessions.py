@@ -222,3 +222,25 @@ def test_federated_marginal_generators_are_refused_naming_the_mode(cli, tmp_path
         tmp_path / "run",
     )
     assert result.code == 2 and "--mode federated" in result.output, result.output
+
+
+@pytest.mark.slow  # one 3-party session with a dealer and a minute-long final fit
+@pytest.mark.timeout(1800)
+def test_a_fit_longer_than_the_progress_deadline_does_not_stop_the_session(tmp_path):
+    """The first party's last Private-PGM fit (100,000 iterations: a minute of CPU or more)
+    outlasts the others' 30 s progress deadline; its notices keep them waiting, and the
+    session ends with a model."""
+    params = {"rounds_per_column": 1, "iters": 100, "final_iters": 100_000}
+    run = simulate(
+        3,
+        dataset="fair",
+        mode="mpc",
+        generator="aim",
+        generator_params=params,
+        epsilon=1.0,
+        network={"progress_timeout_s": 30.0},
+        out=tmp_path / "run",
+        show_progress=False,
+    )
+    assert run.exit_code == 0, run.exit_codes
+    assert (run.run_dir / "synthetic.csv").is_file()
