@@ -159,8 +159,10 @@ class MarginalGenerator(Generator):
         seed: int = 0,
         on_epoch: EpochCallback | None = None,
         privacy: Privacy | None = None,
+        on_working: Callable[[], None] | None = None,
     ) -> MarginalGenerator:
-        """Fit on one table (plaintext). ``privacy`` is required: this generator is DP."""
+        """Fit on one table (plaintext). ``privacy`` is required: this generator is DP.
+        ``on_working`` is called every few iterations of a Private-PGM fit."""
         self._check_input(X)
         if privacy is None:
             raise InputError(
@@ -175,6 +177,8 @@ class MarginalGenerator(Generator):
         def progress(event: dict[str, Any]) -> None:
             if on_epoch is not None and event.get("event") == "round":
                 on_epoch(int(event["round"]) - 1, {k: v for k, v in event.items() if k != "event"})
+            elif on_working is not None and event.get("event") == "working":
+                on_working()
 
         return self.fit_private(queries, privacy, progress)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,7 @@ class Synthesizer:
         on_epoch: EpochCallback | None = None,
         source: str = "training data",
         dp: Any = None,
+        on_working: Callable[[], None] | None = None,
     ) -> Synthesizer:
         """Validate ``df`` against ``schema``, fit the encoder, then train ``generator``.
 
@@ -79,6 +80,8 @@ class Synthesizer:
         that reads the rows is a mechanism of one ledger (:mod:`smpc_synth.models.private`,
         or the marginal mechanisms of :mod:`smpc_synth.models.marginal`), kept in
         :attr:`privacy` and in ``meta``; the model then records no exact row count.
+        ``on_working`` is called now and then during the marginal generators' long
+        Private-PGM fits, between two rounds, so a caller can tell progress from a hang.
         """
         gen_cls = get_generator(generator)
         gen_params = dict(params or {})  # bad parameters fail before the data is touched
@@ -103,7 +106,14 @@ class Synthesizer:
             from smpc_synth.models.marginal import Privacy
 
             privacy = Privacy.from_run(dp)
-            model.fit(X, epochs=epochs, seed=seed, on_epoch=on_epoch, privacy=privacy)
+            model.fit(
+                X,
+                epochs=epochs,
+                seed=seed,
+                on_epoch=on_epoch,
+                privacy=privacy,
+                on_working=on_working,
+            )
             meta = {"train_rows": model.estimated_rows, "seed": seed, "dp": model.privacy_report}
         else:
             model.fit(X, epochs=epochs, seed=seed, on_epoch=on_epoch)

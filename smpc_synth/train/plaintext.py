@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 
 ROWS_TAG = "plaintext/rows"
 DONE_TAG = "plaintext/done"
-# On DONE_TAG, one message per epoch while the leader trains, then DONE: each wait for the
-# next stays within the progress deadline however long the whole training takes.
+# On DONE_TAG, one message per epoch (or round) while the leader trains, and one at least
+# every quarter of the progress deadline while a long fit goes on between two, then DONE:
+# each wait for the next stays within the deadline however long the whole training takes.
 EPOCH, DONE = b"epoch", b""
 
 
@@ -60,9 +61,16 @@ class PlaintextStrategy(Strategy):
             )
         pooled = pd.concat(frames, ignore_index=True)
 
+        every = ctx.config.network.progress_timeout_s / 4
+        last = time.monotonic()
+
         def progress(event: dict) -> None:
-            ctx.progress(event)
-            if event.get("event") == "epoch":
+            nonlocal last
+            working = event.get("event") == "working"
+            if not working:
+                ctx.progress(event)
+            if event.get("event") == "epoch" or (working and time.monotonic() - last >= every):
+                last = time.monotonic()
                 for peer in others:
                     ctx.channel.send(peer, DONE_TAG, EPOCH)
 
@@ -95,6 +103,7 @@ def fit_centrally(frame: pd.DataFrame, ctx: PartyContext):
         params=cfg.generator_params,
         on_epoch=on_epoch,
         dp=cfg.dp,
+        on_working=lambda: ctx.progress({"event": "working"}),
     )
     metrics = {
         "rows_trained": len(frame),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from smpc_synth.config import NetworkConfig
+from smpc_synth.config import NetworkConfig, RunConfig
 from smpc_synth.phases import FAULT_ENV, PHASES
 
 PEER_TIMEOUT_S = NetworkConfig.peer_timeout_s  # the product's bound, tested at its default
@@ -126,10 +126,14 @@ def test_a_stuck_federated_party_is_named_after_the_progress_deadline(tmp_path, 
         3,
         dataset="breast_cancer",
         out=tmp_path / "run",
-        mode="federated",
-        generator="vae",
-        epochs=3,
-        network={"progress_timeout_s": progress_timeout},
+        config=RunConfig.from_dict(
+            {
+                "mode": "federated",
+                "generator": "vae",
+                "epochs": 3,
+                "network": {"progress_timeout_s": progress_timeout},
+            }
+        ),
         show_progress=False,
     )
     assert result.exit_code == 1, result.exit_codes
