@@ -9,6 +9,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import tomli_w
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,22 +41,28 @@ def test_the_package_keeps_its_layers(tmp_path):
     assert "2 kept, 0 broken" in result.stdout
 
 
-def test_an_import_up_the_layers_breaks_the_contract(tmp_path):
+@pytest.mark.parametrize(
+    "module, statement, named",
+    [
+        # an import up the layers
+        (
+            "data/defaults.py",
+            "import smpc_synth.runtime.simulate",
+            "smpc_synth.data.defaults -> smpc_synth.runtime.simulate",
+        ),
+        # a library module reaching the benchmark suites
+        (
+            "train/base.py",
+            "import smpc_synth_bench",
+            "smpc_synth.train is not allowed to import smpc_synth_bench",
+        ),
+    ],
+)
+def test_an_import_against_a_contract_breaks_it(tmp_path, module, statement, named):
     root = _copy(tmp_path)
-    lower = root / "smpc_synth" / "data" / "defaults.py"
-    lower.write_text(lower.read_text() + "\nimport smpc_synth.runtime.simulate  # noqa\n")
+    lower = root / "smpc_synth" / module
+    lower.write_text(lower.read_text() + f"\n{statement}  # noqa\n")
     result = _lint(root)
     assert result.returncode != 0
     assert "BROKEN" in result.stdout
-    assert "smpc_synth.data.defaults -> smpc_synth.runtime.simulate" in result.stdout, result.stdout
-
-
-def test_a_library_module_importing_the_benchmarks_breaks_the_contract(tmp_path):
-    root = _copy(tmp_path)
-    lower = root / "smpc_synth" / "train" / "base.py"
-    lower.write_text(lower.read_text() + "\nimport smpc_synth_bench  # noqa\n")
-    result = _lint(root)
-    assert result.returncode != 0
-    assert "smpc_synth.train is not allowed to import smpc_synth_bench" in result.stdout, (
-        result.stdout
-    )
+    assert named in result.stdout, result.stdout

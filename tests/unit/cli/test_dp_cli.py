@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from pathlib import Path
 
 import pytest
 import tomli_w
@@ -96,12 +97,12 @@ def test_simulate_refuses_before_it_writes_or_starts_anything(cli, tmp_path, arg
     assert not out.exists()  # no split, no certificates, no member started
 
 
-def test_a_party_refuses_an_unsupported_dp_run_before_connecting(cli, tmp_path):
-    """Its peers do not exist: a party that tried to connect would wait for them."""
-    (tmp_path / "schema.toml").write_text(
-        '[[columns]]\nname = "a"\nkind = "numeric"\nmin = 0\nmax = 1\n'
-    )
-    (tmp_path / "alice.csv").write_text("a\n0.5\n" * 20)
+def _alice_config(tmp_path, run: dict, dealer: bool = False, **party) -> Path:
+    """A party config for alice (data alice.csv, schema schema.toml) whose peers are never
+    started: bob, and a dealer if asked."""
+    peers = [{"name": "bob", "address": "127.0.0.1:2"}]
+    if dealer:
+        peers.append({"name": "dealer", "address": "127.0.0.1:3", "role": "dealer"})
     doc = {
         "party": {
             "name": "alice",
@@ -109,15 +110,27 @@ def test_a_party_refuses_an_unsupported_dp_run_before_connecting(cli, tmp_path):
             "data": "alice.csv",
             "schema": "schema.toml",
             "allow_insecure": True,
+            **party,
         },
-        "peers": [
-            {"name": "bob", "address": "127.0.0.1:2"},
-            {"name": "dealer", "address": "127.0.0.1:3", "role": "dealer"},
-        ],
-        "run": {"mode": "mpc", "generator": "gan", "dp": {"epsilon": 1.0, "unit": "party"}},
+        "peers": peers,
+        "run": run,
     }
     config = tmp_path / "alice.toml"
     config.write_text(tomli_w.dumps(doc))
+    return config
+
+
+def test_a_party_refuses_an_unsupported_dp_run_before_connecting(cli, tmp_path):
+    """Its peers do not exist: a party that tried to connect would wait for them."""
+    (tmp_path / "schema.toml").write_text(
+        '[[columns]]\nname = "a"\nkind = "numeric"\nmin = 0\nmax = 1\n'
+    )
+    (tmp_path / "alice.csv").write_text("a\n0.5\n" * 20)
+    config = _alice_config(
+        tmp_path,
+        {"mode": "mpc", "generator": "gan", "dp": {"epsilon": 1.0, "unit": "party"}},
+        dealer=True,
+    )
     started = time.monotonic()
     result = cli("party", "--config", config, timeout=120)
     assert result.code == 2, result.output
@@ -136,21 +149,8 @@ def test_a_dp_run_refuses_a_schema_drafted_from_the_rows(cli, tmp_path, command)
     assert "drafted_from_data = true" in schema.read_text()
     out = tmp_path / "run"
     if command == "party":
-        doc = {
-            "party": {
-                "name": "alice",
-                "listen": "127.0.0.1:1",
-                "data": "alice.csv",
-                "schema": "schema.toml",
-                "allow_insecure": True,
-                "out": "run",
-            },
-            "peers": [{"name": "bob", "address": "127.0.0.1:2"}],
-            "run": {"mode": "plaintext", "generator": "mst", "dp": {"epsilon": 1.0}},
-        }
-        config = tmp_path / "alice.toml"
-        config.write_text(tomli_w.dumps(doc))
-        args = ["party", "--config", config]
+        run = {"mode": "plaintext", "generator": "mst", "dp": {"epsilon": 1.0}}
+        args = ["party", "--config", _alice_config(tmp_path, run, out="run")]
     elif command == "simulate-builtin":
         args = ["simulate", "--dataset", "fair", "--schema", schema, "--generator", "mst"]
         args += ["--epsilon", "1", "--out", out, "--quiet"]
