@@ -38,6 +38,7 @@ from typing import Any
 from smpc_synth.config import NetworkConfig
 from smpc_synth.errors import InputError, PeerError
 from smpc_synth.net.netns import Host
+from smpc_synth.runtime.checkpoints import MemoryCheckpoints
 from smpc_synth.runtime.network import NetworkProfile, emulated, load_profiles, require_emulation
 from smpc_synth_bench.member_cpu import MemberCpu, cores
 
@@ -59,22 +60,6 @@ class BenchConfig:
     stock_steps: int = 2  # of stock crypten.nn, scaled to an epoch
     plaintext_epochs: int = 20  # median of these: one takes ~0.06-0.09 s, and drifts
     schedule: str = "default"  # generator_params.schedule of ours (smpc_synth.models.schedule)
-
-
-class _MemoryCheckpoints:
-    """The trainer checkpoints every epoch; the benchmark keeps them in memory."""
-
-    def __init__(self) -> None:
-        self.saved: dict[str, Any] = {}
-
-    def save(self, key: str, state: dict[str, Any]) -> None:
-        self.saved[key] = state
-
-    def load(self, key: str) -> dict[str, Any] | None:
-        return self.saved.get(key)
-
-    def discard(self, key: str) -> None:
-        self.saved.pop(key, None)
 
 
 def _table(rows: int):
@@ -119,7 +104,7 @@ def _party(mesh, parties: tuple[str, ...], config: BenchConfig) -> dict[str, Any
                 seconds = event["epoch_seconds"]
                 _say(f"ours: epoch {event['epoch']}/{event['epochs']}, {seconds:.1f} s")
 
-        loop = TrainLoop(rank, sizes, SEED, config.epochs, _MemoryCheckpoints(), progress)
+        loop = TrainLoop(rank, sizes, SEED, config.epochs, MemoryCheckpoints(), progress)
         train(model, X, loop, agree=lambda first: first)
         traffic_by_phase = session.traffic().by_phase
         # timed moments after ours on the same machine, while the other members wait idle,

@@ -1,4 +1,5 @@
-"""Per-party checkpoints on local disk, so a stopped run can ``--resume``.
+"""Per-party checkpoints on local disk, so a stopped run can ``--resume`` (and in memory,
+for runs that never resume).
 
 A checkpoint holds this party's training state (its shares in MPC mode, the whole model in
 federated mode), so it is written 0600 in a 0700 directory.
@@ -37,3 +38,20 @@ class DirectoryCheckpoints:
     def discard(self, key: str) -> None:
         """Remove ``key``'s checkpoint (one this run wrote), if there is one."""
         self._path(key).unlink(missing_ok=True)
+
+
+class MemoryCheckpoints:
+    """Keeps each key's latest state in memory: for runs that cannot resume (benchmarks,
+    tests), where writing shares to disk would only cost time."""
+
+    def __init__(self) -> None:
+        self.saved: dict[str, dict[str, Any]] = {}
+
+    def save(self, key: str, state: dict[str, Any]) -> None:
+        self.saved[key] = state
+
+    def load(self, key: str) -> dict[str, Any] | None:
+        return self.saved.get(key)
+
+    def discard(self, key: str) -> None:
+        self.saved.pop(key, None)

@@ -16,6 +16,7 @@ import torch
 
 from smpc_synth.config import NetworkConfig
 from smpc_synth.net.addresses import free_ports
+from smpc_synth.runtime.checkpoints import MemoryCheckpoints
 from smpc_synth.runtime.local import MemberOutcome, launch
 
 PARTY_NAMES = ("alice", "bob", "carol")
@@ -738,19 +739,6 @@ def activations_program(rank: int, layout) -> dict[str, Any]:
 
 
 # --- training on generated tables (tests/integration/test_mpc_any_table.py) ------------------
-
-
-class MemoryCheckpoints:
-    """The trainer checkpoints every epoch; these tests keep them in memory."""
-
-    def __init__(self) -> None:
-        self.saved: dict[str, Any] = {}
-
-    def save(self, key: str, state: dict[str, Any]) -> None:
-        self.saved[key] = state
-
-    def load(self, key: str) -> dict[str, Any] | None:
-        return self.saved.get(key)
 
 
 def case_table(case: dict[str, Any]):

@@ -61,3 +61,18 @@ def test_private_files_check(tmp_path, open_umask):
     path.chmod(0o660)
     with pytest.raises(Exception, match="chmod 600"):
         check_private(path)
+
+
+@pytest.mark.parametrize("kind", ["directory", "memory"])
+def test_a_checkpoint_store_keeps_the_latest_state_until_discarded(tmp_path, kind):
+    from smpc_synth.runtime.checkpoints import MemoryCheckpoints
+
+    store = DirectoryCheckpoints(tmp_path / "c") if kind == "directory" else MemoryCheckpoints()
+    assert store.load("mpc/alice") is None
+    store.save("mpc/alice", {"epoch": 1, "w": torch.zeros(2)})
+    store.save("mpc/alice", {"epoch": 2, "w": torch.ones(2)})
+    state = store.load("mpc/alice")
+    assert state["epoch"] == 2 and torch.equal(state["w"], torch.ones(2))
+    store.discard("mpc/alice")
+    store.discard("mpc/alice")  # discarding nothing is fine
+    assert store.load("mpc/alice") is None
