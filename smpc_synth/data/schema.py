@@ -43,7 +43,8 @@ from smpc_synth.errors import InputError
 
 BEYOND_EXACT = (
     "is beyond ±2^53, the largest integers the encoder represents exactly (an identifier? "
-    'drop the column; a measurement? declare it kind = "numeric")'
+    'drop the column; a measurement? declare it kind = "numeric", read as a float: its '
+    "last digits are rounded)"
 )
 
 Kind = Literal["numeric", "integer", "categorical", "boolean"]
