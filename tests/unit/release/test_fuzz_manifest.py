@@ -14,25 +14,19 @@ import io
 import json
 import tracemalloc
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rawpeer import TracebackCounter
+from signed_runs import release_signed_run
 
 from smpc_synth.cli import main
-from smpc_synth.config import RunConfig
-from smpc_synth.net.certs import write_certificates
-from smpc_synth.release import certificates_in, release_run
 
-MEMBERS = ["alice", "bob", "dealer"]
-SIGNERS = ["alice", "bob"]
 # what a refusal with exit 2 must name
 NAMED = ("key '", "is not valid JSON", "not a smpc-synth manifest", "larger than")
 
@@ -40,26 +34,8 @@ NAMED = ("key '", "is not valid JSON", "not a smpc-synth manifest", "larger than
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("run")
-    cfg = replace(RunConfig(), gate=replace(RunConfig().gate, enabled=False))
-    (run / "config.toml").write_text("seed = 0\n")
-    (run / "schema.toml").write_text('[[columns]]\nname = "x"\nkind = "numeric"\n')
-    torch.save({"w": torch.arange(6.0)}, run / "generator.pt")
     rng = np.random.default_rng(0)
-    pending = run / "synthetic.pending.csv"
-    pd.DataFrame({"x": rng.normal(size=20)}).to_csv(pending, index=False)
-    certs = run / "certs"
-    write_certificates(MEMBERS, certs)
-    release_run(
-        run,
-        candidate=pending,
-        report={},
-        policy=cfg.gate,
-        config=cfg.to_dict(),
-        metrics={"evaluation": {"fidelity": {"quality_score": 0.9}}},
-        certificates=certificates_in(certs, MEMBERS),
-        ca_path=certs / "ca.pem",
-        keys={name: certs / f"{name}.key" for name in SIGNERS},
-    )
+    release_signed_run(run, pd.DataFrame({"x": rng.normal(size=20)}), "seed = 0\n")
     return run
 
 

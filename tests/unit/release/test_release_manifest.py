@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import tomli_w
-import torch
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
+from signed_runs import MEMBERS, SIGNERS, release_signed_run
 
 from smpc_synth import __version__
 from smpc_synth.config import RunConfig
@@ -24,7 +24,6 @@ from smpc_synth.errors import InputError
 from smpc_synth.net.certs import fingerprint, write_certificates
 from smpc_synth.release import (
     build_manifest,
-    certificates_in,
     load_manifest,
     release_run,
     sign_manifest,
@@ -34,37 +33,16 @@ from smpc_synth.release import (
 )
 from smpc_synth.release.manifest import signed_body
 
-MEMBERS = ["alice", "bob", "dealer"]
-SIGNERS = ["alice", "bob"]
-
 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     """A finished run: real files, certificates from net/certs, a manifest signed by two."""
     run = tmp_path / "run"
     run.mkdir()
-    cfg = replace(RunConfig(), gate=replace(RunConfig().gate, enabled=False))
-    (run / "config.toml").write_text(tomli_w.dumps({"mode": cfg.mode, "seed": cfg.seed}))
-    (run / "schema.toml").write_text('[[columns]]\nname = "x"\nkind = "numeric"\n')
-    torch.save({"w": torch.arange(6.0)}, run / "generator.pt")
     rng = np.random.default_rng(0)
-    pending = run / "synthetic.pending.csv"
-    pd.DataFrame({"x": rng.normal(size=50), "y": rng.integers(0, 3, 50)}).to_csv(
-        pending, index=False
-    )
-    certs = run / "certs"
-    write_certificates(MEMBERS, certs)
-    decision = release_run(
-        run,
-        candidate=pending,
-        report={},
-        policy=cfg.gate,
-        config=cfg.to_dict(),
-        metrics={"evaluation": {"fidelity": {"quality_score": 0.9}}},
-        certificates=certificates_in(certs, MEMBERS),
-        ca_path=certs / "ca.pem",
-        keys={name: certs / f"{name}.key" for name in SIGNERS},
-    )
+    frame = pd.DataFrame({"x": rng.normal(size=50), "y": rng.integers(0, 3, 50)})
+    config = tomli_w.dumps({"mode": RunConfig().mode, "seed": RunConfig().seed})
+    decision = release_signed_run(run, frame, config)
     assert decision.released
     return run
 
