@@ -362,8 +362,9 @@ BENCH_MISSING = (
 
 
 class _Suites(_Choices):
-    """The benchmark suites; without the benchmark package any name, so that ``bench``
-    can say how to install it instead of calling the name invalid."""
+    """The benchmark suites; without the benchmark package any name is accepted (so that
+    ``bench`` can say how to install it instead of calling the name invalid) and the help
+    lists that hint in place of the suites."""
 
     def _get(self) -> tuple[str, ...]:
         values = super()._get()
