@@ -45,7 +45,18 @@ DISCRETE_GAUSSIAN = "discrete gaussian"  # N_Z on integer counts (CKS 2020): the
 # score's sensitivity, 2 / epsilon: bounded range gives epsilon^2 / 8 = 1 / (2 s^2) zCDP, the
 # Gaussian's, so both accountants treat it as one Gaussian release (Cesar and Rogers 2021).
 EXPONENTIAL = "exponential (gumbel-max)"
-MECHANISM_KINDS = (GAUSSIAN, SUBSAMPLED_GAUSSIAN, DISCRETE_GAUSSIAN, EXPONENTIAL)
+# The sum of n independent N_Z shares on integer values, one per party, before a secure sum
+# (Kairouz, Liu and Steinke 2021). Recorded with the noise multiplier of the Gaussian of the
+# same rho, so both accountants compose it as one Gaussian release: rho-zCDP is RDP
+# alpha * rho, the Gaussian's curve at that multiplier (smpc_synth.dp.zcdp).
+DISTRIBUTED_DISCRETE_GAUSSIAN = "distributed discrete gaussian"
+MECHANISM_KINDS = (
+    GAUSSIAN,
+    SUBSAMPLED_GAUSSIAN,
+    DISCRETE_GAUSSIAN,
+    EXPONENTIAL,
+    DISTRIBUTED_DISCRETE_GAUSSIAN,
+)
 # Opacus's default Renyi orders stop at 63; a Gaussian with a large noise multiplier (an
 # encoder's share of a small budget) is tightest at higher orders, so a few more are tried.
 EXTRA_RDP_ORDERS = (64, 80, 96, 128, 160, 192, 256, 384, 512, 1024)

@@ -14,7 +14,23 @@ Mechanisms compose by adding their ``rho``:
   ``sigma``: ``Delta^2 / (2 sigma^2)`` (CKS Theorem 4 holds for the discrete Gaussian with
   the same constant, so integer counts with dealt ``N_Z`` noise are charged exactly that);
 - the exponential mechanism with parameter ``epsilon``: ``epsilon^2 / 8`` (bounded range,
-  Cesar and Rogers 2021), as AIM charges it.
+  Cesar and Rogers 2021), as AIM charges it;
+- the distributed discrete Gaussian (:func:`distributed_gaussian_rho`): ``n`` parties each
+  add their own ``N_Z(0, s^2)`` per coordinate before a secure sum, and the sum of the
+  shares is not a discrete Gaussian. Kairouz, Liu and Steinke ("The Distributed Discrete
+  Gaussian Mechanism for Federated Learning with Secure Aggregation", ICML 2021,
+  Proposition 14) bound its Renyi divergence, for ``s >= 1/2``, ``d`` coordinates and
+  ``tau = 10 sum_{k=1}^{n-1} exp(-2 pi^2 s^2 k / (k + 1))``, by the smaller of
+  ``alpha Delta^2 / (2 n s^2) + tau d`` and ``(alpha / 2) (Delta / (sqrt(n) s) + tau
+  sqrt(d))^2``. Both hold at every ``alpha >= 1``, so the sum is rho-zCDP with
+
+      rho = Delta^2 / (2 n s^2) + tau min(d, Delta sqrt(d) / (sqrt(n) s) + tau d / 2),
+
+  their privacy theorem's ``(1/2) eps^2`` with ``eps = min(sqrt(Delta^2 / (n s^2) +
+  2 tau d), Delta / (sqrt(n) s) + tau sqrt(d))`` (the first bound's constant ``tau d`` is
+  charged whole: near ``alpha = 1`` nothing smaller follows from it). Adding a share to
+  the sum is post-processing, so the bound for any ``m <= n`` shares holds as well: the
+  least of them is charged. With one share it is the discrete Gaussian's.
 
 The selection actually run is Gumbel-max in fixed point (:mod:`smpc_synth.dp.marginals`).
 Outside an event of probability ``tail`` (a uniform in the extreme tails), every outcome's
@@ -33,10 +49,16 @@ and MST split the run's one ledger in rho.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING
 
-from smpc_synth.dp.accountant import DISCRETE_GAUSSIAN, EXPONENTIAL, Mechanism
+from smpc_synth.dp.accountant import (
+    DISCRETE_GAUSSIAN,
+    DISTRIBUTED_DISCRETE_GAUSSIAN,
+    EXPONENTIAL,
+    Mechanism,
+)
 
 if TYPE_CHECKING:
     from smpc_synth.dp.budget import Ledger
@@ -107,6 +129,58 @@ def gaussian_rho(sigma2: float, sensitivity: float = 1.0) -> float:
     return sensitivity * sensitivity / (2.0 * sigma2)
 
 
+def distributed_gaussian_rho(
+    share_sigma2: float, shares: int, sensitivity: float, dims: int
+) -> float:
+    """zCDP of adding, to an integer-valued query of L2 sensitivity ``sensitivity`` over
+    ``dims`` coordinates, the sum of ``shares`` independent ``N_Z(0, share_sigma2)`` per
+    coordinate (the module docstring gives the bound). With one share it is
+    :func:`gaussian_rho`; the caller counts only the shares hidden from the adversary."""
+    if not share_sigma2 >= 0.25:
+        raise ValueError(f"the bound needs share variance >= 1/4, got {share_sigma2}")
+    if shares < 1 or dims < 1:
+        raise ValueError(f"need shares >= 1 and dims >= 1, got {shares}, {dims}")
+    if not sensitivity >= 0:
+        raise ValueError(f"sensitivity must be >= 0, got {sensitivity}")
+    best = gaussian_rho(share_sigma2, sensitivity)
+    tau = 0.0
+    for n in range(2, shares + 1):  # the bound for n shares, whichever n <= shares is least
+        tau += 10.0 * math.exp(-2.0 * math.pi**2 * share_sigma2 * (n - 1) / n)
+        scale = sensitivity * math.sqrt(dims / (n * share_sigma2))
+        rho = gaussian_rho(n * share_sigma2, sensitivity) + tau * min(
+            dims, scale + tau * dims / 2.0
+        )
+        best = min(best, rho)
+    return best
+
+
+def share_sigma2_for(rho: float, shares: int, sensitivity: float, dims: int) -> float:
+    """The smallest share variance (at least 1/4) whose :func:`distributed_gaussian_rho` is
+    at most ``rho``, to float precision."""
+    if not rho > 0:
+        raise ValueError(f"rho must be positive, got {rho}")
+
+    def within(sigma2: float) -> bool:
+        return distributed_gaussian_rho(sigma2, shares, sensitivity, dims) <= rho
+
+    # every bound is at least the continuous Gaussian's of the summed variance
+    low = max(0.25, sensitivity * sensitivity / (2.0 * shares * rho))
+    if within(low):
+        return low
+    high = 2.0 * low
+    while not within(high):
+        low, high = high, 2.0 * high
+    for _ in range(_SEARCH_STEPS):  # the bound decreases in the variance
+        middle = (low + high) / 2
+        if middle in (low, high):
+            break
+        if within(middle):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
 def exponential_rho(epsilon: float) -> float:
     """zCDP of the exponential mechanism with parameter ``epsilon`` (bounded range)."""
     return epsilon * epsilon / 8.0
@@ -140,6 +214,34 @@ class RhoPlan:
     def measure(self, label: str, sigma2: float, what: str) -> None:
         """Record a marginal's counts plus ``N_Z(0, sigma2)`` (sensitivity 1)."""
         self.ledger.add(Mechanism(label, DISCRETE_GAUSSIAN, math.sqrt(sigma2), what=what))
+
+    def measure_shared(
+        self,
+        label: str,
+        share_sigma2: float,
+        shares: int,
+        dims: int,
+        what: str,
+        sensitivity: float = 1.0,
+    ) -> float:
+        """Record ``dims`` integer values plus the sum of ``shares`` independent
+        ``N_Z(0, share_sigma2)`` per coordinate (:func:`distributed_gaussian_rho`), as the
+        Gaussian of the same rho; return the rho charged, never below the bound's."""
+        rho = distributed_gaussian_rho(share_sigma2, shares, sensitivity, dims)
+        if not rho > 0:
+            raise ValueError(f"{label}: nothing to record at sensitivity {sensitivity}")
+        mechanism = Mechanism(
+            label,
+            DISTRIBUTED_DISCRETE_GAUSSIAN,
+            1.0 / math.sqrt(2.0 * rho),
+            sensitivity=sensitivity,
+            what=what,
+        )
+        while mechanism.rho < rho:  # rounded below the bound: one ulp less noise each time
+            smaller = math.nextafter(mechanism.noise_multiplier, 0.0)
+            mechanism = dataclasses.replace(mechanism, noise_multiplier=smaller)
+        self.ledger.add(mechanism)
+        return mechanism.rho
 
     def select(self, label: str, epsilon: float, shift: float, tail: float, what: str) -> None:
         """Record a fixed-point exponential mechanism with parameter ``epsilon`` (see the
