@@ -2,7 +2,9 @@
 
 AIM and MST touch the data in two ways only, and both are here, behind
 :class:`MarginalQueries`, so the same algorithm runs on one table (:class:`LocalQueries`),
-inside MPC (:mod:`smpc_synth.mpc.marginals`) or over federated aggregation:
+inside MPC (:mod:`smpc_synth.mpc.marginals`) or over federated aggregation
+(:mod:`smpc_synth.train.federated_marginals`, which draws the noise in shares and so charges
+its releases itself: ``charge_measure``, ``charge_select``):
 
 - ``measure``: a marginal's counts plus discrete Gaussian noise ``N_Z(0, sigma2)`` (the
   discrete Gaussian mechanism, sensitivity 1 under adding or removing a row);
@@ -29,16 +31,25 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from smpc_synth.dp import sampling
 
+if TYPE_CHECKING:
+    from smpc_synth.dp.zcdp import RhoPlan
+
 Clique = tuple[str, ...]
 SCORE_BITS = 8  # estimates are rounded to 1/256 of a count before the L1 error is taken
 VALUE_BITS = 61  # |packed score| < 2^61: differences stay within a 64-bit comparison
 GUMBEL_REACH = 100.0  # |G| < 90 for every value gumbel_fixed can produce
+MEASURE_WHAT = "a marginal's counts plus discrete Gaussian noise N_Z (sensitivity 1 per row)"
+SELECT_WHAT = "the exponential mechanism over candidate marginals' errors (fixed-point Gumbel-max)"
+CENTRAL_NOISE = (
+    "discrete Gaussian and Gumbel noise from AES-128-CTR under a key from os.urandom "
+    "(in MPC the dealer's, dealt as shares; smpc_synth.dp.sampling)"
+)
 
 
 def contingency(codes: np.ndarray, columns: Sequence[int], shape: Sequence[int]) -> np.ndarray:
@@ -87,12 +98,17 @@ def rounded_estimate(estimate: np.ndarray) -> np.ndarray:
 class SelectionPlan:
     """The fixed-point layout of one exponential-mechanism selection."""
 
+    epsilon: float  # the exponential mechanism's parameter
     bits: int  # scores and noise in units of 2^-bits counts
     index_bits: int  # low bits holding the (reversed) candidate index
     clip: int  # L1 errors clipped here, in units of 2^-SCORE_BITS counts
     scale: float  # Gumbel scale in counts: 2 * sensitivity / epsilon
     shift: float  # extra privacy loss each side, in epsilon units (sampling.gumbel_shift)
     tail: float  # probability the shift bound does not hold (sampling.gumbel_tail)
+    # federated selection only (noisy sums of per-party scores): each party's share of the
+    # score noise, and how many low bits of the scores it drops to fit the aggregation
+    share_sigma2: float = 0.0
+    drop_bits: int = 0
 
 
 def plan_selection(
@@ -112,7 +128,8 @@ def plan_selection(
         raise ValueError(f"scores up to {reach:.3g} leave too few fractional bits ({bits})")
     bits = min(bits, 55 - math.ceil(math.log2(scale)) if scale > 1 else 55)
     shift = sampling.gumbel_shift(scale, bits)
-    return SelectionPlan(bits, index_bits, clip, scale, shift, sampling.gumbel_tail(candidates))
+    tail = sampling.gumbel_tail(candidates)
+    return SelectionPlan(epsilon, bits, index_bits, clip, scale, shift, tail)
 
 
 def packed_scores(
@@ -137,7 +154,44 @@ def unpack_index(low_bits: int, plan: SelectionPlan) -> int:
 
 
 class MarginalQueries(Protocol):
-    """What a marginal mechanism may learn about the data (see the module docstring)."""
+    """What a marginal mechanism may learn about the data (see the module docstring), and
+    what each release costs: a mechanism charges a release through its queries, which know
+    how the noise is drawn, before making it."""
+
+    # the measured marginals carry noise_factor times the planned variance
+    noise_factor: float
+    # the queries need the model's estimates on every party (federated) or only where the
+    # mechanism runs (one table; in MPC only party 0 adds them in)
+    needs_estimates: bool
+    # federated: each party's size is measured first (its share of every estimate)
+    needs_party_sizes: bool
+
+    def charge_measure(self, budget: RhoPlan, label: str, sigma2: float, cells: int) -> None:
+        """Record in ``budget`` a measurement of ``cells`` counts planned at ``sigma2``."""
+
+    def charge_select(
+        self,
+        budget: RhoPlan,
+        label: str,
+        plan: SelectionPlan,
+        errors: Any,
+        subset: Sequence[int],
+        weights: np.ndarray,
+    ) -> SelectionPlan:
+        """Record in ``budget`` a selection planned as ``plan``; the plan to run it with."""
+
+    def measure_party_sizes(
+        self, sigma2: float, tag: int, budget: RhoPlan | None = None
+    ) -> np.ndarray:
+        """Each party's row count plus noise planned at ``sigma2`` (federated only), charged
+        to ``budget`` where the mechanism runs."""
+
+    @property
+    def noise_source(self) -> str:
+        """Where the noise comes from, in words, for the privacy record."""
+
+    def privacy_notes(self, ledger: Any) -> dict[str, Any]:
+        """What the privacy record adds for this way of drawing noise (e.g. coalitions)."""
 
     def recode(self, mappings: dict[int, np.ndarray], shape: Sequence[int]) -> None:
         """Map column ``c``'s codes through the public ``mappings[c]`` (MST's compression);
@@ -162,7 +216,31 @@ class MarginalQueries(Protocol):
         ``subset`` (only that is revealed)."""
 
 
-class LocalQueries:
+class CentralNoise:
+    """Releases whose noise is drawn whole, by one party (plaintext mode) or by the dealer
+    (MPC): a measurement is the discrete Gaussian mechanism, a selection the fixed-point
+    exponential mechanism (:mod:`smpc_synth.dp.zcdp`)."""
+
+    noise_factor = 1.0
+    needs_estimates = False
+    needs_party_sizes = False
+    noise_source = CENTRAL_NOISE
+
+    def charge_measure(self, budget: RhoPlan, label: str, sigma2: float, cells: int) -> None:
+        budget.measure(label, sigma2, MEASURE_WHAT)
+
+    def charge_select(self, budget, label, plan, errors, subset, weights) -> SelectionPlan:
+        budget.select(label, plan.epsilon, plan.shift, plan.tail, SELECT_WHAT)
+        return plan
+
+    def measure_party_sizes(self, sigma2, tag, budget=None) -> np.ndarray:
+        raise NotImplementedError("party sizes are measured in federated mode only")
+
+    def privacy_notes(self, ledger: Any) -> dict[str, Any]:
+        return {}
+
+
+class LocalQueries(CentralNoise):
     """The queries on one table of codes (plaintext mode; the same integers as MPC).
 
     ``noise_key`` is the key noise is drawn from: fresh from the OS CSPRNG unless a test

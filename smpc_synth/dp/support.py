@@ -47,17 +47,12 @@ SUPPORTED: dict[tuple[str, str], tuple[str, ...]] = {
     ("plaintext", "mst"): ("record",),
     ("mpc", "aim"): ("record",),
     ("mpc", "mst"): ("record",),
+    ("federated", "aim"): ("record",),
+    ("federated", "mst"): ("record",),
 }
-# Combinations refused for a reason of their own (named with the mode's flag).
-WHY_NOT: dict[tuple[str, str], str] = {
-    (mode, generator): (
-        f"--mode federated: generator '{generator}' selects marginals by the exponential "
-        "mechanism over errors of the pooled counts, which federated aggregation (sums only) "
-        "cannot compute without revealing them; use --mode mpc"
-    )
-    for mode in ("federated",)
-    for generator in ("aim", "mst")
-}
+# Federated aim/mst draw their noise in shares: the masks must hide each submission (which
+# carries only that party's share) from the aggregator and any one party.
+SHARED_NOISE = ("aim", "mst")
 # Generators that fit only under DP; each generator's accountants, its default first: AIM
 # and MST plan their budget in zCDP; DP-SGD's Poisson sampling needs RDP's amplification.
 DP_ONLY = ("aim", "mst")
@@ -114,8 +109,16 @@ def check_config(cfg: Any) -> None:
         raise ConfigProblem(
             "dp.moments_share", "with 'dp.encoder_share' it must leave some budget for training"
         )
-    if (cfg.mode, cfg.generator) in WHY_NOT:
-        raise ConfigProblem("mode", WHY_NOT[(cfg.mode, cfg.generator)])
+    if cfg.mode == "federated" and cfg.generator in SHARED_NOISE:
+        fed = cfg.federated
+        if fed.he != "ckks" or not fed.masking:
+            key = "federated.he" if fed.he != "ckks" else "federated.masking"
+            raise ConfigProblem(
+                key,
+                f"{FLAG}: generator '{cfg.generator}' in federated mode needs encrypted, masked "
+                "sums (federated.he = 'ckks', federated.masking = true): each submission "
+                "carries only its party's share of the noise",
+            )
     units = SUPPORTED.get((cfg.mode, cfg.generator), ())
     if dp.unit not in units:
         where = [f"{m}/{g}" for (m, g), u in SUPPORTED.items() if dp.unit in u]

@@ -29,8 +29,6 @@ import numpy as np
 from smpc_synth.dp.marginals import MarginalQueries, plan_selection
 from smpc_synth.dp.zcdp import RhoPlan, exponential_rho, gaussian_rho
 from smpc_synth.models.marginal import (
-    MEASURE_WHAT,
-    SELECT_WHAT,
     Fitted,
     MarginalGenerator,
     Measurement,
@@ -99,9 +97,10 @@ class AIMGenerator(MarginalGenerator):
         tags = itertools.count()
         measurements = []
         for c in range(d):
-            budget.measure(f"measure:{self.columns[c]}", sigma2, MEASURE_WHAT)
+            queries.charge_measure(budget, f"measure:{self.columns[c]}", sigma2, self.shape[c])
             values = queries.measure((c,), sigma2, next(tags))
-            measurements.append(Measurement((c,), values, sigma2))
+            measurements.append(Measurement((c,), values, sigma2 * queries.noise_factor))
+        self.measure_party_sizes(queries, budget, sigma2, next(tags))
         model = self.estimate(measurements, p.iters)
         selected: list[tuple[int, ...]] = []
         domain = self.domain()
@@ -119,24 +118,28 @@ class AIMGenerator(MarginalGenerator):
             cliques = list(small)
             weights = np.array([small[cl] for cl in cliques], dtype=np.int64)
             cells = np.array([math.prod(self.shape[c] for c in cl) for cl in cliques], float)
-            offsets = weights * math.sqrt(2 / math.pi) * math.sqrt(sigma2) * cells
+            noise = math.sqrt(sigma2 * queries.noise_factor)  # what a measurement will carry
+            offsets = weights * math.sqrt(2 / math.pi) * noise * cells
             estimates = self.project_many(model, cliques)
             errors = queries.errors(cliques, estimates)
             plan = plan_selection(
                 len(cliques), weights, offsets, eps, error_bound(float(model.total))
             )
-            budget.select(f"select:round {t}", eps, plan.shift, plan.tail, SELECT_WHAT)
-            index = queries.select(errors, range(len(cliques)), weights, offsets, plan, next(tags))
+            everyone = range(len(cliques))
+            label = f"select:round {t}"
+            plan = queries.charge_select(budget, label, plan, errors, everyone, weights)
+            index = queries.select(errors, everyone, weights, offsets, plan, next(tags))
             chosen = cliques[index]
-            budget.measure(f"measure:{self._names(chosen)}", sigma2, MEASURE_WHAT)
+            label = f"measure:{self._names(chosen)}"
+            queries.charge_measure(budget, label, sigma2, int(cells[index]))
             values = queries.measure(chosen, sigma2, next(tags))
-            measurements.append(Measurement(chosen, values, sigma2))
+            measurements.append(Measurement(chosen, values, sigma2 * queries.noise_factor))
             selected.append(chosen)
             before = self.project(model, chosen)
             model = self.estimate(measurements, p.iters, warm_start=model)
             after = self.project(model, chosen)
             moved = float(np.abs(after - before).sum())
-            if moved <= math.sqrt(2 / math.pi) * math.sqrt(sigma2) * cells[index] and not terminate:
+            if moved <= math.sqrt(2 / math.pi) * noise * cells[index] and not terminate:
                 sigma2 /= 4  # the fit barely moved: measure more precisely
                 eps *= 2
             progress(

@@ -52,12 +52,6 @@ def _mbi():
     return mbi
 
 
-MEASURE_WHAT = "a marginal's counts plus discrete Gaussian noise N_Z (sensitivity 1 per row)"
-SELECT_WHAT = "the exponential mechanism over candidate marginals' errors (fixed-point Gumbel-max)"
-NOISE_DESCRIPTION = (
-    "discrete Gaussian and Gumbel noise from AES-128-CTR under a key from os.urandom "
-    "(in MPC the dealer's, dealt as shares; smpc_synth.dp.sampling)"
-)
 ROWS_NOTE = (
     "the synthetic table's size defaults to the model's total, a function of the noisy "
     "marginals; no exact count is released"
@@ -192,7 +186,7 @@ class MarginalGenerator(Generator):
         if privacy.noise_key is not None:
             ledger.noise_source = "INSECURE: noise key from a debug seed (tests only)"
         else:
-            ledger.noise_source = NOISE_DESCRIPTION
+            ledger.noise_source = queries.noise_source
         ledger.note("rows", ROWS_NOTE)
         ledger.note("mechanism", f"{self.name}: measure and select marginals, Private-PGM fit")
         budget = RhoPlan(ledger)
@@ -207,8 +201,16 @@ class MarginalGenerator(Generator):
         finally:
             self._projected = self._working = None
         ledger.check_delta(self.estimated_rows)  # a noisy estimate: looking at it is free
-        self.privacy_report = ledger.to_dict()
+        self.privacy_report = {**ledger.to_dict(), **queries.privacy_notes(ledger)}
         return self
+
+    def measure_party_sizes(
+        self, queries: MarginalQueries, budget: RhoPlan, sigma2: float, tag: int
+    ) -> None:
+        """Federated mode: each party's row count with noise planned at ``sigma2``, charged
+        like a marginal of a column naming the party (every party's share of an estimate)."""
+        if queries.needs_party_sizes:
+            queries.measure_party_sizes(sigma2, tag, budget=budget)
 
     def domain(self):
         """The mbi domain of the (possibly compressed) codes."""

@@ -23,8 +23,6 @@ from smpc_synth.dp.marginals import MarginalQueries, plan_selection
 from smpc_synth.dp.zcdp import RhoPlan
 from smpc_synth.models.aim import SHIFT_ROOM, error_bound
 from smpc_synth.models.marginal import (
-    MEASURE_WHAT,
-    SELECT_WHAT,
     Fitted,
     MarginalGenerator,
     Measurement,
@@ -54,14 +52,16 @@ class MSTGenerator(MarginalGenerator):
         d = len(self.shape)
         third = budget.rho / 3
         tags = itertools.count()
-        sigma2 = d / (2 * third)  # d one-way marginals share a third
+        # d one-way marginals share a third (with the party sizes in federated mode)
+        sigma2 = (d + queries.needs_party_sizes) / (2 * third)
         ones = []
         for c in range(d):
-            budget.measure(f"measure:{self.columns[c]}", sigma2, MEASURE_WHAT)
+            queries.charge_measure(budget, f"measure:{self.columns[c]}", sigma2, self.shape[c])
             values = queries.measure((c,), sigma2, next(tags))
             ones.append(values)
+        self.measure_party_sizes(queries, budget, sigma2, next(tags))
         progress({"event": "round", "round": 1, "selected": "one-way marginals"})
-        measurements = self._compress(queries, ones, sigma2)
+        measurements = self._compress(queries, ones, sigma2 * queries.noise_factor)
         if d < 2:
             return Fitted(measurements, supports=self.supports)
         model = self.estimate(measurements, self.hparams.select_iters)
@@ -77,7 +77,8 @@ class MSTGenerator(MarginalGenerator):
             plan = plan_selection(
                 len(subset), weights, offsets, eps, error_bound(float(model.total))
             )
-            budget.select(f"select:edge {step + 1}", eps, plan.shift, plan.tail, SELECT_WHAT)
+            label = f"select:edge {step + 1}"
+            plan = queries.charge_select(budget, label, plan, errors, subset, weights)
             position = queries.select(errors, subset, weights, offsets, plan, next(tags))
             a, b = pairs[subset[position]]
             tree.union(a, b)
@@ -92,9 +93,10 @@ class MSTGenerator(MarginalGenerator):
         sigma2 = len(chosen) / (2 * third)
         for pair in chosen:
             label = f"measure:{self.columns[pair[0]]}+{self.columns[pair[1]]}"
-            budget.measure(label, sigma2, MEASURE_WHAT)
+            cells = math.prod(self.domain().shape[c] for c in pair)
+            queries.charge_measure(budget, label, sigma2, cells)
             values = queries.measure(pair, sigma2, next(tags))
-            measurements.append(Measurement(pair, values, sigma2))
+            measurements.append(Measurement(pair, values, sigma2 * queries.noise_factor))
         return Fitted(measurements, supports=self.supports, selected=chosen)
 
     def _compress(self, queries: MarginalQueries, ones: list[np.ndarray], sigma2: float):

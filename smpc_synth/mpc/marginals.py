@@ -30,6 +30,7 @@ import torch
 from smpc_synth.crypten_backend.compat import import_crypten
 from smpc_synth.dp.marginals import (
     SCORE_BITS,
+    CentralNoise,
     LocalCounts,
     SelectionPlan,
     reversed_index,
@@ -41,7 +42,7 @@ from smpc_synth.mpc.primitives import compare, prg
 crypten = import_crypten()
 
 
-class SecureQueries:
+class SecureQueries(CentralNoise):
     """:class:`~smpc_synth.dp.marginals.MarginalQueries` on secret shares; every party calls
     every method with the same public arguments (party 0 alone needs the estimates and
     offsets, which only it adds in)."""

@@ -9,7 +9,8 @@ hosts all of them, they do not compete with the leader for CPU. At the end the l
 the fitted model, which only holds public values, to every other output party.
 
 Announcements travel as our tagged binary codec (no pickle): the method, its public
-arguments; estimates and offsets stay with the leader (only it adds them in). While the
+arguments; estimates and offsets stay with the leader (only it adds them in), unless every
+party needs the estimates (federated mode: each scores its own rows against its share). While the
 leader fits (minutes on large models) it says so at least every quarter of
 ``network.progress_timeout_s``, so the others' wait for its next step is bounded by the
 fit's progress, not by its length.
@@ -42,7 +43,7 @@ _WORKING = "working"
 def _plain(value: Any) -> Any:
     """numpy values as what the codec carries."""
     if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value))
+        return torch.from_numpy(np.array(value, order="C"))  # a copy: estimates are read-only
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, dict):
@@ -53,7 +54,8 @@ def _plain(value: Any) -> Any:
 
 
 class LeaderQueries:
-    """Runs each query on ``inner`` after announcing it to ``followers``."""
+    """Runs each query on ``inner`` after announcing it to ``followers``; what a release
+    costs is asked of ``inner`` (only the leader keeps the budget)."""
 
     def __init__(self, inner, ctx: PartyContext) -> None:
         self.inner = inner
@@ -74,6 +76,35 @@ class LeaderQueries:
         if time.monotonic() - self._last >= self._every:
             self._announce(_WORKING)
 
+    @property
+    def noise_factor(self) -> float:
+        return self.inner.noise_factor
+
+    @property
+    def needs_estimates(self) -> bool:
+        return self.inner.needs_estimates
+
+    @property
+    def needs_party_sizes(self) -> bool:
+        return self.inner.needs_party_sizes
+
+    @property
+    def noise_source(self) -> str:
+        return self.inner.noise_source
+
+    def privacy_notes(self, ledger) -> dict[str, Any]:
+        return self.inner.privacy_notes(ledger)
+
+    def charge_measure(self, budget, label: str, sigma2: float, cells: int) -> None:
+        self.inner.charge_measure(budget, label, sigma2, cells)
+
+    def charge_select(self, budget, label, plan, errors, subset, weights) -> SelectionPlan:
+        return self.inner.charge_select(budget, label, plan, self._handles[errors], subset, weights)
+
+    def measure_party_sizes(self, sigma2: float, tag: int, budget=None) -> np.ndarray:
+        self._announce("party_sizes", sigma2=float(sigma2), tag=tag)
+        return self.inner.measure_party_sizes(sigma2, tag, budget=budget)
+
     def recode(self, mappings: dict[int, np.ndarray], shape: Sequence[int]) -> None:
         self._announce("recode", mappings=[[c, m] for c, m in mappings.items()], shape=list(shape))
         self.inner.recode(mappings, shape)
@@ -83,7 +114,8 @@ class LeaderQueries:
         return self.inner.measure(columns, sigma2, tag)
 
     def errors(self, cliques, estimates) -> int:
-        self._announce("errors", cliques=[list(c) for c in cliques])
+        shared = {"estimates": list(estimates)} if self.inner.needs_estimates else {}
+        self._announce("errors", cliques=[list(c) for c in cliques], **shared)
         self._handles.append(self.inner.errors(cliques, estimates))
         return len(self._handles) - 1
 
@@ -125,7 +157,12 @@ def follow(inner, ctx: PartyContext, leader: str) -> int:
             elif method == "measure":
                 inner.measure(call["columns"], call["sigma2"], call["tag"])
             elif method == "errors":
-                handles.append(inner.errors([tuple(c) for c in call["cliques"]], None))
+                estimates = call.get("estimates")
+                if estimates is not None:
+                    estimates = [np.asarray(e, dtype=np.float64) for e in estimates]
+                handles.append(inner.errors([tuple(c) for c in call["cliques"]], estimates))
+            elif method == "party_sizes":
+                inner.measure_party_sizes(call["sigma2"], call["tag"])
             elif method == "select":
                 plan = SelectionPlan(**call["plan"])
                 inner.select(

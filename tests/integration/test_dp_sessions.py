@@ -210,11 +210,14 @@ def test_a_schema_inferred_from_the_rows_is_refused_with_a_budget(cli, tmp_path)
     assert result.code == 2 and "--schema" in result.output, result.output
 
 
-def test_federated_marginal_generators_are_refused_naming_the_mode(cli, tmp_path):
+def test_federated_marginal_generators_need_encrypted_sums(cli, tmp_path):
+    """Each submission carries only its party's share of the noise: plain sums are refused."""
     result = cli(
         "simulate",
         "--mode",
         "federated",
+        "--he",
+        "none",
         "--generator",
         "aim",
         "--epsilon",
@@ -222,7 +225,101 @@ def test_federated_marginal_generators_are_refused_naming_the_mode(cli, tmp_path
         "--out",
         tmp_path / "run",
     )
-    assert result.code == 2 and "--mode federated" in result.output, result.output
+    assert result.code == 2 and "federated.he" in result.output, result.output
+    assert not (tmp_path / "run" / "logs").exists()
+
+
+def _federated(tmp_path, generator: str, params: dict, **options):
+    return simulate(
+        3,
+        dataset="fair",
+        mode="federated",
+        generator=generator,
+        generator_params=params,
+        epsilon=1.0,
+        dp={"insecure_debug_seed": SEED},
+        out=tmp_path / f"{generator}-federated",
+        show_progress=False,
+        **options,
+    )
+
+
+@pytest.mark.timeout(1800)
+def test_federated_mst_releases_only_noisy_sums_and_counts_every_share(tmp_path, monkeypatch):
+    """A federated MST session, every frame every member receives recorded: no party's own
+    one-way counts, no pooled count, no party's noise share and no noisy submission is among
+    them, while the model the first party sends the others is (the search finds arrays
+    that do cross). The budget counts n - 1 of the n shares and states each coalition's
+    epsilon."""
+    from smpc_synth.data import Schema, read_table, validate
+    from smpc_synth.dp.marginals import contingency
+    from smpc_synth.dp.zcdp import gaussian_rho, share_sigma2_for
+    from smpc_synth.models import Synthesizer, get_generator
+    from smpc_synth.train.federated_marginals import party_noise_key
+
+    tap = tmp_path / "tap"
+    monkeypatch.setenv(WIRE_TAP_ENV, str(tap))
+    run = _federated(tmp_path, "mst", {})
+    assert run.exit_code == 0, run.exit_codes
+    privacy = json.loads((run.run_dir / "metrics.json").read_text())["privacy"]
+    assert 0.99 <= privacy["epsilon"] <= 1.0
+    assert {p["kind"] for p in privacy["parts"]} == {"distributed discrete gaussian"}
+    shares = privacy["noise_shares"]
+    assert (shares["parties"], shares["counted"]) == (3, 2)
+    assert [c["data_parties"] for c in shares["coalitions"]] == [1, 2]
+    assert shares["coalitions"][0]["epsilon"] == pytest.approx(privacy["epsilon"])
+    assert shares["coalitions"][1]["epsilon"] > 1.3  # two of three know 2 of 3 shares
+
+    schema = Schema.load(run.run_dir / "schema.toml")
+    gen_cls = get_generator("mst")
+    encoder = gen_cls.make_encoder(schema).fit_public()
+    model = gen_cls(encoder.layout)
+    d = len(model.shape)
+    sigma2 = (d + 1) / (2 * (privacy["rho_budget"] / 3))  # a third: d columns and the sizes
+    base = sampling.noise_key(SEED)
+    codes = {}
+    for name in PARTY_NAMES[:3]:
+        path = run.run_dir / "parties" / name / "data.csv"
+        frame = validate(read_table(path, schema), schema, source=str(path))
+        codes[name] = model.codes(encoder.transform(frame))
+    patterns = {}
+    for c, cells in enumerate(model.shape):
+        share = share_sigma2_for(gaussian_rho(sigma2), 2, 1.0, cells)
+        for name, table in codes.items():
+            own = contingency(table, (c,), [cells])
+            noise = sampling.draw_noise(party_noise_key(name, base), "dgauss", c, cells, [share])
+            patterns[(name, f"own counts {c}")] = own.tobytes()
+            patterns[(name, f"own counts {c} as floats")] = own.astype(np.float64).tobytes()
+            patterns[(name, f"noise share {c}")] = noise.tobytes()
+            patterns[(name, f"submission {c}")] = (own + noise).astype(np.float64).tobytes()
+        pooled = contingency(np.concatenate(list(codes.values())), (c,), [cells])
+        patterns[("", f"pooled counts {c}")] = pooled.tobytes()
+        patterns[("", f"pooled counts {c} as floats")] = pooled.astype(np.float64).tobytes()
+    captured = {p.name for p in tap.glob("*.bin")}
+    assert captured >= {"aggregator-from-alice.bin", "bob-from-alice.bin"}
+    leaks = {what: _found(tap, owner, p) for (owner, what), p in patterns.items()}
+    assert not any(leaks.values()), {k: v for k, v in leaks.items() if v}
+
+    state = Synthesizer.load(run.run_dir / "parties" / "bob" / "generator.pt").generator
+    potential = np.asarray(state.state_dict()["potentials"][0], dtype=np.float64)
+    assert "bob-from-alice.bin" in _found(tap, "", potential.tobytes())
+
+
+@pytest.mark.slow  # a 3-party federated AIM session (a few minutes on a busy 2-core machine)
+@pytest.mark.timeout(3600)
+def test_federated_aim_matches_plaintext_quality(tmp_path):
+    """Federated AIM selects from noisy sums of the parties' own scores and measures with
+    n/(n-1) of the noise: its synthetic table stays close to plaintext AIM's."""
+    runs = {
+        "federated": _federated(tmp_path, "aim", SMALL_AIM),
+        "plaintext": _session(tmp_path, "plaintext", "aim", SMALL_AIM),
+    }
+    for mode, run in runs.items():
+        assert run.exit_code == 0, (mode, run.exit_codes)
+    trained = runs["federated"].metrics["parties"]["alice"]["training"]
+    assert trained["selected"]
+    quality = {m: r.metrics["evaluation"]["fidelity"]["quality_score"] for m, r in runs.items()}
+    assert quality["federated"] >= quality["plaintext"] - 0.05, quality
 
 
 @pytest.mark.slow  # one 3-party session (with a dealer in MPC) and a minute-long final fit
