@@ -53,6 +53,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _forwarded(name: str) -> property:
+    """An attribute of the wrapped queries (how their noise is drawn is theirs to say)."""
+    return property(lambda self: getattr(self.inner, name))
+
+
 class LeaderQueries:
     """Runs each query on ``inner`` after announcing it to ``followers``; what a release
     costs is asked of ``inner`` (only the leader keeps the budget)."""
@@ -76,21 +81,10 @@ class LeaderQueries:
         if time.monotonic() - self._last >= self._every:
             self._announce(_WORKING)
 
-    @property
-    def noise_factor(self) -> float:
-        return self.inner.noise_factor
-
-    @property
-    def needs_estimates(self) -> bool:
-        return self.inner.needs_estimates
-
-    @property
-    def needs_party_sizes(self) -> bool:
-        return self.inner.needs_party_sizes
-
-    @property
-    def noise_source(self) -> str:
-        return self.inner.noise_source
+    noise_factor = _forwarded("noise_factor")
+    needs_estimates = _forwarded("needs_estimates")
+    needs_party_sizes = _forwarded("needs_party_sizes")
+    noise_source = _forwarded("noise_source")
 
     def privacy_notes(self, ledger) -> dict[str, Any]:
         return self.inner.privacy_notes(ledger)
