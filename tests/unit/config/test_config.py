@@ -54,6 +54,28 @@ def test_an_integer_in_a_float_key_hashes_as_the_float():
         ({"dp": {"epsilon": 0}}, "key 'dp.epsilon': must be > 0"),
         ({"dp": {"epsilon": 1.0, "unit": "row"}}, "key 'dp.unit'"),
         ({"mode": "mpc", "dp": {"epsilon": 1.0, "unit": "party"}}, "key 'dp.epsilon'"),
+        (
+            {"mode": "federated", "generator": "mst", "dp": {"epsilon": 1.0, "unit": "party"}},
+            "key 'dp.epsilon'",
+        ),
+        (
+            {
+                "mode": "federated",
+                "generator": "aim",
+                "dp": {"epsilon": 1.0},
+                "federated": {"masking": False},
+            },
+            "key 'federated.masking'",
+        ),
+        (
+            {
+                "mode": "federated",
+                "generator": "mst",
+                "dp": {"epsilon": 1.0},
+                "federated": {"he": "none"},
+            },
+            "key 'federated.he'",
+        ),
         ({"network": {"peer_timeout_s": -5}}, "key 'network.peer_timeout_s': must be > 0"),
         ({"network": {"connect_timeout_s": 1e9}}, "network.connect_timeout_s"),
         ({"network": {"call_deadline_s": 0}}, "network.call_deadline_s"),
