@@ -3,8 +3,9 @@ reference at the same budget.
 
 - The grid: epsilon in {0.3, 1, 3, 10} x {aim, mst} x {plaintext, mpc, federated} on ``fair``
   (3 parties, delta 1e-9), each a real simulated session from start to ``synthetic.csv``:
-  quality, TSTR, DCR, wall time, bytes and rounds. Federated mode cannot run these
-  mechanisms (selection compares pooled counts) and is recorded as refused.
+  quality, TSTR, DCR, wall time, bytes and rounds. Federated mode draws the noise in
+  per-party shares and selects from noisy sums of the parties' own scores (not the
+  exponential mechanism on pooled counts: docs/marginal-generators.md).
 - The reference: smartnoise-synth's AIM and MST (1.0.8, on Private-PGM 1.x: an independent
   implementation), installed by this script into a virtualenv of its own (it pins packages
   the project does not use; only the packages AIM and MST import are installed), fitted at the
