@@ -100,7 +100,7 @@ class AIMGenerator(MarginalGenerator):
             queries.charge_measure(budget, f"measure:{self.columns[c]}", sigma2, self.shape[c])
             values = queries.measure((c,), sigma2, next(tags))
             measurements.append(Measurement((c,), values, sigma2 * queries.noise_factor))
-        self.measure_party_sizes(queries, budget, sigma2, next(tags))
+        self.measure_party_sizes(queries, budget, sigma2, tags)
         model = self.estimate(measurements, p.iters)
         selected: list[tuple[int, ...]] = []
         domain = self.domain()

@@ -18,7 +18,7 @@ import os
 import sys
 import warnings
 from abc import abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -205,12 +205,13 @@ class MarginalGenerator(Generator):
         return self
 
     def measure_party_sizes(
-        self, queries: MarginalQueries, budget: RhoPlan, sigma2: float, tag: int
+        self, queries: MarginalQueries, budget: RhoPlan, sigma2: float, tags: Iterator[int]
     ) -> None:
         """Federated mode: each party's row count with noise planned at ``sigma2``, charged
-        like a marginal of a column naming the party (every party's share of an estimate)."""
+        like a marginal of a column naming the party (every party's share of an estimate).
+        Other modes draw no tag, so their noise stays what a seed gave before."""
         if queries.needs_party_sizes:
-            queries.measure_party_sizes(sigma2, tag, budget=budget)
+            queries.measure_party_sizes(sigma2, next(tags), budget=budget)
 
     def domain(self):
         """The mbi domain of the (possibly compressed) codes."""

@@ -59,7 +59,7 @@ class MSTGenerator(MarginalGenerator):
             queries.charge_measure(budget, f"measure:{self.columns[c]}", sigma2, self.shape[c])
             values = queries.measure((c,), sigma2, next(tags))
             ones.append(values)
-        self.measure_party_sizes(queries, budget, sigma2, next(tags))
+        self.measure_party_sizes(queries, budget, sigma2, tags)
         progress({"event": "round", "round": 1, "selected": "one-way marginals"})
         measurements = self._compress(queries, ones, sigma2 * queries.noise_factor)
         if d < 2:
