@@ -137,12 +137,15 @@ def main(out: Path, config: Path | None = None, full: bool = False) -> int:
     latest = {r["key"]: r for r in _read(ledger)}  # the table shows failures too
     done = {key: r for key, r in latest.items() if not _again(r, spec)}
     environment = describe_environment()
+    # the invocation: times and ratios compare only runs of the same one (a shared machine)
+    bench_run = f"{(config or Path('default')).stem} {time.strftime('%Y-%m-%dT%H:%M:%S')}"
     for key, job in _jobs(spec):
         if key in done:
             continue
         started = time.perf_counter()
         # the job's own fields (its budget, mode, rows) win over same-named measurements
         record = {"key": key, **job_result(job, out), **job, "environment": environment}
+        record["bench_run"] = bench_run
         record["bench_seconds"] = time.perf_counter() - started
         with ledger.open("a") as sink:
             sink.write(json.dumps(record, default=str) + "\n")
@@ -410,10 +413,15 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
     """The grid (with each MPC run's time as a ratio to plaintext), then the scaling runs."""
     grid = [r for r in records if r["kind"] == "grid"]
     plain = {(r["generator"], r["epsilon"], r["seed"]): r for r in grid if r["mode"] == "plaintext"}
+    same_run = {
+        (r["generator"], r["epsilon"], r["seed"], r.get("bench_run")): r
+        for r in grid
+        if r["mode"] == "plaintext"
+    }
     lines = [
         f"AIM and MST on {DATASET}, {PARTIES} parties, delta {DELTA:g}: quality (SDMetrics), "
-        "TSTR AUC, DCR ratio, end-to-end wall seconds (ratio to plaintext), bytes and rounds "
-        "per party.",
+        "TSTR AUC, DCR ratio, end-to-end wall seconds (ratio to the plaintext run of the same "
+        "benchmark invocation), bytes and rounds per party.",
         "",
         "| generator | epsilon | seed | mode | quality | TSTR | DCR ratio | wall s | x plaintext "
         "| busiest member's CPU s | MB/party | rounds |",
@@ -430,7 +438,7 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
             note = f"refused: {reason}" if r.get("refused") else f"stopped: {r['unfinished']}"
             lines.append(f"| {head} | {note} ||||||||")
             continue
-        base = plain.get((r["generator"], r["epsilon"], r["seed"]), {})
+        base = same_run.get((r["generator"], r["epsilon"], r["seed"], r.get("bench_run")), {})
         ratio = _ratio(r.get("wall_seconds"), base.get("wall_seconds"))
         mb = r.get("bytes_per_party")
         cells = [
@@ -452,7 +460,8 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
 
 def _scaling_lines(scaling: list[dict[str, Any]]) -> list[str]:
     """The scaling runs: each against the fewest rows in its mode, and MPC against plaintext
-    on the same rows (with the same noise when the runs share a debug seed)."""
+    on the same rows (with the same noise when the runs share a debug seed), within one
+    benchmark invocation."""
     if not scaling:
         return []
     lines = [
@@ -469,9 +478,11 @@ def _scaling_lines(scaling: list[dict[str, Any]]) -> list[str]:
     ok = [r for r in scaling if not r.get("exit_code")]
     fewest: dict[tuple, dict[str, Any]] = {}
     for r in sorted(ok, key=lambda r: r["rows"]):
-        fewest.setdefault((r["generator"], r["mode"], r.get("debug_seed")), r)
+        fewest.setdefault((r["generator"], r["mode"], r.get("debug_seed"), r.get("bench_run")), r)
     plain = {
-        (r["generator"], r["rows"], r.get("debug_seed")): r for r in ok if r["mode"] == "plaintext"
+        (r["generator"], r["rows"], r.get("debug_seed"), r.get("bench_run")): r
+        for r in ok
+        if r["mode"] == "plaintext"
     }
     order = sorted(scaling, key=lambda r: (r["generator"], r["rows"], r["mode"] != "mpc"))
     for r in order:
@@ -482,8 +493,9 @@ def _scaling_lines(scaling: list[dict[str, Any]]) -> list[str]:
                 f"(exit code {r['exit_code']}) |||||||||||"
             )
             continue
-        group = (r["generator"], r["mode"], r.get("debug_seed"))
-        base = plain.get((r["generator"], r["rows"], r.get("debug_seed")), {})
+        run = r.get("bench_run")
+        group = (r["generator"], r["mode"], r.get("debug_seed"), run)
+        base = plain.get((r["generator"], r["rows"], r.get("debug_seed"), run), {})
         marginals = len(r["selected"]) if r.get("selected") is not None else None
         mb = r.get("bytes_per_party")
         members = r.get("members") or {}

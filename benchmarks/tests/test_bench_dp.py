@@ -94,6 +94,18 @@ def test_table_compares_mpc_with_plaintext_and_notices_a_different_selection():
     assert "different marginals" in other and "0.0500" in other
 
 
+def test_times_are_compared_only_within_one_benchmark_invocation():
+    """On a shared machine a ratio across two invocations measures the load, not the mode."""
+    earlier = _record("plaintext", [["a", "b"]], 0.9) | {"bench_run": "dp-ours 1"}
+    later = _record("mpc", [["a", "b"]], 0.9) | {"bench_run": "dp-sweep 2"}
+    table = dp.to_markdown([earlier, later])
+    mpc = next(line for line in table.splitlines() if "| mpc |" in line)
+    assert "| 25.0 | – |" in mpc
+    assert "the same marginals" in table  # quality does not depend on the load
+    again = dp.to_markdown([earlier, later | {"bench_run": "dp-ours 1"}])
+    assert "| 25.0 | 2.50 |" in again
+
+
 def test_scaling_table_compares_rows_within_a_mode_and_mpc_with_plaintext():
     def run(rows, mode, wall, marginals):
         return {
