@@ -197,7 +197,10 @@ def test_train_refuses_a_non_empty_out_before_training(cli, tmp_path, table):
         (["--mode", "federated", "--epsilon", "nan"], "--epsilon"),
         (["--mode", "mpc", "--epsilon", "1", "--dp-unit", "party"], "per party"),
         (["--mode", "federated", "--dp"], "--dp needs --target-epsilon"),
-        (["--mode", "federated", "--generator", "mst", "--epsilon", "1"], "--mode federated"),
+        (
+            ["--mode", "federated", "--he", "none", "--generator", "mst", "--epsilon", "1"],
+            "federated.he",
+        ),
         (["--seed", "-3"], "key 'seed'"),
         (["--holdout-fraction", "1"], "key 'holdout_fraction'"),
         (["--generator", "vae", "--epochs", "0"], "key 'epochs'"),
