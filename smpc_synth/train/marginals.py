@@ -10,8 +10,8 @@ the fitted model, which only holds public values, to every other output party.
 
 Announcements travel as our tagged binary codec (no pickle): the method, its public
 arguments; estimates and offsets stay with the leader (only it adds them in), unless every
-party needs the estimates (federated mode: each scores its own rows against its share). While the
-leader fits (minutes on large models) it says so at least every quarter of
+party needs the estimates (federated mode: each scores its own rows against its share).
+While the leader fits (minutes on large models) it says so at least every quarter of
 ``network.progress_timeout_s``, so the others' wait for its next step is bounded by the
 fit's progress, not by its length.
 """
