@@ -128,7 +128,7 @@ class AggregatedQueries:
             chosen = dataclasses.replace(plan, share_sigma2=share, drop_bits=drop)
             try:
                 choose_layout(
-                    _score_bound(chosen, weights),
+                    _score_bound(chosen, weights) + NOISE_TAIL * math.sqrt(share),
                     len(self.parties),
                     max_error=len(self.parties) / 2,
                     masked=self.client.masking,
@@ -168,12 +168,11 @@ class AggregatedQueries:
 
     def measure_party_sizes(self, sigma2: float, tag: int, budget=None) -> np.ndarray:
         cells = len(self.parties)
+        share = self._measure_share(sigma2, cells)
         if budget is not None:
-            share = self._measure_share(sigma2, cells)
             budget.measure_shared("measure:party sizes", share, self.protecting, cells, SIZES_WHAT)
         sizes = np.zeros(cells, dtype=np.int64)
         sizes[self.position] = self._rows
-        share = self._measure_share(sigma2, cells)
         noisy = self._noisy_sum(f"party sizes {tag}", sizes, share, tag, COUNT_BOUND)
         kept = np.maximum(noisy, 0).astype(np.float64)
         total = float(kept.sum())
@@ -207,7 +206,7 @@ class AggregatedQueries:
         weights = np.asarray(weights, dtype=np.int64)
         clipped = np.minimum(np.asarray(errors, dtype=np.int64)[list(subset)], plan.clip)
         scores = (weights * clipped) >> plan.drop_bits
-        bound = _score_bound(dataclasses.replace(plan, share_sigma2=0.0), weights)
+        bound = _score_bound(plan, weights)
         summed = self._noisy_sum(f"scores {tag}", scores, plan.share_sigma2, tag, bound)
         if offsets is None:
             return -1
@@ -255,6 +254,6 @@ def _score_sensitivity(weights: np.ndarray, drop: int) -> float:
 
 
 def _score_bound(plan: SelectionPlan, weights: np.ndarray) -> float:
-    """The public bound on one party's submitted score (noise included)."""
+    """The public bound on one party's score before its noise share."""
     top = (int(weights.max(initial=1)) * plan.clip) >> plan.drop_bits
-    return float(top + 1) + NOISE_TAIL * math.sqrt(plan.share_sigma2)
+    return float(top + 1)
